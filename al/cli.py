@@ -1,0 +1,179 @@
+"""The ``al`` command line: one click group behind every MLproject entry point."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import MISSING, fields
+from pathlib import Path
+from typing import Any
+
+import click
+
+from al.config import ConfigError, TrainRunConfig, resolve_config
+
+
+def _config_options(cls: type) -> Any:
+    """One ``--key`` option per config field, from the dataclass (names written once).
+
+    Values arrive as text and are validated by :func:`al.config.build_config`, so YAML and
+    command line share one set of checks. An empty value means "not given": the MLproject
+    passes ``""`` for parameters the user did not set, so a YAML config still applies.
+    """
+
+    def decorate(func: Any) -> Any:
+        for f in reversed(fields(cls)):
+            default = f.default if f.default is not MISSING else None
+            choices = f.metadata.get("choices")
+            extra = f" [one of: {', '.join(map(str, choices))}]" if choices else ""
+            func = click.option(
+                f"--{f.name.replace('_', '-')}",
+                f.name,
+                type=str,
+                default=None,
+                help=f"{f.metadata.get('help', '')}{extra} (default: {default})",
+            )(func)
+        return func
+
+    return decorate
+
+
+def _resolve(cls: type, config_file: str | None, overrides: dict[str, Any]) -> Any:
+    given = {k: v for k, v in overrides.items() if v not in (None, "")}
+    try:
+        return resolve_config(cls, config_file or None, given)
+    except ConfigError as err:
+        raise click.ClickException(str(err)) from None
+
+
+@click.group()
+@click.option("--log-level", default="INFO", show_default=True, help="logging level")
+def main(log_level: str) -> None:
+    """Active learning of small GNNs for QM9 atomization enthalpies, tracked in MLflow."""
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    for noisy in ("mlflow", "alembic", "urllib3", "matplotlib", "git"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@main.command()
+@click.option("--config", "config_file", default=None, help="YAML file of the same keys")
+@_config_options(TrainRunConfig)
+def train(config_file: str | None, **overrides: Any) -> None:
+    """Train one surrogate on random pool molecules and log it to MLflow."""
+    from al.workflows import run_train
+
+    config = _resolve(TrainRunConfig, config_file, overrides)
+    try:
+        run_train(config)
+    except (ValueError, KeyError, RuntimeError, FileNotFoundError) as err:
+        raise click.ClickException(str(err).strip("'\"")) from None
+
+
+@main.command()
+@click.option(
+    "--model", "model_uri", required=True, help="MLflow model URI (models:/..., runs:/...)"
+)
+@click.option("--output", "-o", default="-", help="CSV to write (default: standard output)")
+@click.option("--mc-samples", default=20, show_default=True, help="MC-dropout passes if any")
+@click.argument("files", nargs=-1, required=True, type=click.Path())
+def predict(model_uri: str, output: str, mc_samples: int, files: tuple[str, ...]) -> None:
+    """Predict energies (mean and std, eV) for molecules in .xyz files."""
+    import mlflow
+
+    from al.pyfunc import molecules_frame
+    from al.xyz import XYZError, read_xyz
+
+    molecules = []
+    try:
+        for path in files:
+            if not Path(path).is_file():
+                raise click.ClickException(f"{path}: no such file")
+            molecules += read_xyz(path)
+    except XYZError as err:
+        raise click.ClickException(str(err)) from None
+    model = mlflow.pyfunc.load_model(model_uri)
+    out = model.predict(molecules_frame([(m.z, m.pos) for m in molecules]))
+    out.insert(0, "n_atoms", [len(m.z) for m in molecules])
+    out.insert(0, "name", [m.name for m in molecules])
+    if output == "-":
+        out.to_csv(sys.stdout, index=False)
+    else:
+        out.to_csv(output, index=False)
+        click.echo(f"wrote {len(out)} predictions to {output}", err=True)
+
+
+@main.group()
+def data() -> None:
+    """Inspect the QM9 data."""
+
+
+@data.command("info")
+@click.option("--source", default="qm9pack", show_default=True)
+@click.option("--root", default=None, help="source folder (pyg: the QM9 root)")
+@click.option("--split-seed", default=0, show_default=True)
+@click.option("--n-test", default=10_000, show_default=True)
+@click.option("--n-oracle", default=50_000, show_default=True)
+def data_info(source: str, root: str | None, split_seed: int, n_test: int, n_oracle: int) -> None:
+    """Summary of the data set, its target and the split."""
+    import torch
+
+    from al.data.qm9 import PROPERTY, SYMBOLS, cache_dir, load_qm9
+    from al.data.splits import SplitConfig, make_splits
+
+    try:
+        d = load_qm9(source, root)
+        splits = make_splits(d.qm9_index.numpy(), SplitConfig(split_seed, n_test, n_oracle))
+    except (ValueError, FileNotFoundError) as err:
+        raise click.ClickException(str(err)) from None
+    n = d.n_atoms.float()
+    counts = torch.bincount(d.z, minlength=10)
+    click.echo(f"source           {d.source} (digest {d.digest()})")
+    click.echo(f"cache            {cache_dir()}")
+    click.echo(
+        f"molecules        {len(d):,}  (QM9 index {int(d.qm9_index.min())}..{int(d.qm9_index.max())})"
+    )
+    click.echo(
+        f"atoms            {d.z.numel():,}  ({n.mean():.1f} per molecule, {int(n.min())}..{int(n.max())})"
+    )
+    click.echo("elements         " + ", ".join(f"{SYMBOLS[z]} {int(counts[z]):,}" for z in SYMBOLS))
+    y = d.y
+    click.echo(
+        f"target           {PROPERTY}: mean {y.mean():.3f}, std {y.std():.3f}, "
+        f"min {y.min():.3f}, max {y.max():.3f} eV"
+    )
+    sizes = splits.sizes()
+    click.echo(
+        f"split            seed {split_seed}: test {sizes['test']:,}, oracle {sizes['oracle']:,}, "
+        f"pool {sizes['pool']:,}; digest {splits.digest()}"
+    )
+
+
+@data.command("get")
+@click.option("--source", default="qm9pack", show_default=True)
+@click.option("--root", default=None, help="source folder (pyg: the QM9 root)")
+@click.argument("indices", nargs=-1, required=True)
+def data_get(source: str, root: str | None, indices: tuple[str, ...]) -> None:
+    """CSV of ``qm9_index,smiles,n_atoms,target_ev`` for QM9 indices."""
+    from al.data.qm9 import load_qm9
+
+    try:
+        wanted = [int(i) for i in indices]
+    except ValueError:
+        bad = next(i for i in indices if not i.lstrip("-").isdigit())
+        raise click.ClickException(f"QM9 index {bad!r} is not an integer") from None
+    d = load_qm9(source, root)
+    try:
+        rows = d.rows_of(wanted)
+    except KeyError as err:
+        raise click.ClickException(str(err.args[0])) from None
+    click.echo("qm9_index,smiles,n_atoms,target_ev")
+    n_atoms = d.n_atoms
+    for r in rows.tolist():
+        smiles = d.smiles[r] if d.smiles else ""
+        click.echo(f"{int(d.qm9_index[r])},{smiles},{int(n_atoms[r])},{float(d.y[r]):.6f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""Typed, validated configuration: dataclasses, YAML files and command-line overrides.
+
+Every run resolves one config from (lowest to highest priority) the dataclass defaults, an
+optional YAML file of the same keys, and explicit overrides. Unknown keys, wrong types and
+values outside their choices or range are rejected with one line naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from al.data.qm9 import SOURCES
+from al.models import MODELS
+
+T = TypeVar("T")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """A config key or value that is not accepted; the message is one line."""
+
+
+def _opt(default: Any, help: str, **meta: Any) -> Any:
+    return field(default=default, metadata={"help": help, **meta})
+
+
+@dataclass
+class ModelConfig:
+    """The surrogate network."""
+
+    model: str = _opt("schnet", "network architecture", choices=tuple(MODELS))
+    hidden: int = _opt(128, "feature width", min=8)
+    n_interactions: int = _opt(3, "interaction blocks", min=1)
+    n_rbf: int = _opt(32, "Gaussians in the radial basis", min=2)
+    cutoff: float = _opt(5.0, "interaction radius in Angstrom", min=1.0)
+    filter_groups: int = _opt(16, "radial filters per block (divides hidden)", min=1)
+    dropout: float = _opt(0.0, "dropout rate (MC dropout needs > 0)", min=0.0, max=0.9)
+
+    def __post_init__(self) -> None:
+        if self.hidden % self.filter_groups:
+            raise ConfigError(
+                f"hidden={self.hidden} must be divisible by filter_groups={self.filter_groups}"
+            )
+
+    def model_kwargs(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(ModelConfig) if f.name != "model"}
+
+
+@dataclass
+class FitConfig:
+    """How a surrogate is trained."""
+
+    epochs: int = _opt(150, "maximum epochs", min=1)
+    batch_size: int = _opt(64, "molecules per batch", min=1)
+    lr: float = _opt(1e-3, "peak learning rate (AdamW)", min=0.0)
+    weight_decay: float = _opt(0.0, "AdamW weight decay", min=0.0)
+    patience: int = _opt(30, "early stopping: epochs without validation improvement", min=1)
+    grad_clip: float = _opt(10.0, "gradient norm clip (0 = off)", min=0.0)
+    val_fraction: float = _opt(0.1, "share of the labelled set held out", min=0.0, max=0.5)
+    seed: int = _opt(0, "seed for weights, batches and subsets")
+    device: str = _opt("auto", "auto picks CUDA when present", choices=DEVICES)
+    amp: bool = _opt(True, "bf16 autocast (CUDA only)")
+    compile: bool = _opt(False, "torch.compile the model (CUDA only)")
+    threads: int = _opt(0, "CPU threads (0 = torch's default)", min=0)
+    progress: bool = _opt(True, "show progress bars")
+
+
+@dataclass
+class DataConfig:
+    """Where molecules come from and how they are split."""
+
+    source: str = _opt("qm9pack", "data source", choices=SOURCES)
+    data_root: str = _opt("", "folder of the source (pyg: the QM9 root)")
+    split_seed: int = _opt(0, "seed of the test/oracle/pool split")
+    n_test: int = _opt(10_000, "size of the test split", min=1)
+    n_oracle: int = _opt(50_000, "size of the oracle split", min=0)
+
+
+@dataclass
+class TrainRunConfig(ModelConfig, FitConfig, DataConfig):
+    """The ``train`` entry point: fit one model on random pool molecules."""
+
+    train_size: int = _opt(1000, "labelled pool molecules (train + validation)", min=2)
+    profile: bool = _opt(False, "write a torch.profiler trace of a few steps")
+    experiment_name: str = _opt("al", "MLflow experiment (when not set by mlflow run)")
+
+
+def _type_of(cls: type, name: str) -> Any:
+    return typing.get_type_hints(cls)[name]
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(key, value, args[0])
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"config key {key!r}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int | str | float):
+            raise ConfigError(f"config key {key!r}: expected an integer, got {value!r}")
+        try:
+            as_float = float(value)
+            if as_float != int(as_float):
+                raise ValueError
+            return int(as_float)
+        except (ValueError, OverflowError):
+            raise ConfigError(f"config key {key!r}: expected an integer, got {value!r}") from None
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"config key {key!r}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"config key {key!r}: expected a number, got {value!r}") from None
+    if tp is str:
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise ConfigError(f"config key {key!r}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def build_config(cls: type[T], values: Mapping[str, Any]) -> T:
+    """``cls(**values)`` with unknown keys, types, choices and ranges checked."""
+    known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(map(repr, unknown))}; valid keys: "
+            f"{', '.join(sorted(known))}"
+        )
+    resolved: dict[str, Any] = {}
+    for key, value in values.items():
+        f = known[key]
+        value = _coerce(key, value, _type_of(cls, key))
+        choices = f.metadata.get("choices")
+        if choices is not None and value not in choices:
+            raise ConfigError(
+                f"config key {key!r}: {value!r} is not one of {', '.join(map(str, choices))}"
+            )
+        lo, hi = f.metadata.get("min"), f.metadata.get("max")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            bounds = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+            raise ConfigError(f"config key {key!r}: {value!r} is out of range, expected {bounds}")
+        resolved[key] = value
+    return cls(**resolved)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from ``path``; a clear error when the file is missing or not a mapping."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        first = str(err).splitlines()[0] if str(err) else "invalid YAML"
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {first}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(p)!r} must hold a mapping of keys to values")
+    return data
+
+
+def resolve_config(
+    cls: type[T], config_file: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> T:
+    """Defaults <- YAML file <- overrides (``None`` values in overrides mean "not given")."""
+    values: dict[str, Any] = {}
+    if config_file:
+        values.update(read_yaml(config_file))
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return build_config(cls, values)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def subset(cls: type[T], config: Any) -> T:
+    """The fields of ``cls`` taken from a larger config (e.g. ModelConfig from a run config)."""
+    return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})  # type: ignore[arg-type]

@@ -1,0 +1,148 @@
+"""An equivariant message-passing network with vector features, after PaiNN
+(Schütt, Unke & Gastegger, 2021)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from al.models.base import MAX_Z, AtomisticModel, DenseGeometry, GaussianRBF, MCDropout, filter_conv
+
+
+class PaiNNMessage(nn.Module):
+    """Messages from neighbours: scalar ``ds [N, F]`` and vector ``dv [N, 3, F]`` updates.
+
+    ``forward(s [N, F], v [N, 3, F], edge [B, 3H, n, n], geo) -> (s + ds, v + dv)``.
+    """
+
+    def __init__(self, hidden: int, groups: int) -> None:
+        super().__init__()
+        self.hidden, self.groups = hidden, groups
+        self.phi = nn.Sequential(
+            nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 3 * hidden)
+        )
+
+    def forward(
+        self, s: Tensor, v: Tensor, edge: Tensor, geo: DenseGeometry
+    ) -> tuple[Tensor, Tensor]:
+        a, b, c = self.phi(s).split(self.hidden, -1)
+        e_s, e_v, e_r = edge.split(self.groups, 1)  # each [B, H, n, n]
+        B, H, n = geo.num_graphs, self.groups, geo.n
+        # directional filter: rows (i, component), e_ij * unit_ij
+        e_dir = (e_r[:, :, :, None, :] * geo.unit.permute(0, 1, 3, 2)[:, None]).reshape(
+            B, H, 3 * n, n
+        )
+        ds = filter_conv(e_s, a[:, None], geo)[:, 0]
+        dv = filter_conv(e_v, v * b[:, None], geo) + filter_conv(e_dir, c[:, None], geo)
+        return s + ds, v + dv
+
+
+class PaiNNUpdate(nn.Module):
+    """Per-atom mixing of scalar and vector channels (equivariant).
+
+    ``forward(s [N, F], v [N, 3, F]) -> (s + ds, v + dv)``.
+    """
+
+    def __init__(self, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.hidden = hidden
+        self.U = nn.Linear(hidden, hidden, bias=False)
+        self.V = nn.Linear(hidden, hidden, bias=False)
+        self.mlp = nn.Sequential(
+            nn.Linear(2 * hidden, hidden),
+            nn.SiLU(),
+            MCDropout(dropout),
+            nn.Linear(hidden, 3 * hidden),
+        )
+
+    def forward(self, s: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        Uv, Vv = self.U(v), self.V(v)
+        norm = torch.sqrt(Vv.square().sum(1) + 1e-8)
+        a_vv, a_sv, a_ss = self.mlp(torch.cat([s, norm], -1)).split(self.hidden, -1)
+        return s + a_ss + a_sv * (Uv * Vv).sum(1), v + a_vv[:, None] * Uv
+
+
+class PaiNNBlock(nn.Module):
+    """A message step then an update step; returns the new ``(s, v)``."""
+
+    def __init__(self, hidden: int, groups: int, dropout: float) -> None:
+        super().__init__()
+        self.message = PaiNNMessage(hidden, groups)
+        self.update = PaiNNUpdate(hidden, dropout)
+
+    def forward(
+        self, s: Tensor, v: Tensor, edge: Tensor, geo: DenseGeometry
+    ) -> tuple[Tensor, Tensor]:
+        return self.update(*self.message(s, v, edge, geo))
+
+
+class PaiNN(AtomisticModel):
+    """Polarizable atom interaction network: scalar and vector features per atom.
+
+    Vector features carry directions, so the model distinguishes geometries that an
+    invariant distance-only model cannot; the energy stays invariant to rotations. As in
+    :class:`~al.models.schnet.SchNet`, radial filters are shared by channel groups and
+    messages are batched matrix products over dense per-molecule blocks.
+
+    Args:
+        hidden: feature width F.
+        n_interactions: number of message + update blocks.
+        n_rbf: number of Gaussians in the radial basis.
+        cutoff: interaction radius in Angstrom.
+        filter_groups: radial filters per message kind and block (F divisible by it).
+        dropout: dropout rate in the update and readout MLPs (kept for MC dropout).
+    """
+
+    def __init__(
+        self,
+        hidden: int = 128,
+        n_interactions: int = 3,
+        n_rbf: int = 32,
+        cutoff: float = 5.0,
+        filter_groups: int = 16,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if hidden % filter_groups:
+            raise ValueError(f"hidden={hidden} is not divisible by filter_groups={filter_groups}")
+        self.hidden, self.n_interactions, self.n_rbf = hidden, n_interactions, n_rbf
+        self.cutoff, self.filter_groups, self.dropout = cutoff, filter_groups, dropout
+        self.embedding = nn.Embedding(MAX_Z, hidden)
+        self.rbf = GaussianRBF(n_rbf, cutoff)
+        self.filter_net = nn.Linear(n_rbf, n_interactions * 3 * filter_groups)
+        self.interactions = nn.ModuleList(
+            PaiNNBlock(hidden, filter_groups, dropout) for _ in range(n_interactions)
+        )
+        self.readout = nn.Sequential(
+            nn.Linear(hidden, hidden // 2), nn.SiLU(), MCDropout(dropout), nn.Linear(hidden // 2, 1)
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.embedding.reset_parameters()
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def hparams(self) -> dict:
+        return {
+            "hidden": self.hidden,
+            "n_interactions": self.n_interactions,
+            "n_rbf": self.n_rbf,
+            "cutoff": self.cutoff,
+            "filter_groups": self.filter_groups,
+            "dropout": self.dropout,
+        }
+
+    def atom_features(self, z: Tensor, geo: DenseGeometry) -> Tensor:
+        """``z [N]`` -> scalar atom features ``[N, F]``."""
+        B, n, K = geo.num_graphs, geo.n, self.n_interactions
+        edge = self.filter_net(self.rbf(geo.dist)) * geo.fcut[..., None]  # [B, n, n, K*3H]
+        edge = edge.view(B, n, n, K, 3 * self.filter_groups).permute(3, 0, 4, 1, 2).contiguous()
+        s = self.embedding(z)
+        v = s.new_zeros(s.shape[0], 3, self.hidden)
+        for block, e in zip(self.interactions, edge, strict=True):
+            s, v = block(s, v, e, geo)
+        return s

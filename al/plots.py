@@ -1,0 +1,45 @@
+"""Figures logged with runs (matplotlib, headless)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+
+def parity(pred: np.ndarray, target: np.ndarray, title: str = "") -> Any:
+    """Predicted vs reference energy (eV), with MAE in the title."""
+    pred, target = np.asarray(pred), np.asarray(target)
+    mae = float(np.abs(pred - target).mean()) if pred.size else float("nan")
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=110)
+    ax.scatter(target, pred, s=3, alpha=0.4, lw=0)
+    if target.size:
+        lo, hi = float(min(target.min(), pred.min())), float(max(target.max(), pred.max()))
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+    ax.set_xlabel("reference H_atomization (eV)")
+    ax.set_ylabel("predicted (eV)")
+    ax.set_title(f"{title} MAE = {mae:.4f} eV (n = {pred.size})".strip())
+    fig.tight_layout()
+    return fig
+
+
+def training_curves(history: list[Any]) -> Any:
+    """Train loss, validation MAE and learning rate per epoch."""
+    epochs = [h.epoch for h in history]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), dpi=100)
+    axes[0].plot(epochs, [h.train_loss for h in history])
+    axes[0].set_ylabel("train loss (scaled MSE)")
+    axes[1].plot(epochs, [h.val_mae for h in history])
+    axes[1].set_ylabel("validation MAE (eV)")
+    axes[2].plot(epochs, [h.lr for h in history])
+    axes[2].set_ylabel("learning rate")
+    for ax in axes[:2]:
+        ax.set_yscale("log")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+    fig.tight_layout()
+    return fig
