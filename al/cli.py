@@ -17,8 +17,9 @@ def _config_options(cls: type) -> Any:
     """One ``--key`` option per config field, from the dataclass (names written once).
 
     Values arrive as text and are validated by :func:`al.config.build_config`, so YAML and
-    command line share one set of checks. An empty value means "not given": the MLproject
-    passes ``""`` for parameters the user did not set, so a YAML config still applies.
+    command line share one set of checks. Both ``--train-size`` and ``--train_size`` work:
+    ``mlflow run -P train_size=...`` passes undeclared parameters in the second form. An
+    empty value means "not given".
     """
 
     def decorate(func: Any) -> Any:
@@ -26,8 +27,9 @@ def _config_options(cls: type) -> Any:
             default = f.default if f.default is not MISSING else None
             choices = f.metadata.get("choices")
             extra = f" [one of: {', '.join(map(str, choices))}]" if choices else ""
+            spellings = {f"--{f.name.replace('_', '-')}", f"--{f.name}"}
             func = click.option(
-                f"--{f.name.replace('_', '-')}",
+                *sorted(spellings),
                 f.name,
                 type=str,
                 default=None,
@@ -131,13 +133,14 @@ def data_info(source: str, root: str | None, split_seed: int, n_test: int, n_ora
     counts = torch.bincount(d.z, minlength=10)
     click.echo(f"source           {d.source} (digest {d.digest()})")
     click.echo(f"cache            {cache_dir()}")
+    lo, hi = int(d.qm9_index.min()), int(d.qm9_index.max())
+    click.echo(f"molecules        {len(d):,}  (QM9 index {lo}..{hi})")
     click.echo(
-        f"molecules        {len(d):,}  (QM9 index {int(d.qm9_index.min())}..{int(d.qm9_index.max())})"
+        f"atoms            {d.z.numel():,}  ({n.mean():.1f} per molecule, "
+        f"{int(n.min())}..{int(n.max())})"
     )
-    click.echo(
-        f"atoms            {d.z.numel():,}  ({n.mean():.1f} per molecule, {int(n.min())}..{int(n.max())})"
-    )
-    click.echo("elements         " + ", ".join(f"{SYMBOLS[z]} {int(counts[z]):,}" for z in SYMBOLS))
+    elements = ", ".join(f"{SYMBOLS[z]} {int(counts[z]):,}" for z in SYMBOLS)
+    click.echo(f"elements         {elements}")
     y = d.y
     click.echo(
         f"target           {PROPERTY}: mean {y.mean():.3f}, std {y.std():.3f}, "

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -181,8 +182,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--interactions", type=int, default=3)
-    p.add_argument("--batches", type=int, default=None, help="timed batches (CPU 8, CUDA 50)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed batches (CPU 2, CUDA 10)")
+    p.add_argument("--batches", type=int, default=None, help="timed batches (CPU 20, CUDA 50)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed batches (CPU 3, CUDA 10)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["schnet", "painn"])
     p.add_argument("--seed", type=int, default=0)
@@ -191,7 +192,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def fmt(x: float | None, spec: str) -> str:
-    return "-" if x is None else format(x, spec)
+    width = int(re.match(r"\d*", spec).group() or 0)
+    return f"{'-':>{width}}" if x is None else format(x, spec)
 
 
 def print_table(rows: list[Row]) -> None:
@@ -203,7 +205,9 @@ def print_table(rows: list[Row]) -> None:
     print("-" * len(head))
     for r in rows:
         if r.error:
-            print(f"{r.model:<12} {r.device:<6} {r.precision:<10} {r.params:>9,}  failed: {r.error}")
+            print(
+                f"{r.model:<12} {r.device:<6} {r.precision:<10} {r.params:>9,}  failed: {r.error}"
+            )
             continue
         print(
             f"{r.model:<12} {r.device:<6} {r.precision:<10} {r.params:>9,} "
@@ -222,8 +226,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
         raise SystemExit("--device cuda: no CUDA device is available")
     if args.threads:
         torch.set_num_threads(args.threads)
-    n_timed = args.batches if args.batches is not None else (50 if device.type == "cuda" else 8)
-    n_warm = args.warmup if args.warmup is not None else (10 if device.type == "cuda" else 2)
+    n_timed = args.batches if args.batches is not None else (50 if device.type == "cuda" else 20)
+    n_warm = args.warmup if args.warmup is not None else (10 if device.type == "cuda" else 3)
 
     # PyG's Gaussian smearing of distances underflows to subnormal floats, which are several
     # times slower on CPU; our radial basis clamps its exponent and never makes them. Flushing
@@ -302,7 +306,9 @@ def main(argv: list[str] | None = None) -> list[Row]:
             "seed": args.seed,
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2))
+        args.json.write_text(
+            json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2)
+        )
         print(f"\nwrote {args.json}")
     return rows
 

@@ -72,7 +72,10 @@ class MolecularData:
 
     def rows_of(self, qm9_index: Tensor | np.ndarray | list[int]) -> Tensor:
         """Rows of the given QM9 indices; a ``KeyError`` names any index not in the set."""
-        idx = torch.as_tensor(np.asarray(qm9_index), dtype=torch.long).reshape(-1)
+        if isinstance(qm9_index, Tensor):
+            idx = qm9_index.detach().to("cpu", torch.long).reshape(-1)
+        else:
+            idx = torch.as_tensor(np.array(qm9_index, dtype=np.int64)).reshape(-1)
         lookup = self._lookup()
         bad = (idx < 0) | (idx >= lookup.numel())
         rows = torch.full_like(idx, -1)
@@ -152,7 +155,7 @@ class MolecularData:
     def digest(self) -> str:
         """A short content hash of indices, atoms and target (dataset lineage)."""
         h = hashlib.sha256()
-        for t in (self.qm9_index, self.z, self.pos, self.y):
+        for t in (self.qm9_index, self.ptr, self.z, self.pos, self.y):
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
         return h.hexdigest()[:16]
 
@@ -293,7 +296,17 @@ def load_qm9(
         raise ValueError(f"unknown data source {source!r}; expected one of {', '.join(SOURCES)}")
     if source == "pyg" and root is None:
         raise ValueError("source 'pyg' needs the root folder of a PyTorch Geometric QM9 dataset")
-    key = f"{source}-{root}" if root is not None else source
+    # Keyed by the source files themselves (path, size, mtime), so a changed source or
+    # another root gets its own cache entry.
+    folder = Path(root).resolve() if root is not None else qm9pack_data_dir()
+    if not folder.exists():
+        raise FileNotFoundError(f"data folder {folder} does not exist")
+    stats = sorted(
+        f"{p.relative_to(folder)}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
+        for p in folder.rglob("*")
+        if p.is_file() and p.suffix in (".csv", ".pt")
+    )
+    key = "|".join([source, str(folder), *stats])
     tag = hashlib.sha256(key.encode()).hexdigest()[:8]
     path = (Path(cache) if cache else cache_dir()) / f"qm9-{source}-{tag}-v{CACHE_FORMAT}.pt"
     if path.exists():

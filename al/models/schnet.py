@@ -46,7 +46,8 @@ class SchNet(AtomisticModel):
     Differences from the original, both for speed at equal width and depth: filters are a
     linear map of the radial basis (the original's is a two-layer MLP on every atom pair),
     shared by groups of ``F / filter_groups`` channels (as heads are in attention), and
-    messages are batched matrix products over dense per-molecule blocks (see :class:`~al.models.base.DenseGeometry`).
+    messages are batched matrix products over dense per-molecule blocks (see
+    :class:`~al.models.base.DenseGeometry`).
 
     Args:
         hidden: feature width F.
