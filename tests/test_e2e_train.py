@@ -78,4 +78,4 @@ def test_mlflow_run_train(tmp_path: Path, subprocess_env: dict, qm9) -> None:
     pred_csv = mlflow.artifacts.download_artifacts(
         run_id=run.info.run_id, artifact_path=Artifacts.PREDICTIONS
     )
-    assert sum(1 for _ in open(pred_csv)) == 201
+    assert len(Path(pred_csv).read_text().splitlines()) == 201
