@@ -78,9 +78,11 @@ def train(config_file: str | None, **overrides: Any) -> None:
     "--model", "model_uri", required=True, help="MLflow model URI (models:/..., runs:/...)"
 )
 @click.option("--output", "-o", default="-", help="CSV to write (default: standard output)")
-@click.option("--mc-samples", default=20, show_default=True, help="MC-dropout passes if any")
+@click.option(
+    "--qm9-format", is_flag=True, help="files are QM9 .xyz (3 trailing lines per molecule)"
+)
 @click.argument("files", nargs=-1, required=True, type=click.Path())
-def predict(model_uri: str, output: str, mc_samples: int, files: tuple[str, ...]) -> None:
+def predict(model_uri: str, output: str, qm9_format: bool, files: tuple[str, ...]) -> None:
     """Predict energies (mean and std, eV) for molecules in .xyz files."""
     import mlflow
 
@@ -92,7 +94,7 @@ def predict(model_uri: str, output: str, mc_samples: int, files: tuple[str, ...]
         for path in files:
             if not Path(path).is_file():
                 raise click.ClickException(f"{path}: no such file")
-            molecules += read_xyz(path)
+            molecules += read_xyz(path, qm9=qm9_format)
     except XYZError as err:
         raise click.ClickException(str(err)) from None
     model = mlflow.pyfunc.load_model(model_uri)
