@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from al.config import ConfigError, TrainRunConfig, resolve_config
+from al.config import CampaignConfig, ConfigError, TrainRunConfig, resolve_config
 
 
 def _config_options(cls: type) -> Any:
@@ -69,6 +69,20 @@ def train(config_file: str | None, **overrides: Any) -> None:
     config = _resolve(TrainRunConfig, config_file, overrides)
     try:
         run_train(config)
+    except (ValueError, KeyError, RuntimeError, FileNotFoundError) as err:
+        raise click.ClickException(str(err).strip("'\"")) from None
+
+
+@main.command("al-loop")
+@click.option("--config", "config_file", default=None, help="YAML file of the same keys")
+@_config_options(CampaignConfig)
+def al_loop(config_file: str | None, **overrides: Any) -> None:
+    """Run (or, with --resume RUN_ID, continue) an active-learning campaign."""
+    from al.loop import run_campaign
+
+    config = _resolve(CampaignConfig, config_file, overrides)
+    try:
+        run_campaign(config)
     except (ValueError, KeyError, RuntimeError, FileNotFoundError) as err:
         raise click.ClickException(str(err).strip("'\"")) from None
 

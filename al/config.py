@@ -197,3 +197,41 @@ def to_dict(config: Any) -> dict[str, Any]:
 def subset(cls: type[T], config: Any) -> T:
     """The fields of ``cls`` taken from a larger config (e.g. ModelConfig from a run config)."""
     return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})  # type: ignore[arg-type]
+
+
+@dataclass
+class CampaignConfig(ModelConfig, FitConfig, DataConfig):
+    """The ``al_loop`` entry point: one active-learning campaign.
+
+    ``strategy`` names a preset (uncertainty method + acquisition function, see
+    :mod:`al.strategies`); ``uncertainty`` and ``acquisition`` override its parts.
+    """
+
+    strategy: str = _opt("ensemble", "preset: uncertainty method + acquisition")
+    acquisition: str = _opt("", "acquisition function (overrides the strategy's)")
+    uncertainty: str = _opt("", "ensemble | mc_dropout (overrides the strategy's)")
+    oracle: str = _opt("dft", "labeller: dft, xtb or model:<MLflow model URI>")
+    oracle_cost: float = _opt(-1.0, "cost per label (-1: the oracle's default)")
+    initial_size: int = _opt(1000, "random labels in round 0", min=1)
+    batch_size: int = _opt(100, "labels asked for per round", min=1)
+    rounds: int = _opt(3, "acquisition rounds after round 0 (0 = no limit)", min=0)
+    budget_labels: int = _opt(0, "stop when this many labels are spent (0 = none)", min=0)
+    budget_cost: float = _opt(0.0, "stop when this much cost is spent (0 = none)", min=0.0)
+    target_mae: float = _opt(0.0, "stop when test MAE (eV) is at most this (0 = none)", min=0.0)
+    plateau_rounds: int = _opt(
+        0, "stop after this many rounds without improvement (0 = off)", min=0
+    )
+    epochs: int = _opt(60, "maximum epochs per round's fit", min=1)
+    patience: int = _opt(15, "early stopping: epochs without validation improvement", min=1)
+    ensemble_size: int = _opt(5, "deep-ensemble members", min=2)
+    bootstrap: bool = _opt(False, "Poisson bootstrap per ensemble member")
+    mc_samples: int = _opt(20, "MC-dropout passes", min=2)
+    pool_subsample: int = _opt(5000, "pool molecules scored per round (0 = whole pool)", min=0)
+    train_batch_size: int = _opt(64, "molecules per training batch", min=1)
+    resume: str = _opt("", "run id of a campaign to continue")
+    experiment_name: str = _opt("al", "MLflow experiment (when not set by mlflow run)")
+
+    def fit_config(self) -> FitConfig:
+        values = {f.name: getattr(self, f.name) for f in fields(FitConfig)}
+        values["batch_size"] = self.train_batch_size
+        return FitConfig(**values)

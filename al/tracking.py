@@ -190,3 +190,162 @@ def _active_run_id() -> str:
     if run is None:
         raise RuntimeError("no active MLflow run")
     return run.info.run_id
+
+
+# --- campaigns ----------------------------------------------------------------------------
+TAG_STRATEGY = "al.strategy"
+TAG_ORACLE = "al.oracle"
+TAG_UNCERTAINTY = "al.uncertainty"
+TAG_ACQUISITION = "al.acquisition"
+TAG_ROUND = "al.round"
+TAG_COMPLETED_ROUND = "al.completed_round"
+TAG_STOP_REASON = "al.stop_reason"
+TAG_DATA_VERSION = "al.data_version"
+TAG_RESUMED_INTO = "al.resumed_into"
+KIND_ROUND = "round"
+
+
+class CampaignMetrics:
+    """Per-round metric names on the campaign run (``step = n_labelled``)."""
+
+    N_LABELLED = "n_labelled"
+    ROUND = "round"
+    COST_SPENT = "cost_spent"
+    N_REQUESTED = "n_requested"
+    N_FAILED = "n_failed"
+    POOL_SCORED = "pool_scored"
+    TEST_MAE = "test_mae"
+    TEST_RMSE = "test_rmse"
+    TEST_MAX_AE = "test_max_ae"
+    TEST_NLL = "test_nll"
+    TEST_SPEARMAN = "test_spearman_std_err"
+    TEST_MISCALIBRATION = "test_miscalibration_area"
+    TEST_MEAN_STD = "test_mean_std"
+    TIME_FIT = "time_fit_s"
+    TIME_SCORE = "time_score_s"
+    TIME_SELECT = "time_select_s"
+    TIME_LABEL = "time_label_s"
+    TIME_LOG = "time_log_s"
+    FIT_EPOCHS = "fit_epochs"
+
+    @staticmethod
+    def labels_from(oracle: str) -> str:
+        return f"n_labels.{oracle.replace(':', '_').replace('/', '_')}"
+
+
+QUERIED_COLUMNS = (
+    "qm9_index", "round", "oracle", "label", "status", "cost", "score", "pred_mean", "pred_std",
+)  # fmt: skip
+
+
+def queried_path(round_: int) -> str:
+    return f"rounds/round_{round_:03d}/queried.csv"
+
+
+ROUND_CHECKPOINT = "checkpoint/model.pt"
+CAMPAIGN_PLOTS = ("plots/learning_curve.png", "plots/parity.png", "plots/std_vs_error.png")
+
+
+class CampaignRun:
+    """A campaign's MLflow run: queried tables, round child runs, and what resume reads back.
+
+    Everything resume needs is read from the tracking server: the queried tables of all
+    rounds (``rounds/round_NNN/queried.csv``), the last completed round (a tag), the
+    test-MAE history, and the last completed round's checkpoint (in its child run).
+    """
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.client = MlflowClient()
+
+    @classmethod
+    def start(cls, experiment_name: str, resume: str = "") -> CampaignRun:
+        """Start (or re-open, with ``resume``) the campaign run and make it active."""
+        import os
+
+        wrapper = os.environ.get("MLFLOW_RUN_ID")
+        if resume:
+            if wrapper and wrapper != resume:
+                # `mlflow run -P resume=ID` made a fresh run for this process: point it at
+                # the campaign it continues and close it.
+                MlflowClient().set_tag(wrapper, TAG_RESUMED_INTO, resume)
+                MlflowClient().set_terminated(wrapper, "FINISHED")
+                os.environ.pop("MLFLOW_RUN_ID")
+            try:
+                run = mlflow.start_run(run_id=resume)
+            except mlflow.exceptions.MlflowException as err:
+                raise ValueError(f"cannot resume run {resume!r}: {err.message}") from None
+        else:
+            if not wrapper and not os.environ.get("MLFLOW_EXPERIMENT_ID"):
+                mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or experiment_name)
+            run = mlflow.start_run()
+        return cls(run.info.run_id)
+
+    # --- reading back -------------------------------------------------------------------
+    def queried_rounds(self) -> list[int]:
+        try:
+            items = self.client.list_artifacts(self.run_id, "rounds")
+        except mlflow.exceptions.MlflowException:
+            return []
+        rounds = []
+        for item in items:
+            name = item.path.rsplit("/", 1)[-1]
+            if item.is_dir and name.startswith("round_"):
+                files = {f.path for f in self.client.list_artifacts(self.run_id, item.path)}
+                if f"{item.path}/queried.csv" in files:
+                    rounds.append(int(name.split("_")[1]))
+        return sorted(rounds)
+
+    def read_queried(self, round_: int) -> pd.DataFrame:
+        import mlflow.artifacts
+
+        path = mlflow.artifacts.download_artifacts(
+            run_id=self.run_id, artifact_path=queried_path(round_)
+        )
+        return pd.read_csv(path)
+
+    def completed_round(self) -> int:
+        tag = self.client.get_run(self.run_id).data.tags.get(TAG_COMPLETED_ROUND)
+        return int(tag) if tag is not None else -1
+
+    def metric_history(self, key: str) -> list[float]:
+        hist = self.client.get_metric_history(self.run_id, key)
+        return [m.value for m in sorted(hist, key=lambda m: m.step)]
+
+    def round_child(self, round_: int, finished_only: bool = True) -> list[Any]:
+        exp = self.client.get_run(self.run_id).info.experiment_id
+        flt = f"tags.mlflow.parentRunId = '{self.run_id}' and tags.`{TAG_ROUND}` = '{round_}'"
+        runs = self.client.search_runs([exp], filter_string=flt)
+        return [r for r in runs if r.info.status == "FINISHED" or not finished_only]
+
+    def download_checkpoint(self, round_: int, dst: Path) -> Path:
+        import mlflow.artifacts
+
+        children = self.round_child(round_)
+        if not children:
+            raise RuntimeError(f"run {self.run_id}: no finished child run for round {round_}")
+        return Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=children[0].info.run_id, artifact_path=ROUND_CHECKPOINT, dst_path=str(dst)
+            )
+        )
+
+    def close_stale_children(self) -> None:
+        """Mark round child runs left RUNNING by a killed process as KILLED."""
+        exp = self.client.get_run(self.run_id).info.experiment_id
+        flt = f"tags.mlflow.parentRunId = '{self.run_id}'"
+        for r in self.client.search_runs([exp], filter_string=flt):
+            if r.info.status == "RUNNING":
+                self.client.set_terminated(r.info.run_id, "KILLED")
+
+    # --- writing -------------------------------------------------------------------------
+    def log_queried(self, round_: int, frame: pd.DataFrame) -> None:
+        missing = [c for c in QUERIED_COLUMNS if c not in frame.columns]
+        if missing:
+            raise ValueError(f"queried table lacks columns {missing}")
+        self.client.log_text(
+            self.run_id, frame[list(QUERIED_COLUMNS)].to_csv(index=False), queried_path(round_)
+        )
+
+    def complete_round(self, round_: int) -> None:
+        self.client.set_tag(self.run_id, TAG_COMPLETED_ROUND, str(round_))

@@ -19,6 +19,7 @@ from torch import Tensor
 from al.config import FitConfig
 from al.data.qm9 import MolecularData
 from al.models.base import AtomisticModel
+from al.models.ensemble import EnsembleModel
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class _ActivationMonitor:
         self.counts: dict[str, int] = {}
         self.handles = [
             block.register_forward_hook(self._hook(f"block_{k}"))
-            for k, block in enumerate(model.interactions)
+            for k, block in enumerate(getattr(model, "interactions", []))
         ]
 
     def _hook(self, name: str) -> Callable:
@@ -124,9 +125,10 @@ def predict(
     amp: bool = True,
     embeddings: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
-    """Energies (eV, ``[len(rows)]``, float64 on CPU) and optionally embeddings ``[len, F]``.
+    """Energies (eV, ``[..., n]``, float64 on CPU) and optionally embeddings ``[..., n, F]``.
 
-    The model is evaluated in whatever train/eval mode it is in (MC dropout relies on this).
+    ``n = len(rows)``; an ensemble adds a leading member dimension. The model is evaluated
+    in whatever train/eval mode it is in (MC dropout relies on this).
     """
     device = next(model.parameters()).device
     means, embs = [], []
@@ -138,8 +140,10 @@ def predict(
         means.append(energy.double().cpu())
         if embeddings:
             embs.append(emb.float().cpu())
-    mean = torch.cat(means) if means else torch.zeros(0, dtype=torch.float64)
-    return mean, (torch.cat(embs) if embeddings and embs else None)
+    if not means:
+        return torch.zeros(0, dtype=torch.float64), None
+    mean = torch.cat(means, dim=-1)
+    return mean, (torch.cat(embs, dim=-2) if embeddings else None)
 
 
 def regression_metrics(pred: Tensor, target: Tensor) -> dict[str, float]:
@@ -153,13 +157,14 @@ def regression_metrics(pred: Tensor, target: Tensor) -> dict[str, float]:
 
 
 def fit(
-    model: AtomisticModel,
+    model: AtomisticModel | EnsembleModel,
     data: MolecularData,
     train_rows: Tensor,
     val_rows: Tensor,
     config: FitConfig,
     on_epoch: Callable[[EpochStats], None] | None = None,
     profile_dir: Path | None = None,
+    sample_weight: Tensor | None = None,
 ) -> FitResult:
     """Train ``model`` on ``train_rows`` of ``data``, early-stopping on ``val_rows`` MAE.
 
@@ -173,6 +178,11 @@ def fit(
         config: optimiser, schedule and stopping settings.
         on_epoch: called with each epoch's statistics (e.g. to log them).
         profile_dir: if given, a ``torch.profiler`` trace of a few steps is written there.
+        sample_weight: loss weight of each training molecule, ``[n_train]``, or per ensemble
+            member ``[K, n_train]`` (e.g. bootstrap counts); default all ones.
+
+    An ensemble's members are trained together on the same batches; each member's loss
+    only reaches its own weights. Early stopping follows the ensemble mean's MAE.
     """
     device = next(model.parameters()).device
     if config.threads and device.type == "cpu":
@@ -203,6 +213,8 @@ def fit(
     monitor = _ActivationMonitor(model)
     gen = torch.Generator().manual_seed(config.seed)
     val_target = data.y[val_rows].cpu() if val_rows.numel() else None
+    if sample_weight is not None:
+        sample_weight = sample_weight.to(device, torch.float32)
 
     best_state, best_mae, best_epoch = None, math.inf, -1
     history: list[EpochStats] = []
@@ -232,7 +244,10 @@ def fit(
                 t1 = time.perf_counter()
                 with _autocast(device, config.amp):
                     pred = step_model(z, pos, batch, rows.numel())
-                loss = ((pred.float() - y.float()) / y_scale).square().mean()
+                sq = ((pred.float() - y.float()) / y_scale).square()  # [B] or [K, B]
+                if sample_weight is not None:
+                    sq = sq * sample_weight[..., idx.to(device)]
+                loss = sq.mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 for g, params in groups.items():
@@ -259,6 +274,7 @@ def fit(
             if val_target is not None:
                 model.eval()
                 val_pred, _ = predict(model, data, val_rows, amp=config.amp)
+                val_pred = val_pred.reshape(-1, val_rows.numel()).mean(0)
                 val_mae = float((val_pred - val_target).abs().mean())
             else:
                 val_mae = float("nan")

@@ -152,6 +152,17 @@ class MolecularData:
         out.index_put_((batch, col), torch.ones_like(col, dtype=torch.float64), accumulate=True)
         return out
 
+    def save(self, path: str | Path) -> Path:
+        """Write the compact ``.pt`` form (atomically), e.g. to carry QM9 to another machine."""
+        path = Path(path)
+        _save_atomic(_to_record(self), path)
+        return path
+
+    @staticmethod
+    def load(path: str | Path) -> MolecularData:
+        """Read a file written by :meth:`save` (or a cache file)."""
+        return _from_record(torch.load(path, weights_only=True))
+
     def digest(self) -> str:
         """A short content hash of indices, atoms and target (dataset lineage)."""
         h = hashlib.sha256()

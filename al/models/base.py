@@ -119,7 +119,8 @@ class DenseGeometry:
     def to_dense(self, x: Tensor) -> Tensor:
         """``[N, *S] -> [B, n, *S]``, zero-padded."""
         out = x.new_zeros((self.num_graphs * self.n, *x.shape[1:]))
-        return out.index_copy_(0, self.index, x).view(self.num_graphs, self.n, *x.shape[1:])
+        # out of place, so that torch.func.vmap can batch it over ensemble members
+        return out.index_copy(0, self.index, x).view(self.num_graphs, self.n, *x.shape[1:])
 
     def to_flat(self, x: Tensor) -> Tensor:
         """``[B, n, *S] -> [N, *S]``."""
@@ -206,7 +207,8 @@ class AtomisticModel(nn.Module):
         pos: Tensor,
         batch: Tensor,
         num_graphs: int | None = None,
-    ) -> Tensor:
+        embedding: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """Energies in eV.
 
         Args:
@@ -214,10 +216,13 @@ class AtomisticModel(nn.Module):
             batch: molecule of each atom, ``[N]`` (atoms of a molecule contiguous);
             num_graphs: ``B`` (saves a device sync when given).
 
+            embedding: also return the molecule embeddings.
+
         Returns:
-            ``[B]`` energies in eV.
+            ``[B]`` energies in eV (and ``[B, F]`` embeddings when asked for).
         """
-        return self.energy_and_embedding(z, pos, batch, num_graphs)[0]
+        energy, emb = self.energy_and_embedding(z, pos, batch, num_graphs)
+        return (energy, emb) if embedding else energy
 
     def energy_and_embedding(
         self,
@@ -232,10 +237,8 @@ class AtomisticModel(nn.Module):
         geo = DenseGeometry.build(pos, batch, num_graphs, self.cutoff)
         h = self.atom_features(z, geo)
         atom_e = self.readout(h).squeeze(-1).float() * self.scale + self.atomref[z]
-        energy = torch.zeros(num_graphs, dtype=atom_e.dtype, device=z.device)
-        energy.index_add_(0, batch, atom_e)
-        emb = torch.zeros(num_graphs, h.shape[-1], dtype=h.dtype, device=z.device)
-        emb.index_add_(0, batch, h)
+        energy = atom_e.new_zeros(num_graphs).index_add(0, batch, atom_e)
+        emb = h.new_zeros(num_graphs, h.shape[-1]).index_add(0, batch, h)
         counts = torch.bincount(batch, minlength=num_graphs).clamp(min=1)
         return energy, emb / counts[:, None].to(h.dtype)
 

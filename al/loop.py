@@ -1,0 +1,441 @@
+"""The active-learning loop: fit, evaluate, score, select, label, log, stop."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TypeVar
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from al import plots, tracking
+from al.acquisition import ACQUISITIONS, select
+from al.config import CampaignConfig, DataConfig, ModelConfig, subset, to_dict
+from al.data.qm9 import MolecularData
+from al.data.splits import Splits
+from al.metrics import regression_report
+from al.models.checkpoint import load_checkpoint, save_checkpoint
+from al.oracles import Oracle
+from al.pyfunc import log_pyfunc_model
+from al.stopping import CampaignProgress, StoppingRule, first_reason
+from al.tracking import CampaignMetrics as CM  # noqa: N817 - used in every metric key
+from al.tracking import CampaignRun
+from al.train import seed_everything
+from al.uncertainty import Prediction, Surrogate
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def round_generator(seed: int, round_: int, purpose: str) -> torch.Generator:
+    """A generator that depends only on (seed, round, purpose): a resumed round draws the
+    same subsample and makes the same choices as the interrupted one would have."""
+    digest = hashlib.sha256(f"{seed}/{round_}/{purpose}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") % 2**63)
+
+
+@dataclass
+class Labelled:
+    """Every label asked for so far: one row per request, failures included."""
+
+    table: pd.DataFrame
+
+    @classmethod
+    def empty(cls) -> Labelled:
+        return cls(pd.DataFrame(columns=list(tracking.QUERIED_COLUMNS)))
+
+    def add(self, frame: pd.DataFrame) -> None:
+        frames = [f for f in (self.table, frame) if len(f)]
+        self.table = pd.concat(frames, ignore_index=True) if frames else frame
+
+    @property
+    def ok(self) -> pd.DataFrame:
+        return self.table[self.table["status"] == "ok"]
+
+    @property
+    def attempted(self) -> np.ndarray:
+        return self.table["qm9_index"].to_numpy(np.int64)
+
+    @property
+    def cost_spent(self) -> float:
+        return float(self.table["cost"].sum()) if len(self.table) else 0.0
+
+    def digest(self) -> str:
+        """Data version of the labelled set (which molecules, which labels)."""
+        ok = self.ok.sort_values("qm9_index")
+        payload = ok[["qm9_index", "label"]].to_csv(index=False).encode()
+        return hashlib.sha256(payload).hexdigest()[:16]
+
+
+class Campaign:
+    """One campaign: the collaborators are built by :func:`run_campaign` and passed in."""
+
+    def __init__(
+        self,
+        config: CampaignConfig,
+        data: MolecularData,
+        splits: Splits,
+        surrogate: Surrogate,
+        acquisition: str,
+        oracle: Oracle,
+        rules: list[StoppingRule],
+        run: CampaignRun,
+    ) -> None:
+        self.config, self.data, self.splits = config, data, splits
+        self.surrogate, self.acquisition, self.oracle = surrogate, acquisition, oracle
+        self.rules, self.run = rules, run
+        self.pool = data.rows_of(splits.pool)
+        self.test = data.rows_of(splits.test)
+        self.labelled = Labelled.empty()
+        self.mae_history: list[float] = []
+        self.timings: dict[str, float] = {}
+
+    # --- the algorithm ---------------------------------------------------------------------
+    def execute(self) -> str:
+        """Run (or continue) the campaign until a stopping rule fires; returns the reason."""
+        round_, fitted = self.restore()
+        if round_ < 0:
+            round_ = 0
+            self.label(0, self.initial_selection())
+        while True:
+            if not fitted:
+                self.fit_and_evaluate(round_)
+            fitted = False
+            reason = first_reason(self.rules, self.progress(round_))
+            if reason:
+                return reason
+            round_ += 1
+            candidates = self.candidates(round_)
+            self.timings["pool_scored"] = candidates.numel()
+            pred = self.timed("score", self.surrogate.predict, self.data, candidates)
+            chosen = self.timed("select", self.choose, round_, candidates, pred)
+            self.label(round_, chosen, pred)
+
+    def fit_and_evaluate(self, round_: int) -> None:
+        train_data, train_rows, val_rows = self.training_set(round_)
+        with mlflow.start_run(run_name=f"round_{round_:03d}", nested=True) as child:
+            mlflow.set_tags({tracking.TAG_KIND: tracking.KIND_ROUND, tracking.TAG_ROUND: round_,
+                             tracking.TAG_DATA_VERSION: self.labelled.digest()})  # fmt: skip
+            logger = tracking.EpochLogger(child.info.run_id)
+            t0 = time.perf_counter()
+            result = self.surrogate.fit(train_data, train_rows, val_rows, on_epoch=logger)
+            self.timings["fit"] = time.perf_counter() - t0
+            logger.flush()
+            pred = self.surrogate.predict(self.data, self.test)
+            report = regression_report(pred.mean, self.data.y[self.test], pred.std)
+            t0 = time.perf_counter()
+            self.log_round_artifacts(round_, pred, result.history)
+        self.mae_history.append(report["mae"])
+        self.log_round_metrics(round_, report, len(result.history))
+        self.timings["log"] = time.perf_counter() - t0
+        log.info(
+            "event=round_done round=%d n_labelled=%d test_mae=%.4f fit_s=%.1f",
+            round_, len(self.labelled.ok), report["mae"], self.timings["fit"],
+        )  # fmt: skip
+
+    # --- steps -------------------------------------------------------------------------------
+    def initial_selection(self) -> pd.DataFrame:
+        gen = round_generator(self.config.seed, 0, "initial")
+        k = min(self.config.initial_size, self.pool.numel())
+        rows = self.pool[torch.randperm(self.pool.numel(), generator=gen)[:k]]
+        return self.request_frame(rows, None, None)
+
+    def candidates(self, round_: int) -> Tensor:
+        """Pool rows never asked for, subsampled when ``pool_subsample`` is set."""
+        asked = torch.as_tensor(self.labelled.attempted)
+        free = self.pool[~torch.isin(self.data.qm9_index[self.pool], asked)]
+        n = self.config.pool_subsample
+        if n and free.numel() > n:
+            gen = round_generator(self.config.seed, round_, "subsample")
+            free = free[torch.randperm(free.numel(), generator=gen)[:n]].sort().values
+        return free
+
+    def choose(self, round_: int, candidates: Tensor, pred: Prediction) -> pd.DataFrame:
+        labelled_emb = None
+        if "embedding" in ACQUISITIONS[self.acquisition].needs:
+            ok_rows = self.data.rows_of(self.labelled.ok["qm9_index"].to_numpy())
+            labelled_emb = self.surrogate.predict(self.data, ok_rows).embedding
+        k = min(self.config.batch_size, candidates.numel())
+        gen = round_generator(self.config.seed, round_, "select")
+        sel = select(self.acquisition, pred, k, generator=gen, labelled_embedding=labelled_emb)
+        return self.request_frame(candidates[sel.index], sel.score, pred, sel.index)
+
+    def request_frame(
+        self,
+        rows: Tensor,
+        score: Tensor | None,
+        pred: Prediction | None,
+        pred_index: Tensor | None = None,
+    ) -> pd.DataFrame:
+        n = rows.numel()
+        nan = np.full(n, np.nan)
+        frame = pd.DataFrame({"qm9_index": self.data.qm9_index[rows].numpy()})
+        frame["score"] = score.double().numpy() if score is not None else nan
+        if pred is not None and pred_index is not None:
+            frame["pred_mean"] = pred.mean[pred_index].double().numpy()
+            std = pred.std[pred_index].double().numpy() if pred.std is not None else nan
+            frame["pred_std"] = std
+        else:
+            frame["pred_mean"], frame["pred_std"] = nan, nan
+        return frame
+
+    def label(self, round_: int, request: pd.DataFrame, pred: Prediction | None = None) -> None:
+        """Ask the oracle, record every row (failures too) on the tracking server at once."""
+        t0 = time.perf_counter()
+        result = self.oracle.label(request["qm9_index"].to_numpy(np.int64))
+        self.timings["label"] = time.perf_counter() - t0
+        frame = result.to_frame().reset_index(drop=True)
+        frame["round"] = round_
+        for col in ("score", "pred_mean", "pred_std"):
+            frame[col] = request[col].to_numpy()
+        self.run.log_queried(round_, frame)
+        self.labelled.add(frame[list(tracking.QUERIED_COLUMNS)])
+        n_failed = int((frame["status"] != "ok").sum())
+        if n_failed:
+            log.warning("event=labels_failed round=%d n_failed=%d", round_, n_failed)
+
+    def training_set(self, round_: int) -> tuple[MolecularData, Tensor, Tensor]:
+        """The data with oracle labels in ``y``, and a seeded train/validation split."""
+        ok = self.labelled.ok
+        rows = self.data.rows_of(ok["qm9_index"].to_numpy(np.int64))
+        y = torch.full_like(self.data.y, float("nan"))
+        y[rows] = torch.tensor(ok["label"].to_numpy(np.float64))
+        gen = round_generator(self.config.seed, round_, "validation")
+        rows = rows[torch.randperm(rows.numel(), generator=gen)]
+        n_val = round(self.config.val_fraction * rows.numel())
+        if self.config.val_fraction > 0:
+            n_val = max(1, n_val)
+        return replace(self.data, y=y), rows[n_val:], rows[:n_val]
+
+    def progress(self, round_: int) -> CampaignProgress:
+        asked = torch.as_tensor(self.labelled.attempted)
+        left = int((~torch.isin(self.data.qm9_index[self.pool], asked)).sum())
+        return CampaignProgress(
+            round=round_,
+            n_labelled=len(self.labelled.ok),
+            n_requested=len(self.labelled.table),
+            cost_spent=self.labelled.cost_spent,
+            test_mae_history=list(self.mae_history),
+            pool_left=left,
+        )
+
+    def timed(self, phase: str, fn: Callable[..., T], *args: object) -> T:
+        t0 = time.perf_counter()
+        out = fn(*args)
+        self.timings[phase] = time.perf_counter() - t0
+        return out
+
+    # --- logging -----------------------------------------------------------------------------
+    def log_round_metrics(self, round_: int, report: dict[str, float], epochs: int) -> None:
+        table = self.labelled.table
+        this_round = table[table["round"] == round_]
+        metrics = {
+            CM.N_LABELLED: len(self.labelled.ok),
+            CM.ROUND: round_,
+            CM.COST_SPENT: self.labelled.cost_spent,
+            CM.N_REQUESTED: len(table),
+            CM.N_FAILED: int((table["status"] != "ok").sum()),
+            CM.POOL_SCORED: self.timings.get("pool_scored", 0),
+            CM.TEST_MAE: report["mae"],
+            CM.TEST_RMSE: report["rmse"],
+            CM.TEST_MAX_AE: report["max_ae"],
+            CM.TEST_NLL: report.get("nll", float("nan")),
+            CM.TEST_SPEARMAN: report.get("spearman_std_err", float("nan")),
+            CM.TEST_MISCALIBRATION: report.get("miscalibration_area", float("nan")),
+            CM.TEST_MEAN_STD: report.get("mean_std", float("nan")),
+            CM.FIT_EPOCHS: epochs,
+            CM.TIME_FIT: self.timings.get("fit", 0.0),
+            CM.TIME_LOG: self.timings.get("log", 0.0),
+        }
+        if round_ > 0:
+            metrics.update(
+                {CM.TIME_SCORE: self.timings.get("score", 0.0),
+                 CM.TIME_SELECT: self.timings.get("select", 0.0)}
+            )  # fmt: skip
+        metrics[CM.TIME_LABEL] = self.timings.get("label", 0.0)
+        for oracle, n in table.loc[table["status"] == "ok", "oracle"].value_counts().items():
+            metrics[CM.labels_from(str(oracle))] = int(n)
+        metrics["round_cost"] = float(this_round["cost"].sum())
+        tracking.log_metrics(metrics, step=len(self.labelled.ok), run_id=self.run.run_id)
+        self.run.complete_round(round_)
+
+    def log_round_artifacts(self, round_: int, pred: Prediction, history: list) -> None:
+        """Into the active child run: curves, parity, std vs error, checkpoint, model."""
+        target = self.data.y[self.test].numpy()
+        tracking.log_figure(plots.training_curves(history), tracking.Artifacts.CURVES)
+        figs = campaign_figures(self.mae_history_with(pred), pred, target, round_)
+        for fig, path in zip(figs, tracking.CAMPAIGN_PLOTS, strict=True):
+            tracking.log_figure(fig, path)
+        with tempfile.TemporaryDirectory(prefix="al-") as tmp:
+            ckpt = save_checkpoint(
+                self.surrogate.members(), Path(tmp) / "model.pt",
+                meta={**self.surrogate.checkpoint_meta(), "round": round_,
+                      "data_version": self.labelled.digest()},
+            )  # fmt: skip
+            mlflow.log_artifact(str(ckpt), Path(tracking.ROUND_CHECKPOINT).parent.as_posix())
+            log_pyfunc_model(ckpt, tracking.Artifacts.MODEL_NAME)
+
+    def mae_history_with(self, pred: Prediction) -> list[tuple[int, float]]:
+        counts = self.labelled_counts_per_round()
+        mae = float((pred.mean - self.data.y[self.test]).abs().mean())
+        return list(zip(counts, [*self.mae_history, mae], strict=False))
+
+    def labelled_counts_per_round(self) -> list[int]:
+        t = self.labelled.table
+        ok = t[t["status"] == "ok"].groupby("round").size().sort_index().cumsum()
+        return [int(v) for v in ok.to_numpy()]
+
+    # --- resume --------------------------------------------------------------------------------
+    def restore(self) -> tuple[int, bool]:
+        """Read back what the tracking server holds.
+
+        Returns ``(round, fitted)``: the last round whose labels are in (-1: nothing yet)
+        and whether that round's fit and evaluation were completed.
+        """
+        rounds = self.run.queried_rounds()
+        if not rounds:
+            return -1, False
+        for r in rounds:
+            self.labelled.add(self.run.read_queried(r))
+        self.run.close_stale_children()
+        last, completed = rounds[-1], self.run.completed_round()
+        self.mae_history = self.run.metric_history(CM.TEST_MAE)[: completed + 1]
+        log.info(
+            "event=resume run_id=%s queried_rounds=%d completed_round=%d labels=%d",
+            self.run.run_id, len(rounds), completed, len(self.labelled.table),
+        )  # fmt: skip
+        if completed < last:
+            return last, False
+        with tempfile.TemporaryDirectory(prefix="al-") as tmp:
+            members, _ = load_checkpoint(self.run.download_checkpoint(last, Path(tmp)))
+        self.surrogate.load_members(members)
+        return last, True
+
+
+def campaign_figures(
+    curve: list[tuple[int, float]], pred: Prediction, target: np.ndarray, round_: int
+) -> list:
+    """Learning curve, parity and std-vs-error figures."""
+    import matplotlib.pyplot as plt
+
+    fig1, ax = plt.subplots(figsize=(5, 3.6), dpi=100)
+    if curve:
+        n, mae = zip(*curve, strict=True)
+        ax.plot(n, mae, "o-")
+    ax.set_xlabel("labelled molecules")
+    ax.set_ylabel("test MAE (eV)")
+    ax.set_yscale("log")
+    ax.set_title(f"learning curve (round {round_})")
+    fig1.tight_layout()
+    mean = pred.mean.numpy()
+    fig2 = plots.parity(mean, target, f"round {round_}")
+    fig3, ax = plt.subplots(figsize=(4.5, 4), dpi=100)
+    if pred.std is not None:
+        ax.scatter(pred.std.numpy(), np.abs(mean - target), s=3, alpha=0.4, lw=0)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    ax.set_xlabel("predicted std (eV)")
+    ax.set_ylabel("|error| (eV)")
+    fig3.tight_layout()
+    return [fig1, fig2, fig3]
+
+
+def run_campaign(config: CampaignConfig) -> str:
+    """Build the collaborators from ``config`` and run the campaign; returns the run id."""
+    from al.oracles import build_oracle
+    from al.stopping import build_rules
+    from al.strategies import resolve_strategy
+    from al.train import resolve_device
+    from al.uncertainty import build_surrogate
+    from al.workflows import load_data
+
+    strategy = resolve_strategy(config.strategy, config.uncertainty, config.acquisition)
+    if strategy.acquisition not in ACQUISITIONS:
+        raise ValueError(
+            f"unknown acquisition {strategy.acquisition!r}; expected one of: "
+            f"{', '.join(ACQUISITIONS)}"
+        )
+    if strategy.uncertainty == "mc_dropout" and config.dropout == 0:
+        config = replace(config, dropout=0.1)
+        log.info("event=mc_dropout_default dropout=0.1")
+    seed_everything(config.seed)
+    device = resolve_device(config.device)
+    data, splits = load_data(subset(DataConfig, config))
+    surrogate = build_surrogate(
+        strategy.uncertainty, subset(ModelConfig, config), config.fit_config(), device,
+        ensemble_size=config.ensemble_size, bootstrap=config.bootstrap,
+        mc_samples=config.mc_samples,
+    )  # fmt: skip
+    needs = ACQUISITIONS[strategy.acquisition].needs - {"labelled_embedding"}
+    if not needs <= surrogate.provides:
+        raise ValueError(
+            f"acquisition {strategy.acquisition!r} needs {sorted(needs)}, but uncertainty "
+            f"{strategy.uncertainty!r} provides {sorted(surrogate.provides)}"
+        )
+    cost = config.oracle_cost if config.oracle_cost >= 0 else None
+    oracle = build_oracle(config.oracle, data=data, cost=cost)
+    rules = build_rules(
+        {key: getattr(config, key)
+         for key in ("rounds", "budget_labels", "budget_cost", "target_mae", "plateau_rounds")}
+    )  # fmt: skip
+    run = CampaignRun.start(config.experiment_name, config.resume)
+    try:
+        resolved = {
+            **to_dict(config), "resolved_uncertainty": strategy.uncertainty,
+            "resolved_acquisition": strategy.acquisition, "split_digest": splits.digest(),
+            "device_resolved": str(device),
+        }  # fmt: skip
+        if not config.resume:
+            mlflow.set_tags({
+                tracking.TAG_KIND: tracking.KIND_CAMPAIGN, tracking.TAG_STRATEGY: config.strategy,
+                tracking.TAG_ORACLE: config.oracle, tracking.TAG_SEED: str(config.seed),
+                tracking.TAG_UNCERTAINTY: strategy.uncertainty,
+                tracking.TAG_ACQUISITION: strategy.acquisition,
+                tracking.TAG_SPLIT_DIGEST: splits.digest(),
+            })  # fmt: skip
+            tracking.log_params({k: v for k, v in resolved.items() if k != "resume"})
+            tracking.log_dict_artifact(resolved, tracking.Artifacts.CONFIG)
+            tracking.log_text_artifact(splits.to_json(), tracking.Artifacts.SPLITS)
+        campaign = Campaign(
+            config, data, splits, surrogate, strategy.acquisition, oracle, rules, run
+        )
+        reason = campaign.execute()
+        mlflow.set_tag(tracking.TAG_STOP_REASON, reason)
+        log_final_model(campaign)
+        log.info("event=campaign_done run_id=%s reason=%r", run.run_id, reason)
+        print(
+            f"campaign {run.run_id} stopped: {reason}; test MAE {campaign.mae_history[-1]:.4f} eV"
+        )
+    finally:
+        mlflow.end_run()
+    return run.run_id
+
+
+def log_final_model(campaign: Campaign) -> None:
+    """The final surrogate as the campaign's MLflow model, plus final plots."""
+    with tempfile.TemporaryDirectory(prefix="al-") as tmp:
+        ckpt = save_checkpoint(
+            campaign.surrogate.members(), Path(tmp) / "model.pt",
+            meta={**campaign.surrogate.checkpoint_meta(),
+                  "data_version": campaign.labelled.digest()},
+        )  # fmt: skip
+        info = log_pyfunc_model(ckpt, tracking.Artifacts.MODEL_NAME)
+        mlflow.set_tag(tracking.TAG_MODEL_URI, info.model_uri)
+        pred = campaign.surrogate.predict(campaign.data, campaign.test)
+        counts = campaign.labelled_counts_per_round()
+        curve = list(zip(counts, campaign.mae_history, strict=False))
+        target = campaign.data.y[campaign.test].numpy()
+        figs = campaign_figures(curve, pred, target, len(campaign.mae_history) - 1)
+        for fig, path in zip(figs, tracking.CAMPAIGN_PLOTS, strict=True):
+            tracking.log_figure(fig, path)
+        campaign.labelled.table.to_csv(Path(tmp) / "labelled.csv", index=False)
+        mlflow.log_artifact(str(Path(tmp) / "labelled.csv"))

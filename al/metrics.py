@@ -1,0 +1,63 @@
+"""Accuracy and uncertainty-quality metrics on the test set."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def _ranks(x: Tensor) -> Tensor:
+    """Average ranks (ties share their mean rank), ``[n] -> [n]`` float64."""
+    x = x.double()
+    order = torch.argsort(x, stable=True)
+    ranks = torch.empty_like(x)
+    ranks[order] = torch.arange(x.numel(), dtype=torch.float64)
+    # average over ties
+    uniq, inverse = torch.unique(x, return_inverse=True)
+    if uniq.numel() != x.numel():
+        sums = torch.zeros(uniq.numel(), dtype=torch.float64).index_add(0, inverse, ranks)
+        counts = torch.bincount(inverse, minlength=uniq.numel()).double()
+        ranks = (sums / counts)[inverse]
+    return ranks
+
+
+def spearman(a: Tensor, b: Tensor) -> float:
+    """Spearman rank correlation of two ``[n]`` vectors (NaN if either is constant)."""
+    ra, rb = _ranks(a), _ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denom = ra.norm() * rb.norm()
+    return float((ra * rb).sum() / denom) if denom > 0 else float("nan")
+
+
+def gaussian_nll(mean: Tensor, std: Tensor, target: Tensor, min_std: float = 1e-4) -> float:
+    """Mean negative log-likelihood of ``target`` under N(mean, std^2), in nats."""
+    var = std.double().clamp_min(min_std).square()
+    err2 = (target.double() - mean.double()).square()
+    return float((0.5 * torch.log(2 * math.pi * var) + err2 / (2 * var)).mean())
+
+
+def miscalibration_area(mean: Tensor, std: Tensor, target: Tensor, n_levels: int = 99) -> float:
+    """Mean |observed - expected| coverage of central Gaussian intervals (0 = calibrated)."""
+    z = (target.double() - mean.double()).abs() / std.double().clamp_min(1e-12)
+    p = torch.linspace(0.01, 0.99, n_levels, dtype=torch.float64)
+    half_width = math.sqrt(2.0) * torch.special.erfinv(p)  # central interval of mass p
+    observed = (z[None, :] <= half_width[:, None]).double().mean(1)
+    return float((observed - p).abs().mean())
+
+
+def regression_report(mean: Tensor, target: Tensor, std: Tensor | None = None) -> dict[str, float]:
+    """MAE, RMSE, max error and, with ``std``, NLL, Spearman(std, |err|), miscalibration."""
+    err = (mean.double() - target.double()).abs()
+    out = {
+        "mae": float(err.mean()),
+        "rmse": float(err.square().mean().sqrt()),
+        "max_ae": float(err.max()),
+    }
+    if std is not None:
+        out["nll"] = gaussian_nll(mean, std, target)
+        out["spearman_std_err"] = spearman(std, err)
+        out["miscalibration_area"] = miscalibration_area(mean, std, target)
+        out["mean_std"] = float(std.double().mean())
+    return out

@@ -1,0 +1,103 @@
+"""K copies of a model trained together: one forward pass runs every member."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from al.models.base import AtomisticModel
+
+
+class EnsembleModel(nn.Module):
+    """A deep ensemble with stacked weights, evaluated with ``torch.func.vmap``.
+
+    The members are independent networks (own initialisation, own weights); stacking them
+    lets one call run all of them, and work that depends only on the geometry (pair
+    distances, radial basis) is done once for the whole ensemble.
+
+    ``energy_and_embedding(z, pos, batch, B) -> ([K, B], [K, B, F])``.
+    """
+
+    def __init__(self, members: list[AtomisticModel]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        params, buffers = stack_module_state(members)
+        self.size = len(members)
+        self._names = list(params)
+        self._buffer_names = list(buffers)
+        self.stacked = nn.ParameterList([nn.Parameter(params[n].detach()) for n in self._names])
+        for i, n in enumerate(self._buffer_names):
+            self.register_buffer(f"buf{i}", buffers[n].detach().clone())
+        # the template holds no data (meta device) and is not a submodule
+        object.__setattr__(self, "_template", copy.deepcopy(members[0]).to("meta"))
+        self.cutoff = members[0].cutoff
+        self.hidden = members[0].hidden
+
+    @property
+    def scale(self) -> Tensor:
+        return self._buffers_dict()["scale"][0]
+
+    def _params_dict(self) -> dict[str, Tensor]:
+        return dict(zip(self._names, self.stacked, strict=True))
+
+    def _buffers_dict(self) -> dict[str, Tensor]:
+        return {n: getattr(self, f"buf{i}") for i, n in enumerate(self._buffer_names)}
+
+    def energy_and_embedding(
+        self, z: Tensor, pos: Tensor, batch: Tensor, num_graphs: int | None = None
+    ) -> tuple[Tensor, Tensor]:
+        if num_graphs is None:
+            num_graphs = int(batch.max()) + 1
+
+        def one(p: dict, b: dict) -> tuple[Tensor, Tensor]:
+            args = (z, pos, batch, num_graphs)
+            return functional_call(self._template, (p, b), args, {"embedding": True})
+
+        return vmap(one, randomness="different")(self._params_dict(), self._buffers_dict())
+
+    def forward(
+        self, z: Tensor, pos: Tensor, batch: Tensor, num_graphs: int | None = None
+    ) -> Tensor:
+        """Energies of every member, ``[K, B]`` in eV."""
+        return self.energy_and_embedding(z, pos, batch, num_graphs)[0]
+
+    @torch.no_grad()
+    def fit_reference(self, composition: Tensor, y: Tensor) -> dict[str, float]:
+        """Fit the reference energies once and give every member the same ones."""
+        template = copy.deepcopy(self.members()[0])
+        info = template.fit_reference(composition, y)
+        bufs = self._buffers_dict()
+        bufs["atomref"].copy_(template.atomref.expand_as(bufs["atomref"]))
+        bufs["scale"].copy_(template.scale.expand_as(bufs["scale"]))
+        return info
+
+    def layer_groups(self) -> dict[str, list[nn.Parameter]]:
+        groups: dict[str, list[nn.Parameter]] = {}
+        for name, p in zip(self._names, self.stacked, strict=True):
+            parts = name.split(".")
+            key = ".".join(parts[:2]) if parts[0] == "interactions" else parts[0]
+            groups.setdefault(key.replace(".", "_"), []).append(p)
+        return groups
+
+    def members(self) -> list[AtomisticModel]:
+        """The members as ordinary models (copies, on the ensemble's device)."""
+        out = []
+        params, bufs = self._params_dict(), self._buffers_dict()
+        device = self.stacked[0].device
+        for k in range(self.size):
+            m = copy.deepcopy(self._template).to_empty(device=device)
+            state = {n: t[k].detach().clone() for n, t in params.items()}
+            state.update({n: t[k].detach().clone() for n, t in bufs.items()})
+            m.load_state_dict(state)
+            out.append(m.eval())
+        return out
+
+    def hparams(self) -> dict:
+        return {**self._template.hparams(), "ensemble_size": self.size}
+
+    def __repr__(self) -> str:
+        return f"EnsembleModel(size={self.size}, member={self._template!r})"

@@ -1,0 +1,34 @@
+"""Strategy presets: a named pair of an uncertainty method and an acquisition function."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Strategy:
+    uncertainty: str
+    acquisition: str
+    description: str
+
+
+#: The registry of presets (``-P strategy=...``); ``uncertainty``/``acquisition`` override parts.
+#: ``random`` keeps the ensemble surrogate so that it differs from the others only in what
+#: it selects, and its uncertainty quality is measured the same way.
+STRATEGIES: dict[str, Strategy] = {
+    "random": Strategy("ensemble", "random", "random batches (the baseline)"),
+    "ensemble": Strategy("ensemble", "max_std", "deep ensemble, highest std first"),
+    "mc_dropout": Strategy("mc_dropout", "max_std", "MC dropout, highest std first"),
+    "coreset": Strategy("ensemble", "coreset", "k-center greedy on embeddings"),
+    "diverse": Strategy("ensemble", "diverse", "high std, spread out in embedding space"),
+}
+
+
+def resolve_strategy(name: str, uncertainty: str = "", acquisition: str = "") -> Strategy:
+    """The preset ``name`` with optional overrides; unknown names list the valid ones."""
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; expected one of: {', '.join(STRATEGIES)}")
+    base = STRATEGIES[name]
+    return Strategy(
+        uncertainty or base.uncertainty, acquisition or base.acquisition, base.description
+    )

@@ -1,0 +1,230 @@
+"""Uncertainty-aware surrogates: what they predict for a set of molecules."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from al.config import FitConfig, ModelConfig
+from al.data.qm9 import MolecularData
+from al.models import AtomisticModel, build_model, set_mc_dropout
+from al.models.ensemble import EnsembleModel
+from al.train import EpochStats, FitResult, fit, predict
+
+
+@dataclass
+class Prediction:
+    """A surrogate's prediction for ``n`` molecules.
+
+    Attributes:
+        mean: predicted energy in eV, ``[n]`` (float64).
+        std: predictive standard deviation in eV, ``[n]``, or None.
+        embedding: molecule embeddings, ``[n, F]`` (float32), or None.
+        members: per-member (ensemble) or per-pass (MC dropout) energies, ``[K, n]``, or None.
+    """
+
+    mean: Tensor
+    std: Tensor | None = None
+    embedding: Tensor | None = None
+    members: Tensor | None = None
+
+    def provides(self) -> frozenset[str]:
+        """Names of the fields that are present: subset of mean, std, embedding, members."""
+        names = ("mean", "std", "embedding", "members")
+        return frozenset(n for n in names if getattr(self, n) is not None)
+
+    def __len__(self) -> int:
+        return int(self.mean.shape[0])
+
+
+class Surrogate:
+    """A model family that predicts mean, std and embeddings; trained from scratch by ``fit``.
+
+    Subclasses declare what they provide; acquisition functions declare what they need.
+    """
+
+    name: str = ""
+    provides: frozenset[str] = frozenset()
+
+    def __init__(
+        self, model_config: ModelConfig, fit_config: FitConfig, device: torch.device
+    ) -> None:
+        self.model_config, self.fit_config, self.device = model_config, fit_config, device
+        self.model: torch.nn.Module | None = None
+
+    def fit(
+        self,
+        data: MolecularData,
+        train_rows: Tensor,
+        val_rows: Tensor,
+        on_epoch: Callable[[EpochStats], None] | None = None,
+    ) -> FitResult:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def predict(
+        self, data: MolecularData, rows: Tensor, batch_size: int = 512
+    ) -> Prediction:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def members(self) -> list[AtomisticModel]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def load_members(self, members: list[AtomisticModel]) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {"uncertainty": self.name}
+
+    def _new_model(self, seed: int) -> AtomisticModel:
+        torch.manual_seed(seed)
+        cfg = self.model_config
+        return build_model(cfg.model, **cfg.model_kwargs())
+
+
+class EnsembleSurrogate(Surrogate):
+    """A deep ensemble of ``size`` members with different seeds, trained in one pass.
+
+    Args:
+        size: number of members K.
+        bootstrap: train each member on a Poisson(1) bootstrap reweighting of the data.
+    """
+
+    name = "ensemble"
+    provides = frozenset({"mean", "std", "embedding", "members"})
+
+    def __init__(
+        self,
+        model_config: ModelConfig,
+        fit_config: FitConfig,
+        device: torch.device,
+        size: int = 5,
+        bootstrap: bool = False,
+    ) -> None:
+        super().__init__(model_config, fit_config, device)
+        if size < 2:
+            raise ValueError(f"an ensemble needs at least 2 members for a spread, got {size}")
+        self.size, self.bootstrap = size, bootstrap
+
+    def fit(
+        self,
+        data: MolecularData,
+        train_rows: Tensor,
+        val_rows: Tensor,
+        on_epoch: Callable[[EpochStats], None] | None = None,
+    ) -> FitResult:
+        seed = self.fit_config.seed
+        members = [self._new_model(seed * 1009 + k) for k in range(self.size)]
+        self.model = EnsembleModel(members).to(self.device)
+        weight = None
+        if self.bootstrap:
+            gen = torch.Generator().manual_seed(seed + 17)
+            rate = torch.ones(self.size, train_rows.numel())
+            weight = torch.poisson(rate, generator=gen)
+        return fit(self.model, data, train_rows, val_rows, self.fit_config, on_epoch,
+                   sample_weight=weight)  # fmt: skip
+
+    def predict(self, data: MolecularData, rows: Tensor, batch_size: int = 512) -> Prediction:
+        assert self.model is not None, "fit or load the surrogate first"
+        self.model.eval()
+        energies, emb = predict(
+            self.model, data, rows, batch_size, self.fit_config.amp, embeddings=True
+        )
+        return Prediction(
+            mean=energies.mean(0), std=energies.std(0), embedding=emb.mean(0), members=energies
+        )
+
+    def members(self) -> list[AtomisticModel]:
+        assert isinstance(self.model, EnsembleModel), "fit or load the surrogate first"
+        return [m.cpu() for m in self.model.members()]
+
+    def load_members(self, members: list[AtomisticModel]) -> None:
+        self.model = EnsembleModel(members).to(self.device).eval()
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {"uncertainty": self.name, "ensemble_size": self.size}
+
+
+class MCDropoutSurrogate(Surrogate):
+    """One model with dropout kept on at inference; the spread of ``samples`` passes."""
+
+    name = "mc_dropout"
+    provides = frozenset({"mean", "std", "embedding", "members"})
+
+    def __init__(
+        self,
+        model_config: ModelConfig,
+        fit_config: FitConfig,
+        device: torch.device,
+        samples: int = 20,
+    ) -> None:
+        if model_config.dropout <= 0:
+            raise ValueError("MC dropout needs dropout > 0 (e.g. dropout=0.1)")
+        if samples < 2:
+            raise ValueError(f"MC dropout needs at least 2 passes, got mc_samples={samples}")
+        super().__init__(model_config, fit_config, device)
+        self.samples = samples
+
+    def fit(
+        self,
+        data: MolecularData,
+        train_rows: Tensor,
+        val_rows: Tensor,
+        on_epoch: Callable[[EpochStats], None] | None = None,
+    ) -> FitResult:
+        self.model = self._new_model(self.fit_config.seed * 1009).to(self.device)
+        return fit(self.model, data, train_rows, val_rows, self.fit_config, on_epoch)
+
+    def predict(self, data: MolecularData, rows: Tensor, batch_size: int = 512) -> Prediction:
+        assert self.model is not None, "fit or load the surrogate first"
+        model, amp = self.model, self.fit_config.amp
+        model.eval()
+        set_mc_dropout(model, False)
+        _, emb = predict(model, data, rows, batch_size, amp, embeddings=True)
+        set_mc_dropout(model, True)
+        try:
+            passes = torch.stack(
+                [predict(model, data, rows, batch_size, amp)[0] for _ in range(self.samples)]
+            )
+        finally:
+            set_mc_dropout(model, False)
+        return Prediction(mean=passes.mean(0), std=passes.std(0), embedding=emb, members=passes)
+
+    def members(self) -> list[AtomisticModel]:
+        assert self.model is not None, "fit or load the surrogate first"
+        return [copy.deepcopy(self.model).cpu()]
+
+    def load_members(self, members: list[AtomisticModel]) -> None:
+        self.model = members[0].to(self.device).eval()
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {"uncertainty": self.name, "mc_samples": self.samples}
+
+
+#: The registry of uncertainty methods (CLI choices, strategies and tests read it).
+UNCERTAINTIES: dict[str, type[Surrogate]] = {
+    "ensemble": EnsembleSurrogate,
+    "mc_dropout": MCDropoutSurrogate,
+}
+
+
+def build_surrogate(
+    name: str,
+    model_config: ModelConfig,
+    fit_config: FitConfig,
+    device: torch.device,
+    *,
+    ensemble_size: int = 5,
+    bootstrap: bool = False,
+    mc_samples: int = 20,
+) -> Surrogate:
+    """A surrogate from its registry name; unknown names list the valid ones."""
+    if name == "ensemble":
+        return EnsembleSurrogate(model_config, fit_config, device, ensemble_size, bootstrap)
+    if name == "mc_dropout":
+        return MCDropoutSurrogate(model_config, fit_config, device, mc_samples)
+    raise ValueError(f"unknown uncertainty {name!r}; expected one of: {', '.join(UNCERTAINTIES)}")
