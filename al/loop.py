@@ -116,6 +116,7 @@ class Campaign:
             round_ += 1
             candidates = self.candidates(round_)
             self.timings["pool_scored"] = candidates.numel()
+            log.info("event=phase phase=score round=%d n=%d", round_, candidates.numel())
             pred = self.timed("score", self.surrogate.predict, self.data, candidates)
             chosen = self.timed("select", self.choose, round_, candidates, pred)
             self.label(round_, chosen, pred)
@@ -126,6 +127,7 @@ class Campaign:
             mlflow.set_tags({tracking.TAG_KIND: tracking.KIND_ROUND, tracking.TAG_ROUND: round_,
                              tracking.TAG_DATA_VERSION: self.labelled.digest()})  # fmt: skip
             logger = tracking.EpochLogger(child.info.run_id)
+            log.info("event=phase phase=fit round=%d n_train=%d", round_, train_rows.numel())
             t0 = time.perf_counter()
             result = self.surrogate.fit(train_data, train_rows, val_rows, on_epoch=logger)
             self.timings["fit"] = time.perf_counter() - t0
@@ -198,6 +200,7 @@ class Campaign:
         for col in ("score", "pred_mean", "pred_std"):
             frame[col] = request[col].to_numpy()
         self.run.log_queried(round_, frame)
+        log.info("event=labels_paid round=%d n=%d cost=%g", round_, len(frame), frame["cost"].sum())
         self.labelled.add(frame[list(tracking.QUERIED_COLUMNS)])
         n_failed = int((frame["status"] != "ok").sum())
         if n_failed:

@@ -402,8 +402,9 @@ class XTBOracle(Oracle):
             "max_iter": self.max_iter,
             "reference_split_digest": meta.get("split_digest"),
             "reference_fit_mae_ev": meta.get("fit_mae_ev"),
-            "reference_coefficients_ev": {
-                SYMBOLS[z]: c for z, c in sorted(self.reference.coefficients_ev.items())
+            **{
+                f"reference_c_{SYMBOLS[z]}_ev": c
+                for z, c in sorted(self.reference.coefficients_ev.items())
             },
         }
 

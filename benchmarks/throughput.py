@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import re
 import time
@@ -226,6 +227,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
         raise SystemExit("--device cuda: no CUDA device is available")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if (args.batches is not None and args.batches < 1) or (args.warmup or 0) < 0:
+        raise SystemExit("--batches must be at least 1 and --warmup at least 0")
     n_timed = args.batches if args.batches is not None else (50 if device.type == "cuda" else 20)
     n_warm = args.warmup if args.warmup is not None else (10 if device.type == "cuda" else 3)
 
@@ -241,10 +244,13 @@ def main(argv: list[str] | None = None) -> list[Row]:
         f"{n_timed} timed + {n_warm} warm-up batches"
     )
     if device.type == "cpu":
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        print(f"load average (1 min) before the run {load:.2f}: other work skews CPU timings")
         print(
             "note: subnormal floats are flushed to zero for the whole benchmark "
-            "(torch.set_flush_denormal(True)); without it PyG's Gaussian smearing slows "
-            "PyG's SchNet several-fold on CPU, while our radial basis avoids subnormals."
+            "(torch.set_flush_denormal(True)). PyG's Gaussian smearing produces subnormals, "
+            "which slow PyG's SchNet down several-fold on CPU (mostly in training); our "
+            "radial basis never produces them."
         )
 
     batches = make_batches(n_warm + n_timed, args.batch_size, device, args.seed)

@@ -1,0 +1,138 @@
+"""Campaigns against a real tracking server: every strategy, read back via the public API."""
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from al.config import CampaignConfig
+from al.loop import Labelled, round_generator, run_campaign
+from al.pyfunc import molecules_frame
+from al.strategies import STRATEGIES, resolve_strategy
+from al.tracking import (
+    QUERIED_COLUMNS,
+    TAG_KIND,
+    TAG_MODEL_URI,
+    TAG_ROUND,
+    TAG_STRATEGY,
+    CampaignMetrics,
+    queried_path,
+)
+from al.workflows import load_data
+
+SMALL = dict(
+    initial_size=200, batch_size=50, rounds=3, epochs=3, ensemble_size=2, mc_samples=4,
+    pool_subsample=1500, n_test=300, hidden=32, filter_groups=8, n_interactions=2,
+    progress=False, train_batch_size=64,
+)  # fmt: skip
+
+
+def small_config(**kw) -> CampaignConfig:
+    return CampaignConfig(**{**SMALL, **kw})
+
+
+def read_queried(run_id: str, rounds: int) -> pd.DataFrame:
+    frames = []
+    for r in range(rounds + 1):
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=queried_path(r))
+        frames.append(pd.read_csv(path))
+    return pd.concat(frames, ignore_index=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+def test_campaign_every_strategy(strategy: str, tracking, qm9) -> None:
+    cfg = small_config(strategy=strategy, experiment_name=f"loop-{strategy}")
+    run_id = run_campaign(cfg)
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags[TAG_KIND] == "campaign" and run.data.tags[TAG_STRATEGY] == strategy
+    assert run.data.params["resolved_acquisition"] == STRATEGIES[strategy].acquisition
+
+    steps = [m.step for m in client.get_metric_history(run_id, CampaignMetrics.N_LABELLED)]
+    assert steps == [200, 250, 300, 350]
+    for key in (CampaignMetrics.TEST_MAE, CampaignMetrics.TEST_NLL, CampaignMetrics.TEST_SPEARMAN,
+                CampaignMetrics.COST_SPENT, CampaignMetrics.TIME_FIT):  # fmt: skip
+        hist = client.get_metric_history(run_id, key)
+        assert [m.step for m in hist] == steps, key
+    assert [m.step for m in client.get_metric_history(run_id, CampaignMetrics.TIME_SCORE)] == steps[
+        1:
+    ]
+    cost = client.get_metric_history(run_id, CampaignMetrics.COST_SPENT)
+    assert [m.value for m in cost] == [200.0, 250.0, 300.0, 350.0]
+
+    queried = read_queried(run_id, 3)
+    assert list(queried.columns) == list(QUERIED_COLUMNS)
+    assert queried.groupby("round").size().tolist() == [200, 50, 50, 50]
+    assert queried["qm9_index"].is_unique
+    _, splits = load_data(cfg)
+    assert set(queried["qm9_index"]) <= set(splits.pool.tolist())
+    assert (queried["status"] == "ok").all()
+    later = queried[queried["round"] > 0]
+    assert later["pred_mean"].notna().all() and later["pred_std"].notna().all()
+    np.testing.assert_allclose(
+        queried["label"], qm9.y[qm9.rows_of(queried["qm9_index"].to_numpy())].numpy()
+    )
+
+    children = client.search_runs(
+        [run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'"
+    )
+    assert sorted(int(c.data.tags[TAG_ROUND]) for c in children) == [0, 1, 2, 3]
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert len(client.get_metric_history(child.info.run_id, "val_mae")) >= 1
+        files = {a.path for a in client.list_artifacts(child.info.run_id, "checkpoint")}
+        assert "checkpoint/model.pt" in files
+
+    model = mlflow.pyfunc.load_model(run.data.tags[TAG_MODEL_URI])
+    r = int(qm9.rows_of([1])[0])
+    a, b = int(qm9.ptr[r]), int(qm9.ptr[r + 1])
+    out = model.predict(molecules_frame([(qm9.z[a:b].numpy(), qm9.pos[a:b].numpy())]))
+    assert np.isfinite(out["mean_ev"]).all() and (out["std_ev"] > 0).all()
+
+
+def test_strategy_overrides() -> None:
+    s = resolve_strategy("ensemble", acquisition="coreset")
+    assert (s.uncertainty, s.acquisition) == ("ensemble", "coreset")
+    with pytest.raises(ValueError, match="expected one of: random, ensemble"):
+        resolve_strategy("nope")
+
+
+def test_round_generator_is_stable() -> None:
+    import torch
+
+    a = torch.randperm(100, generator=round_generator(3, 2, "select"))
+    b = torch.randperm(100, generator=round_generator(3, 2, "select"))
+    c = torch.randperm(100, generator=round_generator(3, 3, "select"))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_labelled_set_digest_changes_with_labels() -> None:
+    lab = Labelled.empty()
+    row = {c: [0.0] for c in QUERIED_COLUMNS}
+    lab.add(pd.DataFrame({**row, "qm9_index": [5], "status": ["ok"], "label": [1.0]}))
+    d1 = lab.digest()
+    lab.add(pd.DataFrame({**row, "qm9_index": [6], "status": ["failed"], "label": [np.nan]}))
+    assert lab.digest() == d1  # failures do not change the training data
+    assert len(lab.table) == 2 and len(lab.ok) == 1
+    lab.add(pd.DataFrame({**row, "qm9_index": [7], "status": ["ok"], "label": [2.0]}))
+    assert lab.digest() != d1
+
+
+def test_bad_strategy_is_one_clear_error(tracking) -> None:
+    from click.testing import CliRunner
+
+    from al.cli import main
+
+    result = CliRunner().invoke(main, ["al-loop", "--strategy", "bogus"])
+    assert result.exit_code != 0
+    assert result.output.strip().startswith("Error: unknown strategy 'bogus'")
+
+
+def test_config_keys_in_mlproject_comment() -> None:
+    text = (Path(__file__).resolve().parents[1] / "MLproject").read_text()
+    assert "al_loop:" in text and "al.cli al-loop --config {config}" in text
