@@ -63,7 +63,7 @@ class Labelled:
 
     @property
     def attempted(self) -> np.ndarray:
-        return self.table["qm9_index"].to_numpy(np.int64)
+        return np.array(self.table["qm9_index"], dtype=np.int64)
 
     @property
     def cost_spent(self) -> float:

@@ -272,6 +272,9 @@ class CampaignRun:
                 MlflowClient().set_terminated(wrapper, "FINISHED")
                 os.environ.pop("MLFLOW_RUN_ID")
             try:
+                # nested round runs go to the current experiment: make it the campaign's
+                exp_id = MlflowClient().get_run(resume).info.experiment_id
+                mlflow.set_experiment(experiment_id=exp_id)
                 run = mlflow.start_run(run_id=resume)
             except mlflow.exceptions.MlflowException as err:
                 raise ValueError(f"cannot resume run {resume!r}: {err.message}") from None

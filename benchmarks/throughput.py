@@ -297,6 +297,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
         rows.extend(group)
 
     print_table(rows)
+    if device.type == "cpu" and hasattr(os, "getloadavg"):
+        print(f"\nload average (1 min) after the run {os.getloadavg()[0]:.2f}")
     if args.json is not None:
         meta = {
             "torch": torch.__version__,
