@@ -221,8 +221,8 @@ class CampaignConfig(ModelConfig, FitConfig, DataConfig):
     plateau_rounds: int = _opt(
         0, "stop after this many rounds without improvement (0 = off)", min=0
     )
-    epochs: int = _opt(60, "maximum epochs per round's fit", min=1)
-    patience: int = _opt(15, "early stopping: epochs without validation improvement", min=1)
+    epochs: int = _opt(40, "maximum epochs per round's fit", min=1)
+    patience: int = _opt(10, "early stopping: epochs without validation improvement", min=1)
     ensemble_size: int = _opt(5, "deep-ensemble members", min=2)
     bootstrap: bool = _opt(False, "Poisson bootstrap per ensemble member")
     mc_samples: int = _opt(20, "MC-dropout passes", min=2)

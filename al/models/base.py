@@ -208,6 +208,7 @@ class AtomisticModel(nn.Module):
         batch: Tensor,
         num_graphs: int | None = None,
         embedding: bool = False,
+        geo: DenseGeometry | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Energies in eV.
 
@@ -217,11 +218,12 @@ class AtomisticModel(nn.Module):
             num_graphs: ``B`` (saves a device sync when given).
 
             embedding: also return the molecule embeddings.
+            geo: the batch geometry, when already built (an ensemble builds it once).
 
         Returns:
             ``[B]`` energies in eV (and ``[B, F]`` embeddings when asked for).
         """
-        energy, emb = self.energy_and_embedding(z, pos, batch, num_graphs)
+        energy, emb = self.energy_and_embedding(z, pos, batch, num_graphs, geo)
         return (energy, emb) if embedding else energy
 
     def energy_and_embedding(
@@ -230,11 +232,13 @@ class AtomisticModel(nn.Module):
         pos: Tensor,
         batch: Tensor,
         num_graphs: int | None = None,
+        geo: DenseGeometry | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Energies ``[B]`` in eV and molecule embeddings ``[B, F]`` (mean of atom features)."""
         if num_graphs is None:
             num_graphs = int(batch.max()) + 1
-        geo = DenseGeometry.build(pos, batch, num_graphs, self.cutoff)
+        if geo is None:
+            geo = DenseGeometry.build(pos, batch, num_graphs, self.cutoff)
         h = self.atom_features(z, geo)
         atom_e = self.readout(h).squeeze(-1).float() * self.scale + self.atomref[z]
         energy = atom_e.new_zeros(num_graphs).index_add(0, batch, atom_e)

@@ -8,15 +8,15 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from al.models.base import AtomisticModel
+from al.models.base import AtomisticModel, DenseGeometry
 
 
 class EnsembleModel(nn.Module):
-    """A deep ensemble with stacked weights, evaluated with ``torch.func.vmap``.
+    """A deep ensemble with stacked weights, run as one module.
 
-    The members are independent networks (own initialisation, own weights); stacking them
-    lets one call run all of them, and work that depends only on the geometry (pair
-    distances, radial basis) is done once for the whole ensemble.
+    The members are independent networks (own initialisation, own weights). Their weights
+    are stacked so that one call (``torch.func.vmap`` on GPU) runs all of them, and the
+    batch geometry (pair distances, cutoff, directions) is built once for the ensemble.
 
     ``energy_and_embedding(z, pos, batch, B) -> ([K, B], [K, B, F])``.
     """
@@ -30,16 +30,23 @@ class EnsembleModel(nn.Module):
         self._names = list(params)
         self._buffer_names = list(buffers)
         self.stacked = nn.ParameterList([nn.Parameter(params[n].detach()) for n in self._names])
+        # Buffers (radial-basis centres, reference energies, scale) are the same for every
+        # member, so they are stored once and not batched: geometry-only work then runs
+        # once for the whole ensemble instead of once per member.
         for i, n in enumerate(self._buffer_names):
-            self.register_buffer(f"buf{i}", buffers[n].detach().clone())
+            self.register_buffer(f"buf{i}", buffers[n][0].detach().clone())
         # the template holds no data (meta device) and is not a submodule
         object.__setattr__(self, "_template", copy.deepcopy(members[0]).to("meta"))
         self.cutoff = members[0].cutoff
+        #: vmap over members (True), a loop (False), or None: vmap on CUDA, where one
+        #: launch for K members is what saves time, a loop on CPU, where vmap's batched
+        #: small matrix products were slower than K separate passes.
+        self.vectorize: bool | None = None
         self.hidden = members[0].hidden
 
     @property
     def scale(self) -> Tensor:
-        return self._buffers_dict()["scale"][0]
+        return self._buffers_dict()["scale"]
 
     def _params_dict(self) -> dict[str, Tensor]:
         return dict(zip(self._names, self.stacked, strict=True))
@@ -53,11 +60,22 @@ class EnsembleModel(nn.Module):
         if num_graphs is None:
             num_graphs = int(batch.max()) + 1
 
-        def one(p: dict, b: dict) -> tuple[Tensor, Tensor]:
-            args = (z, pos, batch, num_graphs)
-            return functional_call(self._template, (p, b), args, {"embedding": True})
+        geo = DenseGeometry.build(pos, batch, num_graphs, self.cutoff)
+        kwargs = {"embedding": True, "geo": geo}
+        params, buffers = self._params_dict(), self._buffers_dict()
+        args = (z, pos, batch, num_graphs)
+        if self.vectorize if self.vectorize is not None else z.is_cuda:
 
-        return vmap(one, randomness="different")(self._params_dict(), self._buffers_dict())
+            def one(p: dict) -> tuple[Tensor, Tensor]:
+                return functional_call(self._template, (p, buffers), args, kwargs)
+
+            return vmap(one, randomness="different")(params)
+        outs = [
+            functional_call(self._template, ({n: t[k] for n, t in params.items()}, buffers),
+                            args, kwargs)
+            for k in range(self.size)
+        ]  # fmt: skip
+        return torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])
 
     def forward(
         self, z: Tensor, pos: Tensor, batch: Tensor, num_graphs: int | None = None
@@ -71,8 +89,8 @@ class EnsembleModel(nn.Module):
         template = copy.deepcopy(self.members()[0])
         info = template.fit_reference(composition, y)
         bufs = self._buffers_dict()
-        bufs["atomref"].copy_(template.atomref.expand_as(bufs["atomref"]))
-        bufs["scale"].copy_(template.scale.expand_as(bufs["scale"]))
+        bufs["atomref"].copy_(template.atomref)
+        bufs["scale"].copy_(template.scale)
         return info
 
     def layer_groups(self) -> dict[str, list[nn.Parameter]]:
@@ -91,7 +109,7 @@ class EnsembleModel(nn.Module):
         for k in range(self.size):
             m = copy.deepcopy(self._template).to_empty(device=device)
             state = {n: t[k].detach().clone() for n, t in params.items()}
-            state.update({n: t[k].detach().clone() for n, t in bufs.items()})
+            state.update({n: t.detach().clone() for n, t in bufs.items()})
             m.load_state_dict(state)
             out.append(m.eval())
         return out
