@@ -228,6 +228,10 @@ class CampaignConfig(ModelConfig, FitConfig, DataConfig):
     mc_samples: int = _opt(20, "MC-dropout passes", min=2)
     pool_subsample: int = _opt(5000, "pool molecules scored per round (0 = whole pool)", min=0)
     train_batch_size: int = _opt(64, "molecules per training batch", min=1)
+    stream_chunk: int = _opt(2000, "stream scheme: pool molecules arriving per round", min=1)
+    retrain_fraction: float = _opt(
+        0.2, "stream scheme: retrain once the labelled set grew by this fraction", min=0.0
+    )
     resume: str = _opt("", "run id of a campaign to continue")
     experiment_name: str = _opt("al", "MLflow experiment (when not set by mlflow run)")
 

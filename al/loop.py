@@ -89,8 +89,9 @@ class Campaign:
         oracle: Oracle,
         rules: list[StoppingRule],
         run: CampaignRun,
+        scheme: str = "pool",
     ) -> None:
-        self.config, self.data, self.splits = config, data, splits
+        self.config, self.data, self.splits, self.scheme = config, data, splits, scheme
         self.surrogate, self.acquisition, self.oracle = surrogate, acquisition, oracle
         self.rules, self.run = rules, run
         self.pool = data.rows_of(splits.pool)
@@ -98,6 +99,8 @@ class Campaign:
         self.labelled = Labelled.empty()
         self.mae_history: list[float] = []
         self.timings: dict[str, float] = {}
+        self.trained_on = 0  # labelled-set size of the current model
+        self.last_report: dict[str, float] = {}
 
     # --- the algorithm ---------------------------------------------------------------------
     def execute(self) -> str:
@@ -115,13 +118,29 @@ class Campaign:
                 return reason
             round_ += 1
             candidates = self.candidates(round_)
+            if candidates.numel() == 0:
+                return "no candidates left"
             self.timings["pool_scored"] = candidates.numel()
             log.info("event=phase phase=score round=%d n=%d", round_, candidates.numel())
             pred = self.timed("score", self.surrogate.predict, self.data, candidates)
             chosen = self.timed("select", self.choose, round_, candidates, pred)
             self.label(round_, chosen, pred)
 
+    def needs_refit(self) -> bool:
+        """Pool scheme: every round. Stream scheme: once the labelled set has grown by
+        ``retrain_fraction`` since the model was trained."""
+        if self.scheme == "pool" or not self.trained_on:
+            return True
+        grown = len(self.labelled.ok) - self.trained_on
+        return grown >= self.config.retrain_fraction * self.trained_on
+
     def fit_and_evaluate(self, round_: int) -> None:
+        if not self.needs_refit():
+            self.timings["fit"] = 0.0
+            self.mae_history.append(self.last_report["mae"])
+            self.log_round_metrics(round_, self.last_report, 0, retrained=False)
+            log.info("event=round_done round=%d retrained=0", round_)
+            return
         train_data, train_rows, val_rows = self.training_set(round_)
         with mlflow.start_run(run_name=f"round_{round_:03d}", nested=True) as child:
             mlflow.set_tags({tracking.TAG_KIND: tracking.KIND_ROUND, tracking.TAG_ROUND: round_,
@@ -137,6 +156,7 @@ class Campaign:
             t0 = time.perf_counter()
             self.log_round_artifacts(round_, pred, result.history)
         self.mae_history.append(report["mae"])
+        self.trained_on, self.last_report = len(self.labelled.ok), report
         self.log_round_metrics(round_, report, len(result.history))
         self.timings["log"] = time.perf_counter() - t0
         log.info(
@@ -152,9 +172,19 @@ class Campaign:
         return self.request_frame(rows, None, None)
 
     def candidates(self, round_: int) -> Tensor:
-        """Pool rows never asked for, subsampled when ``pool_subsample`` is set."""
+        """Pool rows never asked for, subsampled when ``pool_subsample`` is set.
+
+        In the stream scheme only the chunk arriving in this round is offered.
+        """
         asked = torch.as_tensor(self.labelled.attempted)
-        free = self.pool[~torch.isin(self.data.qm9_index[self.pool], asked)]
+        pool = self.pool
+        if self.scheme == "stream":
+            order = torch.randperm(
+                pool.numel(), generator=round_generator(self.config.seed, 0, "stream")
+            )
+            c = self.config.stream_chunk
+            pool = pool[order[(round_ - 1) * c : round_ * c]].sort().values
+        free = pool[~torch.isin(self.data.qm9_index[pool], asked)]
         n = self.config.pool_subsample
         if n and free.numel() > n:
             gen = round_generator(self.config.seed, round_, "subsample")
@@ -238,7 +268,9 @@ class Campaign:
         return out
 
     # --- logging -----------------------------------------------------------------------------
-    def log_round_metrics(self, round_: int, report: dict[str, float], epochs: int) -> None:
+    def log_round_metrics(
+        self, round_: int, report: dict[str, float], epochs: int, retrained: bool = True
+    ) -> None:
         table = self.labelled.table
         this_round = table[table["round"] == round_]
         metrics = {
@@ -256,6 +288,8 @@ class Campaign:
             CM.TEST_MISCALIBRATION: report.get("miscalibration_area", float("nan")),
             CM.TEST_MEAN_STD: report.get("mean_std", float("nan")),
             CM.FIT_EPOCHS: epochs,
+            CM.RETRAINED: int(retrained),
+            CM.TRAINED_ON: self.trained_on,
             CM.TIME_FIT: self.timings.get("fit", 0.0),
             CM.TIME_LOG: self.timings.get("log", 0.0),
         }
@@ -282,7 +316,8 @@ class Campaign:
             ckpt = save_checkpoint(
                 self.surrogate.members(), Path(tmp) / "model.pt",
                 meta={**self.surrogate.checkpoint_meta(), "round": round_,
-                      "data_version": self.labelled.digest()},
+                      "data_version": self.labelled.digest(),
+                      "n_labelled": len(self.labelled.ok)},
             )  # fmt: skip
             mlflow.log_artifact(str(ckpt), Path(tracking.ROUND_CHECKPOINT).parent.as_posix())
             log_pyfunc_model(ckpt, tracking.Artifacts.MODEL_NAME)
@@ -319,8 +354,17 @@ class Campaign:
         if completed < last:
             return last, False
         with tempfile.TemporaryDirectory(prefix="al-") as tmp:
-            members, _ = load_checkpoint(self.run.download_checkpoint(last, Path(tmp)))
+            members, meta = load_checkpoint(self.run.download_checkpoint(last, Path(tmp)))
         self.surrogate.load_members(members)
+        self.trained_on = int(meta.get("n_labelled", len(self.labelled.ok)))
+        self.last_report = {
+            key: self.run.metric_history(metric)[completed]
+            for key, metric in (("mae", CM.TEST_MAE), ("rmse", CM.TEST_RMSE),
+                                ("max_ae", CM.TEST_MAX_AE), ("nll", CM.TEST_NLL),
+                                ("spearman_std_err", CM.TEST_SPEARMAN),
+                                ("miscalibration_area", CM.TEST_MISCALIBRATION),
+                                ("mean_std", CM.TEST_MEAN_STD))
+        }  # fmt: skip
         return last, True
 
 
@@ -409,7 +453,15 @@ def run_campaign(config: CampaignConfig) -> str:
             tracking.log_dict_artifact(resolved, tracking.Artifacts.CONFIG)
             tracking.log_text_artifact(splits.to_json(), tracking.Artifacts.SPLITS)
         campaign = Campaign(
-            config, data, splits, surrogate, strategy.acquisition, oracle, rules, run
+            config,
+            data,
+            splits,
+            surrogate,
+            strategy.acquisition,
+            oracle,
+            rules,
+            run,
+            strategy.scheme,
         )
         reason = campaign.execute()
         mlflow.set_tag(tracking.TAG_STOP_REASON, reason)

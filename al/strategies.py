@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+SCHEMES = ("pool", "stream")
+
 
 @dataclass(frozen=True)
 class Strategy:
+    """``scheme``: ``pool`` scores the whole (subsampled) pool each round and retrains every
+    round; ``stream`` sees the pool arrive in random chunks and retrains only when the
+    labelled set has grown enough (the online data scheme)."""
+
     uncertainty: str
     acquisition: str
     description: str
+    scheme: str = "pool"
 
 
 #: The registry of presets (``-P strategy=...``); ``uncertainty``/``acquisition`` override parts.
@@ -21,6 +28,9 @@ STRATEGIES: dict[str, Strategy] = {
     "mc_dropout": Strategy("mc_dropout", "max_std", "MC dropout, highest std first"),
     "coreset": Strategy("ensemble", "coreset", "k-center greedy on embeddings"),
     "diverse": Strategy("ensemble", "diverse", "high std, spread out in embedding space"),
+    "stream": Strategy(
+        "ensemble", "max_std", "online: chunks arrive, retrain on enough new data", "stream"
+    ),
 }
 
 
@@ -30,5 +40,8 @@ def resolve_strategy(name: str, uncertainty: str = "", acquisition: str = "") ->
         raise ValueError(f"unknown strategy {name!r}; expected one of: {', '.join(STRATEGIES)}")
     base = STRATEGIES[name]
     return Strategy(
-        uncertainty or base.uncertainty, acquisition or base.acquisition, base.description
+        uncertainty or base.uncertainty,
+        acquisition or base.acquisition,
+        base.description,
+        base.scheme,
     )

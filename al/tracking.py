@@ -227,6 +227,8 @@ class CampaignMetrics:
     TIME_LABEL = "time_label_s"
     TIME_LOG = "time_log_s"
     FIT_EPOCHS = "fit_epochs"
+    RETRAINED = "retrained"
+    TRAINED_ON = "trained_on_labels"
 
     @staticmethod
     def labels_from(oracle: str) -> str:
@@ -324,9 +326,14 @@ class CampaignRun:
     def download_checkpoint(self, round_: int, dst: Path) -> Path:
         import mlflow.artifacts
 
-        children = self.round_child(round_)
+        # the model of round r is the last one trained up to r (the stream scheme skips fits)
+        children = []
+        for r in range(round_, -1, -1):
+            children = self.round_child(r)
+            if children:
+                break
         if not children:
-            raise RuntimeError(f"run {self.run_id}: no finished child run for round {round_}")
+            raise RuntimeError(f"run {self.run_id}: no finished child run up to round {round_}")
         return Path(
             mlflow.artifacts.download_artifacts(
                 run_id=children[0].info.run_id, artifact_path=ROUND_CHECKPOINT, dst_path=str(dst)

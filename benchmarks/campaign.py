@@ -82,7 +82,7 @@ def main() -> None:
     print(
         f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}),"
         f" torch {torch.__version__}, threads {torch.get_num_threads()}; {args.uncertainty} "
-        f"K={args.ensemble_size} + {args.acquisition}; pool {pool.numel()}, test {test.numpy().size}"
+        f"K={args.ensemble_size} + {args.acquisition}; pool {pool.numel()}, test {test.numel()}"
     )
 
     gen = torch.Generator().manual_seed(args.seed)
@@ -114,8 +114,9 @@ def main() -> None:
         pred = surrogate.predict(data_dev, test, args.eval_batch_size)
         times["evaluate"] = time.perf_counter() - t0
         report = regression_report(pred.mean, data.y[test], pred.std)
-        row = {"round": r, "n_labelled": int(labelled.numel()), "epochs": len(result.history),
-               "test_mae": report["mae"], "fit_mol_per_s": result.history[-1].mol_per_s}  # fmt: skip
+        row = {"round": r, "n_labelled": int(labelled.numel()),
+               "epochs": len(result.history), "test_mae": report["mae"],
+               "fit_mol_per_s": result.history[-1].mol_per_s}  # fmt: skip
         if r < args.rounds:
             free = pool[~torch.isin(pool, labelled)]
             if args.pool_subsample and free.numel() > args.pool_subsample:

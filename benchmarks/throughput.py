@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torch_geometric.nn.models import SchNet as PyGSchNet
 
 from al.data.graph import radius_graph
-from al.data.qm9 import load_qm9
+from al.data.qm9 import MolecularData, load_qm9
 from al.models import MODELS, build_model, count_parameters
 
 CUTOFF = 5.0
@@ -97,9 +97,11 @@ class PyGAdapter(nn.Module):
         return self.net(b.z, b.pos, b.batch).view(-1)
 
 
-def make_batches(n: int, batch_size: int, device: torch.device, seed: int) -> list[Batch]:
+def make_batches(
+    n: int, batch_size: int, device: torch.device, seed: int, data_file: Path | None = None
+) -> list[Batch]:
     """``n`` fixed batches of random QM9 molecules, already on ``device``."""
-    data = load_qm9().to(device)
+    data = (MolecularData.load(data_file) if data_file else load_qm9()).to(device)
     gen = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(data), generator=gen)[: n * batch_size].to(device)
     out = []
@@ -188,6 +190,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["schnet", "painn"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", type=Path, default=None, help="MolecularData .pt file to use")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     return p.parse_args(argv)
 
@@ -253,7 +256,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
             "radial basis never produces them."
         )
 
-    batches = make_batches(n_warm + n_timed, args.batch_size, device, args.seed)
+    batches = make_batches(n_warm + n_timed, args.batch_size, device, args.seed, args.data)
     warmup, timed = batches[:n_warm], batches[n_warm:]
     atoms = sum(b.z.numel() for b in timed) / sum(b.num_graphs for b in timed)
     edges = sum(b.edge_index.shape[1] for b in timed) / sum(b.num_graphs for b in timed)

@@ -24,9 +24,9 @@ from al.tracking import (
 from al.workflows import load_data
 
 SMALL = dict(
-    initial_size=200, batch_size=50, rounds=3, epochs=3, ensemble_size=2, mc_samples=4,
-    pool_subsample=1500, n_test=300, hidden=32, filter_groups=8, n_interactions=2,
-    progress=False, train_batch_size=64,
+    initial_size=200, batch_size=50, rounds=2, epochs=2, ensemble_size=2, mc_samples=4,
+    pool_subsample=1500, n_test=200, hidden=32, filter_groups=8, n_interactions=2,
+    progress=False, train_batch_size=64, stream_chunk=1000, retrain_fraction=0.25,
 )  # fmt: skip
 
 
@@ -54,7 +54,7 @@ def test_campaign_every_strategy(strategy: str, tracking, qm9) -> None:
     assert run.data.params["resolved_acquisition"] == STRATEGIES[strategy].acquisition
 
     steps = [m.step for m in client.get_metric_history(run_id, CampaignMetrics.N_LABELLED)]
-    assert steps == [200, 250, 300, 350]
+    assert steps == [200, 250, 300]
     for key in (CampaignMetrics.TEST_MAE, CampaignMetrics.TEST_NLL, CampaignMetrics.TEST_SPEARMAN,
                 CampaignMetrics.COST_SPENT, CampaignMetrics.TIME_FIT):  # fmt: skip
         hist = client.get_metric_history(run_id, key)
@@ -63,15 +63,26 @@ def test_campaign_every_strategy(strategy: str, tracking, qm9) -> None:
         1:
     ]
     cost = client.get_metric_history(run_id, CampaignMetrics.COST_SPENT)
-    assert [m.value for m in cost] == [200.0, 250.0, 300.0, 350.0]
+    assert [m.value for m in cost] == [200.0, 250.0, 300.0]
+    retrained = [m.value for m in client.get_metric_history(run_id, CampaignMetrics.RETRAINED)]
+    # the stream scheme retrains only after 25 % growth: 200 -> 250 yes, 250 -> 300 no
+    assert retrained == ([1, 1, 0] if strategy == "stream" else [1, 1, 1])
 
-    queried = read_queried(run_id, 3)
+    queried = read_queried(run_id, 2)
     assert list(queried.columns) == list(QUERIED_COLUMNS)
-    assert queried.groupby("round").size().tolist() == [200, 50, 50, 50]
+    assert queried.groupby("round").size().tolist() == [200, 50, 50]
     assert queried["qm9_index"].is_unique
     _, splits = load_data(cfg)
     assert set(queried["qm9_index"]) <= set(splits.pool.tolist())
     assert (queried["status"] == "ok").all()
+    if strategy == "stream":  # round r offers only the r-th chunk of a seeded permutation
+        import torch
+
+        pool = qm9.rows_of(splits.pool)
+        order = torch.randperm(pool.numel(), generator=round_generator(cfg.seed, 0, "stream"))
+        for r in (1, 2):
+            chunk = set(qm9.qm9_index[pool[order[(r - 1) * 1000 : r * 1000]]].tolist())
+            assert set(queried.loc[queried["round"] == r, "qm9_index"]) <= chunk
     later = queried[queried["round"] > 0]
     assert later["pred_mean"].notna().all() and later["pred_std"].notna().all()
     np.testing.assert_allclose(
@@ -81,7 +92,10 @@ def test_campaign_every_strategy(strategy: str, tracking, qm9) -> None:
     children = client.search_runs(
         [run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'"
     )
-    assert sorted(int(c.data.tags[TAG_ROUND]) for c in children) == [0, 1, 2, 3]
+    fitted = [r for r, flag in enumerate(retrained) if flag]
+    assert sorted(int(c.data.tags[TAG_ROUND]) for c in children) == fitted
+    versions = {c.data.tags["al.data_version"] for c in children}
+    assert len(versions) == len(fitted)  # each model records the labelled set it saw
     for child in children:
         assert child.info.status == "FINISHED"
         assert len(client.get_metric_history(child.info.run_id, "val_mae")) >= 1

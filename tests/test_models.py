@@ -115,11 +115,6 @@ def test_forces_are_finite(name: str) -> None:
     assert grad.abs().sum() > 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="AtomisticModel.energy_and_embedding casts the readout to float32 (`.float()`), "
-    "so a float64 model returns float32-precision energies",
-)
 def test_float64_model_energies_have_float64_precision(name: str) -> None:
     """Finite differences of a float64 model match its autograd forces."""
     model = make_model(name)

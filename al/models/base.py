@@ -240,7 +240,10 @@ class AtomisticModel(nn.Module):
         if geo is None:
             geo = DenseGeometry.build(pos, batch, num_graphs, self.cutoff)
         h = self.atom_features(z, geo)
-        atom_e = self.readout(h).squeeze(-1).float() * self.scale + self.atomref[z]
+        out = self.readout(h).squeeze(-1)
+        # bf16 under autocast is summed in float32; a float64 model stays float64
+        out = out.to(torch.promote_types(out.dtype, torch.float32))
+        atom_e = out * self.scale + self.atomref[z]
         energy = atom_e.new_zeros(num_graphs).index_add(0, batch, atom_e)
         emb = h.new_zeros(num_graphs, h.shape[-1]).index_add(0, batch, h)
         counts = torch.bincount(batch, minlength=num_graphs).clamp(min=1)
