@@ -44,6 +44,12 @@ class EnsembleModel(nn.Module):
         self.vectorize: bool | None = None
         self.hidden = members[0].hidden
 
+    def train(self, mode: bool = True) -> EnsembleModel:
+        """Also switch the (unregistered) template, whose mode functional_call uses."""
+        super().train(mode)
+        self._template.train(mode)
+        return self
+
     @property
     def scale(self) -> Tensor:
         return self._buffers_dict()["scale"]
