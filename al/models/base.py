@@ -164,11 +164,27 @@ class AtomisticModel(nn.Module):
 
     cutoff: float
     hidden: int
+    #: hyper-parameters every model takes; ``hparams()`` returns them
+    HPARAMS = ("hidden", "n_interactions", "n_rbf", "cutoff", "filter_groups", "dropout")
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        hidden: int,
+        n_interactions: int,
+        n_rbf: int,
+        cutoff: float,
+        filter_groups: int,
+        dropout: float,
+    ) -> None:
         super().__init__()
+        if hidden % filter_groups:
+            raise ValueError(f"hidden={hidden} is not divisible by filter_groups={filter_groups}")
+        self.hidden, self.n_interactions, self.n_rbf = hidden, n_interactions, n_rbf
+        self.cutoff, self.filter_groups, self.dropout = cutoff, filter_groups, dropout
         self.register_buffer("atomref", torch.zeros(MAX_Z))
         self.register_buffer("scale", torch.ones(()))
+        self.embedding = nn.Embedding(MAX_Z, hidden)
+        self.rbf = GaussianRBF(n_rbf, cutoff)
 
     @torch.no_grad()
     def fit_reference(self, composition: Tensor, y: Tensor) -> dict[str, float]:
@@ -262,5 +278,14 @@ class AtomisticModel(nn.Module):
         args = ", ".join(f"{k}={v}" for k, v in self.hparams().items())
         return f"{self.__class__.__name__}({args})"
 
-    def hparams(self) -> dict:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def hparams(self) -> dict:
+        return {name: getattr(self, name) for name in self.HPARAMS}
+
+    def reset_parameters(self) -> None:
+        """Re-draw every weight: Xavier-uniform linear layers, zero biases."""
+        self.embedding.reset_parameters()
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)

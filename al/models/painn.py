@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from al.models.base import MAX_Z, AtomisticModel, DenseGeometry, GaussianRBF, MCDropout, filter_conv
+from al.models.base import AtomisticModel, DenseGeometry, MCDropout, filter_conv
 
 
 class PaiNNMessage(nn.Module):
@@ -102,13 +102,7 @@ class PaiNN(AtomisticModel):
         filter_groups: int = 16,
         dropout: float = 0.0,
     ) -> None:
-        super().__init__()
-        if hidden % filter_groups:
-            raise ValueError(f"hidden={hidden} is not divisible by filter_groups={filter_groups}")
-        self.hidden, self.n_interactions, self.n_rbf = hidden, n_interactions, n_rbf
-        self.cutoff, self.filter_groups, self.dropout = cutoff, filter_groups, dropout
-        self.embedding = nn.Embedding(MAX_Z, hidden)
-        self.rbf = GaussianRBF(n_rbf, cutoff)
+        super().__init__(hidden, n_interactions, n_rbf, cutoff, filter_groups, dropout)
         self.filter_net = nn.Linear(n_rbf, n_interactions * 3 * filter_groups)
         self.interactions = nn.ModuleList(
             PaiNNBlock(hidden, filter_groups, dropout) for _ in range(n_interactions)
@@ -117,24 +111,6 @@ class PaiNN(AtomisticModel):
             nn.Linear(hidden, hidden // 2), nn.SiLU(), MCDropout(dropout), nn.Linear(hidden // 2, 1)
         )
         self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        self.embedding.reset_parameters()
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-
-    def hparams(self) -> dict:
-        return {
-            "hidden": self.hidden,
-            "n_interactions": self.n_interactions,
-            "n_rbf": self.n_rbf,
-            "cutoff": self.cutoff,
-            "filter_groups": self.filter_groups,
-            "dropout": self.dropout,
-        }
 
     def atom_features(self, z: Tensor, geo: DenseGeometry) -> Tensor:
         """``z [N]`` -> scalar atom features ``[N, F]``."""

@@ -5,10 +5,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from al.models.base import (
-    MAX_Z,
     AtomisticModel,
     DenseGeometry,
-    GaussianRBF,
     MCDropout,
     ShiftedSoftplus,
     filter_conv,
@@ -67,13 +65,7 @@ class SchNet(AtomisticModel):
         filter_groups: int = 16,
         dropout: float = 0.0,
     ) -> None:
-        super().__init__()
-        self.hidden, self.n_interactions, self.n_rbf = hidden, n_interactions, n_rbf
-        if hidden % filter_groups:
-            raise ValueError(f"hidden={hidden} is not divisible by filter_groups={filter_groups}")
-        self.cutoff, self.filter_groups, self.dropout = cutoff, filter_groups, dropout
-        self.embedding = nn.Embedding(MAX_Z, hidden)
-        self.rbf = GaussianRBF(n_rbf, cutoff)
+        super().__init__(hidden, n_interactions, n_rbf, cutoff, filter_groups, dropout)
         # Filters of all blocks from one linear map of the radial basis (as in PaiNN): a
         # nonlinear filter MLP on every atom pair cost more than the rest of the model.
         self.filter_net = nn.Linear(n_rbf, n_interactions * filter_groups)
@@ -87,25 +79,6 @@ class SchNet(AtomisticModel):
             nn.Linear(hidden // 2, 1),
         )
         self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        self.embedding.reset_parameters()
-        for m in (self.filter_net, *self.readout):
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
-        for block in self.interactions:
-            block.reset_parameters()
-
-    def hparams(self) -> dict:
-        return {
-            "hidden": self.hidden,
-            "n_interactions": self.n_interactions,
-            "n_rbf": self.n_rbf,
-            "cutoff": self.cutoff,
-            "filter_groups": self.filter_groups,
-            "dropout": self.dropout,
-        }
 
     def atom_features(self, z: Tensor, geo: DenseGeometry) -> Tensor:
         """``z [N]`` -> atom features ``[N, F]``."""
