@@ -88,6 +88,25 @@ def al_loop(config_file: str | None, **overrides: Any) -> None:
 
 
 @main.command()
+@click.option("--oracle", "oracle_spec", default="dft", show_default=True,
+              help="dft, xtb or model:<MLflow model URI>")  # fmt: skip
+@click.option("--input", "input_csv", required=True, help="CSV with a qm9_index column")
+@click.option("--output", default="", help="CSV to write (default: only logged to MLflow)")
+@click.option("--cost", default=None, type=float, help="cost per label (default: the oracle's)")
+@click.option("--experiment-name", default="al", show_default=True)
+def label(
+    oracle_spec: str, input_csv: str, output: str, cost: float | None, experiment_name: str
+) -> None:
+    """Label the molecules of a CSV with an oracle and log the result as a run."""
+    from al.workflows import run_label
+
+    try:
+        run_label(oracle_spec, input_csv, output or None, cost, experiment_name)
+    except (ValueError, KeyError, RuntimeError, FileNotFoundError) as err:
+        raise click.ClickException(str(err).strip("'\"")) from None
+
+
+@main.command()
 @click.option(
     "--model", "model_uri", required=True, help="MLflow model URI (models:/..., runs:/...)"
 )
