@@ -112,3 +112,11 @@ def test_cli_data_info(qm9) -> None:
     assert result.exit_code == 0, result.output
     assert "130,831" in result.output
     assert "test 10,000, oracle 50,000, pool 70,831" in result.output
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "benchmarks" / "configs").glob("*.yaml")))
+def test_shipped_configs_load(path: Path) -> None:
+    from al.config import CampaignConfig
+
+    cfg = resolve_config(CampaignConfig, path)
+    assert cfg.initial_size > 0
