@@ -100,8 +100,10 @@ def main() -> None:
             rate(infer_step([ens]), batches, args.warmup, device),
         )
     dev = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    print(f"device {dev}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"load {os.getloadavg()[0]:.2f}, model {args.model}, batch {args.batch_size}")  # fmt: skip
+    print(
+        f"device {dev}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"load {os.getloadavg()[0]:.2f}, model {args.model}, batch {args.batch_size}"
+    )
     sep_train, sep_infer = results[f"{args.k} separate models"]
     print(f"{'':44s} {'train mol/s':>12s} {'infer mol/s':>12s} {'cost/K sep.':>12s}")
     for name, (tr, inf) in results.items():
