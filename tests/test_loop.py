@@ -150,3 +150,21 @@ def test_bad_strategy_is_one_clear_error(tracking) -> None:
 def test_config_keys_in_mlproject_comment() -> None:
     text = (Path(__file__).resolve().parents[1] / "MLproject").read_text()
     assert "al_loop:" in text and "al.cli al-loop --config {config}" in text
+
+
+@pytest.mark.slow
+def test_campaign_with_live_xtb_labels(tracking, qm9) -> None:
+    cfg = small_config(
+        oracle="xtb", initial_size=60, batch_size=20, rounds=1, experiment_name="loop-xtb"
+    )
+    run_id = run_campaign(cfg)
+    queried = read_queried(run_id, 1)
+    assert (queried["oracle"] == "xtb").all()
+    assert queried["cost"].sum() == pytest.approx(0.01 * 80)
+    ok = queried[queried["status"] == "ok"]
+    dft = qm9.y[qm9.rows_of(ok["qm9_index"].to_numpy())].numpy()
+    err = np.abs(ok["label"].to_numpy() - dft)
+    assert 0.01 < err.mean() < 2.0  # a real, cheaper, less accurate labeller
+    run = MlflowClient().get_run(run_id)
+    assert run.data.metrics[CampaignMetrics.labels_from("xtb")] == len(ok)
+    assert run.data.metrics[CampaignMetrics.COST_SPENT] == pytest.approx(0.8)
