@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from dataclasses import MISSING, fields
 from pathlib import Path
@@ -10,7 +11,16 @@ from typing import Any
 
 import click
 
-from al.config import CampaignConfig, ConfigError, TrainRunConfig, resolve_config
+from al.config import (
+    CampaignConfig,
+    ConfigError,
+    FitConfig,
+    ModelConfig,
+    TrainRunConfig,
+    build_config,
+    read_yaml,
+)
+from hpo.config import HPOConfig
 
 
 def _config_options(cls: type) -> Any:
@@ -40,10 +50,39 @@ def _config_options(cls: type) -> Any:
     return decorate
 
 
+def _surrogate_values(cls: type, source: str) -> dict[str, Any]:
+    """Model and fit settings from a YAML file or an MLflow artifact URI (``runs:/...``),
+    renamed to ``cls``'s keys where they differ."""
+    path = source
+    if re.match(r"^[a-zA-Z][\w+.-]+:/", source):
+        import mlflow.artifacts
+        from mlflow.exceptions import MlflowException
+
+        try:
+            path = mlflow.artifacts.download_artifacts(artifact_uri=source)
+        except (MlflowException, OSError) as err:
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ConfigError(f"surrogate config {source!r} cannot be read: {first}") from None
+    values = read_yaml(path)
+    allowed = [f.name for f in fields(ModelConfig)] + [f.name for f in fields(FitConfig)]
+    unknown = sorted(set(values) - set(allowed))
+    if unknown:
+        raise ConfigError(
+            f"surrogate config {source!r}: unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"valid keys: {', '.join(sorted(allowed))}"
+        )
+    renames = getattr(cls, "SURROGATE_RENAMES", {})
+    return {renames.get(k, k): v for k, v in values.items()}
+
+
 def _resolve(cls: type, config_file: str | None, overrides: dict[str, Any]) -> Any:
+    """Defaults < surrogate_config < config file < explicit options."""
     given = {k: v for k, v in overrides.items() if v not in (None, "")}
     try:
-        return resolve_config(cls, config_file or None, given)
+        from_file = read_yaml(config_file) if config_file else {}
+        surrogate = given.get("surrogate_config") or from_file.get("surrogate_config")
+        base = _surrogate_values(cls, str(surrogate)) if surrogate else {}
+        return build_config(cls, {**base, **from_file, **given})
     except ConfigError as err:
         raise click.ClickException(str(err)) from None
 
@@ -83,6 +122,43 @@ def al_loop(config_file: str | None, **overrides: Any) -> None:
     config = _resolve(CampaignConfig, config_file, overrides)
     try:
         run_campaign(config)
+    except (ValueError, KeyError, RuntimeError, FileNotFoundError) as err:
+        raise click.ClickException(str(err).strip("'\"")) from None
+
+
+@main.command()
+@click.option("--config", "config_file", default=None, help="YAML file of the same keys")
+@_config_options(HPOConfig)
+def hpo(config_file: str | None, **overrides: Any) -> None:
+    """Tune the surrogate with an Optuna study; trials are nested MLflow runs."""
+    from hpo.study import run_study
+
+    config = _resolve(HPOConfig, config_file, overrides)
+    try:
+        run_study(config)
+    except (ValueError, KeyError, RuntimeError, FileNotFoundError) as err:
+        raise click.ClickException(str(err).strip("'\"")) from None
+
+
+@main.command("hpo-worker", hidden=True)
+@click.option("--config", "config_file", default=None, help="YAML file of the same keys")
+@click.option("--parent-run-id", required=True, help="the study's MLflow run")
+@click.option("--experiment-id", required=True, help="the experiment of that run")
+@click.option("--worker-index", type=int, default=0, help="offsets the sampler's seed")
+@_config_options(HPOConfig)
+def hpo_worker(
+    config_file: str | None,
+    parent_run_id: str,
+    experiment_id: str,
+    worker_index: int,
+    **overrides: Any,
+) -> None:
+    """One worker of a study (started by `al hpo --n-workers N`)."""
+    from hpo.study import run_worker
+
+    config = _resolve(HPOConfig, config_file, overrides)
+    try:
+        run_worker(config, parent_run_id, experiment_id, worker_index)
     except (ValueError, KeyError, RuntimeError, FileNotFoundError) as err:
         raise click.ClickException(str(err).strip("'\"")) from None
 

@@ -13,7 +13,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 
@@ -91,6 +91,9 @@ class TrainRunConfig(ModelConfig, FitConfig, DataConfig):
     train_size: int = _opt(1000, "labelled pool molecules (train + validation)", min=2)
     profile: bool = _opt(False, "write a torch.profiler trace of a few steps")
     experiment_name: str = _opt("al", "MLflow experiment (when not set by mlflow run)")
+    surrogate_config: str = _opt(
+        "", "YAML of model and fit settings (e.g. runs:/<id>/best_params.yaml), below config"
+    )
 
 
 def _type_of(cls: type, name: str) -> Any:
@@ -234,6 +237,12 @@ class CampaignConfig(ModelConfig, FitConfig, DataConfig):
     )
     resume: str = _opt("", "run id of a campaign to continue")
     experiment_name: str = _opt("al", "MLflow experiment (when not set by mlflow run)")
+    surrogate_config: str = _opt(
+        "", "YAML of model and fit settings (e.g. runs:/<id>/best_params.yaml), below config"
+    )
+
+    #: Surrogate-config keys that have another name here (``batch_size`` counts labels).
+    SURROGATE_RENAMES: ClassVar[dict[str, str]] = {"batch_size": "train_batch_size"}
 
     def fit_config(self) -> FitConfig:
         values = {f.name: getattr(self, f.name) for f in fields(FitConfig)}

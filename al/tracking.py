@@ -359,3 +359,48 @@ class CampaignRun:
 
     def complete_round(self, round_: int) -> None:
         self.client.set_tag(self.run_id, TAG_COMPLETED_ROUND, str(round_))
+
+
+# --- hyper-parameter optimisation -----------------------------------------------------------
+# One parent run per Optuna study (al.kind=hpo), one nested run per trial (al.kind=trial).
+KIND_HPO = "hpo"
+KIND_TRIAL = "trial"
+TAG_STUDY = "al.study"
+TAG_TRIAL_NUMBER = "optuna.trial_number"
+TAG_TRIAL_STATE = "al.trial_state"
+TAG_BEST_TRIAL = "al.best_trial"
+TRIAL_COMPLETE, TRIAL_PRUNED, TRIAL_FAILED = "complete", "pruned", "failed"
+#: The best trial's surrogate settings, keys that ``train`` and ``al_loop`` accept.
+BEST_PARAMS = "best_params.yaml"
+SEARCH_SPACE = "search_space.yaml"
+PLOT_OPTIMIZATION_HISTORY = "plots/optimization_history.png"
+PLOT_PARAM_IMPORTANCES = "plots/param_importances.png"
+NOTE_PARAM_IMPORTANCES = "plots/param_importances_skipped.txt"
+
+
+class HPOMetrics:
+    """Metric names of study (parent) runs; trial runs use :class:`Metrics`."""
+
+    BEST_VALUE = "best_val_mae"
+    N_COMPLETE = "n_complete"
+    N_PRUNED = "n_pruned"
+    N_FAILED = "n_failed"
+
+
+def trial_run_name(number: int) -> str:
+    return f"trial_{number:04d}"
+
+
+def trial_runs(parent_run_id: str) -> list[Any]:
+    """The nested trial runs of a study's parent run (any status)."""
+    client = MlflowClient()
+    exp = client.get_run(parent_run_id).info.experiment_id
+    flt = f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.`{TAG_KIND}` = '{KIND_TRIAL}'"
+    return client.search_runs([exp], filter_string=flt, max_results=10_000)
+
+
+def mark_trial_killed(run_id: str) -> None:
+    """Close the run of a trial whose worker died (its process cannot do it any more)."""
+    client = MlflowClient()
+    client.set_tag(run_id, TAG_TRIAL_STATE, TRIAL_FAILED)
+    client.set_terminated(run_id, "KILLED")

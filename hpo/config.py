@@ -1,0 +1,130 @@
+"""Settings of an HPO study, and the sampler and pruner registries they name.
+
+The registries map a name to a factory; optuna is imported inside the factories so that
+the ``al`` command line starts without it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from al.config import DEVICES, DataConfig, _opt
+
+if TYPE_CHECKING:
+    from optuna.pruners import BasePruner
+    from optuna.samplers import BaseSampler
+
+
+def _quiet_experimental() -> None:
+    from optuna.exceptions import ExperimentalWarning
+
+    warnings.filterwarnings("ignore", category=ExperimentalWarning)
+
+
+def _tpe(seed: int) -> BaseSampler:
+    from optuna.samplers import TPESampler
+
+    _quiet_experimental()
+    # constant_liar: parallel workers see running trials as bad, so they spread out
+    return TPESampler(seed=seed, multivariate=True, constant_liar=True)
+
+
+def _gp(seed: int) -> BaseSampler:
+    from optuna.samplers import GPSampler
+
+    return GPSampler(seed=seed)
+
+
+def _random(seed: int) -> BaseSampler:
+    from optuna.samplers import RandomSampler
+
+    return RandomSampler(seed=seed)
+
+
+def _median(epochs: int) -> BasePruner:
+    from optuna.pruners import MedianPruner
+
+    # the first epochs of a one-cycle schedule say little: judge after a fifth of them
+    return MedianPruner(n_startup_trials=5, n_warmup_steps=max(1, epochs // 5))
+
+
+def _hyperband(epochs: int) -> BasePruner:
+    from optuna.pruners import HyperbandPruner
+
+    return HyperbandPruner(min_resource=max(1, epochs // 10), max_resource=epochs)
+
+
+def _no_pruning(epochs: int) -> BasePruner:
+    from optuna.pruners import NopPruner
+
+    return NopPruner()
+
+
+#: Samplers by name: a factory of the seed.
+SAMPLERS: dict[str, Callable[[int], BaseSampler]] = {"tpe": _tpe, "gp": _gp, "random": _random}
+#: Pruners by name: a factory of the maximum epochs per trial.
+PRUNERS: dict[str, Callable[[int], BasePruner]] = {
+    "median": _median,
+    "hyperband": _hyperband,
+    "none": _no_pruning,
+}
+
+
+def build_sampler(name: str, seed: int) -> BaseSampler:
+    """The sampler registered as ``name``, seeded."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; expected one of: {', '.join(SAMPLERS)}")
+    return SAMPLERS[name](seed)
+
+
+def build_pruner(name: str, epochs: int) -> BasePruner:
+    """The pruner registered as ``name``, for trials of at most ``epochs`` epochs."""
+    if name not in PRUNERS:
+        raise ValueError(f"unknown pruner {name!r}; expected one of: {', '.join(PRUNERS)}")
+    return PRUNERS[name](epochs)
+
+
+@dataclass
+class HPOConfig(DataConfig):
+    """The ``hpo`` entry point: an Optuna study of surrogate settings, tracked in MLflow.
+
+    Every trial trains on the same ``train_size`` random pool molecules (seeded), so trials
+    differ only in their settings.
+    """
+
+    study_name: str = _opt("al-hpo", "Optuna study name (workers with the same name share it)")
+    storage: str = _opt(
+        "sqlite:///optuna.db",
+        "Optuna storage (SQLAlchemy URL; ${VAR} is read from the environment)",
+    )
+    n_trials: int = _opt(30, "finished trials (complete + pruned) over all workers", min=1)
+    n_workers: int = _opt(1, "worker processes started on this machine", min=1)
+    timeout: float = _opt(0.0, "seconds after which workers start no new trial (0 = none)", min=0.0)
+    sampler: str = _opt("tpe", "Optuna sampler", choices=tuple(SAMPLERS))
+    pruner: str = _opt(
+        "median", "Optuna pruner (on validation MAE per epoch)", choices=tuple(PRUNERS)
+    )
+    fixed: str = _opt("", "search-space keys held fixed, e.g. 'model=schnet,hidden=128'")
+    train_size: int = _opt(1000, "labelled pool molecules per trial (train + validation)", min=4)
+    val_fraction: float = _opt(
+        0.2, "share of train_size held out for validation", min=0.05, max=0.5
+    )
+    epochs: int = _opt(40, "epochs per trial (the maximum when epochs_min > 0)", min=1)
+    epochs_min: int = _opt(0, "tune epochs in [epochs_min, epochs] (0 = fixed)", min=0)
+    patience: int = _opt(10, "early stopping within a trial", min=1)
+    seed: int = _opt(0, "seed of the labelled set, the weights and the sampler")
+    sampler_seed: int = _opt(
+        -1, "sampler seed (-1: seed); worker k adds 1000 k; give every machine its own"
+    )
+    device: str = _opt("auto", "auto picks CUDA when present", choices=DEVICES)
+    amp: bool = _opt(True, "bf16 autocast (CUDA only)")
+    compile: bool = _opt(False, "torch.compile the model (CUDA only)")
+    threads: int = _opt(0, "CPU threads per worker (0 = cores / n_workers)", min=0)
+    progress: bool = _opt(False, "show progress bars")
+    heartbeat_interval: int = _opt(60, "seconds between heartbeats of a running trial", min=1)
+    grace_period: int = _opt(0, "seconds without heartbeat until a trial is dead (0 = 2x)", min=0)
+    max_retry: int = _opt(3, "times a dead worker's trial is run again", min=0)
+    experiment_name: str = _opt("al", "MLflow experiment (when not set by mlflow run)")

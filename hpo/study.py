@@ -1,0 +1,352 @@
+"""Study runner: Optuna storage, workers, and the study's MLflow run.
+
+One study lives in an RDB storage (SQLite alone, PostgreSQL for a team) and is shared by
+every worker that names it, on this machine or others. A running trial sends heartbeats;
+the trial of a worker that died is failed after ``grace_period`` seconds and queued again
+with the same settings (Optuna's heartbeat retry callback), so it is retried, not lost.
+
+``n_trials`` counts finished trials (complete or pruned) over all workers. A worker only
+starts a trial while fewer than ``n_trials`` are finished, running or queued, and a trial
+that still finds itself beyond the budget (two workers starting at the same moment) is
+dropped before it trains (see :func:`hpo.objective.within_budget`). Optuna's
+``MaxTrialsCallback`` alone would not do: each worker checks it only after its own trial
+ended, so N workers overshoot by up to N - 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import optuna
+import yaml
+from mlflow.tracking import MlflowClient
+from optuna.trial import FrozenTrial, TrialState
+
+from al import tracking
+from al.config import to_dict
+from hpo.config import HPOConfig, build_pruner, build_sampler
+from hpo.objective import (
+    ATTR_CONFIG,
+    ATTR_RUN_ID,
+    ATTR_SURPLUS,
+    Objective,
+    SurplusTrialError,
+    labelled_set,
+)
+from hpo.space import SearchSpace, parse_fixed
+
+log = logging.getLogger(__name__)
+
+#: Study user attribute: the MLflow run of the study, joined by later invocations.
+ATTR_PARENT_RUN = "al.mlflow_parent_run_id"
+
+
+# --- storage -------------------------------------------------------------------------------
+def storage_url(template: str) -> str:
+    """The storage URL with ``${VAR}`` read from the environment (keeps passwords out of
+    configs and logged params)."""
+    url = os.path.expandvars(template)
+    missing = re.findall(r"\$\{?(\w+)\}?", url)
+    if missing:
+        raise ValueError(f"storage URL: environment variable {missing[0]} is not set")
+    return url
+
+
+def redacted(url: str) -> str:
+    """``url`` with any literal password replaced by ``***`` (for logs and params)."""
+    return re.sub(r"(://[^:/@]+:)(?!\$\{)[^@]+@", r"\1***@", url)
+
+
+class _RetryDeadTrial:
+    """Queue a dead worker's trial again (Optuna's retry) and close its MLflow run."""
+
+    def __init__(self, max_retry: int) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        run_id = trial.user_attrs.get(ATTR_RUN_ID)
+        log.warning("event=trial_dead trial=%d run_id=%s", trial.number, run_id)
+        if run_id:
+            try:
+                tracking.mark_trial_killed(run_id)
+            except mlflow.exceptions.MlflowException as err:
+                log.warning("event=mark_killed_failed run_id=%s error=%s", run_id, err)
+        self.retry(study, trial)
+
+
+def open_storage(config: HPOConfig) -> optuna.storages.RDBStorage:
+    """RDB storage with heartbeats and retry of dead workers' trials."""
+    url = storage_url(config.storage)
+    if url.startswith("sqlite"):
+        # several worker processes share one file: wait for its lock instead of failing
+        engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}}
+    else:
+        engine_kwargs = {"pool_pre_ping": True}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=config.heartbeat_interval,
+            grace_period=config.grace_period or None,
+            heartbeat_stale_trial_callback=_RetryDeadTrial(config.max_retry),
+        )
+
+
+def load_study(config: HPOConfig, worker_index: int = 0) -> optuna.Study:
+    """Create the study or join it. Each worker's sampler gets its own seed, so parallel
+    workers do not propose the same settings (on other machines: ``sampler_seed``)."""
+    seed = config.seed if config.sampler_seed < 0 else config.sampler_seed
+    return optuna.create_study(
+        study_name=config.study_name,
+        storage=open_storage(config),
+        sampler=build_sampler(config.sampler, seed + 1000 * worker_index),
+        pruner=build_pruner(config.pruner, config.epochs),
+        direction="minimize",
+        load_if_exists=True,
+    )
+
+
+def trial_counts(study: optuna.Study) -> dict[str, int]:
+    """Trials by state; ``failed`` leaves out trials dropped as beyond the budget."""
+    trials = study.get_trials(deepcopy=False)
+    count = {s: sum(t.state == s for t in trials) for s in TrialState}
+    failed = sum(t.state == TrialState.FAIL and not t.user_attrs.get(ATTR_SURPLUS) for t in trials)
+    return {
+        "complete": count[TrialState.COMPLETE],
+        "pruned": count[TrialState.PRUNED],
+        "finished": count[TrialState.COMPLETE] + count[TrialState.PRUNED],
+        "running": count[TrialState.RUNNING],
+        "waiting": count[TrialState.WAITING],
+        "failed": failed,
+    }
+
+
+# --- workers -------------------------------------------------------------------------------
+def run_worker(
+    config: HPOConfig,
+    parent_run_id: str,
+    experiment_id: str,
+    worker_index: int = 0,
+    study: optuna.Study | None = None,
+) -> int:
+    """Run trials until the study has ``n_trials`` finished ones; returns how many ran here.
+
+    A worker whose budget is all taken keeps watching until the running trials end, so
+    that it can take over the trial of a worker that dies. ``timeout`` stops it from
+    starting new trials; the one in progress finishes.
+    """
+    study = study or load_study(config, worker_index)
+    space = SearchSpace(config.epochs, config.epochs_min, parse_fixed(config.fixed))
+    objective = Objective(config, space, labelled_set(config), parent_run_id, experiment_id)
+    progress = _ProgressLogger(parent_run_id)
+    deadline = time.monotonic() + config.timeout if config.timeout else None
+    poll = min(5.0, config.heartbeat_interval)
+    ran = 0
+    while True:
+        counts = trial_counts(study)
+        if counts["finished"] >= config.n_trials:
+            break
+        if deadline is not None and time.monotonic() >= deadline:
+            log.info("event=worker_timeout worker=%d ran=%d", worker_index, ran)
+            break
+        if counts["failed"] >= config.n_trials:
+            raise RuntimeError(
+                f"study {config.study_name!r}: {counts['failed']} trials failed; see the "
+                "failed trial runs"
+            )
+        if counts["waiting"] or counts["finished"] + counts["running"] < config.n_trials:
+            study.optimize(objective, n_trials=1, catch=(SurplusTrialError,), callbacks=[progress])
+            ran += 1
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+            time.sleep(poll)
+    log.info("event=worker_done worker=%d ran=%d", worker_index, ran)
+    return ran
+
+
+class _ProgressLogger:
+    """Optuna callback: the study's progress as metrics of its MLflow run."""
+
+    def __init__(self, parent_run_id: str) -> None:
+        self.parent_run_id = parent_run_id
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.user_attrs.get(ATTR_SURPLUS):
+            return
+        _log_progress(study, self.parent_run_id)
+
+
+def _log_progress(study: optuna.Study, parent_run_id: str) -> dict[str, int]:
+    counts = trial_counts(study)
+    metrics: dict[str, float] = {
+        tracking.HPOMetrics.N_COMPLETE: counts["complete"],
+        tracking.HPOMetrics.N_PRUNED: counts["pruned"],
+        tracking.HPOMetrics.N_FAILED: counts["failed"],
+    }
+    if counts["complete"]:
+        metrics[tracking.HPOMetrics.BEST_VALUE] = study.best_value
+    tracking.log_metrics(metrics, step=counts["finished"], run_id=parent_run_id)
+    return counts
+
+
+def _start_worker_processes(config: HPOConfig, parent_run_id: str, experiment_id: str) -> list[int]:
+    """``n_workers`` processes of ``al hpo-worker`` on the study; their exit codes."""
+    threads = config.threads or max(1, (os.cpu_count() or 1) // config.n_workers)
+    worker_config = replace(config, n_workers=1, threads=threads)
+    env = dict(os.environ)
+    env.pop("MLFLOW_RUN_ID", None)  # the workers' runs are new, nested under the study's
+    env["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
+    with tempfile.TemporaryDirectory(prefix="al-hpo-") as tmp:
+        path = Path(tmp) / "worker.yaml"
+        path.touch(mode=0o600)  # the storage URL may hold a password
+        path.write_text(yaml.safe_dump(to_dict(worker_config), sort_keys=False))
+        cmd = [
+            sys.executable, "-m", "al.cli", "hpo-worker", "--config", str(path),
+            "--parent-run-id", parent_run_id, "--experiment-id", experiment_id,
+        ]  # fmt: skip
+        procs = [
+            subprocess.Popen([*cmd, "--worker-index", str(k)], env=env)
+            for k in range(config.n_workers)
+        ]
+        try:
+            return [p.wait() for p in procs]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.terminate()
+
+
+# --- the study's MLflow run ------------------------------------------------------------------
+def _open_parent_run(config: HPOConfig, study: optuna.Study) -> mlflow.ActiveRun:
+    """Start the study's run, or re-open the one an earlier invocation recorded."""
+    from al.workflows import _set_experiment
+
+    client = MlflowClient()
+    wrapper = os.environ.get("MLFLOW_RUN_ID")
+    recorded = study.user_attrs.get(ATTR_PARENT_RUN)
+    if recorded and recorded != wrapper and _run_usable(client, recorded):
+        if wrapper:
+            # `mlflow run` made a fresh run for this process: point it at the study's run
+            client.set_tag(wrapper, tracking.TAG_RESUMED_INTO, recorded)
+            client.set_terminated(wrapper, "FINISHED")
+            os.environ.pop("MLFLOW_RUN_ID")
+        mlflow.set_experiment(experiment_id=client.get_run(recorded).info.experiment_id)
+        return mlflow.start_run(run_id=recorded)
+    _set_experiment(config.experiment_name)
+    run = mlflow.start_run(run_name=f"hpo-{config.study_name}")
+    study.set_user_attr(ATTR_PARENT_RUN, run.info.run_id)
+    return run
+
+
+def _run_usable(client: MlflowClient, run_id: str) -> bool:
+    try:
+        return client.get_run(run_id).info.lifecycle_stage == "active"
+    except mlflow.exceptions.MlflowException:
+        return False  # e.g. a study database reused with another tracking server
+
+
+def best_params(study: optuna.Study) -> tuple[FrozenTrial, dict[str, Any]] | None:
+    """The best trial and its surrogate config, or None before any trial completed."""
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return None
+    best = study.best_trial
+    return best, dict(best.user_attrs.get(ATTR_CONFIG) or best.params)
+
+
+def _log_results(study: optuna.Study, config: HPOConfig, parent_run_id: str) -> float | None:
+    """best_params.yaml, the best value, and Optuna's plots on the study's run."""
+    _log_progress(study, parent_run_id)
+    found = best_params(study)
+    if found is None:
+        log.warning("event=no_complete_trial study=%s", config.study_name)
+        return None
+    best, values = found
+    header = (
+        f"# Best trial {best.number} of study {config.study_name!r}: validation MAE "
+        f"{best.value:.5f} eV\n# ({config.train_size} labelled molecules, val_fraction "
+        f"{config.val_fraction}). Use: al train --surrogate-config best_params.yaml\n"
+    )
+    tracking.log_text_artifact(
+        header + yaml.safe_dump(values, sort_keys=False), tracking.BEST_PARAMS
+    )
+    mlflow.set_tag(tracking.TAG_BEST_TRIAL, str(best.number))
+    _log_plots(study)
+    return float(best.value)
+
+
+def _log_plots(study: optuna.Study) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from optuna.visualization import matplotlib as optuna_plots
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        ax = optuna_plots.plot_optimization_history(study)
+        tracking.log_figure(ax.figure, tracking.PLOT_OPTIMIZATION_HISTORY)
+        n_complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        note = ""
+        if n_complete < 2:
+            note = f"parameter importances need 2 complete trials, the study has {n_complete}"
+        else:
+            try:
+                ax = optuna_plots.plot_param_importances(study)
+                tracking.log_figure(ax.figure, tracking.PLOT_PARAM_IMPORTANCES)
+            except (ValueError, RuntimeError) as err:  # e.g. no parameter varied
+                note = f"parameter importances could not be computed: {err}"
+    if note:
+        log.info("event=importances_skipped reason=%r", note)
+        tracking.log_text_artifact(note + "\n", tracking.NOTE_PARAM_IMPORTANCES)
+
+
+def run_study(config: HPOConfig) -> str:
+    """Run (or continue) the study named in ``config``; returns its MLflow run id."""
+    space = SearchSpace(config.epochs, config.epochs_min, parse_fixed(config.fixed))
+    study = load_study(config)
+    with _open_parent_run(config, study) as parent:
+        parent_id, experiment_id = parent.info.run_id, parent.info.experiment_id
+        mlflow.set_tags(
+            {tracking.TAG_KIND: tracking.KIND_HPO, tracking.TAG_STUDY: config.study_name}
+        )
+        settings = {**to_dict(config), "storage": redacted(config.storage)}
+        tracking.log_params(settings)
+        tracking.log_text_artifact(
+            yaml.safe_dump(space.describe(), sort_keys=False), tracking.SEARCH_SPACE
+        )
+        log.info(
+            "event=study_start study=%s storage=%s n_trials=%d workers=%d run_id=%s",
+            config.study_name, redacted(config.storage), config.n_trials, config.n_workers,
+            parent_id,
+        )  # fmt: skip
+        if config.n_workers == 1:
+            run_worker(config, parent_id, experiment_id, 0, study)
+            codes = [0]
+        else:
+            codes = _start_worker_processes(config, parent_id, experiment_id)
+        best = _log_results(study, config, parent_id)
+        if any(codes):
+            raise RuntimeError(f"HPO workers exited with codes {codes}; see their output")
+    counts = trial_counts(study)
+    summary = "no complete trial" if best is None else f"best validation MAE {best:.4f} eV"
+    print(
+        f"study {config.study_name!r}: {summary}; {counts['complete']} complete, "
+        f"{counts['pruned']} pruned, {counts['failed']} failed trials; run {parent_id}; "
+        f"settings: runs:/{parent_id}/{tracking.BEST_PARAMS}"
+    )
+    return parent_id

@@ -1,0 +1,332 @@
+"""HPO against a real tracking server and real Optuna storages (SQLite; PostgreSQL if present)."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import yaml
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from al import tracking
+from al.cli import _resolve, main
+from al.config import CampaignConfig, ConfigError, TrainRunConfig, build_config, resolve_config
+from hpo.config import PRUNERS, SAMPLERS, HPOConfig, build_pruner, build_sampler
+from hpo.objective import ATTR_RUN_ID, ATTR_SURPLUS
+from hpo.space import SearchSpace, parse_fixed
+from hpo.study import ATTR_PARENT_RUN, redacted, run_study, storage_url
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+TINY = dict(
+    train_size=60, epochs=2, fixed="model=schnet,hidden=32,n_interactions=1", n_test=200,
+    heartbeat_interval=1, grace_period=2, progress=False,
+)  # fmt: skip
+
+
+def tiny(storage: str, **kw: object) -> HPOConfig:
+    return build_config(HPOConfig, {**TINY, "storage": storage, **kw})
+
+
+def sqlite_storage(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'optuna.db'}"
+
+
+# --- registries, space, settings (no server) ------------------------------------------------
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_every_sampler_builds(name: str) -> None:
+    assert isinstance(build_sampler(name, seed=1), optuna.samplers.BaseSampler)
+
+
+@pytest.mark.parametrize("name", list(PRUNERS))
+def test_every_pruner_builds(name: str) -> None:
+    assert isinstance(build_pruner(name, epochs=10), optuna.pruners.BasePruner)
+
+
+def test_unknown_sampler_and_pruner_list_the_choices() -> None:
+    with pytest.raises(ValueError, match="unknown sampler 'cma'; expected one of: tpe, gp, random"):
+        build_sampler("cma", seed=0)
+    with pytest.raises(
+        ValueError, match="unknown pruner 'sha'; expected one of: median, hyperband"
+    ):
+        build_pruner("sha", epochs=10)
+    result = CliRunner().invoke(main, ["hpo", "--sampler", "cma"])
+    assert result.exit_code != 0
+    assert (
+        result.output.strip() == "Error: config key 'sampler': 'cma' is not one of tpe, gp, random"
+    )
+
+
+def test_space_fixed_keys_and_divisibility() -> None:
+    assert parse_fixed("model=painn, hidden=64") == {"model": "painn", "hidden": 64}
+    with pytest.raises(ConfigError, match="unknown search-space key"):
+        parse_fixed("patience=3")
+    with pytest.raises(ConfigError, match="'hidden': expected an integer"):
+        parse_fixed("hidden=wide")
+    with pytest.raises(ConfigError, match="hidden=40 is not divisible by filter_groups=16"):
+        SearchSpace(epochs=5, fixed={"hidden": 40})
+    space = SearchSpace(epochs=30, epochs_min=10, fixed={"model": "schnet"})
+    tuned = space.describe()["tuned"]
+    assert "model" not in tuned and tuned["epochs"] == {"type": "int", "low": 10, "high": 30}
+    study = optuna.create_study()
+    values = space.sample(study.ask())
+    assert values["model"] == "schnet" and 10 <= values["epochs"] <= 30
+    build_config(TrainRunConfig, values)  # every sample is a valid surrogate config
+
+
+def test_storage_url_reads_environment_and_params_hide_passwords(monkeypatch) -> None:
+    monkeypatch.setenv("AL_TEST_SECRET", "s3cret")
+    template = "postgresql+psycopg2://al:${AL_TEST_SECRET}@db:5432/optuna"
+    assert storage_url(template) == "postgresql+psycopg2://al:s3cret@db:5432/optuna"
+    assert redacted("postgresql://al:s3cret@db/optuna") == "postgresql://al:***@db/optuna"
+    monkeypatch.delenv("AL_TEST_SECRET")
+    with pytest.raises(ValueError, match="AL_TEST_SECRET is not set"):
+        storage_url(template)
+
+
+def test_surrogate_config_priority_and_unknown_keys(tmp_path: Path) -> None:
+    best = tmp_path / "best_params.yaml"
+    best.write_text("model: painn\nhidden: 64\nlr: 0.0005\nbatch_size: 32\nepochs: 7\n")
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text(f"surrogate_config: {best}\nhidden: 96\n")
+    # defaults < surrogate_config < config file < explicit options
+    cfg = _resolve(TrainRunConfig, str(cfg_file), {"epochs": "3", "lr": None})
+    assert (cfg.model, cfg.hidden, cfg.lr, cfg.batch_size, cfg.epochs) == (
+        "painn", 96, 0.0005, 32, 3,
+    )  # fmt: skip
+    # al_loop: the surrogate's batch size is its training batch, not labels per round
+    camp = _resolve(CampaignConfig, None, {"surrogate_config": str(best)})
+    assert camp.train_batch_size == 32 and camp.batch_size == CampaignConfig().batch_size
+    assert camp.fit_config().batch_size == 32 and camp.epochs == 7
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lr: 0.001\nrounds: 3\n")
+    result = CliRunner().invoke(main, ["train", "--surrogate-config", str(bad)])
+    assert result.exit_code != 0
+    assert result.output.startswith(f"Error: surrogate config '{bad}': unknown key(s) 'rounds'")
+    assert len(result.output.strip().splitlines()) == 1
+    missing = CliRunner().invoke(main, ["al-loop", "--surrogate-config", "nope.yaml"])
+    assert missing.output.strip() == "Error: config file 'nope.yaml' does not exist"
+
+
+def test_mlproject_hpo_entry_point() -> None:
+    spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "MLproject").read_text())
+    hpo = spec["entry_points"]["hpo"]
+    assert set(hpo["parameters"]) == {"config"}
+    assert "al.cli hpo --config {config}" in hpo["command"]
+
+
+# --- studies against the tracking server --------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.usefixtures("tracking")
+def test_study_logs_parent_trials_and_reusable_best_params(tmp_path: Path) -> None:
+    cfg = tiny(sqlite_storage(tmp_path), study_name="a", n_trials=4, experiment_name="hpo-a")
+    parent_id = run_study(cfg)
+    client = MlflowClient()
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags[tracking.TAG_KIND] == tracking.KIND_HPO
+    assert parent.data.params["n_trials"] == "4" and parent.data.params["sampler"] == "tpe"
+    assert parent.data.metrics[tracking.HPOMetrics.BEST_VALUE] > 0
+
+    runs = tracking.trial_runs(parent_id)
+    assert sorted(int(r.data.tags[tracking.TAG_TRIAL_NUMBER]) for r in runs) == [0, 1, 2, 3]
+    for r in runs:
+        state = r.data.tags[tracking.TAG_TRIAL_STATE]
+        assert state in (tracking.TRIAL_COMPLETE, tracking.TRIAL_PRUNED)
+        history = client.get_metric_history(r.info.run_id, tracking.Metrics.VAL_MAE)
+        epochs = sorted(m.step for m in history)
+        assert epochs[:1] == [0]  # a pruned trial has at least its first epoch
+        if state == tracking.TRIAL_COMPLETE:
+            assert epochs == [0, 1]
+        assert r.data.params["hidden"] == "32" and "lr" in r.data.params
+
+    files = {a.path for a in client.list_artifacts(parent_id)}
+    assert {tracking.BEST_PARAMS, tracking.SEARCH_SPACE} <= files
+    plots = {a.path for a in client.list_artifacts(parent_id, "plots")}
+    assert tracking.PLOT_OPTIMIZATION_HISTORY in plots
+    assert tracking.PLOT_PARAM_IMPORTANCES in plots or tracking.NOTE_PARAM_IMPORTANCES in plots
+
+    local = mlflow.artifacts.download_artifacts(
+        run_id=parent_id, artifact_path=tracking.BEST_PARAMS
+    )
+    best = yaml.safe_load(Path(local).read_text())
+    cfg_train = resolve_config(TrainRunConfig, local)
+    assert cfg_train.hidden == 32 and cfg_train.lr == best["lr"]
+    best_run = next(
+        r
+        for r in runs
+        if r.data.tags[tracking.TAG_TRIAL_NUMBER] == parent.data.tags[tracking.TAG_BEST_TRIAL]
+    )
+    assert float(best_run.data.params["lr"]) == pytest.approx(best["lr"])
+    # `al train --surrogate-config runs:/...`: the URI is downloaded, explicit options win
+    uri = f"runs:/{parent_id}/{tracking.BEST_PARAMS}"
+    train = _resolve(TrainRunConfig, None, {"surrogate_config": uri, "epochs": "1"})
+    assert (train.lr, train.batch_size, train.epochs) == (best["lr"], best["batch_size"], 1)
+    assert train.surrogate_config == uri
+
+
+def check_parallel_study(storage: str, name: str) -> str:
+    """3 worker processes, 6 trials: exactly 6 finished, one MLflow run per trial."""
+    cfg = tiny(storage, study_name=name, n_trials=6, n_workers=3, experiment_name=name)
+    parent_id = run_study(cfg)
+    study = optuna.load_study(study_name=name, storage=storage_url(storage))
+    trials = study.get_trials()
+    finished = [t for t in trials if t.state in FINISHED]
+    assert len(finished) == 6, [(t.number, t.state) for t in trials]
+    numbers = [t.number for t in trials]
+    assert len(numbers) == len(set(numbers))
+    runs = tracking.trial_runs(parent_id)
+    run_numbers = [int(r.data.tags[tracking.TAG_TRIAL_NUMBER]) for r in runs]
+    assert len(run_numbers) == len(set(run_numbers)), "a trial has two MLflow runs"
+    trained = [t for t in trials if not t.user_attrs.get(ATTR_SURPLUS)]
+    assert sorted(run_numbers) == sorted(t.number for t in trained)
+    by_id = {r.info.run_id: r for r in runs}
+    for t in finished:
+        run = by_id[t.user_attrs[ATTR_RUN_ID]]
+        assert run.data.tags[tracking.TAG_TRIAL_NUMBER] == str(t.number)
+        assert run.data.tags[tracking.TAG_TRIAL_STATE] == t.state.name.lower()
+    assert study.user_attrs[ATTR_PARENT_RUN] == parent_id
+    return parent_id
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("tracking")
+def test_parallel_workers_on_sqlite_stop_at_exactly_n_trials(tmp_path: Path) -> None:
+    check_parallel_study(sqlite_storage(tmp_path), "parallel-sqlite")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _postgres_bindir() -> Path | None:
+    found = shutil.which("initdb")
+    if found and shutil.which("pg_ctl"):
+        return Path(found).resolve().parent
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return candidates[-1].parent if candidates else None
+
+
+@pytest.fixture
+def postgres_storage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A throwaway PostgreSQL cluster on 127.0.0.1; yields an Optuna storage URL whose
+    password is read from the environment."""
+    pytest.importorskip("psycopg2", reason="psycopg2 is not installed (pip install '.[dev]')")
+    bindir = _postgres_bindir()
+    if bindir is None:
+        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl); Debian: package postgresql")
+    run_as: list[str] = []
+    if os.geteuid() == 0:  # the server refuses to run as root
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no 'postgres' user to run the server")
+        run_as = ["runuser", "-u", "postgres", "--"]
+        root = Path(tempfile.mkdtemp(prefix="al-pg-"))  # tmp_path is private to root
+        shutil.chown(root, "postgres")
+    else:
+        root = tmp_path / "pg"
+        root.mkdir()
+    password = secrets.token_hex(12)
+    pwfile = root / "password"
+    pwfile.write_text(password)
+    if run_as:
+        shutil.chown(pwfile, "postgres")
+    data, port = root / "data", _free_port()
+    try:
+        subprocess.run(
+            [*run_as, str(bindir / "initdb"), "-D", str(data), "-U", "al", "-E", "UTF8",
+             "--auth=scram-sha-256", f"--pwfile={pwfile}"],
+            check=True, capture_output=True, timeout=120,
+        )  # fmt: skip
+        subprocess.run(
+            [*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"),
+             "-w", "-t", "60", "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1",
+             "start"],
+            check=True, capture_output=True, timeout=120,
+        )  # fmt: skip
+    except subprocess.CalledProcessError as err:
+        shutil.rmtree(root, ignore_errors=True)
+        pytest.fail(f"PostgreSQL did not start: {err.stderr.decode()[-2000:]}")
+    monkeypatch.setenv("AL_TEST_PG_PASSWORD", password)
+    yield f"postgresql+psycopg2://al:${{AL_TEST_PG_PASSWORD}}@127.0.0.1:{port}/postgres"
+    subprocess.run(
+        [*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+        capture_output=True, timeout=60,
+    )  # fmt: skip
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("tracking")
+def test_parallel_workers_on_postgresql(postgres_storage: str) -> None:
+    parent_id = check_parallel_study(postgres_storage, "parallel-postgres")
+    logged = MlflowClient().get_run(parent_id).data.params["storage"]
+    assert "${AL_TEST_PG_PASSWORD}" in logged and os.environ["AL_TEST_PG_PASSWORD"] not in logged
+
+
+@pytest.mark.slow
+def test_killed_worker_trial_is_retried(tmp_path: Path, subprocess_env: dict) -> None:
+    storage = sqlite_storage(tmp_path)
+    name = "killed"
+    # a worker in the middle of a long trial, killed with SIGKILL
+    cmd = [
+        sys.executable, "-m", "al.cli", "hpo", "--study-name", name, "--storage", storage,
+        "--n-trials", "2", "--epochs", "400", "--train-size", "60", "--n-test", "200",
+        "--fixed", TINY["fixed"], "--heartbeat-interval", "1", "--grace-period", "2",
+        "--pruner", "none", "--experiment-name", name,
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=subprocess_env, cwd=tmp_path)
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert proc.poll() is None, "the worker ended before it could be killed"
+            assert time.time() < deadline, "no trial reported an epoch within 2 minutes"
+            try:
+                study = optuna.load_study(study_name=name, storage=storage)
+                running = study.get_trials(states=(TrialState.RUNNING,))
+            except (KeyError, optuna.exceptions.StorageInternalError):
+                running = []  # not created yet
+            if running and running[0].intermediate_values and ATTR_RUN_ID in running[0].user_attrs:
+                break
+            time.sleep(0.3)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    killed = running[0]
+
+    # the next invocation fails the stale trial, queues it again and runs it to the end
+    parent_id = run_study(tiny(storage, study_name=name, n_trials=2, experiment_name=name))
+    study = optuna.load_study(study_name=name, storage=storage)
+    trials = {t.number: t for t in study.get_trials()}
+    assert trials[killed.number].state == TrialState.FAIL
+    retries = [t for t in trials.values() if t.system_attrs.get("failed_trial") == killed.number]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+    assert retries[0].params == killed.params
+    assert sum(t.state in FINISHED for t in trials.values()) == 2
+
+    client = MlflowClient()
+    dead_run = client.get_run(killed.user_attrs[ATTR_RUN_ID])
+    assert dead_run.info.status == "KILLED"
+    assert dead_run.data.tags[tracking.TAG_TRIAL_STATE] == tracking.TRIAL_FAILED
+    assert dead_run.data.tags["mlflow.parentRunId"] == parent_id  # one study run, re-opened
+    retry_run = client.get_run(retries[0].user_attrs[ATTR_RUN_ID])
+    assert retry_run.data.tags[tracking.TAG_TRIAL_STATE] == tracking.TRIAL_COMPLETE
+    assert len(tracking.trial_runs(parent_id)) == 3
