@@ -310,11 +310,10 @@ def load_qm9(
     # Keyed by the source files themselves (path, size, mtime), so a changed source or
     # another root gets its own cache entry.
     folder = Path(root).resolve() if root is not None else qm9pack_data_dir()
-    if not folder.exists():
-        raise FileNotFoundError(f"data folder {folder} does not exist")
+    # (a missing folder finds no cache entry; its source loader then says what is wrong)
     stats = sorted(
         f"{p.relative_to(folder)}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
-        for p in folder.rglob("*")
+        for p in (folder.rglob("*") if folder.exists() else [])
         if p.is_file() and p.suffix in (".csv", ".pt")
     )
     key = "|".join([source, str(folder), *stats])
