@@ -156,7 +156,7 @@ def main() -> None:
     table = pd.DataFrame(rows_out)
     print("\nall rounds:")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    phase_cols = [c for c in table.columns if c.endswith("_s")]
+    phase_cols = [c for c in table.columns if c.endswith("_s") and not c.endswith("per_s")]
     share = table[phase_cols].sum() / table[phase_cols].sum().sum()
     print("\nshare of time per phase: " + ", ".join(f"{k[:-2]} {v:.1%}" for k, v in share.items()))
     print(f"total campaign time: {total:.1f} s ({total / 60:.2f} min)")
