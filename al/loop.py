@@ -158,7 +158,11 @@ class Campaign:
         self.mae_history.append(report["mae"])
         self.trained_on, self.last_report = len(self.labelled.ok), report
         self.log_round_metrics(round_, report, len(result.history))
-        self.timings["log"] = time.perf_counter() - t0
+        # this round's own logging time (artifacts, model, metrics), sent on its own
+        log_s = time.perf_counter() - t0
+        tracking.log_metrics(
+            {CM.TIME_LOG: log_s}, step=len(self.labelled.ok), run_id=self.run.run_id
+        )
         log.info(
             "event=round_done round=%d n_labelled=%d test_mae=%.4f fit_s=%.1f",
             round_, len(self.labelled.ok), report["mae"], self.timings["fit"],
@@ -291,7 +295,6 @@ class Campaign:
             CM.RETRAINED: int(retrained),
             CM.TRAINED_ON: self.trained_on,
             CM.TIME_FIT: self.timings.get("fit", 0.0),
-            CM.TIME_LOG: self.timings.get("log", 0.0),
         }
         if round_ > 0:
             metrics.update(
