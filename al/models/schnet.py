@@ -27,12 +27,6 @@ class CFConvBlock(nn.Module):
         self.dropout = MCDropout(dropout)
         self.lin2 = nn.Linear(hidden, hidden)
 
-    def reset_parameters(self) -> None:
-        for lin in (self.lin_in, self.lin_out, self.lin2):
-            nn.init.xavier_uniform_(lin.weight)
-            if lin.bias is not None:
-                nn.init.zeros_(lin.bias)
-
     def forward(self, x: Tensor, edge: Tensor, geo: DenseGeometry) -> Tensor:
         agg = filter_conv(edge, self.lin_in(x)[:, None], geo)[:, 0]
         return x + self.lin2(self.dropout(self.act(self.lin_out(agg))))
