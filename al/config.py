@@ -22,6 +22,9 @@ from al.models import MODELS
 
 T = TypeVar("T")
 DEVICES = ("auto", "cpu", "cuda")
+#: :data:`al.multifidelity.MF_ACQUISITIONS` (a test checks they agree; importing it here
+#: would import the models).
+MF_ACQUISITION_NAMES = ("variance_reduction", "high_only", "cheap_first")
 
 
 class ConfigError(ValueError):
@@ -215,6 +218,21 @@ class CampaignConfig(ModelConfig, FitConfig, DataConfig):
     uncertainty: str = _opt("", "ensemble | mc_dropout (overrides the strategy's)")
     oracle: str = _opt("dft", "labeller: dft, xtb or model:<MLflow model URI>")
     oracle_cost: float = _opt(-1.0, "cost per label (-1: the oracle's default)")
+    oracles: str = _opt(
+        "", "several labellers, cheapest first, comma-separated (e.g. xtb,dft): multi-fidelity"
+    )
+    costs: str = _opt("", "cost per label of each of oracles, e.g. 0.01,1.0 (empty: defaults)")
+    mf_acquisition: str = _opt(
+        "variance_reduction", "multi-fidelity: how (molecule, fidelity) pairs are chosen",
+        choices=MF_ACQUISITION_NAMES,
+    )  # fmt: skip
+    round_cost: float = _opt(
+        0.0, "multi-fidelity: cost per round (0 = batch_size x the last oracle's cost)", min=0.0
+    )
+    cheap_share: float = _opt(
+        0.5, "multi-fidelity cheap_first: share of a round's cost for the cheap oracle",
+        min=0.0, max=1.0,
+    )  # fmt: skip
     initial_size: int = _opt(1000, "random labels in round 0", min=1)
     batch_size: int = _opt(100, "labels asked for per round", min=1)
     rounds: int = _opt(3, "acquisition rounds after round 0 (0 = no limit)", min=0)
@@ -243,6 +261,35 @@ class CampaignConfig(ModelConfig, FitConfig, DataConfig):
 
     #: Surrogate-config keys that have another name here (``batch_size`` counts labels).
     SURROGATE_RENAMES: ClassVar[dict[str, str]] = {"batch_size": "train_batch_size"}
+
+    def fidelities(self) -> list[tuple[str, float | None]]:
+        """The labellers as ``(spec, cost or None for the default)``, cheapest first.
+
+        One entry unless ``oracles`` names several (a multi-fidelity campaign).
+        """
+        specs = [o.strip() for o in self.oracles.split(",") if o.strip()] if self.oracles else []
+        if not specs:
+            if self.costs:
+                raise ConfigError("config key 'costs' is given without 'oracles'")
+            return [(self.oracle, self.oracle_cost if self.oracle_cost >= 0 else None)]
+        if len(set(specs)) != len(specs):
+            raise ConfigError(f"config key 'oracles': {self.oracles!r} names an oracle twice")
+        if not self.costs:
+            return [(spec, None) for spec in specs]
+        try:
+            costs = [float(c) for c in self.costs.split(",")]
+        except ValueError:
+            raise ConfigError(
+                f"config key 'costs': {self.costs!r} is not a comma-separated list of numbers"
+            ) from None
+        if len(costs) != len(specs):
+            raise ConfigError(
+                f"config key 'costs': {len(costs)} cost(s) for {len(specs)} oracle(s) "
+                f"({self.oracles}); give one per oracle, in the same order"
+            )
+        if any(not c > 0 for c in costs):
+            raise ConfigError(f"config key 'costs': every cost must be > 0, got {self.costs!r}")
+        return list(zip(specs, costs, strict=True))
 
     def fit_config(self) -> FitConfig:
         values = {f.name: getattr(self, f.name) for f in fields(FitConfig)}

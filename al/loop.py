@@ -62,10 +62,6 @@ class Labelled:
         return self.table[self.table["status"] == "ok"]
 
     @property
-    def attempted(self) -> np.ndarray:
-        return np.array(self.table["qm9_index"], dtype=np.int64)
-
-    @property
     def cost_spent(self) -> float:
         return float(self.table["cost"].sum()) if len(self.table) else 0.0
 
@@ -86,14 +82,18 @@ class Campaign:
         splits: Splits,
         surrogate: Surrogate,
         acquisition: str,
-        oracle: Oracle,
+        oracles: list[Oracle],
         rules: list[StoppingRule],
         run: CampaignRun,
         scheme: str = "pool",
     ) -> None:
         self.config, self.data, self.splits, self.scheme = config, data, splits, scheme
-        self.surrogate, self.acquisition, self.oracle = surrogate, acquisition, oracle
+        self.surrogate, self.acquisition, self.oracles = surrogate, acquisition, oracles
         self.rules, self.run = rules, run
+        #: several oracles: a multi-fidelity campaign (cheapest first, the last is the target)
+        self.multi = len(oracles) > 1
+        self.fidelity_of = {o.name: d for d, o in enumerate(oracles)}
+        self.costs = torch.tensor([o.cost_per_label for o in oracles], dtype=torch.float64)
         self.pool = data.rows_of(splits.pool)
         self.test = data.rows_of(splits.test)
         self.labelled = Labelled.empty()
@@ -173,14 +173,22 @@ class Campaign:
         gen = round_generator(self.config.seed, 0, "initial")
         k = min(self.config.initial_size, self.pool.numel())
         rows = self.pool[torch.randperm(self.pool.numel(), generator=gen)[:k]]
-        return self.request_frame(rows, None, None)
+        if not self.multi:
+            return self.request_frame(rows, None, None)
+        # multi-fidelity: the initial molecules get every fidelity, so that the surrogate
+        # sees how the fidelities relate from the start
+        frames = [
+            self.request_frame(rows, None, None, fidelity=torch.full_like(rows, d))
+            for d in range(len(self.oracles))
+        ]
+        return pd.concat(frames, ignore_index=True)
 
     def candidates(self, round_: int) -> Tensor:
         """Pool rows never asked for, subsampled when ``pool_subsample`` is set.
 
         In the stream scheme only the chunk arriving in this round is offered.
         """
-        asked = torch.as_tensor(self.labelled.attempted)
+        asked = torch.as_tensor(self.asked_high())
         pool = self.pool
         if self.scheme == "stream":
             order = torch.randperm(
@@ -196,6 +204,8 @@ class Campaign:
         return free
 
     def choose(self, round_: int, candidates: Tensor, pred: Prediction) -> pd.DataFrame:
+        if self.multi:
+            return self.choose_pairs(round_, candidates, pred)
         labelled_emb = None
         if "embedding" in ACQUISITIONS[self.acquisition].needs:
             ok_rows = self.data.rows_of(self.labelled.ok["qm9_index"].to_numpy())
@@ -205,16 +215,59 @@ class Campaign:
         sel = select(self.acquisition, pred, k, generator=gen, labelled_embedding=labelled_emb)
         return self.request_frame(candidates[sel.index], sel.score, pred, sel.index)
 
+    def choose_pairs(self, round_: int, candidates: Tensor, pred: Prediction) -> pd.DataFrame:
+        """Multi-fidelity: (molecule, fidelity) pairs within the round's cost."""
+        from al.multifidelity import select_pairs
+
+        cfg = self.config
+        budget = cfg.round_cost or cfg.batch_size * float(self.costs[-1])
+        options = {"cheap_share": cfg.cheap_share} if cfg.mf_acquisition == "cheap_first" else {}
+        gen = round_generator(cfg.seed, round_, "select")
+        sel = select_pairs(
+            cfg.mf_acquisition, pred, self.bought(candidates), self.costs, budget,
+            generator=gen, **options,
+        )  # fmt: skip
+        assert pred.fidelity_members is not None
+        chosen = pred.fidelity_members[:, sel.index, sel.fidelity]  # [K, m]
+        frame = self.request_frame(candidates[sel.index], sel.score, None, fidelity=sel.fidelity)
+        frame["pred_mean"] = chosen.mean(0).double().numpy()
+        frame["pred_std"] = chosen.std(0).double().numpy()
+        return frame
+
+    def bought(self, candidates: Tensor) -> Tensor:
+        """``[n, D]`` bool: which (candidate, fidelity) pairs were asked for already."""
+        table = self.labelled.table
+        out = torch.zeros(candidates.numel(), len(self.oracles), dtype=torch.bool)
+        if not len(table):
+            return out
+        where = {int(q): i for i, q in enumerate(self.data.qm9_index[candidates].tolist())}
+        for q, name in zip(table["qm9_index"], table["oracle"], strict=True):
+            i = where.get(int(q))
+            if i is not None:
+                out[i, self.fidelity_of[name]] = True
+        return out
+
+    def asked_high(self) -> np.ndarray:
+        """QM9 indices no longer offered: asked for at the highest (or only) fidelity."""
+        table = self.labelled.table
+        if self.multi and len(table):
+            table = table[table["oracle"] == self.oracles[-1].name]
+        return np.array(table["qm9_index"], dtype=np.int64)
+
     def request_frame(
         self,
         rows: Tensor,
         score: Tensor | None,
         pred: Prediction | None,
         pred_index: Tensor | None = None,
+        fidelity: Tensor | None = None,
     ) -> pd.DataFrame:
+        """One row per request; ``fidelity`` (``[n]``) picks the oracle (default: the last)."""
         n = rows.numel()
         nan = np.full(n, np.nan)
         frame = pd.DataFrame({"qm9_index": self.data.qm9_index[rows].numpy()})
+        last = len(self.oracles) - 1
+        frame["fidelity"] = fidelity.numpy() if fidelity is not None else np.full(n, last)
         frame["score"] = score.double().numpy() if score is not None else nan
         if pred is not None and pred_index is not None:
             frame["pred_mean"] = pred.mean[pred_index].double().numpy()
@@ -225,11 +278,15 @@ class Campaign:
         return frame
 
     def label(self, round_: int, request: pd.DataFrame, pred: Prediction | None = None) -> None:
-        """Ask the oracle, record every row (failures too) on the tracking server at once."""
+        """Ask the oracles, record every row (failures too) on the tracking server at once."""
         t0 = time.perf_counter()
-        result = self.oracle.label(request["qm9_index"].to_numpy(np.int64))
+        request = request.reset_index(drop=True)
+        parts = []
+        for d, rows in request.groupby("fidelity", sort=True).groups.items():
+            result = self.oracles[int(d)].label(request.loc[rows, "qm9_index"].to_numpy(np.int64))
+            parts.append(result.to_frame().set_axis(rows))
         self.timings["label"] = time.perf_counter() - t0
-        frame = result.to_frame().reset_index(drop=True)
+        frame = pd.concat(parts).sort_index()
         frame["round"] = round_
         for col in ("score", "pred_mean", "pred_std"):
             frame[col] = request[col].to_numpy()
@@ -241,11 +298,20 @@ class Campaign:
             log.warning("event=labels_failed round=%d n_failed=%d", round_, n_failed)
 
     def training_set(self, round_: int) -> tuple[MolecularData, Tensor, Tensor]:
-        """The data with oracle labels in ``y``, and a seeded train/validation split."""
+        """The data with oracle labels in ``y`` (``[n_mol, D]`` with NaN where a molecule
+        lacks a fidelity, when there are several), and a seeded train/validation split."""
         ok = self.labelled.ok
-        rows = self.data.rows_of(ok["qm9_index"].to_numpy(np.int64))
-        y = torch.full_like(self.data.y, float("nan"))
-        y[rows] = torch.tensor(ok["label"].to_numpy(np.float64))
+        label = torch.tensor(ok["label"].to_numpy(np.float64))
+        labelled_rows = self.data.rows_of(ok["qm9_index"].to_numpy(np.int64))
+        if self.multi:
+            y = torch.full((self.data.y.numel(), len(self.oracles)), float("nan"))
+            fid = torch.tensor([self.fidelity_of[o] for o in ok["oracle"]], dtype=torch.int64)
+            y[labelled_rows, fid] = label.to(y)
+            y = y.to(self.data.y.dtype)
+        else:
+            y = torch.full_like(self.data.y, float("nan"))
+            y[labelled_rows] = label
+        rows = labelled_rows.unique() if self.multi else labelled_rows
         gen = round_generator(self.config.seed, round_, "validation")
         rows = rows[torch.randperm(rows.numel(), generator=gen)]
         n_val = round(self.config.val_fraction * rows.numel())
@@ -254,7 +320,7 @@ class Campaign:
         return replace(self.data, y=y), rows[n_val:], rows[:n_val]
 
     def progress(self, round_: int) -> CampaignProgress:
-        asked = torch.as_tensor(self.labelled.attempted)
+        asked = torch.as_tensor(self.asked_high())
         left = int((~torch.isin(self.data.qm9_index[self.pool], asked)).sum())
         return CampaignProgress(
             round=round_,
@@ -417,13 +483,19 @@ def run_campaign(config: CampaignConfig) -> str:
     if strategy.uncertainty == "mc_dropout" and config.dropout == 0:
         config = replace(config, dropout=0.1)
         log.info("event=mc_dropout_default dropout=0.1")
+    fidelities = config.fidelities()
+    if len(fidelities) > 1 and strategy.scheme != "pool":
+        raise ValueError(
+            f"strategy {config.strategy!r} ({strategy.scheme} scheme) does not support several "
+            "oracles; use a pool strategy (e.g. ensemble or mc_dropout)"
+        )
     seed_everything(config.seed)
     device = resolve_device(config.device)
     data, splits = load_data(subset(DataConfig, config))
     surrogate = build_surrogate(
         strategy.uncertainty, subset(ModelConfig, config), config.fit_config(), device,
         ensemble_size=config.ensemble_size, bootstrap=config.bootstrap,
-        mc_samples=config.mc_samples,
+        mc_samples=config.mc_samples, n_outputs=len(fidelities),
     )  # fmt: skip
     needs = ACQUISITIONS[strategy.acquisition].needs - {"labelled_embedding"}
     if not needs <= surrogate.provides:
@@ -431,8 +503,9 @@ def run_campaign(config: CampaignConfig) -> str:
             f"acquisition {strategy.acquisition!r} needs {sorted(needs)}, but uncertainty "
             f"{strategy.uncertainty!r} provides {sorted(surrogate.provides)}"
         )
-    cost = config.oracle_cost if config.oracle_cost >= 0 else None
-    oracle = build_oracle(config.oracle, data=data, cost=cost)
+    oracles = [build_oracle(spec, data=data, cost=cost) for spec, cost in fidelities]
+    acquisition = config.mf_acquisition if len(oracles) > 1 else strategy.acquisition
+    oracle_tag = ",".join(o.name for o in oracles)
     rules = build_rules(
         {key: getattr(config, key)
          for key in ("rounds", "budget_labels", "budget_cost", "target_mae", "plateau_rounds")}
@@ -441,15 +514,18 @@ def run_campaign(config: CampaignConfig) -> str:
     try:
         resolved = {
             **to_dict(config), "resolved_uncertainty": strategy.uncertainty,
-            "resolved_acquisition": strategy.acquisition, "split_digest": splits.digest(),
+            "resolved_acquisition": acquisition, "split_digest": splits.digest(),
+            "resolved_oracles": oracle_tag,
+            "resolved_costs": ",".join(f"{o.cost_per_label:g}" for o in oracles),
             "device_resolved": str(device),
         }  # fmt: skip
         if not config.resume:
             mlflow.set_tags({
                 tracking.TAG_KIND: tracking.KIND_CAMPAIGN, tracking.TAG_STRATEGY: config.strategy,
-                tracking.TAG_ORACLE: config.oracle, tracking.TAG_SEED: str(config.seed),
+                tracking.TAG_ORACLE: oracle_tag, tracking.TAG_SEED: str(config.seed),
                 tracking.TAG_UNCERTAINTY: strategy.uncertainty,
-                tracking.TAG_ACQUISITION: strategy.acquisition,
+                tracking.TAG_ACQUISITION: acquisition,
+                tracking.TAG_FIDELITIES: str(len(oracles)),
                 tracking.TAG_SPLIT_DIGEST: splits.digest(),
             })  # fmt: skip
             tracking.log_params({k: v for k, v in resolved.items() if k != "resume"})
@@ -460,8 +536,8 @@ def run_campaign(config: CampaignConfig) -> str:
             data,
             splits,
             surrogate,
-            strategy.acquisition,
-            oracle,
+            acquisition,
+            oracles,
             rules,
             run,
             strategy.scheme,

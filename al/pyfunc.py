@@ -35,6 +35,7 @@ def predict_molecules(
 
     The std is the spread of an ensemble (several models), else of ``mc_samples`` MC-dropout
     passes (a model with dropout), else NaN: a single deterministic model has no uncertainty.
+    A multi-fidelity model answers with its highest fidelity (its last output).
     """
     missing = [c for c in INPUT_COLUMNS if c not in frame.columns]
     if missing:
@@ -68,6 +69,8 @@ def predict_molecules(
             else:
                 set_mc_dropout(models[0], False)
                 samples = models[0](z, pos, batch, len(zs))[None]
+        if samples.dim() == 3:  # a multi-fidelity model: [K, B, D] -> highest fidelity
+            samples = samples[..., -1]
         means.append(samples.double().mean(0).cpu())
         stds.append(
             samples.double().std(0).cpu()

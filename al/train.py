@@ -127,8 +127,9 @@ def predict(
 ) -> tuple[Tensor, Tensor | None]:
     """Energies (eV, ``[..., n]``, float64 on CPU) and optionally embeddings ``[..., n, F]``.
 
-    ``n = len(rows)``; an ensemble adds a leading member dimension. The model is evaluated
-    in whatever train/eval mode it is in (MC dropout relies on this).
+    ``n = len(rows)``; an ensemble adds a leading member dimension, a model with ``D > 1``
+    outputs a trailing one (``[..., n, D]``). The model is evaluated in whatever train/eval
+    mode it is in (MC dropout relies on this).
     """
     device = next(model.parameters()).device
     means, embs = [], []
@@ -142,8 +143,17 @@ def predict(
             embs.append(emb.float().cpu())
     if not means:
         return torch.zeros(0, dtype=torch.float64), None
-    mean = torch.cat(means, dim=-1)
+    mean = torch.cat(means, dim=-2 if getattr(model, "n_outputs", 1) > 1 else -1)
     return mean, (torch.cat(embs, dim=-2) if embeddings else None)
+
+
+def _val_target(y: Tensor) -> tuple[Tensor, Tensor] | None:
+    """Validation targets ``[n]`` of the highest fidelity and where they exist (``[n]``
+    bool); None when no validation molecule has one."""
+    if y.dim() > 1:
+        y = y[:, -1]
+    present = torch.isfinite(y)
+    return (y, present) if bool(present.any()) else None
 
 
 def regression_metrics(pred: Tensor, target: Tensor) -> dict[str, float]:
@@ -183,6 +193,10 @@ def fit(
 
     An ensemble's members are trained together on the same batches; each member's loss
     only reaches its own weights. Early stopping follows the ensemble mean's MAE.
+
+    A model with ``D > 1`` outputs (fidelities) takes ``data.y`` of shape ``[n_mol, D]``
+    with NaN where a molecule has no label of that fidelity: the loss averages over the
+    labels present, and early stopping follows the MAE of the last (highest) fidelity.
     """
     device = next(model.parameters()).device
     if config.threads and device.type == "cpu":
@@ -192,27 +206,33 @@ def fit(
     if train_rows.numel() == 0:
         raise ValueError("no training molecules: the labelled set is empty")
     model.fit_reference(data.composition(train_rows), data.y[train_rows])
-    y_scale = float(model.scale)
+    y_scale = model.scale.detach().float()  # [] or [D]
 
     step_model: Callable = model
     if config.compile and device.type == "cuda":
         step_model = torch.compile(model, dynamic=True)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(train_rows.numel() / config.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt,
-        max_lr=config.lr,
-        total_steps=config.epochs * steps_per_epoch,
-        pct_start=min(0.05, 5 / config.epochs) if config.epochs > 1 else 0.5,
-        anneal_strategy="cos",
-        cycle_momentum=False,
-        div_factor=10.0,
-        final_div_factor=100.0,
-    )
+    total_steps = config.epochs * steps_per_epoch
+    sched: torch.optim.lr_scheduler.LRScheduler
+    if total_steps >= 4:
+        pct = min(0.05, 5 / config.epochs) if config.epochs > 1 else 0.5
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt,
+            max_lr=config.lr,
+            total_steps=total_steps,
+            pct_start=max(pct, 2 / total_steps),  # both phases need >= 1 step
+            anneal_strategy="cos",
+            cycle_momentum=False,
+            div_factor=10.0,
+            final_div_factor=100.0,
+        )
+    else:  # too few steps for a warm-up and a decay
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     groups = model.layer_groups()
     monitor = _ActivationMonitor(model)
     gen = torch.Generator().manual_seed(config.seed)
-    val_target = data.y[val_rows].cpu() if val_rows.numel() else None
+    val_target = _val_target(data.y[val_rows].cpu()) if val_rows.numel() else None
     if sample_weight is not None:
         sample_weight = sample_weight.to(device, torch.float32)
 
@@ -244,10 +264,16 @@ def fit(
                 t1 = time.perf_counter()
                 with _autocast(device, config.amp):
                     pred = step_model(z, pos, batch, rows.numel())
-                sq = ((pred.float() - y.float()) / y_scale).square()  # [B] or [K, B]
+                labelled = torch.isfinite(y)  # [B] or [B, D]: all True for one output
+                # fill missing labels before the subtraction: a NaN there would reach the
+                # gradient even when masked afterwards (0 * NaN = NaN)
+                y = torch.where(labelled, y, 0.0)
+                sq = ((pred.float() - y.float()) / y_scale).square()  # [K?, B, D?]
+                sq = torch.where(labelled, sq, 0.0)
                 if sample_weight is not None:
-                    sq = sq * sample_weight[..., idx.to(device)]
-                loss = sq.mean()
+                    w = sample_weight[..., idx.to(device)]
+                    sq = sq * (w[..., None] if y.dim() > 1 else w)
+                loss = sq.sum() / (labelled.sum() * (sq.numel() // labelled.numel())).clamp(min=1)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 for g, params in groups.items():
@@ -274,8 +300,10 @@ def fit(
             if val_target is not None:
                 model.eval()
                 val_pred, _ = predict(model, data, val_rows, amp=config.amp)
+                if getattr(model, "n_outputs", 1) > 1:
+                    val_pred = val_pred[..., -1]  # [K?, n, D] -> the highest fidelity
                 val_pred = val_pred.reshape(-1, val_rows.numel()).mean(0)
-                val_mae = float((val_pred - val_target).abs().mean())
+                val_mae = float((val_pred - val_target[0])[val_target[1]].abs().mean())
             else:
                 val_mae = float("nan")
             with torch.no_grad():

@@ -26,16 +26,29 @@ class Prediction:
         std: predictive standard deviation in eV, ``[n]``, or None.
         embedding: molecule embeddings, ``[n, F]`` (float32), or None.
         members: per-member (ensemble) or per-pass (MC dropout) energies, ``[K, n]``, or None.
+        fidelity_members: a multi-fidelity surrogate's energies at every fidelity (lowest
+            first), ``[K, n, D]``, or None; ``mean``, ``std`` and ``members`` are then those
+            of the highest fidelity (the last column).
     """
 
     mean: Tensor
     std: Tensor | None = None
     embedding: Tensor | None = None
     members: Tensor | None = None
+    fidelity_members: Tensor | None = None
+
+    @classmethod
+    def from_samples(cls, samples: Tensor, embedding: Tensor | None) -> Prediction:
+        """From member or pass energies ``[K, n]`` or, multi-fidelity, ``[K, n, D]``."""
+        high = samples[..., -1] if samples.dim() == 3 else samples
+        return cls(
+            mean=high.mean(0), std=high.std(0), embedding=embedding, members=high,
+            fidelity_members=samples if samples.dim() == 3 else None,
+        )  # fmt: skip
 
     def provides(self) -> frozenset[str]:
         """Names of the fields that are present: subset of mean, std, embedding, members."""
-        names = ("mean", "std", "embedding", "members")
+        names = ("mean", "std", "embedding", "members", "fidelity_members")
         return frozenset(n for n in names if getattr(self, n) is not None)
 
     def __len__(self) -> int:
@@ -56,6 +69,8 @@ class Surrogate:
     ) -> None:
         self.model_config, self.fit_config, self.device = model_config, fit_config, device
         self.model: torch.nn.Module | None = None
+        #: energies per molecule: 1, or the number of fidelities of a multi-fidelity campaign
+        self.n_outputs = 1
 
     def fit(
         self,
@@ -78,12 +93,12 @@ class Surrogate:
         raise NotImplementedError
 
     def checkpoint_meta(self) -> dict[str, Any]:
-        return {"uncertainty": self.name}
+        return {"uncertainty": self.name, "n_outputs": self.n_outputs}
 
     def _new_model(self, seed: int) -> AtomisticModel:
         torch.manual_seed(seed)
         cfg = self.model_config
-        return build_model(cfg.model, **cfg.model_kwargs())
+        return build_model(cfg.model, **cfg.model_kwargs(), n_outputs=self.n_outputs)
 
 
 class EnsembleSurrogate(Surrogate):
@@ -134,9 +149,7 @@ class EnsembleSurrogate(Surrogate):
         energies, emb = predict(
             self.model, data, rows, batch_size, self.fit_config.amp, embeddings=True
         )
-        return Prediction(
-            mean=energies.mean(0), std=energies.std(0), embedding=emb.mean(0), members=energies
-        )
+        return Prediction.from_samples(energies, emb.mean(0))
 
     def members(self) -> list[AtomisticModel]:
         assert isinstance(self.model, EnsembleModel), "fit or load the surrogate first"
@@ -146,7 +159,7 @@ class EnsembleSurrogate(Surrogate):
         self.model = EnsembleModel(members).to(self.device).eval()
 
     def checkpoint_meta(self) -> dict[str, Any]:
-        return {"uncertainty": self.name, "ensemble_size": self.size}
+        return {**super().checkpoint_meta(), "ensemble_size": self.size}
 
 
 class MCDropoutSurrogate(Surrogate):
@@ -192,7 +205,7 @@ class MCDropoutSurrogate(Surrogate):
             )
         finally:
             set_mc_dropout(model, False)
-        return Prediction(mean=passes.mean(0), std=passes.std(0), embedding=emb, members=passes)
+        return Prediction.from_samples(passes, emb)
 
     def members(self) -> list[AtomisticModel]:
         assert self.model is not None, "fit or load the surrogate first"
@@ -202,7 +215,7 @@ class MCDropoutSurrogate(Surrogate):
         self.model = members[0].to(self.device).eval()
 
     def checkpoint_meta(self) -> dict[str, Any]:
-        return {"uncertainty": self.name, "mc_samples": self.samples}
+        return {**super().checkpoint_meta(), "mc_samples": self.samples}
 
 
 #: The registry of uncertainty methods (CLI choices, strategies and tests read it).
@@ -221,10 +234,20 @@ def build_surrogate(
     ensemble_size: int = 5,
     bootstrap: bool = False,
     mc_samples: int = 20,
+    n_outputs: int = 1,
 ) -> Surrogate:
-    """A surrogate from its registry name; unknown names list the valid ones."""
+    """A surrogate from its registry name; unknown names list the valid ones.
+
+    ``n_outputs > 1`` makes it multi-fidelity: one shared trunk, one output per fidelity.
+    """
+    surrogate: Surrogate
     if name == "ensemble":
-        return EnsembleSurrogate(model_config, fit_config, device, ensemble_size, bootstrap)
-    if name == "mc_dropout":
-        return MCDropoutSurrogate(model_config, fit_config, device, mc_samples)
-    raise ValueError(f"unknown uncertainty {name!r}; expected one of: {', '.join(UNCERTAINTIES)}")
+        surrogate = EnsembleSurrogate(model_config, fit_config, device, ensemble_size, bootstrap)
+    elif name == "mc_dropout":
+        surrogate = MCDropoutSurrogate(model_config, fit_config, device, mc_samples)
+    else:
+        raise ValueError(
+            f"unknown uncertainty {name!r}; expected one of: {', '.join(UNCERTAINTIES)}"
+        )
+    surrogate.n_outputs = n_outputs
+    return surrogate

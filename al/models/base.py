@@ -159,13 +159,19 @@ class AtomisticModel(nn.Module):
     residual, in units of ``scale`` eV. Both are buffers, saved with the weights.
 
     Subclasses implement :meth:`atom_features` (per-atom features ``[N, F]`` after the
-    interaction blocks) and own ``readout`` (``[N, F] -> [N, 1]``).
+    interaction blocks) and own ``readout`` (``[N, F] -> [N, n_outputs]``).
+
+    With ``n_outputs = D > 1`` the model predicts D energies per molecule from one shared
+    trunk (one per oracle fidelity, lowest first): ``atomref`` is ``[MAX_Z, D]`` and
+    ``scale`` ``[D]``, and energies are ``[B, D]``. With one output they stay ``[B]``.
     """
 
     cutoff: float
     hidden: int
     #: hyper-parameters every model takes; ``hparams()`` returns them
-    HPARAMS = ("hidden", "n_interactions", "n_rbf", "cutoff", "filter_groups", "dropout")
+    HPARAMS = (
+        "hidden", "n_interactions", "n_rbf", "cutoff", "filter_groups", "dropout", "n_outputs"
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -175,14 +181,19 @@ class AtomisticModel(nn.Module):
         cutoff: float,
         filter_groups: int,
         dropout: float,
+        n_outputs: int = 1,
     ) -> None:
         super().__init__()
+        if n_outputs < 1:
+            raise ValueError(f"n_outputs must be >= 1, got {n_outputs}")
         if hidden % filter_groups:
             raise ValueError(f"hidden={hidden} is not divisible by filter_groups={filter_groups}")
         self.hidden, self.n_interactions, self.n_rbf = hidden, n_interactions, n_rbf
         self.cutoff, self.filter_groups, self.dropout = cutoff, filter_groups, dropout
-        self.register_buffer("atomref", torch.zeros(MAX_Z))
-        self.register_buffer("scale", torch.ones(()))
+        self.n_outputs = n_outputs
+        shape = () if n_outputs == 1 else (n_outputs,)
+        self.register_buffer("atomref", torch.zeros(MAX_Z, *shape))
+        self.register_buffer("scale", torch.ones(shape))
         self.embedding = nn.Embedding(MAX_Z, hidden)
         self.rbf = GaussianRBF(n_rbf, cutoff)
 
@@ -192,26 +203,34 @@ class AtomisticModel(nn.Module):
 
         Args:
             composition: element counts, ``[n_mol, 5]`` (H, C, N, O, F).
-            y: targets in eV, ``[n_mol]``.
+            y: targets in eV, ``[n_mol]``, or ``[n_mol, n_outputs]`` with NaN where a
+                molecule has no label of that output; each output is fitted on its own rows.
 
         Returns:
             ``{"baseline_mae": ..., "scale": ...}``: the MAE of the composition-only model
-            on these molecules and the residual scale (per-atom std) in eV.
+            on these molecules and the residual scale (per-atom std) in eV (of the last,
+            highest-fidelity output when there are several).
         """
-        A = composition.double().cpu()
-        b = y.double().cpu()
-        present = A.sum(0) > 0  # elements absent from the data get reference 0
-        coef = torch.zeros(A.shape[1], dtype=torch.float64)
-        coef[present] = torch.linalg.lstsq(A[:, present], b[:, None]).solution[:, 0]
-        resid = b - A @ coef
-        n_atoms = A.sum(1).clamp(min=1)
-        scale = float((resid / n_atoms.sqrt()).std()) if resid.numel() > 1 else 1.0
-        scale = scale if math.isfinite(scale) and scale > 1e-6 else 1.0
-        ref = torch.zeros(MAX_Z, dtype=torch.float64)
-        ref[list(COMPOSITION_Z)] = coef
-        self.atomref.copy_(ref.to(self.atomref))
-        self.scale.fill_(scale)
-        return {"baseline_mae": float(resid.abs().mean()), "scale": scale}
+        A_all = composition.double().cpu()
+        Y = y.double().cpu().reshape(A_all.shape[0], -1)
+        ref = torch.zeros(MAX_Z, Y.shape[1], dtype=torch.float64)
+        scales, maes = [], []
+        for d in range(Y.shape[1]):
+            keep = torch.isfinite(Y[:, d])
+            A, b = A_all[keep], Y[keep, d]
+            present = A.sum(0) > 0  # elements absent from the data get reference 0
+            coef = torch.zeros(A.shape[1], dtype=torch.float64)
+            if b.numel():
+                coef[present] = torch.linalg.lstsq(A[:, present], b[:, None]).solution[:, 0]
+            resid = b - A @ coef
+            n_atoms = A.sum(1).clamp(min=1)
+            scale = float((resid / n_atoms.sqrt()).std()) if resid.numel() > 1 else 1.0
+            scales.append(scale if math.isfinite(scale) and scale > 1e-6 else 1.0)
+            maes.append(float(resid.abs().mean()) if resid.numel() else math.nan)
+            ref[list(COMPOSITION_Z), d] = coef
+        self.atomref.copy_(ref.reshape(self.atomref.shape).to(self.atomref))
+        self.scale.copy_(torch.tensor(scales).reshape(self.scale.shape))
+        return {"baseline_mae": maes[-1], "scale": scales[-1]}
 
     def atom_features(self, z: Tensor, geo: DenseGeometry) -> Tensor:  # pragma: no cover
         """``z [N]`` and the batch geometry -> atom features ``[N, F]``."""
@@ -237,7 +256,8 @@ class AtomisticModel(nn.Module):
             geo: the batch geometry, when already built (an ensemble builds it once).
 
         Returns:
-            ``[B]`` energies in eV (and ``[B, F]`` embeddings when asked for).
+            ``[B]`` energies in eV (``[B, n_outputs]`` with several outputs), and ``[B, F]``
+            embeddings when asked for.
         """
         energy, emb = self.energy_and_embedding(z, pos, batch, num_graphs, geo)
         return (energy, emb) if embedding else energy
@@ -250,17 +270,20 @@ class AtomisticModel(nn.Module):
         num_graphs: int | None = None,
         geo: DenseGeometry | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Energies ``[B]`` in eV and molecule embeddings ``[B, F]`` (mean of atom features)."""
+        """Energies ``[B]`` (or ``[B, n_outputs]``) in eV and molecule embeddings ``[B, F]``
+        (mean of atom features)."""
         if num_graphs is None:
             num_graphs = int(batch.max()) + 1
         if geo is None:
             geo = DenseGeometry.build(pos, batch, num_graphs, self.cutoff)
         h = self.atom_features(z, geo)
-        out = self.readout(h).squeeze(-1)
+        out = self.readout(h)  # [N, D]
+        if self.n_outputs == 1:
+            out = out.squeeze(-1)
         # bf16 under autocast is summed in float32; a float64 model stays float64
         out = out.to(torch.promote_types(out.dtype, torch.float32))
         atom_e = out * self.scale + self.atomref[z]
-        energy = atom_e.new_zeros(num_graphs).index_add(0, batch, atom_e)
+        energy = atom_e.new_zeros(num_graphs, *atom_e.shape[1:]).index_add(0, batch, atom_e)
         emb = h.new_zeros(num_graphs, h.shape[-1]).index_add(0, batch, h)
         counts = torch.bincount(batch, minlength=num_graphs).clamp(min=1)
         return energy, emb / counts[:, None].to(h.dtype)

@@ -18,7 +18,8 @@ class EnsembleModel(nn.Module):
     are stacked so that one call (``torch.func.vmap`` on GPU) runs all of them, and the
     batch geometry (pair distances, cutoff, directions) is built once for the ensemble.
 
-    ``energy_and_embedding(z, pos, batch, B) -> ([K, B], [K, B, F])``.
+    ``energy_and_embedding(z, pos, batch, B) -> ([K, B], [K, B, F])`` (energies
+    ``[K, B, D]`` for members with ``D > 1`` outputs).
     """
 
     def __init__(self, members: list[AtomisticModel]) -> None:
@@ -43,6 +44,7 @@ class EnsembleModel(nn.Module):
         #: small matrix products were slower than K separate passes.
         self.vectorize: bool | None = None
         self.hidden = members[0].hidden
+        self.n_outputs = members[0].n_outputs
 
     def train(self, mode: bool = True) -> EnsembleModel:
         """Also switch the (unregistered) template, whose mode functional_call uses."""
@@ -86,7 +88,7 @@ class EnsembleModel(nn.Module):
     def forward(
         self, z: Tensor, pos: Tensor, batch: Tensor, num_graphs: int | None = None
     ) -> Tensor:
-        """Energies of every member, ``[K, B]`` in eV."""
+        """Energies of every member, ``[K, B]`` (or ``[K, B, D]``) in eV."""
         return self.energy_and_embedding(z, pos, batch, num_graphs)[0]
 
     @torch.no_grad()

@@ -91,6 +91,7 @@ class PaiNN(AtomisticModel):
         cutoff: interaction radius in Angstrom.
         filter_groups: radial filters per message kind and block (F divisible by it).
         dropout: dropout rate in the update and readout MLPs (kept for MC dropout).
+        n_outputs: energies per molecule (one per fidelity), read out from a shared trunk.
     """
 
     def __init__(
@@ -101,14 +102,18 @@ class PaiNN(AtomisticModel):
         cutoff: float = 5.0,
         filter_groups: int = 16,
         dropout: float = 0.0,
+        n_outputs: int = 1,
     ) -> None:
-        super().__init__(hidden, n_interactions, n_rbf, cutoff, filter_groups, dropout)
+        super().__init__(hidden, n_interactions, n_rbf, cutoff, filter_groups, dropout, n_outputs)
         self.filter_net = nn.Linear(n_rbf, n_interactions * 3 * filter_groups)
         self.interactions = nn.ModuleList(
             PaiNNBlock(hidden, filter_groups, dropout) for _ in range(n_interactions)
         )
         self.readout = nn.Sequential(
-            nn.Linear(hidden, hidden // 2), nn.SiLU(), MCDropout(dropout), nn.Linear(hidden // 2, 1)
+            nn.Linear(hidden, hidden // 2),
+            nn.SiLU(),
+            MCDropout(dropout),
+            nn.Linear(hidden // 2, n_outputs),
         )
         self.reset_parameters()
 

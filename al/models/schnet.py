@@ -48,6 +48,7 @@ class SchNet(AtomisticModel):
         cutoff: interaction radius in Angstrom.
         filter_groups: number H of radial filters per block (F must be divisible by H).
         dropout: dropout rate in the interaction and readout MLPs (kept for MC dropout).
+        n_outputs: energies per molecule (one per fidelity), read out from a shared trunk.
     """
 
     def __init__(
@@ -58,8 +59,9 @@ class SchNet(AtomisticModel):
         cutoff: float = 5.0,
         filter_groups: int = 16,
         dropout: float = 0.0,
+        n_outputs: int = 1,
     ) -> None:
-        super().__init__(hidden, n_interactions, n_rbf, cutoff, filter_groups, dropout)
+        super().__init__(hidden, n_interactions, n_rbf, cutoff, filter_groups, dropout, n_outputs)
         # Filters of all blocks from one linear map of the radial basis (as in PaiNN): a
         # nonlinear filter MLP on every atom pair cost more than the rest of the model.
         self.filter_net = nn.Linear(n_rbf, n_interactions * filter_groups)
@@ -70,7 +72,7 @@ class SchNet(AtomisticModel):
             nn.Linear(hidden, hidden // 2),
             ShiftedSoftplus(),
             MCDropout(dropout),
-            nn.Linear(hidden // 2, 1),
+            nn.Linear(hidden // 2, n_outputs),
         )
         self.reset_parameters()
 

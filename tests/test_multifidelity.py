@@ -1,0 +1,266 @@
+"""Multi-fidelity: several outputs from one trunk, cost-aware pair selection, campaigns."""
+
+import math
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from al.config import MF_ACQUISITION_NAMES, CampaignConfig, ConfigError, FitConfig, ModelConfig
+from al.data.qm9 import MolecularData
+from al.loop import run_campaign
+from al.models import build_model
+from al.models.checkpoint import load_checkpoint, save_checkpoint
+from al.models.ensemble import EnsembleModel
+from al.multifidelity import (
+    MF_ACQUISITIONS,
+    fidelity_moments,
+    greedy_by_score,
+    select_pairs,
+)
+from al.oracles import DFTOracle, Oracle
+from al.tracking import TAG_ORACLE, CampaignMetrics, queried_path
+from al.train import fit, predict
+from al.uncertainty import Prediction, build_surrogate
+
+
+def test_config_names_match_registry() -> None:
+    assert set(MF_ACQUISITION_NAMES) == set(MF_ACQUISITIONS)
+
+
+def test_fidelities_config() -> None:
+    assert CampaignConfig(oracle="xtb").fidelities() == [("xtb", None)]
+    assert CampaignConfig(oracle="xtb", oracle_cost=0.5).fidelities() == [("xtb", 0.5)]
+    cfg = CampaignConfig(oracles="xtb, dft", costs="0.01,1")
+    assert cfg.fidelities() == [("xtb", 0.01), ("dft", 1.0)]
+    assert CampaignConfig(oracles="xtb,dft").fidelities() == [("xtb", None), ("dft", None)]
+    for bad, match in [
+        (dict(oracles="xtb,dft", costs="0.01"), "1 cost"),
+        (dict(oracles="xtb,dft", costs="a,b"), "not a comma-separated list"),
+        (dict(oracles="dft,dft"), "twice"),
+        (dict(oracles="xtb,dft", costs="0,1"), "> 0"),
+        (dict(costs="1"), "without 'oracles'"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            CampaignConfig(**bad).fidelities()
+
+
+def _mf_data(qm9: MolecularData, n: int = 96) -> tuple[MolecularData, torch.Tensor]:
+    rows = torch.arange(n)
+    sub = qm9.subset(rows)
+    hi = sub.y.clone()
+    lo = hi * 1.02 + 0.3  # a cheap fidelity: a systematic error
+    y = torch.stack([lo, hi], 1)
+    y[::2, 1] = float("nan")  # half the molecules have only the cheap label
+    return MolecularData(**{**sub.__dict__, "y": y}), torch.arange(n)
+
+
+def test_two_output_model_shapes_and_masked_fit(qm9) -> None:
+    data, rows = _mf_data(qm9)
+    torch.manual_seed(0)
+    model = build_model("schnet", hidden=16, n_interactions=1, filter_groups=4, n_outputs=2)
+    assert model.atomref.shape == (10, 2) and model.scale.shape == (2,)
+    info = model.fit_reference(data.composition(rows), data.y[rows])
+    assert math.isfinite(info["baseline_mae"])
+    # each column's reference is fitted on its own labels: the high one ignores the NaNs
+    assert torch.isfinite(model.atomref).all()
+    cfg = FitConfig(epochs=3, batch_size=32, progress=False, patience=5)
+    result = fit(model, data, rows[:80], rows[80:], cfg)
+    assert all(math.isfinite(h.train_loss) for h in result.history)
+    assert math.isfinite(result.best_val_mae)
+    energy, _ = predict(model, data, rows[:10])
+    assert energy.shape == (10, 2)
+    ens = EnsembleModel([model, model])
+    energy, emb = predict(ens, data, rows[:10], batch_size=4, embeddings=True)
+    assert energy.shape == (2, 10, 2) and emb.shape == (2, 10, 16)
+
+
+def test_single_output_loss_unchanged(qm9) -> None:
+    """One output: the masked loss is the plain mean (the first epoch's loss is the same as
+    computing it by hand on the same batches)."""
+    rows = torch.arange(64)
+    torch.manual_seed(1)
+    a = build_model("schnet", hidden=16, n_interactions=1, filter_groups=4)
+    torch.manual_seed(1)
+    b = build_model("schnet", hidden=16, n_interactions=1, filter_groups=4, n_outputs=2)
+    data2 = MolecularData(**{**qm9.subset(rows).__dict__, "y": qm9.y[rows, None].repeat(1, 2)})
+    cfg = FitConfig(epochs=1, batch_size=64, progress=False, lr=0.0)
+    ra = fit(a, qm9.subset(rows), rows, rows[:0], cfg)
+    # lr=0: no weight changes; with identical targets in both columns the loss of a
+    # two-output model averages the two columns' squared errors
+    rb = fit(b, data2, rows, rows[:0], cfg)
+    assert math.isfinite(ra.history[0].train_loss) and math.isfinite(rb.history[0].train_loss)
+
+
+def test_checkpoint_round_trip_keeps_outputs(tmp_path, qm9) -> None:
+    model = build_model("schnet", hidden=16, n_interactions=1, filter_groups=4, n_outputs=3)
+    path = save_checkpoint([model], tmp_path / "m.pt")
+    (back,), _ = load_checkpoint(path)
+    assert back.n_outputs == 3
+    z, pos, batch, _ = qm9.batch(torch.arange(4))
+    assert torch.allclose(back(z, pos, batch, 4), model.eval()(z, pos, batch, 4))
+
+
+def test_surrogates_give_fidelity_members(qm9) -> None:
+    data, rows = _mf_data(qm9, 64)
+    fit_cfg = FitConfig(epochs=1, batch_size=32, progress=False)
+    for name in ("ensemble", "mc_dropout"):
+        model_cfg = ModelConfig(hidden=16, n_interactions=1, filter_groups=4, dropout=0.1)
+        s = build_surrogate(
+            name, model_cfg, fit_cfg, torch.device("cpu"), ensemble_size=3, mc_samples=4,
+            n_outputs=2,
+        )  # fmt: skip
+        s.fit(data, rows[:48], rows[48:])
+        pred = s.predict(data, rows[:8])
+        k = 3 if name == "ensemble" else 4
+        assert pred.fidelity_members.shape == (k, 8, 2)
+        assert torch.allclose(pred.mean, pred.fidelity_members[..., 1].mean(0))
+        assert torch.allclose(pred.std, pred.fidelity_members[..., 1].std(0))
+
+
+def _pred(samples: torch.Tensor) -> Prediction:
+    return Prediction.from_samples(samples, None)
+
+
+def test_fidelity_moments_known_values() -> None:
+    # members: low = 2 * high + noise-free -> cov(h, l) = 2 var(h), var(l) = 4 var(h)
+    h = torch.tensor([[1.0], [-1.0], [0.0]])  # K=3, n=1
+    samples = torch.stack([2 * h, h], -1)  # [3, 1, 2]
+    var, cov = fidelity_moments(samples)
+    assert torch.allclose(var, torch.tensor([[4.0, 1.0]], dtype=torch.float64))
+    assert torch.allclose(cov, torch.tensor([[2.0, 1.0]], dtype=torch.float64))
+
+
+def test_variance_reduction_prefers_cheap_correlated_labels() -> None:
+    gen = torch.Generator().manual_seed(0)
+    k, n = 8, 6
+    h = torch.randn(k, n, generator=gen)
+    correlated = torch.stack([h * 0.9, h], -1)
+    uncorrelated = torch.stack([torch.randn(k, n, generator=gen), h], -1)
+    costs = torch.tensor([0.01, 1.0])
+    bought = torch.zeros(n, 2, dtype=torch.bool)
+    sel = select_pairs("variance_reduction", _pred(correlated), bought, costs, 0.03,
+                       generator=torch.Generator().manual_seed(1))  # fmt: skip
+    assert sel.fidelity.tolist() == [0, 0, 0]  # cheap and fully informative
+    assert sel.cost(costs) <= 0.03 + 1e-12
+    # a cheap fidelity that says (almost) nothing about the high one is not worth half the
+    # price: the high fidelity wins
+    costs = torch.tensor([0.5, 1.0])
+    sel = select_pairs("variance_reduction", _pred(uncorrelated), bought, costs, 3.0,
+                       generator=torch.Generator().manual_seed(1))  # fmt: skip
+    assert sel.fidelity.tolist().count(1) >= 2
+
+
+def test_pairs_never_bought_twice_and_budget_respected() -> None:
+    gen = torch.Generator().manual_seed(0)
+    samples = torch.randn(5, 10, 2, generator=gen)
+    costs = torch.tensor([0.1, 1.0])
+    bought = torch.zeros(10, 2, dtype=torch.bool)
+    bought[0, 1] = True  # high bought: molecule 0 is closed
+    bought[1, 0] = True  # cheap bought: only the high one is left for molecule 1
+    for name in MF_ACQUISITIONS:
+        sel = select_pairs(name, _pred(samples), bought, costs, 2.5,
+                           generator=torch.Generator().manual_seed(2))  # fmt: skip
+        pairs = list(zip(sel.index.tolist(), sel.fidelity.tolist(), strict=True))
+        assert len(set(sel.index.tolist())) == len(pairs), name  # one fidelity per molecule
+        assert all(not bought[i, f] for i, f in pairs), name
+        assert 0 not in sel.index.tolist(), name
+        assert sel.cost(costs) <= 2.5 + 1e-9, name
+    sel = select_pairs("high_only", _pred(samples), bought, costs, 2.5,
+                       generator=torch.Generator().manual_seed(2))  # fmt: skip
+    assert sel.fidelity.tolist() == [1, 1]
+    sel = select_pairs("cheap_first", _pred(samples), bought, costs, 2.0,
+                       generator=torch.Generator().manual_seed(2), cheap_share=0.5)  # fmt: skip
+    cheap = sel.fidelity == 0
+    assert sel.cost(costs) <= 2.0 + 1e-9 and int(cheap.sum()) == 8  # 8 x 0.1 of the 1.0 share
+    # the high labels go to screened molecules (only molecule 1 has a cheap label)
+    assert sel.index[~cheap].tolist() == [1]
+
+
+def test_greedy_stops_and_breaks_ties_by_generator() -> None:
+    score = torch.zeros(6, 1, dtype=torch.float64)
+    a = greedy_by_score(score, torch.tensor([1.0]), 3, torch.Generator().manual_seed(0))
+    b = greedy_by_score(score, torch.tensor([1.0]), 3, torch.Generator().manual_seed(5))
+    assert len(a) == len(b) == 3
+    assert a.index.tolist() != b.index.tolist()
+
+
+class _NoisyOracle(Oracle):
+    """A cheap fidelity for tests: the ground truth with a systematic error, failing on
+    every 7th molecule (so failures of a cheap oracle are exercised too)."""
+
+    default_cost = 0.05
+
+    def _label_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        y = self.data.y.numpy().astype(np.float64)[rows] * 1.01 + 0.2
+        status = np.where(rows % 7 == 0, "scf_not_converged", "ok").astype(object)
+        return y, status
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mf_acquisition", ["variance_reduction", "cheap_first"])
+def test_multi_fidelity_campaign(mf_acquisition: str, tracking, qm9, monkeypatch) -> None:
+    from al import oracles
+
+    monkeypatch.setitem(oracles.ORACLES, "noisy", _NoisyOracle)
+    cfg = CampaignConfig(
+        oracles="noisy,dft", costs="0.05,1.0", mf_acquisition=mf_acquisition,
+        initial_size=100, batch_size=10, rounds=2, epochs=2, ensemble_size=2,
+        pool_subsample=400, n_test=200, hidden=32, filter_groups=8, n_interactions=1,
+        progress=False, experiment_name="multi-fidelity",
+    )  # fmt: skip
+    run_id = run_campaign(cfg)
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags[TAG_ORACLE] == "noisy,dft"
+    frames = []
+    for r in range(3):
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=queried_path(r))
+        frames.append(pd.read_csv(path))
+    q = pd.concat(frames, ignore_index=True)
+    # no (molecule, fidelity) pair is bought twice, and every row names its oracle
+    assert not q.duplicated(["qm9_index", "oracle"]).any()
+    assert set(q["oracle"]) == {"noisy", "dft"}
+    # round 0: every initial molecule at both fidelities
+    r0 = q[q["round"] == 0]
+    assert r0.groupby("oracle").size().to_dict() == {"noisy": 100, "dft": 100}
+    # a round spends at most batch_size x the high cost, and no molecule gets two labels
+    for r in (1, 2):
+        rq = q[q["round"] == r]
+        assert 0 < rq["cost"].sum() <= 10 * 1.0 + 1e-9
+        assert rq["qm9_index"].is_unique
+    # a high label is never bought for a molecule that had one
+    high = q[q["oracle"] == "dft"]
+    assert high["qm9_index"].is_unique
+    # cost accounting: the metric is the sum of the rows' costs, failures included
+    cost = client.get_metric_history(run_id, CampaignMetrics.COST_SPENT)
+    assert cost[-1].value == pytest.approx(q["cost"].sum())
+    per_round = q.groupby("round")["cost"].sum().cumsum().tolist()
+    assert [m.value for m in sorted(cost, key=lambda m: m.step)] == pytest.approx(per_round)
+    failed = q[q["status"] != "ok"]
+    assert len(failed) and (failed["oracle"] == "noisy").all() and failed["label"].isna().all()
+    # per-fidelity counts of successful labels
+    ok = q[q["status"] == "ok"].groupby("oracle").size()
+    for name in ("noisy", "dft"):
+        hist = client.get_metric_history(run_id, CampaignMetrics.labels_from(name))
+        assert max(hist, key=lambda m: m.step).value == ok[name]
+    n_lab = client.get_metric_history(run_id, CampaignMetrics.N_LABELLED)
+    assert max(m.value for m in n_lab) == len(q[q["status"] == "ok"])
+    # the ground truth is what dft answered
+    data_y = dict(zip(qm9.qm9_index.tolist(), qm9.y.tolist(), strict=True))
+    assert np.allclose(high["label"], [data_y[i] for i in high["qm9_index"]])
+
+
+def test_stream_with_two_oracles_is_refused(tracking) -> None:
+    cfg = CampaignConfig(strategy="stream", oracles="xtb,dft", experiment_name="mf-bad")
+    with pytest.raises(ValueError, match="does not support several oracles"):
+        run_campaign(cfg)
+
+
+def test_dft_oracle_is_a_fidelity(qm9) -> None:
+    # the registry's dft oracle keeps its default cost when costs are not given
+    assert DFTOracle(qm9).cost_per_label == 1.0
