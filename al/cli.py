@@ -289,5 +289,38 @@ def data_get(source: str, root: str | None, indices: tuple[str, ...]) -> None:
         click.echo(f"{int(d.qm9_index[r])},{smiles},{int(n_atoms[r])},{float(d.y[r]):.6f}")
 
 
+@main.command("compare")
+@click.option("--experiment-name", default="", help="experiment whose campaign runs to compare")
+@click.option("--parent-run", default="", help="compare the campaign runs nested under this run")
+@click.option("--output-dir", default="report", show_default=True, help="where the report goes")
+@click.option("--baseline", default="random", show_default=True,
+              help="arm (al.cell) or strategy the others are paired with")  # fmt: skip
+@click.option("--mae-targets", default="", help="target MAEs in eV, e.g. 0.3,0.2 "
+              "(default: the baseline's final MAE and 1.25 times it)")  # fmt: skip
+@click.option("--log/--no-log", default=True, show_default=True,
+              help="log the report as a run tagged al.kind=report")  # fmt: skip
+def compare(
+    experiment_name: str,
+    parent_run: str,
+    output_dir: str,
+    baseline: str,
+    mae_targets: str,
+    log: bool,
+) -> None:
+    """Compare finished campaign runs (learning curves, paired tests) and write a report."""
+    from al.compare import CompareError, parse_targets, run_compare
+
+    try:
+        result = run_compare(
+            experiment_name, parent_run, output_dir or "report", baseline or "random",
+            parse_targets(mae_targets), log=log, echo=click.echo,
+        )  # fmt: skip
+    except CompareError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"report: {result.markdown} ({result.html.name} beside it)")
+    if result.run_id:
+        click.echo(f"report run: {result.run_id}")
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,320 @@
+"""The comparison report: statistics on synthetic histories with known answers, and the
+``al compare`` command end to end against a real tracking server."""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+
+from al import compare as C
+from al.cli import main
+from al.tracking import CampaignMetrics as CM  # noqa: N817 - used in every metric key
+
+MAE = CM.TEST_MAE
+STEPS = list(range(100, 1001, 50))
+
+
+def histories(
+    arms: dict[str, Callable[[np.ndarray, int], np.ndarray]],
+    seeds: tuple[int, ...] = (0, 1, 2),
+    steps: list[int] | None = None,
+    grid: str = "",
+    extra: dict[str, float] | None = None,
+) -> pd.DataFrame:
+    """A *histories* frame: ``arms[arm](n, seed)`` gives test MAE at labels ``n``;
+    cost = labels; other metrics constant (``extra``)."""
+    rows = []
+    for arm, fn in arms.items():
+        for seed in seeds:
+            n = np.asarray(steps or STEPS, dtype=float)
+            for step, y in zip(n, fn(n, seed), strict=True):
+                row = dict(run_id=f"{arm}-{seed}", arm=arm, grid=grid, seed=str(seed), step=step)
+                row.update({m: np.nan for m in C.REPORT_METRICS})
+                row.update({MAE: float(y), CM.COST_SPENT: step, CM.N_LABELLED: step})
+                row.update(extra or {})
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def runs_of(hist: pd.DataFrame, strategy: dict[str, str] | None = None) -> pd.DataFrame:
+    """The *runs* frame that goes with :func:`histories`."""
+    r = hist.drop_duplicates("run_id")[list(C.KEY_COLUMNS)].reset_index(drop=True)
+    r["strategy"] = r["arm"].map(lambda a: (strategy or {}).get(a, a))
+    r["oracle"], r["cell"], r["start_time"], r["run_name"] = "dft", r["arm"], 0, ""
+    return r[list(C.RUN_COLUMNS)]
+
+
+# --- statistics ---------------------------------------------------------------------------
+def test_t_interval_known_values() -> None:
+    ci = C.mean_ci([1.0, 2.0, 3.0])
+    assert ci.mean == 2.0 and ci.n == 3
+    assert ci.half_width == pytest.approx(4.302653 / math.sqrt(3), rel=1e-5)
+    assert C.t_quantile(10) == pytest.approx(2.228139, rel=1e-5)
+    stats = pytest.importorskip("scipy.stats")
+    for df in (*range(1, 40), 60, 200, 5000):  # the table and its expansion match scipy
+        assert C.t_quantile(df) == pytest.approx(stats.t.ppf(0.975, df), rel=2e-6)
+    assert C.t_quantile(5, 0.9) == pytest.approx(stats.t.ppf(0.95, 5))
+    one = C.mean_ci([0.5, float("nan")])
+    assert one.mean == 0.5 and one.n == 1 and math.isnan(one.lo)
+
+
+def test_label_savings_of_a_20_percent_lower_power_law() -> None:
+    """Baseline MAE = a n^-1/2, arm 20 % lower: the arm reaches m at n_arm = 0.64 n_base,
+    so it saves 36 % of the labels for any target both reach."""
+    a = 10.0
+    hist = histories(
+        {"random": lambda n, s: a * n**-0.5, "ensemble": lambda n, s: 0.8 * a * n**-0.5}
+    )
+    curves = C.learning_curves(hist)
+    targets = [a / math.sqrt(900), a / math.sqrt(700), a / math.sqrt(400)]
+    sav = C.label_savings(curves, "ensemble", "random", targets)
+    assert sav["n_baseline"].to_numpy() == pytest.approx([900, 700, 400], rel=1e-9)
+    assert sav["n_arm"].to_numpy() == pytest.approx([576, 448, 256], rel=0.01)
+    assert sav["savings"].to_numpy() == pytest.approx([0.36] * 3, abs=0.006)
+    # a target the baseline never reaches (but the arm does) is reported, not invented
+    low = C.label_savings(curves, "ensemble", "random", [0.8 * a / math.sqrt(1000) * 1.01])
+    assert math.isnan(low["n_baseline"][0]) and "baseline not reached" in low["note"][0]
+    # a target the arm meets from its first step gives a bound, and says so
+    high = C.label_savings(curves, "ensemble", "random", [a / math.sqrt(150)])
+    assert high["n_arm"][0] == 100 and high["savings"][0] == pytest.approx(1 / 3)
+    assert "first step: savings ≥ 33%" in high["note"][0]
+
+
+def test_labels_to_reach_interpolates_log_mae() -> None:
+    x = [100, 200, 300]
+    y = [1.0, math.exp(-1), math.exp(-2)]  # log-linear in x: the crossing is exact
+    assert C.labels_to_reach(x, y, math.exp(-1.5)) == pytest.approx(250)
+    assert C.labels_to_reach(x, y, 2.0) == 100  # already reached at the first step
+    assert math.isnan(C.labels_to_reach(x, y, 0.01))
+
+
+def test_identical_seeds_give_a_zero_width_band() -> None:
+    hist = histories({"random": lambda n, s: 3 * n**-0.4})
+    for x in ("step", CM.COST_SPENT):
+        curves = C.learning_curves(hist, x)
+        assert len(curves) and (curves["n_seeds"] == 3).all()
+        assert np.allclose(curves["hi"] - curves["lo"], 0)
+        assert np.allclose(curves["mean"], curves["lo"])
+
+
+def test_cost_curves_interpolate_seeds_with_different_costs() -> None:
+    """MAE = 2 c^-1/2 sampled at different costs per seed: log-log interpolation is exact."""
+    rows = []
+    for seed, c in enumerate((np.array([90.0, 400, 1000]), np.array([100.0, 700, 1300]))):
+        for ci in c:
+            rows.append(dict(run_id=f"r{seed}", arm="a", grid="", seed=str(seed), step=ci,
+                             **{MAE: 2 * ci**-0.5, CM.COST_SPENT: ci}))  # fmt: skip
+    curves = C.learning_curves(pd.DataFrame(rows), CM.COST_SPENT)
+    assert curves["x"].min() == pytest.approx(100) and curves["x"].max() == pytest.approx(1000)
+    assert curves["mean"].to_numpy() == pytest.approx(2 * curves["x"].to_numpy() ** -0.5)
+
+
+def test_auc_of_a_constant_curve_is_the_constant() -> None:
+    assert C.curve_auc([100, 300, 1000], [0.7, 0.7, 0.7], 150, 900) == pytest.approx(0.7)
+    assert C.curve_auc([0, 10], [0, 10], 0, 10) == pytest.approx(5.0)
+    assert C.curve_auc([0, 10], [0, 10], 4, 4) == pytest.approx(4.0)
+    assert math.isnan(C.curve_auc([100, 200], [1, 1], 50, 200))  # not covered
+    hist = histories({"flat": lambda n, s: np.full_like(n, 0.25 + s)})
+    aucs = C.run_aucs(hist, 100, 1000)
+    assert aucs.to_dict() == pytest.approx({"flat-0": 0.25, "flat-1": 1.25, "flat-2": 2.25})
+
+
+@pytest.mark.parametrize(("offset", "expected"), [(-0.05, C.BETTER), (0.05, C.WORSE)])
+def test_paired_constant_offset(offset: float, expected: str) -> None:
+    def base(n: np.ndarray, s: int) -> np.ndarray:
+        return (1 + 0.3 * s) * n**-0.3  # seeds differ a lot: only pairing sees the offset
+
+    hist = histories({"random": base, "other": lambda n, s: base(n, s) + offset})
+    d = C.paired_differences(hist, "other", "random")
+    assert d["step"].tolist() == STEPS
+    assert d["mean"].to_numpy() == pytest.approx(offset)
+    assert d["hi"].to_numpy() - d["lo"].to_numpy() == pytest.approx(0, abs=1e-12)
+    assert (d["verdict"] == expected).all() and (d["n_pairs"] == 3).all()
+    s = C.paired_summary(hist, "other", "random")
+    assert s["final_step"] == 1000 and s["final_diff"] == pytest.approx(offset)
+    assert s["verdict"] == expected and s["verdict_auc"] == expected
+    finals = np.array([base(np.array([1000.0]), k)[0] for k in range(3)])
+    assert s["final_rel"] == pytest.approx(np.mean(offset / finals))
+
+
+def test_paired_noise_and_too_few_seeds() -> None:
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0, 0.05, size=3)
+    hist = histories({"random": lambda n, s: 0.5 + 0 * n, "b": lambda n, s: 0.5 + noise[s] + 0 * n})
+    assert C.paired_summary(hist, "b", "random")["verdict"] == C.NO_DIFFERENCE
+    one = histories({"random": lambda n, s: 0.5 + 0 * n, "b": lambda n, s: 0.4 + 0 * n}, seeds=(7,))
+    assert C.paired_summary(one, "b", "random")["verdict"] == C.TOO_FEW
+    assert (C.paired_differences(one, "b", "random")["verdict"] == C.TOO_FEW).all()
+
+
+def test_arms_baseline_and_summary() -> None:
+    runs = pd.DataFrame(
+        dict(run_id=list("abcd"), grid="", seed="0", cell=["", "", "", "ens_b50"],
+             strategy=["random", "random", "ensemble", "ensemble"],
+             oracle=["dft", "xtb", "dft", "dft"]))  # fmt: skip
+    assert C.assign_arms(runs).tolist() == ["random/dft", "random/xtb", "ensemble/dft", "ens_b50"]
+    runs["arm"] = C.assign_arms(runs)
+    assert C.resolve_baseline(runs, "random")[0] is None  # two random arms: ambiguous
+    assert "ambiguous" in C.resolve_baseline(runs, "random")[1]
+    assert C.resolve_baseline(runs, "ens_b50") == ("ens_b50", "")
+    assert "no baseline arm" in C.resolve_baseline(runs, "coreset")[1]
+
+    extra = {CM.TIME_FIT: 2.0, CM.TIME_SCORE: 0.5, CM.TEST_NLL: -1.0}
+    hist = histories({"random": lambda n, s: 4 * n**-0.5, "ens": lambda n, s: 2 * n**-0.5},
+                     extra=extra)  # fmt: skip
+    curves = C.learning_curves(hist)
+    table = C.summary_table(hist, curves, [0.2])
+    row = table.set_index("arm").loc["ens"]
+    assert row["n_runs"] == 3 and row["seeds"] == "0, 1, 2"
+    assert row["final_mae"] == pytest.approx(2 / math.sqrt(1000))
+    assert row["labels_to_0.2"] == pytest.approx(100)
+    assert table.set_index("arm").loc["random", "labels_to_0.2"] == pytest.approx(400, rel=0.01)
+    assert row["time_per_round_s"] == pytest.approx(2.5) and row["final_nll"] == -1.0
+    assert math.isnan(row["final_spearman"])
+
+
+def test_report_files_offline(tmp_path: Path) -> None:
+    hist = histories({"random": lambda n, s: (1 + 0.1 * s) * n**-0.5,
+                      "ensemble": lambda n, s: 0.8 * (1 + 0.1 * s) * n**-0.5})  # fmt: skip
+    report = C.build_report(runs_of(hist), hist, experiment_name="synthetic", command="al compare")
+    g = report.grids[0]
+    assert g.baseline == "random" and g.paired.iloc[0]["verdict"] == C.BETTER
+    # default targets: the baseline's final mean MAE (0.034785) and 1.25 x, rounded up
+    assert g.targets == [0.0435, 0.0348]
+    assert (g.summary.set_index("arm").loc["random", ["labels_to_0.0435", "labels_to_0.0348"]]
+            .notna().all())  # fmt: skip
+    md, page = C.write_report(report, tmp_path)
+    text = md.read_text()
+    assert "| ensemble |" in text and C.BETTER in text and "36" in text
+    assert "data:image/png;base64," in page.read_text()
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
+        "mae_vs_cost_all.png", "mae_vs_labels_all.png", "paired_diff_all.png",
+    ]  # fmt: skip
+
+
+def test_markdown_table_escapes_pipes() -> None:
+    out = C.markdown_table(pd.DataFrame({"a": ["x|y"], "b": [1]}))
+    assert out.splitlines() == ["| a | b |", "|---|---|", "| x\\|y | 1 |"]
+
+
+# --- end to end against the tracking server ----------------------------------------------------
+def _log_campaign(
+    client: MlflowClient,
+    exp_id: str,
+    arm: str,
+    seed: int,
+    scale: float,
+    status: str,
+    parent: str = "",
+) -> str:
+    """A fake campaign run: tags as the loop sets them, MAE = scale (1 + seed/20) n^-1/2."""
+    tags = {"al.kind": "campaign", "al.strategy": arm, "al.oracle": "dft", "al.seed": str(seed),
+            "al.cell": arm, "al.grid": "tiny"}  # fmt: skip
+    if parent:
+        tags["mlflow.parentRunId"] = parent
+    run = client.create_run(exp_id, tags=tags, run_name=f"{arm}-s{seed}")
+    ts = int(time.time() * 1000)
+    metrics = []
+    for r, n in enumerate((100, 150, 200, 250)):
+        mae = scale * (1 + 0.05 * seed) * n**-0.5
+        vals = {
+            CM.TEST_MAE: mae, CM.N_LABELLED: n, CM.COST_SPENT: 2.0 * n, CM.ROUND: r,
+            CM.TEST_NLL: -1.0, CM.TEST_SPEARMAN: 0.3, CM.TEST_MISCALIBRATION: 0.1,
+            CM.TIME_FIT: 1.0, CM.TIME_LABEL: 0.1,
+        }  # fmt: skip
+        metrics += [Metric(k, float(v), ts, n) for k, v in vals.items()]
+    client.log_batch(run.info.run_id, metrics=metrics, synchronous=True)
+    if status != "RUNNING":
+        client.set_terminated(run.info.run_id, status)
+    return run.info.run_id
+
+
+@pytest.mark.slow
+def test_compare_cli_end_to_end(tracking: str, tmp_path: Path) -> None:
+    client = MlflowClient()
+    name = f"compare-{uuid.uuid4().hex[:8]}"
+    exp_id = client.create_experiment(name)
+    parent = client.create_run(exp_id, tags={"al.kind": "experiment"}).info.run_id
+    for seed in range(3):
+        _log_campaign(client, exp_id, "random", seed, 10.0, "FINISHED", parent)
+        _log_campaign(client, exp_id, "ensemble", seed, 7.0, "FINISHED", parent)
+    running = _log_campaign(client, exp_id, "ensemble", 9, 1.0, "RUNNING", parent)
+    outside = _log_campaign(client, exp_id, "coreset", 0, 8.0, "FINISHED")  # not in the grid
+    client.set_terminated(parent, "FINISHED")
+
+    out = tmp_path / "report"
+    args = [
+        "compare",
+        "--experiment-name",
+        name,
+        "--output-dir",
+        str(out),
+        "--mae-targets",
+        "0.7,0.6",
+    ]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "skipped 1 unfinished campaign run" in result.output
+    md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
+    for text in (md, page):
+        assert name in text and "random" in text and "ensemble" in text
+        assert C.BETTER in text and "al compare --experiment-name" in text
+        assert running not in text
+    assert "| tiny | ensemble | 3 | 0, 1, 2 |" in md and "| tiny | coreset | 1 | 0 |" in md
+    assert f"| coreset | random | 1 | 250 | {-2 / math.sqrt(250):+.4f} |" in md  # 1 pair: no CI
+    assert C.TOO_FEW in md
+    assert "data:image/png;base64," in page
+
+    report_id = result.output.strip().splitlines()[-1].split()[-1]
+    reports = client.search_runs([exp_id], filter_string="tags.`al.kind` = 'report'")
+    assert [r.info.run_id for r in reports] == [report_id]
+    rep = reports[0]
+    assert rep.info.status == "FINISHED" and rep.data.tags["al.report_of"] == name
+    assert rep.data.params["resolved_mae_targets"] == "0.7,0.6"
+    top = {a.path for a in client.list_artifacts(report_id)}
+    assert {"report.md", "report.html", "plots", "tables"} <= top
+    plots = {a.path for a in client.list_artifacts(report_id, "plots")}
+    assert "plots/mae_vs_labels_tiny.png" in plots
+
+    # the same grid selected as the children of its parent run: the outside run is not in it
+    out2 = tmp_path / "by-parent"
+    args = ["compare", "--parent-run", parent, "--output-dir", str(out2), "--no-log"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    md = (out2 / "report.md").read_text()
+    assert f"children of run {parent}" in md and f"--parent-run {parent}" in md
+    assert "| tiny | ensemble | 3 |" in md and "coreset" not in md and outside not in md
+    assert "report run:" not in result.output
+    assert len(client.search_runs([exp_id], filter_string="tags.`al.kind` = 'report'")) == 1
+
+
+@pytest.mark.slow
+def test_compare_cli_errors(tracking: str, tmp_path: Path) -> None:
+    client = MlflowClient()
+    empty = f"compare-empty-{uuid.uuid4().hex[:8]}"
+    exp_id = client.create_experiment(empty)
+    client.create_run(exp_id, tags={"al.kind": "train"})
+    runner = CliRunner()
+    res = runner.invoke(main, ["compare", "--experiment-name", "nope-" + empty, "--no-log"])
+    assert res.exit_code != 0
+    assert f"no experiment named 'nope-{empty}'; existing:" in res.output and empty in res.output
+    res = runner.invoke(main, ["compare", "--experiment-name", empty, "--output-dir",
+                               str(tmp_path), "--no-log"])  # fmt: skip
+    assert res.exit_code != 0 and "no finished campaign runs" in res.output
+    assert f"experiment '{empty}'" in res.output
+    res = runner.invoke(main, ["compare"])
+    assert res.exit_code != 0 and "--experiment-name" in res.output
+    res = runner.invoke(main, ["compare", "--parent-run", "0" * 32, "--no-log"])
+    assert res.exit_code != 0 and f"no run with id '{'0' * 32}'" in res.output
+    res = runner.invoke(main, ["compare", "--experiment-name", empty, "--mae-targets", "x"])
+    assert res.exit_code != 0 and "--mae-targets: 'x' is not a number" in res.output
