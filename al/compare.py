@@ -46,8 +46,12 @@ import pandas as pd
 from al.tracking import (
     KIND_CAMPAIGN,
     KIND_REPORT,
+    TAG_CELL,
+    TAG_GRID,
     TAG_KIND,
     TAG_ORACLE,
+    TAG_PARENT,
+    TAG_REPORT_OF,
     TAG_SEED,
     TAG_STRATEGY,
 )
@@ -55,14 +59,6 @@ from al.tracking import CampaignMetrics as CM  # noqa: N817 - used in every metr
 
 log = logging.getLogger(__name__)
 
-# --- names ---------------------------------------------------------------------------------
-#: Short name of an experiment-grid cell without the seed (set by the experiment runner).
-TAG_CELL = "al.cell"
-#: Name of the experiment grid a campaign belongs to (set by the experiment runner).
-TAG_GRID = "al.grid"
-#: On a report run: the experiment name or parent run id the report is about.
-TAG_REPORT_OF = "al.report_of"
-TAG_PARENT = "mlflow.parentRunId"
 
 #: Metric histories read per campaign run.
 REPORT_METRICS: tuple[str, ...] = (

@@ -1,0 +1,327 @@
+"""Experiment grids: named campaign settings x seeds, run as campaigns under one parent run.
+
+A grid file (``experiments/*.yaml``)::
+
+    name: strategies                 # the grid's name (tag al.grid)
+    experiment_name: grid-strategies # MLflow experiment (default: grid-<name>)
+    description: which acquisition beats random at a small budget?
+    question: strategies             # what the report answers (free text)
+    seeds: [0, 1, 2]
+    base: {initial_size: 200, batch_size: 100, rounds: 3, ...}   # campaign keys
+    cells:                           # each: a name and the keys it changes
+      - {name: random, strategy: random}
+      - {name: max_std, strategy: ensemble}
+
+Every cell x seed is validated as a :class:`~al.config.CampaignConfig` when the file is
+loaded, so a typo fails before anything runs. Each campaign is a run tagged ``al.grid``,
+``al.cell`` and ``al.seed`` under the grid's parent run (``al.kind=experiment``). A rerun
+reuses that parent, skips finished cells and resumes interrupted ones from their last
+completed round (the campaign's own resume), so no label is paid twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from al.config import CampaignConfig, ConfigError, build_config, read_yaml
+from al.tracking import KIND_EXPERIMENT, TAG_CELL, TAG_GRID, TAG_GRID_DIGEST, TAG_PARENT
+
+log = logging.getLogger(__name__)
+
+GRID_KEYS = {"name", "experiment_name", "description", "question", "seeds", "base", "cells"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One campaign of a grid: a cell name, a seed and the resolved settings."""
+
+    name: str
+    seed: int
+    settings: dict[str, Any]
+    #: the keys the cell itself sets (on top of the grid's base)
+    own: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}/seed={self.seed}"
+
+
+@dataclass
+class Grid:
+    """A validated grid file."""
+
+    name: str
+    experiment_name: str
+    description: str
+    seeds: list[int]
+    base: dict[str, Any]
+    cells: list[dict[str, Any]]
+    path: str = ""
+    question: str = ""
+    expanded: list[Cell] = field(default_factory=list)
+
+    def digest(self) -> str:
+        """Identity of the grid's content (cells, settings and seeds), 12 hex digits."""
+        payload = json.dumps(
+            {"base": self.base, "cells": self.cells, "seeds": self.seeds}, sort_keys=True
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def load_grid(path: str | Path) -> Grid:
+    """Read and validate a grid file; every error is one line naming the file and cell."""
+    where = str(path)
+    raw = read_yaml(path)
+    unknown = sorted(set(raw) - GRID_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown grid key(s) {', '.join(map(repr, unknown))}; valid keys: "
+            f"{', '.join(sorted(GRID_KEYS))}"
+        )
+    name = str(raw.get("name") or Path(path).stem)
+    seeds = raw.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise ConfigError(f"{where}: 'seeds' must be a non-empty list of integers, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"{where}: 'seeds' repeats a seed: {seeds}")
+    base = raw.get("base") or {}
+    cells = raw.get("cells")
+    if not isinstance(base, dict):
+        raise ConfigError(f"{where}: 'base' must be a mapping of campaign keys")
+    if not isinstance(cells, list) or not cells:
+        raise ConfigError(f"{where}: 'cells' must be a non-empty list of mappings with a name")
+    for forbidden in ("seed", "resume", "experiment_name"):
+        if forbidden in base or any(forbidden in c for c in cells if isinstance(c, dict)):
+            raise ConfigError(f"{where}: {forbidden!r} is set by the grid runner, not in cells")
+    names: list[str] = []
+    expanded: list[Cell] = []
+    for i, cell in enumerate(cells):
+        if not isinstance(cell, dict) or not cell.get("name"):
+            raise ConfigError(f"{where}: cell {i} must be a mapping with a 'name'")
+        cname = str(cell["name"])
+        if cname in names:
+            raise ConfigError(f"{where}: two cells are named {cname!r}")
+        names.append(cname)
+        settings = {**base, **{k: v for k, v in cell.items() if k != "name"}}
+        for seed in seeds:
+            try:
+                cfg = build_config(CampaignConfig, {**settings, "seed": seed})
+                cfg.fidelities()
+            except ConfigError as err:
+                raise ConfigError(f"{where}: cell {cname!r}: {err}") from None
+            own = {k: v for k, v in cell.items() if k != "name"}
+            expanded.append(Cell(cname, seed, {**settings, "seed": seed}, own))
+    return Grid(
+        name=name,
+        experiment_name=str(raw.get("experiment_name") or f"grid-{name}"),
+        description=str(raw.get("description", "")),
+        seeds=list(seeds),
+        base=base,
+        cells=cells,
+        path=where,
+        question=str(raw.get("question", "")),
+        expanded=expanded,
+    )
+
+
+@dataclass
+class CellState:
+    """Where a cell stands on the tracking server: ``new``, ``resume`` (an interrupted run
+    exists) or ``done`` (a finished run exists)."""
+
+    cell: Cell
+    status: str
+    run_id: str = ""
+
+
+class GridRunner:
+    """Runs a grid's campaigns as subprocesses, ``workers`` at a time."""
+
+    def __init__(self, grid: Grid, workers: int = 1, threads: int = 0) -> None:
+        from mlflow.tracking import MlflowClient
+
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self.grid, self.workers = grid, workers
+        self.threads = threads or max(1, (os.cpu_count() or 1) // workers)
+        self.client = MlflowClient()
+        self.experiment_id = ""
+        self.parent_id = ""
+
+    # --- tracking ---------------------------------------------------------------------------
+    def _experiment(self) -> str:
+        exp = self.client.get_experiment_by_name(self.grid.experiment_name)
+        if exp is not None:
+            return exp.experiment_id
+        return self.client.create_experiment(self.grid.experiment_name)
+
+    def _find_parent(self) -> str:
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=(
+                f"tags.`al.kind` = '{KIND_EXPERIMENT}' and tags.`{TAG_GRID}` = '{self.grid.name}'"
+                f" and tags.`{TAG_GRID_DIGEST}` = '{self.grid.digest()}'"
+            ),
+            order_by=["attributes.start_time ASC"],
+            max_results=1,
+        )
+        return runs[0].info.run_id if runs else ""
+
+    def states(self) -> list[CellState]:
+        """Each cell's state, read from the tracking server (nothing is created)."""
+        self.experiment_id = self.experiment_id or self._lookup_experiment()
+        self.parent_id = self.parent_id or (self._find_parent() if self.experiment_id else "")
+        by_key: dict[str, list[Any]] = {}
+        if self.parent_id:
+            runs = self.client.search_runs(
+                [self.experiment_id],
+                filter_string=f"tags.`{TAG_PARENT}` = '{self.parent_id}'",
+                max_results=5000,
+            )
+            for run in runs:
+                cell, seed = run.data.tags.get(TAG_CELL), run.data.tags.get("al.seed")
+                if cell is not None and seed is not None:
+                    by_key.setdefault(f"{cell}/seed={seed}", []).append(run)
+        out = []
+        for cell in self.grid.expanded:
+            runs = by_key.get(cell.key, [])
+            done = [r for r in runs if r.info.status == "FINISHED"]
+            if done:
+                out.append(CellState(cell, "done", done[0].info.run_id))
+            elif runs:
+                latest = max(runs, key=lambda r: r.info.start_time)
+                out.append(CellState(cell, "resume", latest.info.run_id))
+            else:
+                out.append(CellState(cell, "new"))
+        return out
+
+    def _lookup_experiment(self) -> str:
+        exp = self.client.get_experiment_by_name(self.grid.experiment_name)
+        return exp.experiment_id if exp is not None else ""
+
+    def _ensure_parent(self) -> str:
+        self.experiment_id = self.experiment_id or self._experiment()
+        self.parent_id = self.parent_id or self._find_parent()
+        if not self.parent_id:
+            run = self.client.create_run(
+                self.experiment_id,
+                run_name=f"grid-{self.grid.name}",
+                tags={
+                    "al.kind": KIND_EXPERIMENT,
+                    TAG_GRID: self.grid.name,
+                    TAG_GRID_DIGEST: self.grid.digest(),
+                    "mlflow.note.content": self.grid.description,
+                },
+            )
+            self.parent_id = run.info.run_id
+            self.client.log_param(self.parent_id, "grid_file", self.grid.path)
+            self.client.log_param(self.parent_id, "n_cells", len(self.grid.expanded))
+            self.client.log_text(
+                self.parent_id,
+                yaml.safe_dump(
+                    {"name": self.grid.name, "seeds": self.grid.seeds, "base": self.grid.base,
+                     "cells": self.grid.cells}, sort_keys=False,
+                ),
+                "grid.yaml",
+            )  # fmt: skip
+        else:
+            self.client.update_run(self.parent_id, status="RUNNING")
+        return self.parent_id
+
+    # --- running ----------------------------------------------------------------------------
+    def run(self, log_dir: Path | None = None) -> list[CellState]:
+        """Run every cell that is not done; returns the final states (failed ones too)."""
+        parent = self._ensure_parent()
+        states = self.states()
+        todo = [s for s in states if s.status != "done"]
+        print(
+            f"grid {self.grid.name!r}: {len(states)} campaigns, {len(states) - len(todo)} "
+            f"already finished, {len(todo)} to run with {self.workers} worker(s); "
+            f"experiment {self.grid.experiment_name!r}, parent run {parent}",
+            flush=True,
+        )
+        log_dir = Path(log_dir or tempfile.mkdtemp(prefix="al-grid-"))
+        log_dir.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        done_count = [0]
+
+        def one(state: CellState) -> CellState:
+            result = self._run_cell(state, log_dir)
+            done_count[0] += 1
+            print(
+                f"[{done_count[0]}/{len(todo)}] {state.cell.key}: {result.status} "
+                f"(run {result.run_id}, {time.perf_counter() - t0:.0f} s since start)",
+                flush=True,
+            )
+            return result
+
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            results = {s.cell.key: r for s, r in zip(todo, pool.map(one, todo), strict=True)}
+        final = [results.get(s.cell.key, s) for s in states]
+        failed = [s for s in final if s.status == "failed"]
+        self.client.set_terminated(parent, "FAILED" if failed else "FINISHED")
+        return final
+
+    def _run_cell(self, state: CellState, log_dir: Path) -> CellState:
+        cell = state.cell
+        settings = dict(cell.settings)
+        settings.setdefault("threads", self.threads)
+        settings.setdefault("progress", False)
+        if state.status == "resume":
+            run_id = state.run_id
+            args = ["--resume", run_id]
+        else:
+            run = self.client.create_run(
+                self.experiment_id,
+                run_name=f"{cell.name}-s{cell.seed}",
+                tags={TAG_PARENT: self.parent_id, TAG_GRID: self.grid.name,
+                      TAG_CELL: cell.name, "al.seed": str(cell.seed)},
+            )  # fmt: skip
+            run_id = run.info.run_id
+            args = []
+        cfg_path = log_dir / f"{cell.name}-s{cell.seed}.yaml"
+        cfg_path.write_text(yaml.safe_dump(settings, sort_keys=True))
+        env = dict(os.environ)
+        env.pop("MLFLOW_RUN_ID", None)
+        if not args:
+            env["MLFLOW_RUN_ID"] = run_id
+        env["MLFLOW_EXPERIMENT_ID"] = self.experiment_id
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        cmd = [sys.executable, "-m", "al.cli", "al-loop", "--config", str(cfg_path), *args]
+        out = log_dir / f"{cell.name}-s{cell.seed}.log"
+        with open(out, "w") as fh:
+            rc = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+        if rc != 0:
+            tail = out.read_text().strip().splitlines()[-3:]
+            print(f"{cell.key} failed (exit {rc}); log {out}: {' | '.join(tail)}", flush=True)
+            try:
+                status = self.client.get_run(run_id).info.status
+                if status == "RUNNING":
+                    self.client.set_terminated(run_id, "FAILED")
+            except Exception:  # the run record is the campaign's; never hide the failure
+                pass
+            return CellState(cell, "failed", run_id)
+        return CellState(cell, "done", run_id)
+
+
+def dry_run_table(states: list[CellState]) -> str:
+    """The cells as a text table: cell, seed, state, run id and the keys the cell sets."""
+    rows = [("cell", "seed", "state", "run", "cell settings (on top of base)")]
+    for s in states:
+        own = ", ".join(f"{k}={v}" for k, v in s.cell.own.items())
+        rows.append((s.cell.name, str(s.cell.seed), s.status, s.run_id or "-", own))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join("  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4] for r in rows)
