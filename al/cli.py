@@ -163,6 +163,32 @@ def hpo_worker(
         raise click.ClickException(str(err).strip("'\"")) from None
 
 
+from al.pretrain import PretrainConfig  # noqa: E402 - the pretrain block's own import
+
+
+@main.command()
+@click.option("--config", "config_file", default=None, help="YAML file of the same keys")
+@_config_options(PretrainConfig)
+def pretrain(config_file: str | None, **overrides: Any) -> None:
+    """Train an oracle model on the oracle split and register it (alias = fidelity).
+
+    The fidelity preset (lofi or hifi) sets model size and budget; the config file and
+    explicit options beat it. --export DIR also writes the checkpoint and its provenance.
+    """
+    from al.pretrain import resolve_pretrain_config, run_pretrain
+
+    given = {k: v for k, v in overrides.items() if v not in (None, "")}
+    try:
+        config = resolve_pretrain_config({**(read_yaml(config_file) if config_file else {}),
+                                          **given})  # fmt: skip
+    except ConfigError as err:
+        raise click.ClickException(str(err)) from None
+    try:
+        run_pretrain(config)
+    except (ValueError, KeyError, RuntimeError, FileNotFoundError) as err:
+        raise click.ClickException(str(err).strip("'\"")) from None
+
+
 @main.command()
 @click.option("--oracle", "oracle_spec", default="dft", show_default=True,
               help="dft, xtb or model:<MLflow model URI>")  # fmt: skip
