@@ -348,5 +348,38 @@ def compare(
         click.echo(f"report run: {result.run_id}")
 
 
+@main.command()
+@click.option("--grid", required=True, help="grid file, e.g. experiments/smoke.yaml")
+@click.option("--workers", default="1", show_default=True, help="campaigns run at once")
+@click.option("--dry-run", "--dry_run", "dry_run", default="false", show_default=True,
+              help="list the cells and their state, run nothing")  # fmt: skip
+@click.option("--log-dir", default="", help="folder for the campaigns' configs and logs")
+def experiment(grid: str, workers: str, dry_run: str, log_dir: str) -> None:
+    """Run a grid of campaigns (cells x seeds) under one parent run; reruns skip finished
+    cells and resume interrupted ones."""
+    from al.config import _coerce
+    from al.experiment import GridRunner, dry_run_table, load_grid
+
+    try:
+        spec = load_grid(grid)
+        n_workers = _coerce("workers", workers or "1", int)
+        dry = _coerce("dry_run", dry_run or "false", bool)
+        runner = GridRunner(spec, workers=n_workers)
+    except (ConfigError, ValueError) as err:
+        raise click.ClickException(str(err)) from None
+    if dry:
+        click.echo(f"grid {spec.name!r} ({spec.path}), experiment {spec.experiment_name!r}:")
+        click.echo(dry_run_table(runner.states()))
+        return
+    states = runner.run(Path(log_dir) if log_dir else None)
+    failed = [s.cell.key for s in states if s.status == "failed"]
+    click.echo(
+        f"grid {spec.name!r}: {len(states) - len(failed)}/{len(states)} campaigns finished; "
+        f"compare with: al compare --experiment-name {spec.experiment_name}"
+    )
+    if failed:
+        raise click.ClickException(f"{len(failed)} campaign(s) failed: {', '.join(failed)}")
+
+
 if __name__ == "__main__":
     main()

@@ -245,6 +245,9 @@ class GridRunner:
     def run(self, log_dir: Path | None = None) -> list[CellState]:
         """Run every cell that is not done; returns the final states (failed ones too)."""
         parent = self._ensure_parent()
+        wrapper = os.environ.get("MLFLOW_RUN_ID")
+        if wrapper and wrapper != parent:  # `mlflow run -e experiment` made a run: link it
+            self.client.set_tag(wrapper, "al.grid_parent_run", parent)
         states = self.states()
         todo = [s for s in states if s.status != "done"]
         print(
