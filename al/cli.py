@@ -354,7 +354,9 @@ def compare(
 @click.option("--dry-run", "--dry_run", "dry_run", default="false", show_default=True,
               help="list the cells and their state, run nothing")  # fmt: skip
 @click.option("--log-dir", default="", help="folder for the campaigns' configs and logs")
-def experiment(grid: str, workers: str, dry_run: str, log_dir: str) -> None:
+@click.option("--threads", default="0", show_default=True,
+              help="CPU threads per campaign (0: the cores divided by workers)")  # fmt: skip
+def experiment(grid: str, workers: str, dry_run: str, log_dir: str, threads: str) -> None:
     """Run a grid of campaigns (cells x seeds) under one parent run; reruns skip finished
     cells and resume interrupted ones."""
     from al.config import _coerce
@@ -364,7 +366,8 @@ def experiment(grid: str, workers: str, dry_run: str, log_dir: str) -> None:
         spec = load_grid(grid)
         n_workers = _coerce("workers", workers or "1", int)
         dry = _coerce("dry_run", dry_run or "false", bool)
-        runner = GridRunner(spec, workers=n_workers)
+        n_threads = _coerce("threads", threads or "0", int)
+        runner = GridRunner(spec, workers=n_workers, threads=n_threads)
     except (ConfigError, ValueError) as err:
         raise click.ClickException(str(err)) from None
     if dry:
