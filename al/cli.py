@@ -191,7 +191,7 @@ def pretrain(config_file: str | None, **overrides: Any) -> None:
 
 @main.command()
 @click.option("--oracle", "oracle_spec", default="dft", show_default=True,
-              help="dft, xtb or model:<MLflow model URI>")  # fmt: skip
+              help="dft, xtb, pretrained, pyg_schnet or model:<MLflow model URI>")  # fmt: skip
 @click.option("--input", "input_csv", required=True, help="CSV with a qm9_index column")
 @click.option("--output", default="", help="CSV to write (default: only logged to MLflow)")
 @click.option("--cost", default=None, type=float, help="cost per label (default: the oracle's)")

@@ -216,7 +216,9 @@ class CampaignConfig(ModelConfig, FitConfig, DataConfig):
     strategy: str = _opt("ensemble", "preset: uncertainty method + acquisition")
     acquisition: str = _opt("", "acquisition function (overrides the strategy's)")
     uncertainty: str = _opt("", "ensemble | mc_dropout (overrides the strategy's)")
-    oracle: str = _opt("dft", "labeller: dft, xtb or model:<MLflow model URI>")
+    oracle: str = _opt(
+        "dft", "labeller: dft, xtb, pretrained, pyg_schnet or model:<MLflow model URI>"
+    )
     oracle_cost: float = _opt(-1.0, "cost per label (-1: the oracle's default)")
     oracles: str = _opt(
         "", "several labellers, cheapest first, comma-separated (e.g. xtb,dft): multi-fidelity"

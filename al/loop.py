@@ -504,6 +504,10 @@ def run_campaign(config: CampaignConfig) -> str:
             f"{strategy.uncertainty!r} provides {sorted(surrogate.provides)}"
         )
     oracles = [build_oracle(spec, data=data, cost=cost) for spec, cost in fidelities]
+    for oracle in oracles:  # a pretrained oracle warns if it may have seen test/pool molecules
+        check = getattr(oracle, "check_split", None)
+        if check is not None:
+            check(splits.digest())
     acquisition = config.mf_acquisition if len(oracles) > 1 else strategy.acquisition
     oracle_tag = ",".join(o.name for o in oracles)
     rules = build_rules(
