@@ -444,6 +444,8 @@ def paired_summary(
 
     * final MAE difference *arm - baseline* at the last ``n_labelled`` common to all pairs
       (each pair's last common step when there is none), mean and t-CI, and its verdict;
+      when the runs do not all end at that step (arms with equal cost but different label
+      counts), at the end of each run instead (``final_step`` NaN);
     * relative difference of that final MAE, ``arm / baseline - 1`` per pair;
     * relative difference of the AUC (mean MAE over ``auc_range``, by default the range
       every run of both arms covers), and its verdict.
@@ -456,15 +458,26 @@ def paired_summary(
     ]
     common = set.intersection(*steps) if steps else set()
     at = max(common) if common else math.nan
+    last = {
+        float(f.dropna(subset=[CM.TEST_MAE])["step"].max()) for _, fa, fb in pairs for f in (fa, fb)
+    }
+    # Arms that end at different label counts (multi-fidelity arms count labels of every
+    # fidelity; grids give arms equal budgets in cost instead) are compared at the end of
+    # each campaign, not at a common label count that is the final one of neither.
+    own_last = bool(pairs) and last != {at}
     abs_d, rel_d, rel_auc, abs_auc = [], [], [], []
     sub = histories[histories["arm"].isin([arm, baseline])]
     lo, hi = auc_range if auc_range is not None else common_range(sub)
     for (_, fa, fb), own in zip(pairs, steps, strict=True):
-        step = at if common else (max(own) if own else math.nan)
-        if not math.isfinite(step):
-            continue
-        ya = float(fa.loc[fa["step"] == step, CM.TEST_MAE].dropna().iloc[-1])
-        yb = float(fb.loc[fb["step"] == step, CM.TEST_MAE].dropna().iloc[-1])
+        if own_last:
+            ya = float(fa.dropna(subset=[CM.TEST_MAE]).sort_values("step")[CM.TEST_MAE].iloc[-1])
+            yb = float(fb.dropna(subset=[CM.TEST_MAE]).sort_values("step")[CM.TEST_MAE].iloc[-1])
+        else:
+            step = at if common else (max(own) if own else math.nan)
+            if not math.isfinite(step):
+                continue
+            ya = float(fa.loc[fa["step"] == step, CM.TEST_MAE].dropna().iloc[-1])
+            yb = float(fb.loc[fb["step"] == step, CM.TEST_MAE].dropna().iloc[-1])
         abs_d.append(ya - yb)
         rel_d.append(ya / yb - 1 if yb else math.nan)
         aa = curve_auc(fa["step"], fa[CM.TEST_MAE], lo, hi)
@@ -474,7 +487,7 @@ def paired_summary(
     d, r = mean_ci(abs_d, level), mean_ci(rel_d, level)
     da, ra = mean_ci(abs_auc, level), mean_ci(rel_auc, level)
     out.update(
-        final_step=at,
+        final_step=math.nan if own_last else at,
         final_diff=d.mean,
         final_diff_lo=d.lo,
         final_diff_hi=d.hi,
@@ -980,7 +993,11 @@ def paired_display(paired: pd.DataFrame) -> pd.DataFrame:
                 "arm": r["arm"],
                 "baseline": r["baseline"],
                 "pairs (seeds)": r["n_pairs"],
-                "at labels": _num(r["final_step"]),
+                "at labels": (
+                    _num(r["final_step"])
+                    if math.isfinite(r["final_step"])
+                    else "each run's last round"
+                ),
                 "Δ final MAE (eV) [CI]": _diff(
                     r["final_diff"], r["final_diff_lo"], r["final_diff_hi"]
                 ),
@@ -1115,7 +1132,9 @@ METHODS = (
     "already there at its first step n). AUC: trapezoid of MAE over the "
     "labelled range common to all arms of the grid, divided by its width (the mean MAE "
     "over that budget). Paired comparison: runs paired by seed; differences arm − baseline "
-    "at each n_labelled both runs logged; final = the last n_labelled common to all pairs. "
+    "at each n_labelled both runs logged; final = the last n_labelled common to all pairs, "
+    "or each run's last round when the runs end at different label counts (equal cost, "
+    "e.g. multi-fidelity arms, whose labels of every fidelity are counted). "
     "Verdict: 'better' only when the whole CI of the difference is below 0, 'worse' when "
     "above, else 'no significant difference'; 'too few seeds' with fewer than 2 pairs. "
     "Label savings = 1 − labels(arm) / labels(baseline) to reach the same mean MAE."
