@@ -11,39 +11,79 @@ from typing import Any
 
 import click
 
-from al.config import (
-    CampaignConfig,
-    ConfigError,
-    FitConfig,
-    ModelConfig,
-    TrainRunConfig,
-    build_config,
-    read_yaml,
-)
+from al.config import ConfigError, build_config, coerce, field_type, read_yaml
+from al.entrypoints.pretrain import PretrainConfig
+from al.entrypoints.train import TrainRunConfig
+from al.loop.config import CampaignConfig
+from al.models.config import ModelConfig
+from al.oracles import oracle_choices
+from al.training.config import FitConfig
 from hpo.config import HPOConfig
 
 
-def _config_options(cls: type) -> Any:
-    """One ``--key`` option per config field, from the dataclass (names written once).
+class _Optional(click.ParamType):
+    """A typed config option: its empty value means "not given" (``mlflow run`` passes
+    ``-P key=`` as an empty string), and a bad value is one line naming the key, worded as
+    :func:`al.config.build_config` words it for a YAML file."""
 
-    Values arrive as text and are validated by :func:`al.config.build_config`, so YAML and
-    command line share one set of checks. Both ``--train-size`` and ``--train_size`` work:
-    ``mlflow run -P train_size=...`` passes undeclared parameters in the second form. An
-    empty value means "not given".
+    def __init__(self, inner: click.ParamType, key: str = "", tp: Any = str) -> None:
+        self.inner, self.key, self.tp = inner, key, tp
+        self.name = inner.name
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str | None:
+        return self.inner.get_metavar(param, ctx)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value is None or value == "":
+            return None
+        try:
+            return self.inner.convert(value, param, ctx)
+        except click.BadParameter as err:
+            key = self.key or (param.name if param is not None else "value")
+            try:
+                coerce(key, value, self.tp)
+            except ConfigError as bad_type:
+                raise click.ClickException(str(bad_type)) from None
+            if isinstance(self.inner, click.Choice):
+                choices = ", ".join(str(c) if c != "" else "''" for c in self.inner.choices)
+                raise click.ClickException(
+                    f"config key {key!r}: {value!r} is not one of {choices}"
+                ) from None
+            raise click.ClickException(f"config key {key!r}: {err.message}") from None
+
+
+_CLICK_TYPES: dict[Any, click.ParamType] = {
+    int: click.INT, float: click.FLOAT, bool: click.BOOL, str: click.STRING,
+}  # fmt: skip
+
+
+def _config_options(cls: type) -> Any:
+    """One typed ``--key`` option per config field, from the dataclass (names written once).
+
+    Types come from the field annotations and choices from the registries the config reads
+    (:class:`click.Choice`); ranges and cross-field rules are checked by
+    :func:`al.config.build_config`, so YAML and command line share one set of checks. Both
+    ``--train-size`` and ``--train_size`` work: ``mlflow run -P train_size=...`` passes
+    undeclared parameters in the second form. An empty value means "not given".
     """
 
     def decorate(func: Any) -> Any:
         for f in reversed(fields(cls)):
             default = f.default if f.default is not MISSING else None
             choices = f.metadata.get("choices")
-            extra = f" [one of: {', '.join(map(str, choices))}]" if choices else ""
+            tp = field_type(cls, f.name)
+            inner = (
+                click.Choice([str(c) for c in choices])
+                if choices is not None
+                else _CLICK_TYPES.get(tp, click.STRING)
+            )
             spellings = {f"--{f.name.replace('_', '-')}", f"--{f.name}"}
             func = click.option(
                 *sorted(spellings),
                 f.name,
-                type=str,
+                type=_Optional(inner, f.name, tp),
                 default=None,
-                help=f"{f.metadata.get('help', '')}{extra} (default: {default})",
+                help=f"{f.metadata.get('help', '')} (default: {default!r})",
             )(func)
         return func
 
@@ -103,11 +143,11 @@ def main(log_level: str) -> None:
 @_config_options(TrainRunConfig)
 def train(config_file: str | None, **overrides: Any) -> None:
     """Train one surrogate on random pool molecules and log it to MLflow."""
-    from al.workflows import run_train
+    from al.entrypoints.train import run_train
 
     config = _resolve(TrainRunConfig, config_file, overrides)
     try:
-        run_train(config)
+        run_train(config, echo=click.echo)
     except (ValueError, KeyError, RuntimeError, FileNotFoundError) as err:
         raise click.ClickException(str(err).strip("'\"")) from None
 
@@ -117,11 +157,11 @@ def train(config_file: str | None, **overrides: Any) -> None:
 @_config_options(CampaignConfig)
 def al_loop(config_file: str | None, **overrides: Any) -> None:
     """Run (or, with --resume RUN_ID, continue) an active-learning campaign."""
-    from al.loop import run_campaign
+    from al.entrypoints.al_loop import run_campaign
 
     config = _resolve(CampaignConfig, config_file, overrides)
     try:
-        run_campaign(config)
+        run_campaign(config, echo=click.echo)
     except (ValueError, KeyError, RuntimeError, FileNotFoundError) as err:
         raise click.ClickException(str(err).strip("'\"")) from None
 
@@ -135,7 +175,7 @@ def hpo(config_file: str | None, **overrides: Any) -> None:
 
     config = _resolve(HPOConfig, config_file, overrides)
     try:
-        run_study(config)
+        run_study(config, echo=click.echo)
     except (ValueError, KeyError, RuntimeError, FileNotFoundError) as err:
         raise click.ClickException(str(err).strip("'\"")) from None
 
@@ -163,9 +203,6 @@ def hpo_worker(
         raise click.ClickException(str(err).strip("'\"")) from None
 
 
-from al.pretrain import PretrainConfig  # noqa: E402 - the pretrain block's own import
-
-
 @main.command()
 @click.option("--config", "config_file", default=None, help="YAML file of the same keys")
 @_config_options(PretrainConfig)
@@ -175,7 +212,7 @@ def pretrain(config_file: str | None, **overrides: Any) -> None:
     The fidelity preset (lofi or hifi) sets model size and budget; the config file and
     explicit options beat it. --export DIR also writes the checkpoint and its provenance.
     """
-    from al.pretrain import resolve_pretrain_config, run_pretrain
+    from al.entrypoints.pretrain import resolve_pretrain_config, run_pretrain
 
     given = {k: v for k, v in overrides.items() if v not in (None, "")}
     try:
@@ -184,14 +221,14 @@ def pretrain(config_file: str | None, **overrides: Any) -> None:
     except ConfigError as err:
         raise click.ClickException(str(err)) from None
     try:
-        run_pretrain(config)
+        run_pretrain(config, echo=click.echo)
     except (ValueError, KeyError, RuntimeError, FileNotFoundError) as err:
         raise click.ClickException(str(err).strip("'\"")) from None
 
 
 @main.command()
 @click.option("--oracle", "oracle_spec", default="dft", show_default=True,
-              help="dft, xtb, pretrained, pyg_schnet or model:<MLflow model URI>")  # fmt: skip
+              help=f"the labeller: {', '.join(oracle_choices())}")  # fmt: skip
 @click.option("--input", "input_csv", required=True, help="CSV with a qm9_index column")
 @click.option("--output", default="", help="CSV to write (default: only logged to MLflow)")
 @click.option("--cost", default=None, type=float, help="cost per label (default: the oracle's)")
@@ -200,10 +237,10 @@ def label(
     oracle_spec: str, input_csv: str, output: str, cost: float | None, experiment_name: str
 ) -> None:
     """Label the molecules of a CSV with an oracle and log the result as a run."""
-    from al.workflows import run_label
+    from al.entrypoints.label import run_label
 
     try:
-        run_label(oracle_spec, input_csv, output or None, cost, experiment_name)
+        run_label(oracle_spec, input_csv, output or None, cost, experiment_name, echo=click.echo)
     except (ValueError, KeyError, RuntimeError, FileNotFoundError) as err:
         raise click.ClickException(str(err).strip("'\"")) from None
 
@@ -221,8 +258,8 @@ def predict(model_uri: str, output: str, qm9_format: bool, files: tuple[str, ...
     """Predict energies (mean and std, eV) for molecules in .xyz files."""
     import mlflow
 
-    from al.pyfunc import molecules_frame
-    from al.xyz import XYZError, read_xyz
+    from al.data.molecules import molecules_frame
+    from al.data.xyz import XYZError, read_xyz
 
     molecules = []
     try:
@@ -258,7 +295,8 @@ def data_info(source: str, root: str | None, split_seed: int, n_test: int, n_ora
     """Summary of the data set, its target and the split."""
     import torch
 
-    from al.data.qm9 import PROPERTY, SYMBOLS, cache_dir, load_qm9
+    from al.data.elements import PROPERTY, SYMBOLS
+    from al.data.load import cache_dir, load_qm9
     from al.data.splits import SplitConfig, make_splits
 
     try:
@@ -296,7 +334,7 @@ def data_info(source: str, root: str | None, split_seed: int, n_test: int, n_ora
 @click.argument("indices", nargs=-1, required=True)
 def data_get(source: str, root: str | None, indices: tuple[str, ...]) -> None:
     """CSV of ``qm9_index,smiles,n_atoms,target_ev`` for QM9 indices."""
-    from al.data.qm9 import load_qm9
+    from al.data.load import load_qm9
 
     try:
         wanted = [int(i) for i in indices]
@@ -334,7 +372,7 @@ def compare(
     log: bool,
 ) -> None:
     """Compare finished campaign runs (learning curves, paired tests) and write a report."""
-    from al.compare import CompareError, parse_targets, run_compare
+    from al.report import CompareError, parse_targets, run_compare
 
     try:
         result = run_compare(
@@ -350,26 +388,26 @@ def compare(
 
 @main.command()
 @click.option("--grid", required=True, help="grid file, e.g. experiments/smoke.yaml")
-@click.option("--workers", default="1", show_default=True, help="campaigns run at once")
-@click.option("--dry-run", "--dry_run", "dry_run", default="false", show_default=True,
-              help="list the cells and their state, run nothing")  # fmt: skip
+@click.option("--workers", type=_Optional(click.IntRange(min=1)), default=None,
+              help="campaigns run at once (default: 1)")  # fmt: skip
+@click.option("--dry-run", "--dry_run", "dry_run", type=_Optional(click.BOOL), default=None,
+              help="list the cells and their state, run nothing (default: false)")  # fmt: skip
 @click.option("--log-dir", default="", help="folder for the campaigns' configs and logs")
-@click.option("--threads", default="0", show_default=True,
-              help="CPU threads per campaign (0: the cores divided by workers)")  # fmt: skip
-def experiment(grid: str, workers: str, dry_run: str, log_dir: str, threads: str) -> None:
+@click.option("--threads", type=_Optional(click.IntRange(min=0)), default=None,
+              help="CPU threads per campaign (default 0: cores / workers)")  # fmt: skip
+def experiment(
+    grid: str, workers: int | None, dry_run: bool | None, log_dir: str, threads: int | None
+) -> None:
     """Run a grid of campaigns (cells x seeds) under one parent run; reruns skip finished
     cells and resume interrupted ones."""
-    from al.config import _coerce
-    from al.experiment import GridRunner, dry_run_table, load_grid
+    from al.entrypoints.experiment import GridRunner, dry_run_table, load_grid
 
     try:
         spec = load_grid(grid)
-        n_workers = _coerce("workers", workers or "1", int)
-        dry = _coerce("dry_run", dry_run or "false", bool)
-        n_threads = _coerce("threads", threads or "0", int)
-        runner = GridRunner(spec, workers=n_workers, threads=n_threads)
+        runner = GridRunner(spec, workers=workers or 1, threads=threads or 0, echo=click.echo)
     except (ConfigError, ValueError) as err:
         raise click.ClickException(str(err)) from None
+    dry = bool(dry_run)
     if dry:
         click.echo(f"grid {spec.name!r} ({spec.path}), experiment {spec.experiment_name!r}:")
         click.echo(dry_run_table(runner.states()))

@@ -1,7 +1,11 @@
-"""Model-from-code entry for MLflow: the pyfunc class, without pickling an instance."""
+"""Model-from-code entry for MLflow: the pyfunc class, without pickling an instance.
+
+Logged models name this file (and, before the package had one folder per role, imported
+``al.pyfunc`` from it): keep its path.
+"""
 
 import mlflow
 
-from al.pyfunc import MoleculeEnergyModel
+from al.tracking.pyfunc import MoleculeEnergyModel
 
 mlflow.models.set_model(MoleculeEnergyModel())

@@ -43,3 +43,38 @@ def training_curves(history: list[Any]) -> Any:
         ax.set_xlabel("epoch")
     fig.tight_layout()
     return fig
+
+
+def campaign_figures(
+    curve: list[tuple[int, float]],
+    mean: np.ndarray,
+    std: np.ndarray | None,
+    target: np.ndarray,
+    round_: int,
+) -> list[Any]:
+    """Learning curve, parity and std-vs-error figures.
+
+    Args:
+        curve: ``(n_labelled, test MAE)`` per round so far.
+        mean, std: the prediction on the test set, ``[n]`` each (``std`` may be None).
+        target: the reference energies, ``[n]``.
+    """
+    fig1, ax = plt.subplots(figsize=(5, 3.6), dpi=100)
+    if curve:
+        n, mae = zip(*curve, strict=True)
+        ax.plot(n, mae, "o-")
+    ax.set_xlabel("labelled molecules")
+    ax.set_ylabel("test MAE (eV)")
+    ax.set_yscale("log")
+    ax.set_title(f"learning curve (round {round_})")
+    fig1.tight_layout()
+    fig2 = parity(mean, target, f"round {round_}")
+    fig3, ax = plt.subplots(figsize=(4.5, 4), dpi=100)
+    if std is not None:
+        ax.scatter(std, np.abs(mean - target), s=3, alpha=0.4, lw=0)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    ax.set_xlabel("predicted std (eV)")
+    ax.set_ylabel("|error| (eV)")
+    fig3.tight_layout()
+    return [fig1, fig2, fig3]

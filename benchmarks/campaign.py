@@ -22,13 +22,16 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from al.acquisition import select
-from al.config import CampaignConfig, ModelConfig, subset
-from al.data.qm9 import MolecularData, load_qm9
+from al.acquisition.functions import select
+from al.config import subset
+from al.data.load import load_qm9
+from al.data.molecules import MolecularData
 from al.data.splits import SplitConfig, make_splits
-from al.metrics import regression_report
+from al.loop.config import CampaignConfig
+from al.models.config import ModelConfig
 from al.oracles import build_oracle
-from al.train import resolve_device, seed_everything
+from al.training.fit import resolve_device, seed_everything
+from al.training.metrics import regression_report
 from al.uncertainty import build_surrogate
 
 

@@ -17,7 +17,8 @@ from collections.abc import Callable
 
 import torch
 
-from al.data.qm9 import MolecularData, load_qm9
+from al.data.load import load_qm9
+from al.data.molecules import MolecularData
 from al.models import build_model
 from al.models.ensemble import EnsembleModel
 

@@ -32,7 +32,8 @@ from torch import Tensor, nn
 from torch_geometric.nn.models import SchNet as PyGSchNet
 
 from al.data.graph import radius_graph
-from al.data.qm9 import MolecularData, load_qm9
+from al.data.load import load_qm9
+from al.data.molecules import MolecularData
 from al.models import MODELS, build_model, count_parameters
 
 CUTOFF = 5.0

@@ -23,7 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from al.data.qm9 import ELEMENTS, HARTREE_TO_EV, MolecularData, load_qm9
+from al.data.elements import ELEMENTS, HARTREE_TO_EV
+from al.data.load import load_qm9
+from al.data.molecules import MolecularData
 from al.data.splits import SplitConfig, make_splits, split_record
 from al.oracles import XTB_METHOD, failure_status, xtb_energy_hartree
 

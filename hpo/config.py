@@ -11,7 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from al.config import DEVICES, DataConfig, _opt
+from al.config import option
+from al.data.config import DataConfig
+from al.training.config import DEVICES
 
 if TYPE_CHECKING:
     from optuna.pruners import BasePruner
@@ -95,36 +97,38 @@ class HPOConfig(DataConfig):
     differ only in their settings.
     """
 
-    study_name: str = _opt("al-hpo", "Optuna study name (workers with the same name share it)")
-    storage: str = _opt(
+    study_name: str = option("al-hpo", "Optuna study name (workers with the same name share it)")
+    storage: str = option(
         "sqlite:///optuna.db",
         "Optuna storage (SQLAlchemy URL; ${VAR} is read from the environment)",
     )
-    n_trials: int = _opt(30, "finished trials (complete + pruned) over all workers", min=1)
-    n_workers: int = _opt(1, "worker processes started on this machine", min=1)
-    timeout: float = _opt(0.0, "seconds after which workers start no new trial (0 = none)", min=0.0)
-    sampler: str = _opt("tpe", "Optuna sampler", choices=tuple(SAMPLERS))
-    pruner: str = _opt(
+    n_trials: int = option(30, "finished trials (complete + pruned) over all workers", min=1)
+    n_workers: int = option(1, "worker processes started on this machine", min=1)
+    timeout: float = option(
+        0.0, "seconds after which workers start no new trial (0 = none)", min=0.0
+    )
+    sampler: str = option("tpe", "Optuna sampler", choices=tuple(SAMPLERS))
+    pruner: str = option(
         "median", "Optuna pruner (on validation MAE per epoch)", choices=tuple(PRUNERS)
     )
-    fixed: str = _opt("", "search-space keys held fixed, e.g. 'model=schnet,hidden=128'")
-    train_size: int = _opt(1000, "labelled pool molecules per trial (train + validation)", min=4)
-    val_fraction: float = _opt(
+    fixed: str = option("", "search-space keys held fixed, e.g. 'model=schnet,hidden=128'")
+    train_size: int = option(1000, "labelled pool molecules per trial (train + validation)", min=4)
+    val_fraction: float = option(
         0.2, "share of train_size held out for validation", min=0.05, max=0.5
     )
-    epochs: int = _opt(40, "epochs per trial (the maximum when epochs_min > 0)", min=1)
-    epochs_min: int = _opt(0, "tune epochs in [epochs_min, epochs] (0 = fixed)", min=0)
-    patience: int = _opt(10, "early stopping within a trial", min=1)
-    seed: int = _opt(0, "seed of the labelled set, the weights and the sampler")
-    sampler_seed: int = _opt(
+    epochs: int = option(40, "epochs per trial (the maximum when epochs_min > 0)", min=1)
+    epochs_min: int = option(0, "tune epochs in [epochs_min, epochs] (0 = fixed)", min=0)
+    patience: int = option(10, "early stopping within a trial", min=1)
+    seed: int = option(0, "seed of the labelled set, the weights and the sampler")
+    sampler_seed: int = option(
         -1, "sampler seed (-1: seed); worker k adds 1000 k; give every machine its own"
     )
-    device: str = _opt("auto", "auto picks CUDA when present", choices=DEVICES)
-    amp: bool = _opt(True, "bf16 autocast (CUDA only)")
-    compile: bool = _opt(False, "torch.compile the model (CUDA only)")
-    threads: int = _opt(0, "CPU threads per worker (0 = cores / n_workers)", min=0)
-    progress: bool = _opt(False, "show progress bars")
-    heartbeat_interval: int = _opt(60, "seconds between heartbeats of a running trial", min=1)
-    grace_period: int = _opt(0, "seconds without heartbeat until a trial is dead (0 = 2x)", min=0)
-    max_retry: int = _opt(3, "times a dead worker's trial is run again", min=0)
-    experiment_name: str = _opt("al", "MLflow experiment (when not set by mlflow run)")
+    device: str = option("auto", "auto picks CUDA when present", choices=DEVICES)
+    amp: bool = option(True, "bf16 autocast (CUDA only)")
+    compile: bool = option(False, "torch.compile the model (CUDA only)")
+    threads: int = option(0, "CPU threads per worker (0 = cores / n_workers)", min=0)
+    progress: bool = option(False, "show progress bars")
+    heartbeat_interval: int = option(60, "seconds between heartbeats of a running trial", min=1)
+    grace_period: int = option(0, "seconds without heartbeat until a trial is dead (0 = 2x)", min=0)
+    max_retry: int = option(3, "times a dead worker's trial is run again", min=0)
+    experiment_name: str = option("al", "MLflow experiment (when not set by mlflow run)")

@@ -19,11 +19,14 @@ import torch
 from torch import Tensor
 
 from al import tracking
-from al.config import DataConfig, FitConfig, ModelConfig, build_config, subset
-from al.data.qm9 import MolecularData
+from al.config import build_config, subset
+from al.data.config import DataConfig
+from al.data.molecules import MolecularData
 from al.models import build_model, count_parameters
+from al.models.config import ModelConfig
 from al.tracking import Metrics
-from al.train import EpochStats, fit, resolve_device
+from al.training.config import FitConfig
+from al.training.fit import EpochStats, fit, resolve_device
 from hpo.config import HPOConfig
 from hpo.space import SearchSpace
 
@@ -50,7 +53,7 @@ class LabelledSet:
 
 def labelled_set(config: HPOConfig) -> LabelledSet:
     """``train_size`` random pool molecules (seeded), split into training and validation."""
-    from al.workflows import load_data
+    from al.data.load import load_data
 
     data, splits = load_data(subset(DataConfig, config))
     pool = data.rows_of(splits.pool)

@@ -31,19 +31,17 @@ over-fit 1,000 labels:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from al.config import ConfigError, FitConfig, ModelConfig, TrainRunConfig, build_config
+from al.config import ConfigError, build_config
+from al.entrypoints.train import TrainRunConfig
 from al.models import MODELS
 
 if TYPE_CHECKING:
     import optuna
 
 #: Keys a surrogate config may hold: model and fit settings.
-SURROGATE_KEYS = tuple(f.name for f in fields(ModelConfig)) + tuple(
-    f.name for f in fields(FitConfig)
-)
 
 
 @dataclass(frozen=True)

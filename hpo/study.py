@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from al import tracking
 from al.config import to_dict
+from al.tracking.runs import set_experiment
 from hpo.config import HPOConfig, build_pruner, build_sampler
 from hpo.objective import (
     ATTR_CONFIG,
@@ -235,7 +237,6 @@ def _start_worker_processes(config: HPOConfig, parent_run_id: str, experiment_id
 # --- the study's MLflow run ------------------------------------------------------------------
 def _open_parent_run(config: HPOConfig, study: optuna.Study) -> mlflow.ActiveRun:
     """Start the study's run, or re-open the one an earlier invocation recorded."""
-    from al.workflows import _set_experiment
 
     client = MlflowClient()
     wrapper = os.environ.get("MLFLOW_RUN_ID")
@@ -248,7 +249,7 @@ def _open_parent_run(config: HPOConfig, study: optuna.Study) -> mlflow.ActiveRun
             os.environ.pop("MLFLOW_RUN_ID")
         mlflow.set_experiment(experiment_id=client.get_run(recorded).info.experiment_id)
         return mlflow.start_run(run_id=recorded)
-    _set_experiment(config.experiment_name)
+    set_experiment(config.experiment_name)
     run = mlflow.start_run(run_name=f"hpo-{config.study_name}")
     study.set_user_attr(ATTR_PARENT_RUN, run.info.run_id)
     return run
@@ -315,7 +316,7 @@ def _log_plots(study: optuna.Study) -> None:
         tracking.log_text_artifact(note + "\n", tracking.NOTE_PARAM_IMPORTANCES)
 
 
-def run_study(config: HPOConfig) -> str:
+def run_study(config: HPOConfig, echo: Callable[[str], None] | None = None) -> str:
     """Run (or continue) the study named in ``config``; returns its MLflow run id."""
     space = SearchSpace(config.epochs, config.epochs_min, parse_fixed(config.fixed))
     study = load_study(config)
@@ -344,7 +345,7 @@ def run_study(config: HPOConfig) -> str:
             raise RuntimeError(f"HPO workers exited with codes {codes}; see their output")
     counts = trial_counts(study)
     summary = "no complete trial" if best is None else f"best validation MAE {best:.4f} eV"
-    print(
+    (echo or log.info)(
         f"study {config.study_name!r}: {summary}; {counts['complete']} complete, "
         f"{counts['pruned']} pruned, {counts['failed']} failed trials; run {parent_id}; "
         f"settings: runs:/{parent_id}/{tracking.BEST_PARAMS}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from al.acquisition import ACQUISITIONS, KNOWN_NEEDS, Selection, register, resolve, select
+from al.acquisition.functions import ACQUISITIONS, KNOWN_NEEDS, Selection, register, resolve, select
 from al.uncertainty import Prediction
 
 NAMES = sorted(ACQUISITIONS)

@@ -5,8 +5,10 @@ import yaml
 from click.testing import CliRunner
 
 from al.cli import main
-from al.config import ConfigError, ModelConfig, TrainRunConfig, build_config, resolve_config
+from al.config import ConfigError, build_config, resolve_config
+from al.entrypoints.train import TrainRunConfig
 from al.models import MODELS
+from al.models.config import ModelConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -116,7 +118,7 @@ def test_cli_data_info(qm9) -> None:
 
 @pytest.mark.parametrize("path", sorted((REPO / "benchmarks" / "configs").glob("*.yaml")))
 def test_shipped_configs_load(path: Path) -> None:
-    from al.config import CampaignConfig
+    from al.loop.config import CampaignConfig
 
     cfg = resolve_config(CampaignConfig, path)
     assert cfg.initial_size > 0

@@ -21,8 +21,10 @@ from al.data import (
     make_splits,
     radius_graph,
 )
+from al.data.load import CACHE_ENV
+from al.data.molecules import MAX_QM9_INDEX
 from al.data.pyg_source import H_ATOM, PROCESSED_FILE, from_pyg_data, load_pyg_qm9
-from al.data.qm9 import CACHE_ENV, MAX_QM9_INDEX, N_MOLECULES, qm9pack_data_dir
+from al.data.qm9pack import N_MOLECULES, qm9pack_data_dir
 
 METHANE_H_ATOM_EV = -17.3897
 #: QM9 indices used to build the small PyG data sets (given out of order on purpose).

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from al.pyfunc import molecules_frame
+from al.data.molecules import molecules_frame
 from al.tracking import TAG_KIND, TAG_MODEL_URI, Artifacts, Metrics
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from al.config import ConfigError
-from al.experiment import TAG_CELL, TAG_GRID, load_grid
+from al.entrypoints.experiment import TAG_CELL, TAG_GRID, load_grid
 
 REPO = Path(__file__).resolve().parents[1]
 GRIDS = sorted((REPO / "experiments").glob("*.yaml"))

@@ -25,7 +25,9 @@ from optuna.trial import TrialState
 
 from al import tracking
 from al.cli import _resolve, main
-from al.config import CampaignConfig, ConfigError, TrainRunConfig, build_config, resolve_config
+from al.config import ConfigError, build_config, resolve_config
+from al.entrypoints.train import TrainRunConfig
+from al.loop.config import CampaignConfig
 from hpo.config import PRUNERS, SAMPLERS, HPOConfig, build_pruner, build_sampler
 from hpo.objective import ATTR_RUN_ID, ATTR_SURPLUS
 from hpo.space import SearchSpace, parse_fixed

@@ -8,10 +8,12 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from al.config import CampaignConfig
-from al.loop import Labelled, round_generator, run_campaign
-from al.pyfunc import molecules_frame
-from al.strategies import STRATEGIES, resolve_strategy
+from al.acquisition.strategies import STRATEGIES, resolve_strategy
+from al.data.load import load_data
+from al.data.molecules import molecules_frame
+from al.entrypoints.al_loop import run_campaign
+from al.loop.campaign import Labelled, round_generator
+from al.loop.config import CampaignConfig
 from al.tracking import (
     QUERIED_COLUMNS,
     TAG_KIND,
@@ -21,7 +23,6 @@ from al.tracking import (
     CampaignMetrics,
     queried_path,
 )
-from al.workflows import load_data
 
 SMALL = dict(
     initial_size=200, batch_size=50, rounds=2, epochs=2, ensemble_size=2, mc_samples=4,
@@ -144,7 +145,9 @@ def test_bad_strategy_is_one_clear_error(tracking) -> None:
 
     result = CliRunner().invoke(main, ["al-loop", "--strategy", "bogus"])
     assert result.exit_code != 0
-    assert result.output.strip().startswith("Error: unknown strategy 'bogus'")
+    first, *rest = result.output.strip().splitlines()
+    assert first.startswith("Error: config key 'strategy': 'bogus' is not one of random, ")
+    assert not rest
 
 
 def test_config_keys_in_mlproject_comment() -> None:

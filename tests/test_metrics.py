@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from al.metrics import gaussian_nll, miscalibration_area, regression_report, spearman
+from al.training.metrics import gaussian_nll, miscalibration_area, regression_report, spearman
 
 
 def test_spearman_known_values() -> None:

@@ -1,6 +1,7 @@
 """Multi-fidelity: several outputs from one trunk, cost-aware pair selection, campaigns."""
 
 import math
+from dataclasses import fields
 
 import mlflow
 import numpy as np
@@ -9,26 +10,30 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from al.config import MF_ACQUISITION_NAMES, CampaignConfig, ConfigError, FitConfig, ModelConfig
-from al.data.qm9 import MolecularData
-from al.loop import run_campaign
-from al.models import build_model
-from al.models.checkpoint import load_checkpoint, save_checkpoint
-from al.models.ensemble import EnsembleModel
-from al.multifidelity import (
+from al.acquisition.multifidelity import (
     MF_ACQUISITIONS,
     fidelity_moments,
     greedy_by_score,
     select_pairs,
 )
+from al.config import ConfigError
+from al.data.molecules import MolecularData
+from al.entrypoints.al_loop import run_campaign
+from al.loop.config import CampaignConfig
+from al.models import build_model
+from al.models.checkpoint import load_checkpoint, save_checkpoint
+from al.models.config import ModelConfig
+from al.models.ensemble import EnsembleModel
 from al.oracles import DFTOracle, Oracle
 from al.tracking import TAG_ORACLE, CampaignMetrics, queried_path
-from al.train import fit, predict
+from al.training.config import FitConfig
+from al.training.fit import fit, predict
 from al.uncertainty import Prediction, build_surrogate
 
 
 def test_config_names_match_registry() -> None:
-    assert set(MF_ACQUISITION_NAMES) == set(MF_ACQUISITIONS)
+    choices = {f.name: f.metadata.get("choices") for f in fields(CampaignConfig)}
+    assert choices["mf_acquisition"] == tuple(MF_ACQUISITIONS)
 
 
 def test_fidelities_config() -> None:

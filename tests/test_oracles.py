@@ -11,8 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from al import oracles
-from al.data.qm9 import MolecularData
+from al.data.molecules import MolecularData
 from al.data.splits import make_splits
 from al.oracles import (
     FRAME_COLUMNS,
@@ -26,6 +25,7 @@ from al.oracles import (
     load_xtb_reference,
     oracle_choices,
 )
+from al.oracles import base as oracles
 
 #: Methane, ammonia, water, acetylene, hydrogen cyanide.
 SMALL = [1, 2, 3, 4, 5]
@@ -232,9 +232,8 @@ def test_label_result_checks_lengths() -> None:
 
 @pytest.mark.slow
 def test_model_oracle_on_a_logged_model(tracking: str, qm9) -> None:
-    from al.config import TrainRunConfig
+    from al.entrypoints.train import TrainRunConfig, run_train
     from al.tracking import TAG_MODEL_URI
-    from al.workflows import run_train
 
     run_id = run_train(
         TrainRunConfig(

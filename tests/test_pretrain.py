@@ -24,8 +24,15 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 
 from al.config import ConfigError
-from al.data.qm9 import ATOM_REF_H298_HA
+from al.data.elements import ATOM_REF_H298_HA
 from al.data.splits import SplitConfig, make_splits
+from al.entrypoints.pretrain import (
+    PRESETS,
+    TRAIN_INDEX_ARTIFACT,
+    reproduce_command,
+    resolve_pretrain_config,
+    run_pretrain,
+)
 from al.models.checkpoint import load_checkpoint
 from al.oracles import (
     ORACLES,
@@ -43,15 +50,8 @@ from al.oracles import (
     network_problem,
     packaged_checkpoint,
 )
-from al.pretrain import (
-    PRESETS,
-    TRAIN_INDEX_ARTIFACT,
-    reproduce_command,
-    resolve_pretrain_config,
-    run_pretrain,
-    sha256_file,
-)
-from al.train import predict
+from al.tracking.registry import file_sha256
+from al.training.fit import predict
 
 #: Methane, ammonia, water, acetylene, hydrogen cyanide.
 SMALL = [1, 2, 3, 4, 5]
@@ -135,7 +135,7 @@ def test_pretrain_registers_an_oracle_trained_on_the_oracle_split(
 
     # the export: checkpoint + provenance
     prov = json.loads((tmp_path / "export" / "qm9_oracle.json").read_text())
-    assert prov["sha256"] == sha256_file(result.export) == mv.tags["sha256"]
+    assert prov["sha256"] == file_sha256(result.export) == mv.tags["sha256"]
     assert prov["command"].startswith("al pretrain --fidelity lofi --")
     assert "--train-size 64" in prov["command"] and prov["split_digest"] == splits.digest()
     assert prov["n_train"] + prov["n_val"] == 64 and prov["model"]["hidden"] == 32
@@ -168,7 +168,7 @@ def test_shipped_oracle_provenance(qm9) -> None:
     default_split = make_splits(qm9.qm9_index.numpy())
     assert prov["split_digest"] == default_split.digest() == oracle.split_digest
     assert prov["split"] == {"seed": 0, "n_test": 10_000, "n_oracle": 50_000}
-    assert prov["sha256"] == sha256_file(path) and prov["command"].startswith("al pretrain")
+    assert prov["sha256"] == file_sha256(path) and prov["command"].startswith("al pretrain")
     assert 0 < prov["test_mae_ev"] < 0.5 and prov["n_train"] >= 1000
     info = oracle.describe()
     assert info["sha256"] == prov["sha256"] and info["test_mae_ev"] == prov["test_mae_ev"]
@@ -338,7 +338,7 @@ def test_pyg_schnet_reads_schnetpack_weights_and_converts_units(
     assert list(result.status) == ["ok"] * len(SMALL) + ["unknown_molecule"]
     # -0.5 eV per atom on PyG's Hartree scale, atom references subtracted exactly
     n_atoms = qm9.n_atoms[qm9.rows_of(SMALL)].numpy()
-    from al.data.qm9 import HARTREE_TO_EV
+    from al.data.elements import HARTREE_TO_EV
 
     expected = -0.5 * n_atoms * HARTREE_TO_EV / PYG_HARTREE_TO_EV
     # (atom references are float32 weights: ~1e-4 eV apart near 2,000 eV)

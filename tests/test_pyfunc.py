@@ -9,11 +9,10 @@ import pytest
 from click.testing import CliRunner
 
 from al.cli import main
-from al.config import TrainRunConfig
-from al.pyfunc import molecules_frame
+from al.data.molecules import molecules_frame
+from al.data.xyz import Molecule, write_xyz
+from al.entrypoints.train import TrainRunConfig, run_train
 from al.tracking import TAG_MODEL_URI
-from al.workflows import run_train
-from al.xyz import Molecule, write_xyz
 
 pytestmark = pytest.mark.slow
 

@@ -1,6 +1,6 @@
 import pytest
 
-from al.stopping import (
+from al.loop.stopping import (
     STOPPING_RULES,
     CampaignProgress,
     Plateau,

@@ -3,9 +3,10 @@ import math
 import pytest
 import torch
 
-from al.config import FitConfig
 from al.models import build_model
-from al.train import fit, iterate_batches, predict, regression_metrics, resolve_device
+from al.training.config import FitConfig
+from al.training.fit import fit, iterate_batches, predict, resolve_device
+from al.training.metrics import regression_report
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def test_fit_learns_and_records_diagnostics(qm9, small_rows) -> None:
     assert best < first.val_mae
     pred, _ = predict(model, qm9, small_rows[1])
     # restored weights are the best epoch's
-    assert regression_metrics(pred, qm9.y[small_rows[1]])["mae"] == pytest.approx(best, rel=1e-4)
+    assert regression_report(pred, qm9.y[small_rows[1]])["mae"] == pytest.approx(best, rel=1e-4)
     h = result.history[-1]
     assert set(h.grad_norm) == set(h.weight_norm)
     assert {"embedding", "interactions_0", "interactions_1", "readout"} <= set(h.grad_norm)

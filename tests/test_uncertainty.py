@@ -3,9 +3,10 @@ import copy
 import pytest
 import torch
 
-from al.config import FitConfig, ModelConfig
 from al.models import build_model
+from al.models.config import ModelConfig
 from al.models.ensemble import EnsembleModel
+from al.training.config import FitConfig
 from al.uncertainty import UNCERTAINTIES, build_surrogate
 
 SMALL = ModelConfig(hidden=32, filter_groups=8, n_interactions=1, dropout=0.1)

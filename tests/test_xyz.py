@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from al.xyz import SUPPORTED, Molecule, XYZError, read_xyz, write_xyz
+from al.data.xyz import SUPPORTED, Molecule, XYZError, read_xyz, write_xyz
 
 WATER = """3
 water molecule

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from al.data.qm9 import ELEMENTS, MolecularData
+from al.data.elements import ELEMENTS
+from al.data.molecules import MolecularData
 
 #: Column of PyG's ``QM9.y`` holding H_ATOM, the atomization enthalpy at 298.15 K (eV).
 H_ATOM = 14

@@ -1,36 +1,16 @@
-"""Models: one registry, names written once."""
-
-from __future__ import annotations
-
-from typing import Any
-
-from torch import nn
+"""Models: SchNet and PaiNN on one base class, their registry, settings and checkpoints."""
 
 from al.models.base import AtomisticModel, MCDropout, set_mc_dropout
+from al.models.config import ModelConfig
 from al.models.painn import PaiNN
+from al.models.registry import MODELS, build_model, count_parameters
 from al.models.schnet import SchNet
-
-#: The registry: CLI choices, configs, factory and tests all read it.
-MODELS: dict[str, type[AtomisticModel]] = {"schnet": SchNet, "painn": PaiNN}
-
-
-def build_model(model: str | AtomisticModel, **kwargs: Any) -> AtomisticModel:
-    """A model from its registry name (with hyper-parameters) or the instance itself."""
-    if isinstance(model, nn.Module):
-        return model
-    if model not in MODELS:
-        raise ValueError(f"unknown model {model!r}; expected one of: {', '.join(MODELS)}")
-    return MODELS[model](**kwargs)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
 
 __all__ = [
     "MODELS",
     "AtomisticModel",
     "MCDropout",
+    "ModelConfig",
     "PaiNN",
     "SchNet",
     "build_model",

@@ -7,7 +7,8 @@ from typing import Any
 
 import torch
 
-from al.models import MODELS, AtomisticModel, build_model
+from al.models.base import AtomisticModel
+from al.models.registry import MODELS, build_model
 
 FORMAT = 1
 

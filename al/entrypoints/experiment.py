@@ -29,15 +29,28 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from mlflow.tracking import MlflowClient
 
-from al.config import CampaignConfig, ConfigError, build_config, read_yaml
-from al.tracking import KIND_EXPERIMENT, TAG_CELL, TAG_GRID, TAG_GRID_DIGEST, TAG_PARENT
+from al.config import ConfigError, build_config, read_yaml
+from al.loop.config import CampaignConfig
+from al.tracking.names import (
+    KIND_EXPERIMENT,
+    TAG_CELL,
+    TAG_GRID,
+    TAG_GRID_DIGEST,
+    TAG_GRID_PARENT_RUN,
+    TAG_KIND,
+    TAG_NOTE,
+    TAG_PARENT,
+    TAG_SEED,
+)
 
 log = logging.getLogger(__name__)
 
@@ -150,14 +163,21 @@ class CellState:
 class GridRunner:
     """Runs a grid's campaigns as subprocesses, ``workers`` at a time."""
 
-    def __init__(self, grid: Grid, workers: int = 1, threads: int = 0) -> None:
-        from mlflow.tracking import MlflowClient
-
+    def __init__(
+        self,
+        grid: Grid,
+        workers: int = 1,
+        threads: int = 0,
+        echo: Callable[[str], None] | None = None,
+    ) -> None:
+        """``echo`` receives a line per event for the user (the command line passes
+        ``click.echo``); None logs them instead."""
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.grid, self.workers = grid, workers
         self.threads = threads or max(1, (os.cpu_count() or 1) // workers)
         self.client = MlflowClient()
+        self.echo = echo or log.info
         self.experiment_id = ""
         self.parent_id = ""
 
@@ -172,8 +192,9 @@ class GridRunner:
         runs = self.client.search_runs(
             [self.experiment_id],
             filter_string=(
-                f"tags.`al.kind` = '{KIND_EXPERIMENT}' and tags.`{TAG_GRID}` = '{self.grid.name}'"
-                f" and tags.`{TAG_GRID_DIGEST}` = '{self.grid.digest()}'"
+                f"tags.`{TAG_KIND}` = '{KIND_EXPERIMENT}' and "
+                f"tags.`{TAG_GRID}` = '{self.grid.name}' and "
+                f"tags.`{TAG_GRID_DIGEST}` = '{self.grid.digest()}'"
             ),
             order_by=["attributes.start_time ASC"],
             max_results=1,
@@ -192,7 +213,7 @@ class GridRunner:
                 max_results=5000,
             )
             for run in runs:
-                cell, seed = run.data.tags.get(TAG_CELL), run.data.tags.get("al.seed")
+                cell, seed = run.data.tags.get(TAG_CELL), run.data.tags.get(TAG_SEED)
                 if cell is not None and seed is not None:
                     by_key.setdefault(f"{cell}/seed={seed}", []).append(run)
         out = []
@@ -220,10 +241,10 @@ class GridRunner:
                 self.experiment_id,
                 run_name=f"grid-{self.grid.name}",
                 tags={
-                    "al.kind": KIND_EXPERIMENT,
+                    TAG_KIND: KIND_EXPERIMENT,
                     TAG_GRID: self.grid.name,
                     TAG_GRID_DIGEST: self.grid.digest(),
-                    "mlflow.note.content": self.grid.description,
+                    TAG_NOTE: self.grid.description,
                 },
             )
             self.parent_id = run.info.run_id
@@ -247,14 +268,13 @@ class GridRunner:
         parent = self._ensure_parent()
         wrapper = os.environ.get("MLFLOW_RUN_ID")
         if wrapper and wrapper != parent:  # `mlflow run -e experiment` made a run: link it
-            self.client.set_tag(wrapper, "al.grid_parent_run", parent)
+            self.client.set_tag(wrapper, TAG_GRID_PARENT_RUN, parent)
         states = self.states()
         todo = [s for s in states if s.status != "done"]
-        print(
+        self.echo(
             f"grid {self.grid.name!r}: {len(states)} campaigns, {len(states) - len(todo)} "
             f"already finished, {len(todo)} to run with {self.workers} worker(s); "
-            f"experiment {self.grid.experiment_name!r}, parent run {parent}",
-            flush=True,
+            f"experiment {self.grid.experiment_name!r}, parent run {parent}"
         )
         log_dir = Path(log_dir or tempfile.mkdtemp(prefix="al-grid-"))
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -264,10 +284,9 @@ class GridRunner:
         def one(state: CellState) -> CellState:
             result = self._run_cell(state, log_dir)
             done_count[0] += 1
-            print(
+            self.echo(
                 f"[{done_count[0]}/{len(todo)}] {state.cell.key}: {result.status} "
-                f"(run {result.run_id}, {time.perf_counter() - t0:.0f} s since start)",
-                flush=True,
+                f"(run {result.run_id}, {time.perf_counter() - t0:.0f} s since start)"
             )
             return result
 
@@ -291,7 +310,7 @@ class GridRunner:
                 self.experiment_id,
                 run_name=f"{cell.name}-s{cell.seed}",
                 tags={TAG_PARENT: self.parent_id, TAG_GRID: self.grid.name,
-                      TAG_CELL: cell.name, "al.seed": str(cell.seed)},
+                      TAG_CELL: cell.name, TAG_SEED: str(cell.seed)},
             )  # fmt: skip
             run_id = run.info.run_id
             args = []
@@ -309,7 +328,7 @@ class GridRunner:
             rc = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
         if rc != 0:
             tail = out.read_text().strip().splitlines()[-3:]
-            print(f"{cell.key} failed (exit {rc}); log {out}: {' | '.join(tail)}", flush=True)
+            self.echo(f"{cell.key} failed (exit {rc}); log {out}: {' | '.join(tail)}")
             try:
                 status = self.client.get_run(run_id).info.status
                 if status == "RUNNING":

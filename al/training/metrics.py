@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor
 
+from al.data.molecules import MolecularData
+
 
 def _ranks(x: Tensor) -> Tensor:
     """Average ranks (ties share their mean rank), ``[n] -> [n]`` float64."""
@@ -48,12 +50,13 @@ def miscalibration_area(mean: Tensor, std: Tensor, target: Tensor, n_levels: int
 
 
 def regression_report(mean: Tensor, target: Tensor, std: Tensor | None = None) -> dict[str, float]:
-    """MAE, RMSE, max error and, with ``std``, NLL, Spearman(std, |err|), miscalibration."""
-    err = (mean.double() - target.double()).abs()
+    """MAE, RMSE, max absolute error (eV) of ``mean`` against ``target`` (both ``[n]``) and,
+    with ``std`` (``[n]``), NLL, Spearman(std, |err|), miscalibration."""
+    err = (mean.double() - target.double().to(mean.device)).abs()
     out = {
         "mae": float(err.mean()),
         "rmse": float(err.square().mean().sqrt()),
-        "max_ae": float(err.max()),
+        "max_ae": float(err.max()) if err.numel() else float("nan"),
     }
     if std is not None:
         out["nll"] = gaussian_nll(mean, std, target)
@@ -61,3 +64,14 @@ def regression_report(mean: Tensor, target: Tensor, std: Tensor | None = None) -
         out["miscalibration_area"] = miscalibration_area(mean, std, target)
         out["mean_std"] = float(std.double().mean())
     return out
+
+
+def baseline_mae(data: MolecularData, train_rows: Tensor, test_rows: Tensor) -> float:
+    """Test MAE of the per-element linear model fitted on ``train_rows`` (composition only).
+
+    Args:
+        data: the molecules; train_rows, test_rows: row indices ``[n_train]``, ``[n_test]``.
+    """
+    A, y = data.composition(train_rows), data.y[train_rows]
+    coef = torch.linalg.lstsq(A, y[:, None]).solution[:, 0]
+    return float((data.composition(test_rows) @ coef - data.y[test_rows]).abs().mean())

@@ -4,55 +4,17 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from al.config import FitConfig, ModelConfig
-from al.data.qm9 import MolecularData
-from al.models import AtomisticModel, build_model, set_mc_dropout
+from al.data.molecules import MolecularData
+from al.models import AtomisticModel, ModelConfig, build_model, set_mc_dropout
 from al.models.ensemble import EnsembleModel
-from al.train import EpochStats, FitResult, fit, predict
-
-
-@dataclass
-class Prediction:
-    """A surrogate's prediction for ``n`` molecules.
-
-    Attributes:
-        mean: predicted energy in eV, ``[n]`` (float64).
-        std: predictive standard deviation in eV, ``[n]``, or None.
-        embedding: molecule embeddings, ``[n, F]`` (float32), or None.
-        members: per-member (ensemble) or per-pass (MC dropout) energies, ``[K, n]``, or None.
-        fidelity_members: a multi-fidelity surrogate's energies at every fidelity (lowest
-            first), ``[K, n, D]``, or None; ``mean``, ``std`` and ``members`` are then those
-            of the highest fidelity (the last column).
-    """
-
-    mean: Tensor
-    std: Tensor | None = None
-    embedding: Tensor | None = None
-    members: Tensor | None = None
-    fidelity_members: Tensor | None = None
-
-    @classmethod
-    def from_samples(cls, samples: Tensor, embedding: Tensor | None) -> Prediction:
-        """From member or pass energies ``[K, n]`` or, multi-fidelity, ``[K, n, D]``."""
-        high = samples[..., -1] if samples.dim() == 3 else samples
-        return cls(
-            mean=high.mean(0), std=high.std(0), embedding=embedding, members=high,
-            fidelity_members=samples if samples.dim() == 3 else None,
-        )  # fmt: skip
-
-    def provides(self) -> frozenset[str]:
-        """Names of the fields that are present: subset of mean, std, embedding, members."""
-        names = ("mean", "std", "embedding", "members", "fidelity_members")
-        return frozenset(n for n in names if getattr(self, n) is not None)
-
-    def __len__(self) -> int:
-        return int(self.mean.shape[0])
+from al.training.config import FitConfig
+from al.training.fit import EpochStats, FitResult, fit, predict
+from al.uncertainty.prediction import Prediction
 
 
 class Surrogate:
@@ -95,6 +57,18 @@ class Surrogate:
     def checkpoint_meta(self) -> dict[str, Any]:
         return {"uncertainty": self.name, "n_outputs": self.n_outputs}
 
+    @classmethod
+    def build(
+        cls,
+        model_config: ModelConfig,
+        fit_config: FitConfig,
+        device: torch.device,
+        **settings: Any,
+    ) -> Surrogate:  # pragma: no cover - abstract
+        """The surrogate from the campaign's settings (``ensemble_size``, ``bootstrap``,
+        ``mc_samples``); each method takes the ones it uses."""
+        raise NotImplementedError
+
     def _new_model(self, seed: int) -> AtomisticModel:
         torch.manual_seed(seed)
         cfg = self.model_config
@@ -124,6 +98,17 @@ class EnsembleSurrogate(Surrogate):
         if size < 2:
             raise ValueError(f"an ensemble needs at least 2 members for a spread, got {size}")
         self.size, self.bootstrap = size, bootstrap
+
+    @classmethod
+    def build(
+        cls,
+        model_config: ModelConfig,
+        fit_config: FitConfig,
+        device: torch.device,
+        **settings: Any,
+    ) -> EnsembleSurrogate:
+        return cls(model_config, fit_config, device, settings.get("ensemble_size", 5),
+                   settings.get("bootstrap", False))  # fmt: skip
 
     def fit(
         self,
@@ -182,6 +167,16 @@ class MCDropoutSurrogate(Surrogate):
         super().__init__(model_config, fit_config, device)
         self.samples = samples
 
+    @classmethod
+    def build(
+        cls,
+        model_config: ModelConfig,
+        fit_config: FitConfig,
+        device: torch.device,
+        **settings: Any,
+    ) -> MCDropoutSurrogate:
+        return cls(model_config, fit_config, device, settings.get("mc_samples", 20))
+
     def fit(
         self,
         data: MolecularData,
@@ -216,38 +211,3 @@ class MCDropoutSurrogate(Surrogate):
 
     def checkpoint_meta(self) -> dict[str, Any]:
         return {**super().checkpoint_meta(), "mc_samples": self.samples}
-
-
-#: The registry of uncertainty methods (CLI choices, strategies and tests read it).
-UNCERTAINTIES: dict[str, type[Surrogate]] = {
-    "ensemble": EnsembleSurrogate,
-    "mc_dropout": MCDropoutSurrogate,
-}
-
-
-def build_surrogate(
-    name: str,
-    model_config: ModelConfig,
-    fit_config: FitConfig,
-    device: torch.device,
-    *,
-    ensemble_size: int = 5,
-    bootstrap: bool = False,
-    mc_samples: int = 20,
-    n_outputs: int = 1,
-) -> Surrogate:
-    """A surrogate from its registry name; unknown names list the valid ones.
-
-    ``n_outputs > 1`` makes it multi-fidelity: one shared trunk, one output per fidelity.
-    """
-    surrogate: Surrogate
-    if name == "ensemble":
-        surrogate = EnsembleSurrogate(model_config, fit_config, device, ensemble_size, bootstrap)
-    elif name == "mc_dropout":
-        surrogate = MCDropoutSurrogate(model_config, fit_config, device, mc_samples)
-    else:
-        raise ValueError(
-            f"unknown uncertainty {name!r}; expected one of: {', '.join(UNCERTAINTIES)}"
-        )
-    surrogate.n_outputs = n_outputs
-    return surrogate

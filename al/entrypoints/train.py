@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -10,43 +12,39 @@ import pandas as pd
 import torch
 
 from al import plots, tracking
-from al.config import DataConfig, FitConfig, ModelConfig, TrainRunConfig, subset, to_dict
-from al.data.qm9 import MolecularData, load_qm9, qm9pack_data_dir
-from al.data.splits import SplitConfig, Splits, make_splits
-from al.models import build_model, count_parameters
+from al.config import option, subset, to_dict
+from al.data.config import DataConfig
+from al.data.load import load_data
+from al.data.qm9pack import qm9pack_data_dir
+from al.models import ModelConfig, build_model, count_parameters
 from al.models.checkpoint import save_checkpoint
-from al.pyfunc import log_pyfunc_model
 from al.tracking import Artifacts, Metrics
-from al.train import fit, predict, regression_metrics, resolve_device, seed_everything
+from al.tracking.pyfunc import log_pyfunc_model
+from al.training.config import FitConfig
+from al.training.fit import fit, predict, resolve_device, seed_everything
+from al.training.metrics import baseline_mae, regression_report
 
 log = logging.getLogger(__name__)
 
 
-def load_data(config: DataConfig) -> tuple[MolecularData, Splits]:
-    """The molecules and the fixed split named by ``config``."""
-    data = load_qm9(config.source, config.data_root or None)
-    splits = make_splits(
-        data.qm9_index.numpy(), SplitConfig(config.split_seed, config.n_test, config.n_oracle)
+@dataclass
+class TrainRunConfig(ModelConfig, FitConfig, DataConfig):
+    """The ``train`` entry point: fit one model on random pool molecules."""
+
+    train_size: int = option(1000, "labelled pool molecules (train + validation)", min=2)
+    profile: bool = option(False, "write a torch.profiler trace of a few steps")
+    experiment_name: str = option("al", "MLflow experiment (when not set by mlflow run)")
+    surrogate_config: str = option(
+        "", "YAML of model and fit settings (e.g. runs:/<id>/best_params.yaml), below config"
     )
-    return data, splits
 
 
-def baseline_mae(data: MolecularData, train_rows: torch.Tensor, test_rows: torch.Tensor) -> float:
-    """Test MAE of the per-element linear model fitted on ``train_rows`` (composition only)."""
-    A, y = data.composition(train_rows), data.y[train_rows]
-    coef = torch.linalg.lstsq(A, y[:, None]).solution[:, 0]
-    return float((data.composition(test_rows) @ coef - data.y[test_rows]).abs().mean())
+def run_train(config: TrainRunConfig, echo: Callable[[str], None] | None = None) -> str:
+    """Fit one model on ``train_size`` random pool molecules; returns the MLflow run id.
 
-
-def _set_experiment(name: str) -> None:
-    import os
-
-    if not os.environ.get("MLFLOW_RUN_ID") and not os.environ.get("MLFLOW_EXPERIMENT_ID"):
-        mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or name)
-
-
-def run_train(config: TrainRunConfig) -> str:
-    """Fit one model on ``train_size`` random pool molecules; returns the MLflow run id."""
+    ``echo`` receives the one-line summary for the user (the command line passes
+    ``click.echo``).
+    """
     seed_everything(config.seed)
     device = resolve_device(config.device)
     data, splits = load_data(subset(DataConfig, config))
@@ -61,7 +59,7 @@ def run_train(config: TrainRunConfig) -> str:
         n_val = max(1, n_val)
     val_rows, train_rows = chosen[:n_val], chosen[n_val:]
 
-    _set_experiment(config.experiment_name)
+    tracking.set_experiment(config.experiment_name)
     with mlflow.start_run() as run:
         run_id = run.info.run_id
         mlflow.set_tags(
@@ -122,7 +120,7 @@ def run_train(config: TrainRunConfig) -> str:
 
             pred, _ = predict(model, data, test, amp=config.amp)
             target = data.y[test]
-            test_metrics = regression_metrics(pred, target)
+            test_metrics = regression_report(pred, target)
             base = baseline_mae(data, train_rows, test)
             tracking.log_metrics(
                 {
@@ -169,68 +167,10 @@ def run_train(config: TrainRunConfig) -> str:
             len(result.history),
             result.seconds,
         )
-        print(
-            f"test MAE {test_metrics['mae']:.4f} eV (per-element linear baseline {base:.4f} eV) "
-            f"after {len(result.history)} epochs; run {run_id}; model {info.model_uri}"
-        )
+        if echo is not None:
+            echo(
+                f"test MAE {test_metrics['mae']:.4f} eV (per-element linear baseline "
+                f"{base:.4f} eV) after {len(result.history)} epochs; run {run_id}; "
+                f"model {info.model_uri}"
+            )
     return run_id
-
-
-def split_table(splits: Splits) -> pd.DataFrame:
-    """One row per molecule: ``qm9_index, split``."""
-    parts = [
-        pd.DataFrame({"qm9_index": getattr(splits, s), "split": s})
-        for s in ("test", "oracle", "pool")
-    ]
-    return pd.concat(parts).sort_values("qm9_index").reset_index(drop=True)
-
-
-def run_label(
-    oracle_spec: str,
-    input_csv: str | Path,
-    output: str | Path | None = None,
-    cost: float | None = None,
-    experiment_name: str = "al",
-) -> str:
-    """Label the ``qm9_index`` column of ``input_csv`` with an oracle; log it as a run.
-
-    Every requested molecule gets a row (failures with their status). Returns the run id.
-    """
-    from al.oracles import build_oracle
-
-    path = Path(input_csv)
-    if not path.is_file():
-        raise FileNotFoundError(f"input file {str(path)!r} does not exist")
-    table = pd.read_csv(path)
-    if "qm9_index" not in table.columns:
-        raise ValueError(
-            f"{path}: no 'qm9_index' column; expected a CSV with a qm9_index column "
-            f"(found: {', '.join(map(str, table.columns)) or 'no columns'})"
-        )
-    index = pd.to_numeric(table["qm9_index"], errors="coerce")
-    if index.isna().any() or (index % 1 != 0).any():
-        line = int(index.isna().idxmax() if index.isna().any() else (index % 1 != 0).idxmax()) + 2
-        raise ValueError(f"{path}:{line}: qm9_index must be an integer")
-    data = load_qm9()
-    oracle = build_oracle(oracle_spec, data=data, cost=cost)
-    result = oracle.label(index.to_numpy().astype("int64"))
-    frame = result.to_frame()
-    _set_experiment(experiment_name)
-    with mlflow.start_run() as run:
-        mlflow.set_tags({tracking.TAG_KIND: "label", tracking.TAG_ORACLE: oracle.name})
-        described = {f"oracle.{k}": v for k, v in oracle.describe().items()}
-        tracking.log_params(
-            {"oracle": oracle.name, "input": str(path), "n_requested": len(frame), **described}
-        )
-        tracking.log_metrics(
-            {"cost_spent": float(frame["cost"].sum()), "n_ok": int(result.ok.sum()),
-             "n_failed": int((~result.ok).sum())}, step=0,
-        )  # fmt: skip
-        tracking.log_text_artifact(frame.to_csv(index=False), "labels.csv")
-    if output:
-        frame.to_csv(output, index=False)
-    print(
-        f"labelled {int(result.ok.sum())} of {len(frame)} molecules with {oracle.name} "
-        f"(cost {frame['cost'].sum():g}); run {run.info.run_id}"
-    )
-    return run.info.run_id

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from al.config import FitConfig
-from al.data.qm9 import MolecularData
+from al.data.molecules import MolecularData
 from al.models.base import AtomisticModel
 from al.models.ensemble import EnsembleModel
+from al.training.config import FitConfig
 
 log = logging.getLogger(__name__)
 
@@ -154,16 +154,6 @@ def _val_target(y: Tensor) -> tuple[Tensor, Tensor] | None:
         y = y[:, -1]
     present = torch.isfinite(y)
     return (y, present) if bool(present.any()) else None
-
-
-def regression_metrics(pred: Tensor, target: Tensor) -> dict[str, float]:
-    """MAE, RMSE and max absolute error in eV."""
-    err = (pred.double() - target.double().to(pred.device)).abs()
-    return {
-        "mae": float(err.mean()),
-        "rmse": float(err.square().mean().sqrt()),
-        "max_ae": float(err.max()) if err.numel() else float("nan"),
-    }
 
 
 def fit(

@@ -27,11 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
+from al.data.elements import ELEMENTS, SYMBOLS
+
 __all__ = ["SUPPORTED", "Molecule", "XYZError", "read_xyz", "write_xyz"]
 
-#: Supported elements: symbol -> atomic number.
-SUPPORTED: dict[str, int] = {"H": 1, "C": 6, "N": 7, "O": 8, "F": 9}
-_SYMBOL_OF: dict[int, str] = {v: k for k, v in SUPPORTED.items()}
+#: The elements a model can take (QM9's): the element table of :mod:`al.data.elements`.
+SUPPORTED: dict[str, int] = ELEMENTS
+_SYMBOL_OF: dict[int, str] = SYMBOLS
 _SUPPORTED_LIST = ", ".join(SUPPORTED)
 
 # Every element symbol, index = atomic number; only used to word error messages.

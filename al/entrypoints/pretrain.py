@@ -16,12 +16,11 @@ oracle in :mod:`al.oracles`).
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import platform
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -29,22 +28,25 @@ from typing import Any
 import numpy as np
 import torch
 
-from al.config import (
-    ConfigError,
-    DataConfig,
-    FitConfig,
-    ModelConfig,
-    _opt,
-    build_config,
-    subset,
-    to_dict,
-)
+from al import plots, tracking
+from al.config import ConfigError, build_config, option, subset, to_dict
+from al.data.config import DataConfig
+from al.data.load import load_data
+from al.data.qm9pack import qm9pack_data_dir
+from al.models import ModelConfig, build_model, count_parameters
+from al.models.checkpoint import save_checkpoint
+from al.tracking import Artifacts, Metrics
+from al.tracking.names import KIND_PRETRAIN, TAG_FIDELITY
+from al.tracking.pyfunc import log_pyfunc_model
+from al.tracking.registry import file_sha256, register_oracle
+from al.tracking.runs import set_experiment
+from al.training.config import FitConfig
+from al.training.fit import fit, predict, resolve_device, seed_everything
+from al.training.metrics import baseline_mae, regression_report
 
 log = logging.getLogger(__name__)
 
 FIDELITIES = ("lofi", "hifi")
-KIND_PRETRAIN = "pretrain"
-TAG_FIDELITY = "al.fidelity"
 #: Artifact of the pretrain run: every oracle-split molecule used, ``qm9_index, role``.
 TRAIN_INDEX_ARTIFACT = "train_qm9_index.csv"
 #: File names of an export (the shipped oracle is ``al/data/pretrained/<these>``).
@@ -90,11 +92,11 @@ class PretrainConfig(ModelConfig, FitConfig, DataConfig):
     applied below the explicit keys; constructed directly, the field defaults apply.
     """
 
-    fidelity: str = _opt("lofi", "preset of model size and budget", choices=FIDELITIES)
-    train_size: int = _opt(1000, "oracle-split molecules drawn (train + validation)", min=2)
-    register_as: str = _opt("qm9-oracle", "registered model name ('' = do not register)")
-    experiment_name: str = _opt("al-oracles", "MLflow experiment (when not set by mlflow run)")
-    export: str = _opt("", "folder to write qm9_oracle.pt + qm9_oracle.json into ('' = none)")
+    fidelity: str = option("lofi", "preset of model size and budget", choices=FIDELITIES)
+    train_size: int = option(1000, "oracle-split molecules drawn (train + validation)", min=2)
+    register_as: str = option("qm9-oracle", "registered model name ('' = do not register)")
+    experiment_name: str = option("al-oracles", "MLflow experiment (when not set by mlflow run)")
+    export: str = option("", "folder to write qm9_oracle.pt + qm9_oracle.json into ('' = none)")
 
 
 def resolve_pretrain_config(values: Mapping[str, Any]) -> PretrainConfig:
@@ -128,15 +130,6 @@ def reproduce_command(config: PretrainConfig) -> str:
         text = str(value).lower() if isinstance(value, bool) else str(value)
         parts += [f"--{f.name.replace('_', '-')}", text]
     return " ".join(parts)
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def draw_oracle_rows(
@@ -190,18 +183,11 @@ class PretrainResult:
     export: Path | None = None
 
 
-def run_pretrain(config: PretrainConfig) -> PretrainResult:
+def run_pretrain(
+    config: PretrainConfig, echo: Callable[[str], None] | None = None
+) -> PretrainResult:
     """Train an oracle model on the oracle split, log, register and optionally export it."""
     import mlflow
-
-    from al import plots, tracking
-    from al.data.qm9 import qm9pack_data_dir
-    from al.models import build_model, count_parameters
-    from al.models.checkpoint import save_checkpoint
-    from al.pyfunc import log_pyfunc_model
-    from al.tracking import Artifacts, Metrics
-    from al.train import fit, predict, regression_metrics, resolve_device, seed_everything
-    from al.workflows import _set_experiment, baseline_mae, load_data
 
     seed_everything(config.seed)
     device = resolve_device(config.device)
@@ -214,7 +200,7 @@ def run_pretrain(config: PretrainConfig) -> PretrainResult:
     resolved = to_dict(config)
     command = reproduce_command(config)
 
-    _set_experiment(config.experiment_name)
+    set_experiment(config.experiment_name)
     with mlflow.start_run() as run:
         run_id = run.info.run_id
         mlflow.set_tags(
@@ -274,7 +260,7 @@ def run_pretrain(config: PretrainConfig) -> PretrainResult:
         if pred.dim() > 1:  # a multi-output model: its last (highest) fidelity
             pred = pred[..., -1]
         target = data.y[test]
-        test_metrics = regression_metrics(pred, target)
+        test_metrics = regression_report(pred, target)
         base = baseline_mae(data, train_rows, test)
         tracking.log_metrics(
             {
@@ -312,9 +298,9 @@ def run_pretrain(config: PretrainConfig) -> PretrainResult:
         }
         with tracking.tmpdir() as tmp:
             ckpt = save_checkpoint([model], Path(tmp) / EXPORT_CHECKPOINT, meta=meta)
-            sha = sha256_file(ckpt)
+            sha = file_sha256(ckpt)
             info = log_pyfunc_model(ckpt, Artifacts.MODEL_NAME)
-            mlflow.set_tags({tracking.TAG_MODEL_URI: info.model_uri, "al.sha256": sha})
+            mlflow.set_tags({tracking.TAG_MODEL_URI: info.model_uri, tracking.TAG_SHA256: sha})
             registered_uri, version = "", ""
             if config.register_as:
                 registered_uri, version = register_oracle(
@@ -330,7 +316,7 @@ def run_pretrain(config: PretrainConfig) -> PretrainResult:
                         "run_id": run_id,
                     },
                 )
-                mlflow.set_tag("al.registered_model", registered_uri)
+                mlflow.set_tag(tracking.TAG_REGISTERED_MODEL, registered_uri)
             exported = None
             if config.export:
                 exported = export_checkpoint(
@@ -370,32 +356,17 @@ def run_pretrain(config: PretrainConfig) -> PretrainResult:
         result.seconds,
         registered_uri or "-",
     )
-    print(
-        f"{config.fidelity} oracle: test MAE {test_metrics['mae']:.4f} eV (per-element linear "
-        f"baseline {base:.4f} eV), {train_rows.numel()} oracle-split molecules, "
-        f"{len(result.history)} epochs in {result.seconds:.0f} s; run {run_id}; "
-        f"model {registered_uri or info.model_uri}"
-        + (f"; exported to {exported}" if exported else "")
-    )
+    if echo is not None:
+        echo(
+            f"{config.fidelity} oracle: test MAE {test_metrics['mae']:.4f} eV (per-element linear "
+            f"baseline {base:.4f} eV), {train_rows.numel()} oracle-split molecules, "
+            f"{len(result.history)} epochs in {result.seconds:.0f} s; run {run_id}; "
+            f"model {registered_uri or info.model_uri}"
+            + (f"; exported to {exported}" if exported else "")
+        )
     return PretrainResult(
         run_id, info.model_uri, registered_uri, version, test_metrics["mae"], exported
     )
-
-
-def register_oracle(
-    model_uri: str, name: str, alias: str, tags: Mapping[str, str]
-) -> tuple[str, str]:
-    """Register ``model_uri`` as a new version of ``name`` with ``tags``; point ``alias`` at it.
-
-    Returns ``("models:/<name>@<alias>", version)``.
-    """
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    mv = mlflow.register_model(model_uri, name, tags=dict(tags))
-    MlflowClient().set_registered_model_alias(name, alias, mv.version)
-    log.info("event=oracle_registered name=%s version=%s alias=%s", name, mv.version, alias)
-    return f"models:/{name}@{alias}", str(mv.version)
 
 
 def export_checkpoint(checkpoint: str | Path, folder: str | Path, provenance: dict) -> Path:
@@ -414,7 +385,7 @@ def export_checkpoint(checkpoint: str | Path, folder: str | Path, provenance: di
     shutil.copyfile(checkpoint, dst)
     record = {
         "file": EXPORT_CHECKPOINT,
-        "sha256": sha256_file(dst),
+        "sha256": file_sha256(dst),
         "size_bytes": dst.stat().st_size,
         **provenance,
         "reproduce": (

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from al.uncertainty import Prediction
+from al.uncertainty.prediction import Prediction
 
 #: Observation noise floor in eV^2 added to every fidelity's variance (numerical safety:
 #: a member spread of zero must not divide by zero).

@@ -7,7 +7,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -18,18 +18,18 @@ import torch
 from torch import Tensor
 
 from al import plots, tracking
-from al.acquisition import ACQUISITIONS, select
-from al.config import CampaignConfig, DataConfig, ModelConfig, subset, to_dict
-from al.data.qm9 import MolecularData
+from al.acquisition.functions import ACQUISITIONS, select
+from al.data.molecules import MolecularData
 from al.data.splits import Splits
-from al.metrics import regression_report
+from al.loop.config import CampaignConfig
+from al.loop.ledger import Labelled
+from al.loop.stopping import CampaignProgress, StoppingRule, first_reason
 from al.models.checkpoint import load_checkpoint, save_checkpoint
 from al.oracles import Oracle
-from al.pyfunc import log_pyfunc_model
-from al.stopping import CampaignProgress, StoppingRule, first_reason
 from al.tracking import CampaignMetrics as CM  # noqa: N817 - used in every metric key
 from al.tracking import CampaignRun
-from al.train import seed_everything
+from al.tracking.pyfunc import log_pyfunc_model
+from al.training.metrics import regression_report
 from al.uncertainty import Prediction, Surrogate
 
 log = logging.getLogger(__name__)
@@ -41,35 +41,6 @@ def round_generator(seed: int, round_: int, purpose: str) -> torch.Generator:
     same subsample and makes the same choices as the interrupted one would have."""
     digest = hashlib.sha256(f"{seed}/{round_}/{purpose}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") % 2**63)
-
-
-@dataclass
-class Labelled:
-    """Every label asked for so far: one row per request, failures included."""
-
-    table: pd.DataFrame
-
-    @classmethod
-    def empty(cls) -> Labelled:
-        return cls(pd.DataFrame(columns=list(tracking.QUERIED_COLUMNS)))
-
-    def add(self, frame: pd.DataFrame) -> None:
-        frames = [f for f in (self.table, frame) if len(f)]
-        self.table = pd.concat(frames, ignore_index=True) if frames else frame
-
-    @property
-    def ok(self) -> pd.DataFrame:
-        return self.table[self.table["status"] == "ok"]
-
-    @property
-    def cost_spent(self) -> float:
-        return float(self.table["cost"].sum()) if len(self.table) else 0.0
-
-    def digest(self) -> str:
-        """Data version of the labelled set (which molecules, which labels)."""
-        ok = self.ok.sort_values("qm9_index")
-        payload = ok[["qm9_index", "label"]].to_csv(index=False).encode()
-        return hashlib.sha256(payload).hexdigest()[:16]
 
 
 class Campaign:
@@ -217,7 +188,7 @@ class Campaign:
 
     def choose_pairs(self, round_: int, candidates: Tensor, pred: Prediction) -> pd.DataFrame:
         """Multi-fidelity: (molecule, fidelity) pairs within the round's cost."""
-        from al.multifidelity import select_pairs
+        from al.acquisition.multifidelity import select_pairs
 
         cfg = self.config
         budget = cfg.round_cost or cfg.batch_size * float(self.costs[-1])
@@ -378,7 +349,9 @@ class Campaign:
         """Into the active child run: curves, parity, std vs error, checkpoint, model."""
         target = self.data.y[self.test].numpy()
         tracking.log_figure(plots.training_curves(history), tracking.Artifacts.CURVES)
-        figs = campaign_figures(self.mae_history_with(pred), pred, target, round_)
+        figs = plots.campaign_figures(
+            self.mae_history_with(pred), pred.mean.numpy(), _numpy(pred.std), target, round_
+        )
         for fig, path in zip(figs, tracking.CAMPAIGN_PLOTS, strict=True):
             tracking.log_figure(fig, path)
         with tempfile.TemporaryDirectory(prefix="al-") as tmp:
@@ -437,143 +410,5 @@ class Campaign:
         return last, True
 
 
-def campaign_figures(
-    curve: list[tuple[int, float]], pred: Prediction, target: np.ndarray, round_: int
-) -> list:
-    """Learning curve, parity and std-vs-error figures."""
-    import matplotlib.pyplot as plt
-
-    fig1, ax = plt.subplots(figsize=(5, 3.6), dpi=100)
-    if curve:
-        n, mae = zip(*curve, strict=True)
-        ax.plot(n, mae, "o-")
-    ax.set_xlabel("labelled molecules")
-    ax.set_ylabel("test MAE (eV)")
-    ax.set_yscale("log")
-    ax.set_title(f"learning curve (round {round_})")
-    fig1.tight_layout()
-    mean = pred.mean.numpy()
-    fig2 = plots.parity(mean, target, f"round {round_}")
-    fig3, ax = plt.subplots(figsize=(4.5, 4), dpi=100)
-    if pred.std is not None:
-        ax.scatter(pred.std.numpy(), np.abs(mean - target), s=3, alpha=0.4, lw=0)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-    ax.set_xlabel("predicted std (eV)")
-    ax.set_ylabel("|error| (eV)")
-    fig3.tight_layout()
-    return [fig1, fig2, fig3]
-
-
-def run_campaign(config: CampaignConfig) -> str:
-    """Build the collaborators from ``config`` and run the campaign; returns the run id."""
-    from al.oracles import build_oracle
-    from al.stopping import build_rules
-    from al.strategies import resolve_strategy
-    from al.train import resolve_device
-    from al.uncertainty import build_surrogate
-    from al.workflows import load_data
-
-    strategy = resolve_strategy(config.strategy, config.uncertainty, config.acquisition)
-    if strategy.acquisition not in ACQUISITIONS:
-        raise ValueError(
-            f"unknown acquisition {strategy.acquisition!r}; expected one of: "
-            f"{', '.join(ACQUISITIONS)}"
-        )
-    if strategy.uncertainty == "mc_dropout" and config.dropout == 0:
-        config = replace(config, dropout=0.1)
-        log.info("event=mc_dropout_default dropout=0.1")
-    fidelities = config.fidelities()
-    if len(fidelities) > 1 and strategy.scheme != "pool":
-        raise ValueError(
-            f"strategy {config.strategy!r} ({strategy.scheme} scheme) does not support several "
-            "oracles; use a pool strategy (e.g. ensemble or mc_dropout)"
-        )
-    seed_everything(config.seed)
-    device = resolve_device(config.device)
-    data, splits = load_data(subset(DataConfig, config))
-    surrogate = build_surrogate(
-        strategy.uncertainty, subset(ModelConfig, config), config.fit_config(), device,
-        ensemble_size=config.ensemble_size, bootstrap=config.bootstrap,
-        mc_samples=config.mc_samples, n_outputs=len(fidelities),
-    )  # fmt: skip
-    needs = ACQUISITIONS[strategy.acquisition].needs - {"labelled_embedding"}
-    if not needs <= surrogate.provides:
-        raise ValueError(
-            f"acquisition {strategy.acquisition!r} needs {sorted(needs)}, but uncertainty "
-            f"{strategy.uncertainty!r} provides {sorted(surrogate.provides)}"
-        )
-    oracles = [build_oracle(spec, data=data, cost=cost) for spec, cost in fidelities]
-    for oracle in oracles:  # a pretrained oracle warns if it may have seen test/pool molecules
-        check = getattr(oracle, "check_split", None)
-        if check is not None:
-            check(splits.digest())
-    acquisition = config.mf_acquisition if len(oracles) > 1 else strategy.acquisition
-    oracle_tag = ",".join(o.name for o in oracles)
-    rules = build_rules(
-        {key: getattr(config, key)
-         for key in ("rounds", "budget_labels", "budget_cost", "target_mae", "plateau_rounds")}
-    )  # fmt: skip
-    run = CampaignRun.start(config.experiment_name, config.resume)
-    try:
-        resolved = {
-            **to_dict(config), "resolved_uncertainty": strategy.uncertainty,
-            "resolved_acquisition": acquisition, "split_digest": splits.digest(),
-            "resolved_oracles": oracle_tag,
-            "resolved_costs": ",".join(f"{o.cost_per_label:g}" for o in oracles),
-            "device_resolved": str(device),
-        }  # fmt: skip
-        if not config.resume:
-            mlflow.set_tags({
-                tracking.TAG_KIND: tracking.KIND_CAMPAIGN, tracking.TAG_STRATEGY: config.strategy,
-                tracking.TAG_ORACLE: oracle_tag, tracking.TAG_SEED: str(config.seed),
-                tracking.TAG_UNCERTAINTY: strategy.uncertainty,
-                tracking.TAG_ACQUISITION: acquisition,
-                tracking.TAG_FIDELITIES: str(len(oracles)),
-                tracking.TAG_SPLIT_DIGEST: splits.digest(),
-            })  # fmt: skip
-            tracking.log_params({k: v for k, v in resolved.items() if k != "resume"})
-            tracking.log_dict_artifact(resolved, tracking.Artifacts.CONFIG)
-            tracking.log_text_artifact(splits.to_json(), tracking.Artifacts.SPLITS)
-        campaign = Campaign(
-            config,
-            data,
-            splits,
-            surrogate,
-            acquisition,
-            oracles,
-            rules,
-            run,
-            strategy.scheme,
-        )
-        reason = campaign.execute()
-        mlflow.set_tag(tracking.TAG_STOP_REASON, reason)
-        log_final_model(campaign)
-        log.info("event=campaign_done run_id=%s reason=%r", run.run_id, reason)
-        print(
-            f"campaign {run.run_id} stopped: {reason}; test MAE {campaign.mae_history[-1]:.4f} eV"
-        )
-    finally:
-        mlflow.end_run()
-    return run.run_id
-
-
-def log_final_model(campaign: Campaign) -> None:
-    """The final surrogate as the campaign's MLflow model, plus final plots."""
-    with tempfile.TemporaryDirectory(prefix="al-") as tmp:
-        ckpt = save_checkpoint(
-            campaign.surrogate.members(), Path(tmp) / "model.pt",
-            meta={**campaign.surrogate.checkpoint_meta(),
-                  "data_version": campaign.labelled.digest()},
-        )  # fmt: skip
-        info = log_pyfunc_model(ckpt, tracking.Artifacts.MODEL_NAME)
-        mlflow.set_tag(tracking.TAG_MODEL_URI, info.model_uri)
-        pred = campaign.surrogate.predict(campaign.data, campaign.test)
-        counts = campaign.labelled_counts_per_round()
-        curve = list(zip(counts, campaign.mae_history, strict=False))
-        target = campaign.data.y[campaign.test].numpy()
-        figs = campaign_figures(curve, pred, target, len(campaign.mae_history) - 1)
-        for fig, path in zip(figs, tracking.CAMPAIGN_PLOTS, strict=True):
-            tracking.log_figure(fig, path)
-        campaign.labelled.table.to_csv(Path(tmp) / "labelled.csv", index=False)
-        mlflow.log_artifact(str(Path(tmp) / "labelled.csv"))
+def _numpy(t: Tensor | None) -> np.ndarray | None:
+    return None if t is None else t.numpy()

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from al.uncertainty import Prediction
+from al.uncertainty.prediction import Prediction
 
 #: What a function may need: fields of :class:`Prediction` plus the labelled embeddings.
 KNOWN_NEEDS = frozenset({"mean", "std", "embedding", "members", "labelled_embedding"})

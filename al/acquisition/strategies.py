@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMES = ("pool", "stream")
-
 
 @dataclass(frozen=True)
 class Strategy:

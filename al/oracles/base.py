@@ -47,7 +47,8 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from al.data.qm9 import ELEMENTS, HARTREE_TO_EV, SYMBOLS, MolecularData
+from al.data.elements import ELEMENTS, HARTREE_TO_EV, SYMBOLS
+from al.data.molecules import MolecularData
 
 log = logging.getLogger(__name__)
 
@@ -474,7 +475,7 @@ class ModelOracle(Oracle):
         return self._model
 
     def _label_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        from al.pyfunc import molecules_frame
+        from al.data.molecules import molecules_frame
 
         model = self.load()
         value = np.full(rows.size, np.nan)
@@ -579,7 +580,7 @@ class PretrainedOracle(Oracle):
         batch_size: int = 1024,
     ) -> None:
         from al.models.checkpoint import load_checkpoint
-        from al.pretrain import sha256_file
+        from al.tracking.registry import file_sha256
 
         if register not in self.REGISTER_MODES:
             raise ValueError(f"register must be one of {self.REGISTER_MODES}, got {register!r}")
@@ -589,7 +590,7 @@ class PretrainedOracle(Oracle):
         if not self.path.is_file():
             raise OracleError(f"the pretrained oracle's checkpoint {self.path} does not exist")
         expected = str(self.provenance.get("sha256", ""))
-        actual = sha256_file(self.path)
+        actual = file_sha256(self.path)
         if actual != expected:
             raise OracleError(
                 f"the pretrained oracle's checkpoint {self.path} is corrupt: its sha256 "
@@ -638,7 +639,7 @@ class PretrainedOracle(Oracle):
     def _label_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
-        from al.train import predict
+        from al.training.fit import predict
 
         self._register_on_first_use()
         value = np.full(rows.size, np.nan)
@@ -712,7 +713,7 @@ class PretrainedOracle(Oracle):
         from mlflow.exceptions import MlflowException
 
         from al import tracking
-        from al.pretrain import KIND_PRETRAIN, TAG_FIDELITY
+        from al.tracking.names import KIND_PRETRAIN, TAG_FIDELITY
 
         exp = client.get_experiment_by_name(ORACLE_EXPERIMENT)
         if exp is None:
@@ -803,7 +804,8 @@ def _save_pyfunc_model(checkpoint: Path, dst: Path) -> None:
     import mlflow
 
     import al
-    from al.pyfunc import molecules_frame, pip_requirements
+    from al.data.molecules import molecules_frame
+    from al.tracking.pyfunc import pip_requirements
 
     methane = (
         [6, 1, 1, 1, 1],
@@ -971,7 +973,7 @@ class PyGSchNetOracle(Oracle):
 
     @staticmethod
     def default_root() -> Path:
-        from al.data.qm9 import cache_dir
+        from al.data.load import cache_dir
 
         return cache_dir() / "pyg_schnet"
 
@@ -1031,7 +1033,7 @@ class PyGSchNetOracle(Oracle):
     def _label_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
-        from al.data.qm9 import ATOM_REF_H298_HA
+        from al.data.elements import ATOM_REF_H298_HA
 
         net = self.load()
         ref = torch.zeros(int(max(ATOM_REF_H298_HA)) + 1, dtype=torch.float64)
@@ -1146,6 +1148,19 @@ def oracle_choices() -> list[str]:
     return [f"{k}:{c.argument}" if c.argument else k for k, c in ORACLES.items()]
 
 
+def oracle_spec_problem(spec: str) -> str | None:
+    """What is wrong with an oracle spec (one line), or None when it names an oracle."""
+    name, sep, arg = str(spec).strip().partition(":")
+    cls = ORACLES.get(name.strip().lower())
+    if cls is None:
+        return f"unknown oracle {spec!r}; expected one of: {', '.join(oracle_choices())}"
+    if cls.argument is None and sep:
+        return f"oracle {name!r} takes no argument, got {spec!r}"
+    if cls.argument is not None and not arg.strip():
+        return f"oracle {name!r} needs an argument: {name}:{cls.argument}"
+    return None
+
+
 def build_oracle(spec: str | Oracle, *, data: MolecularData, cost: float | None = None) -> Oracle:
     """An oracle from a spec (``dft``, ``xtb``, ``model:<uri>``) or an instance as it is.
 
@@ -1165,14 +1180,11 @@ def build_oracle(spec: str | Oracle, *, data: MolecularData, cost: float | None 
                 f"cost={cost} given with an oracle instance; set its cost_per_label instead"
             )
         return spec
-    name, sep, arg = str(spec).strip().partition(":")
-    cls = ORACLES.get(name.strip().lower())
-    if cls is None:
-        raise ValueError(f"unknown oracle {spec!r}; expected one of {', '.join(oracle_choices())}")
+    problem = oracle_spec_problem(spec)
+    if problem:
+        raise ValueError(problem)
+    name, _, arg = str(spec).strip().partition(":")
+    cls = ORACLES[name.strip().lower()]
     if cls.argument is None:
-        if sep:
-            raise ValueError(f"oracle {name!r} takes no argument, got {spec!r}")
         return cls(data, cost=cost)
-    if not arg.strip():
-        raise ValueError(f"oracle {name!r} needs an argument: {name}:{cls.argument}")
     return cls(data, arg.strip(), cost=cost)

@@ -1,0 +1,1 @@
+"""The active-learning loop: the campaign algorithm, its ledger, stopping rules, config."""

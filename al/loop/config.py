@@ -1,0 +1,129 @@
+"""The ``al_loop`` entry point's settings: one active-learning campaign."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import ClassVar
+
+from al.acquisition import ACQUISITIONS, MF_ACQUISITIONS, STRATEGIES
+from al.config import ConfigError, option
+from al.data.config import DataConfig
+from al.loop.stopping import STOPPING_RULES
+from al.models.config import ModelConfig
+from al.oracles import oracle_choices, oracle_spec_problem
+from al.training.config import FitConfig
+from al.uncertainty import UNCERTAINTIES
+
+
+def oracle_list_problem(value: str) -> str | None:
+    """The first unknown oracle of a comma-separated list, or None."""
+    for spec in (o.strip() for o in value.split(",") if o.strip()):
+        problem = oracle_spec_problem(spec)
+        if problem:
+            return problem
+    return None
+
+
+@dataclass
+class CampaignConfig(ModelConfig, FitConfig, DataConfig):
+    """The ``al_loop`` entry point: one active-learning campaign.
+
+    ``strategy`` names a preset (uncertainty method + acquisition function, see
+    :mod:`al.strategies`); ``uncertainty`` and ``acquisition`` override its parts.
+    """
+
+    strategy: str = option(
+        "ensemble", "preset: uncertainty method + acquisition", choices=tuple(STRATEGIES)
+    )
+    acquisition: str = option(
+        "", "acquisition function (overrides the strategy's)", choices=("", *ACQUISITIONS)
+    )
+    uncertainty: str = option(
+        "", "uncertainty method (overrides the strategy's)", choices=("", *UNCERTAINTIES)
+    )
+    oracle: str = option(
+        "dft", f"labeller: {', '.join(oracle_choices())}", check=oracle_spec_problem
+    )
+    oracle_cost: float = option(-1.0, "cost per label (-1: the oracle's default)")
+    oracles: str = option(
+        "", "several labellers, cheapest first, comma-separated (e.g. xtb,dft): multi-fidelity",
+        check=oracle_list_problem,
+    )  # fmt: skip
+    costs: str = option("", "cost per label of each of oracles, e.g. 0.01,1.0 (empty: defaults)")
+    mf_acquisition: str = option(
+        "variance_reduction", "multi-fidelity: how (molecule, fidelity) pairs are chosen",
+        choices=tuple(MF_ACQUISITIONS),
+    )  # fmt: skip
+    round_cost: float = option(
+        0.0, "multi-fidelity: cost per round (0 = batch_size x the last oracle's cost)", min=0.0
+    )
+    cheap_share: float = option(
+        0.5, "multi-fidelity cheap_first: share of a round's cost for the cheap oracle",
+        min=0.0, max=1.0,
+    )  # fmt: skip
+    initial_size: int = option(1000, "random labels in round 0", min=1)
+    batch_size: int = option(100, "labels asked for per round", min=1)
+    rounds: int = option(3, "acquisition rounds after round 0 (0 = no limit)", min=0)
+    budget_labels: int = option(0, "stop when this many labels are spent (0 = none)", min=0)
+    budget_cost: float = option(0.0, "stop when this much cost is spent (0 = none)", min=0.0)
+    target_mae: float = option(0.0, "stop when test MAE (eV) is at most this (0 = none)", min=0.0)
+    plateau_rounds: int = option(
+        0, "stop after this many rounds without improvement (0 = off)", min=0
+    )
+    epochs: int = option(40, "maximum epochs per round's fit", min=1)
+    patience: int = option(10, "early stopping: epochs without validation improvement", min=1)
+    ensemble_size: int = option(5, "deep-ensemble members", min=2)
+    bootstrap: bool = option(False, "Poisson bootstrap per ensemble member")
+    mc_samples: int = option(20, "MC-dropout passes", min=2)
+    pool_subsample: int = option(5000, "pool molecules scored per round (0 = whole pool)", min=0)
+    train_batch_size: int = option(64, "molecules per training batch", min=1)
+    stream_chunk: int = option(2000, "stream scheme: pool molecules arriving per round", min=1)
+    retrain_fraction: float = option(
+        0.2, "stream scheme: retrain once the labelled set grew by this fraction", min=0.0
+    )
+    resume: str = option("", "run id of a campaign to continue")
+    experiment_name: str = option("al", "MLflow experiment (when not set by mlflow run)")
+    surrogate_config: str = option(
+        "", "YAML of model and fit settings (e.g. runs:/<id>/best_params.yaml), below config"
+    )
+
+    #: Surrogate-config keys that have another name here (``batch_size`` counts labels).
+    SURROGATE_RENAMES: ClassVar[dict[str, str]] = {"batch_size": "train_batch_size"}
+
+    def fidelities(self) -> list[tuple[str, float | None]]:
+        """The labellers as ``(spec, cost or None for the default)``, cheapest first.
+
+        One entry unless ``oracles`` names several (a multi-fidelity campaign).
+        """
+        specs = [o.strip() for o in self.oracles.split(",") if o.strip()] if self.oracles else []
+        if not specs:
+            if self.costs:
+                raise ConfigError("config key 'costs' is given without 'oracles'")
+            return [(self.oracle, self.oracle_cost if self.oracle_cost >= 0 else None)]
+        if len(set(specs)) != len(specs):
+            raise ConfigError(f"config key 'oracles': {self.oracles!r} names an oracle twice")
+        if not self.costs:
+            return [(spec, None) for spec in specs]
+        try:
+            costs = [float(c) for c in self.costs.split(",")]
+        except ValueError:
+            raise ConfigError(
+                f"config key 'costs': {self.costs!r} is not a comma-separated list of numbers"
+            ) from None
+        if len(costs) != len(specs):
+            raise ConfigError(
+                f"config key 'costs': {len(costs)} cost(s) for {len(specs)} oracle(s) "
+                f"({self.oracles}); give one per oracle, in the same order"
+            )
+        if any(not c > 0 for c in costs):
+            raise ConfigError(f"config key 'costs': every cost must be > 0, got {self.costs!r}")
+        return list(zip(specs, costs, strict=True))
+
+    def fit_config(self) -> FitConfig:
+        values = {f.name: getattr(self, f.name) for f in fields(FitConfig)}
+        values["batch_size"] = self.train_batch_size
+        return FitConfig(**values)
+
+    def stopping_settings(self) -> dict[str, float]:
+        """The values of the stopping-rule keys (:data:`al.loop.stopping.STOPPING_RULES`)."""
+        return {key: getattr(self, key) for key in STOPPING_RULES}

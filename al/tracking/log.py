@@ -1,0 +1,135 @@
+"""Logging through the public MLflow API; metrics go in batches because each call over HTTP
+costs tens of milliseconds."""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+
+from al.tracking.names import Metrics
+
+log = logging.getLogger(__name__)
+
+
+def log_params(params: Mapping[str, Any], run_id: str | None = None) -> None:
+    """Log params in batches, skipping keys the run already has (``mlflow run`` logs the
+    ``-P`` values itself, and MLflow refuses to change a param)."""
+    client = MlflowClient()
+    run_id = run_id or _active_run_id()
+    existing = client.get_run(run_id).data.params
+    items = [Param(k, _param_str(v)) for k, v in params.items() if k not in existing]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i : i + 100], synchronous=True)
+
+
+def _param_str(v: Any) -> str:
+    s = str(v)
+    return s if len(s) <= 6000 else s[:5997] + "..."
+
+
+def log_metrics(
+    metrics: Mapping[str, float], step: int, run_id: str | None = None, timestamp: int | None = None
+) -> None:
+    """Log finite metrics at ``step`` in one batch (non-finite values are skipped)."""
+    ts = timestamp or int(time.time() * 1000)
+    items = [
+        Metric(k, float(v), ts, int(step))
+        for k, v in metrics.items()
+        if v is not None and math.isfinite(float(v))
+    ]
+    client = MlflowClient()
+    run_id = run_id or _active_run_id()
+    for i in range(0, len(items), 500):
+        client.log_batch(run_id, metrics=items[i : i + 500], synchronous=True)
+
+
+def epoch_metrics(stats: Any) -> dict[str, float]:
+    """Flatten :class:`al.train.EpochStats` into metric keys."""
+    out = {
+        Metrics.TRAIN_LOSS: stats.train_loss,
+        Metrics.VAL_MAE: stats.val_mae,
+        Metrics.LR: stats.lr,
+        Metrics.THROUGHPUT: stats.mol_per_s,
+        Metrics.DATA_TIME: stats.data_s,
+        Metrics.COMPUTE_TIME: stats.compute_s,
+    }
+    out.update({Metrics.weight_norm(k): v for k, v in stats.weight_norm.items()})
+    out.update({Metrics.grad_norm(k): v for k, v in stats.grad_norm.items()})
+    out.update({Metrics.act_norm(k): v for k, v in stats.act_norm.items()})
+    return out
+
+
+class EpochLogger:
+    """Collects epoch metrics and sends them in few HTTP calls (every ``every`` epochs)."""
+
+    def __init__(self, run_id: str, every: int = 10) -> None:
+        self.run_id, self.every = run_id, every
+        self.pending: list[Metric] = []
+        self.count = 0
+
+    def __call__(self, stats: Any) -> None:
+        ts = int(time.time() * 1000)
+        self.pending += [
+            Metric(k, float(v), ts, stats.epoch)
+            for k, v in epoch_metrics(stats).items()
+            if math.isfinite(float(v))
+        ]
+        self.count += 1
+        if self.count % self.every == 0:
+            self.flush()
+
+    def flush(self) -> None:
+        client = MlflowClient()
+        for i in range(0, len(self.pending), 1000):
+            client.log_batch(self.run_id, metrics=self.pending[i : i + 1000], synchronous=True)
+        self.pending = []
+
+
+def log_dict_artifact(obj: Mapping[str, Any], artifact_file: str) -> None:
+    mlflow.log_dict(dict(obj), artifact_file)
+
+
+def log_text_artifact(text: str, artifact_file: str) -> None:
+    mlflow.log_text(text, artifact_file)
+
+
+def log_dataset(
+    qm9_index: np.ndarray, target: np.ndarray, name: str, source: str, context: str
+) -> None:
+    """Record dataset lineage with ``mlflow.log_input`` (a table of QM9 indices and targets)."""
+    df = pd.DataFrame({"qm9_index": np.asarray(qm9_index), "target_ev": np.asarray(target)})
+    ds = mlflow.data.from_pandas(df, source=source, name=name, targets="target_ev")
+    mlflow.log_input(ds, context=context)
+
+
+def log_figure(fig: Any, artifact_file: str) -> None:
+    import matplotlib.pyplot as plt
+
+    mlflow.log_figure(fig, artifact_file)
+    plt.close(fig)
+
+
+def log_dir(local_dir: Path, artifact_path: str) -> None:
+    mlflow.log_artifacts(str(local_dir), artifact_path)
+
+
+def tmpdir() -> tempfile.TemporaryDirectory:
+    return tempfile.TemporaryDirectory(prefix="al-")
+
+
+def _active_run_id() -> str:
+    run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError("no active MLflow run")
+    return run.info.run_id

@@ -1,0 +1,164 @@
+"""Every MLflow name the project writes: tags, metric keys, artifact layout.
+
+Nothing else in the project spells a tag, a metric key or an artifact path.
+"""
+
+from __future__ import annotations
+
+# --- tags -------------------------------------------------------------------------------
+TAG_KIND = "al.kind"
+KIND_TRAIN = "train"
+KIND_CAMPAIGN = "campaign"
+KIND_REPORT = "report"
+TAG_MODEL = "al.model"
+TAG_SEED = "al.seed"
+TAG_SPLIT_DIGEST = "al.split_digest"
+TAG_MODEL_URI = "al.model_uri"
+
+
+# --- metric keys ------------------------------------------------------------------------
+class Metrics:
+    """Metric names, defined once."""
+
+    TRAIN_LOSS = "train_loss"
+    VAL_MAE = "val_mae"
+    LR = "lr"
+    THROUGHPUT = "train_mol_per_s"
+    DATA_TIME = "data_time_s"
+    COMPUTE_TIME = "compute_time_s"
+    TEST_MAE = "test_mae"
+    TEST_RMSE = "test_rmse"
+    TEST_MAX_AE = "test_max_ae"
+    BASELINE_TEST_MAE = "baseline_test_mae"
+    BEST_EPOCH = "best_epoch"
+    BEST_VAL_MAE = "best_val_mae"
+    FIT_SECONDS = "fit_seconds"
+    N_PARAMETERS = "n_parameters"
+
+    @staticmethod
+    def weight_norm(group: str) -> str:
+        return f"weight_norm.{group}"
+
+    @staticmethod
+    def grad_norm(group: str) -> str:
+        return f"grad_norm.{group}"
+
+    @staticmethod
+    def act_norm(block: str) -> str:
+        return f"act_norm.{block}"
+
+
+# --- artifact layout --------------------------------------------------------------------
+class Artifacts:
+    CONFIG = "config.yaml"
+    SPLITS = "splits/splits.json"
+    PARITY = "plots/parity.png"
+    CURVES = "plots/training_curves.png"
+    PREDICTIONS = "predictions/test.csv"
+    PROFILE_DIR = "profile"
+    MODEL_NAME = "model"
+
+
+# --- campaigns ----------------------------------------------------------------------------
+TAG_STRATEGY = "al.strategy"
+TAG_ORACLE = "al.oracle"
+TAG_UNCERTAINTY = "al.uncertainty"
+TAG_ACQUISITION = "al.acquisition"
+TAG_FIDELITIES = "al.fidelities"
+#: experiment grids (al.experiment) and their report (al.compare)
+KIND_EXPERIMENT = "experiment"
+TAG_GRID = "al.grid"
+TAG_GRID_DIGEST = "al.grid_digest"
+TAG_CELL = "al.cell"
+TAG_REPORT_OF = "al.report_of"
+TAG_PARENT = "mlflow.parentRunId"
+TAG_NOTE = "mlflow.note.content"
+TAG_GRID_PARENT_RUN = "al.grid_parent_run"
+TAG_ROUND = "al.round"
+TAG_COMPLETED_ROUND = "al.completed_round"
+TAG_STOP_REASON = "al.stop_reason"
+TAG_DATA_VERSION = "al.data_version"
+TAG_RESUMED_INTO = "al.resumed_into"
+KIND_ROUND = "round"
+
+
+class CampaignMetrics:
+    """Per-round metric names on the campaign run (``step = n_labelled``)."""
+
+    N_LABELLED = "n_labelled"
+    ROUND = "round"
+    COST_SPENT = "cost_spent"
+    N_REQUESTED = "n_requested"
+    N_FAILED = "n_failed"
+    POOL_SCORED = "pool_scored"
+    TEST_MAE = "test_mae"
+    TEST_RMSE = "test_rmse"
+    TEST_MAX_AE = "test_max_ae"
+    TEST_NLL = "test_nll"
+    TEST_SPEARMAN = "test_spearman_std_err"
+    TEST_MISCALIBRATION = "test_miscalibration_area"
+    TEST_MEAN_STD = "test_mean_std"
+    TIME_FIT = "time_fit_s"
+    TIME_SCORE = "time_score_s"
+    TIME_SELECT = "time_select_s"
+    TIME_LABEL = "time_label_s"
+    TIME_LOG = "time_log_s"
+    FIT_EPOCHS = "fit_epochs"
+    RETRAINED = "retrained"
+    TRAINED_ON = "trained_on_labels"
+
+    @staticmethod
+    def labels_from(oracle: str) -> str:
+        return f"n_labels.{oracle.replace(':', '_').replace('/', '_')}"
+
+
+QUERIED_COLUMNS = (
+    "qm9_index", "round", "oracle", "label", "status", "cost", "score", "pred_mean", "pred_std",
+)  # fmt: skip
+
+
+def queried_path(round_: int) -> str:
+    return f"rounds/round_{round_:03d}/queried.csv"
+
+
+ROUND_CHECKPOINT = "checkpoint/model.pt"
+CAMPAIGN_PLOTS = ("plots/learning_curve.png", "plots/parity.png", "plots/std_vs_error.png")
+
+# --- hyper-parameter optimisation -----------------------------------------------------------
+# One parent run per Optuna study (al.kind=hpo), one nested run per trial (al.kind=trial).
+KIND_HPO = "hpo"
+KIND_TRIAL = "trial"
+TAG_STUDY = "al.study"
+TAG_TRIAL_NUMBER = "optuna.trial_number"
+TAG_TRIAL_STATE = "al.trial_state"
+TAG_BEST_TRIAL = "al.best_trial"
+TRIAL_COMPLETE, TRIAL_PRUNED, TRIAL_FAILED = "complete", "pruned", "failed"
+#: The best trial's surrogate settings, keys that ``train`` and ``al_loop`` accept.
+BEST_PARAMS = "best_params.yaml"
+SEARCH_SPACE = "search_space.yaml"
+PLOT_OPTIMIZATION_HISTORY = "plots/optimization_history.png"
+PLOT_PARAM_IMPORTANCES = "plots/param_importances.png"
+NOTE_PARAM_IMPORTANCES = "plots/param_importances_skipped.txt"
+
+
+class HPOMetrics:
+    """Metric names of study (parent) runs; trial runs use :class:`Metrics`."""
+
+    BEST_VALUE = "best_val_mae"
+    N_COMPLETE = "n_complete"
+    N_PRUNED = "n_pruned"
+    N_FAILED = "n_failed"
+
+
+def trial_run_name(number: int) -> str:
+    return f"trial_{number:04d}"
+
+
+# --- pretraining (oracle models) -------------------------------------------------------------
+KIND_PRETRAIN = "pretrain"
+TAG_FIDELITY = "al.fidelity"
+TAG_SHA256 = "al.sha256"
+TAG_REGISTERED_MODEL = "al.registered_model"
+KIND_LABEL = "label"
+#: the MLflow experiment where oracle models are registered from
+ORACLE_EXPERIMENT = "al-oracles"

@@ -1,0 +1,128 @@
+"""The MLflow model: molecules in, energy mean and std (eV) out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+
+from al.data.molecules import molecules_frame
+from al.models.base import set_mc_dropout
+from al.models.checkpoint import load_checkpoint
+
+INPUT_COLUMNS = ("z", "pos")
+
+
+def predict_molecules(
+    models: list, frame: pd.DataFrame, mc_samples: int = 20, batch_size: int = 256
+) -> pd.DataFrame:
+    """Mean and std (eV) per molecule.
+
+    The std is the spread of an ensemble (several models), else of ``mc_samples`` MC-dropout
+    passes (a model with dropout), else NaN: a single deterministic model has no uncertainty.
+    A multi-fidelity model answers with its highest fidelity (its last output).
+    """
+    missing = [c for c in INPUT_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(
+            f"model input lacks column(s) {missing}; expected columns 'z' (atomic numbers) "
+            "and 'pos' (positions in Angstrom, n x 3)"
+        )
+    device = next(models[0].parameters()).device
+    means, stds = [], []
+    for start in range(0, len(frame), batch_size):
+        chunk = frame.iloc[start : start + batch_size]
+        zs = [torch.as_tensor(np.asarray(z, dtype=np.int64).reshape(-1)) for z in chunk["z"]]
+        ps = [torch.as_tensor(np.asarray(p, dtype=np.float32).reshape(-1, 3)) for p in chunk["pos"]]
+        for k, (z, p) in enumerate(zip(zs, ps, strict=True)):
+            if z.numel() != p.shape[0]:
+                raise ValueError(
+                    f"molecule {start + k}: {z.numel()} atomic numbers but {p.shape[0]} positions"
+                )
+        z = torch.cat(zs).to(device)
+        pos = torch.cat(ps).to(device)
+        counts = torch.tensor([t.numel() for t in zs])
+        batch = torch.repeat_interleave(torch.arange(len(zs)), counts).to(device)
+        with torch.no_grad():
+            if len(models) > 1:
+                samples = torch.stack([m(z, pos, batch, len(zs)) for m in models])
+            elif set_mc_dropout(models[0], True) > 0:
+                samples = torch.stack(
+                    [models[0](z, pos, batch, len(zs)) for _ in range(mc_samples)]
+                )
+                set_mc_dropout(models[0], False)
+            else:
+                set_mc_dropout(models[0], False)
+                samples = models[0](z, pos, batch, len(zs))[None]
+        if samples.dim() == 3:  # a multi-fidelity model: [K, B, D] -> highest fidelity
+            samples = samples[..., -1]
+        means.append(samples.double().mean(0).cpu())
+        stds.append(
+            samples.double().std(0).cpu()
+            if samples.shape[0] > 1
+            else torch.full((len(zs),), float("nan"), dtype=torch.float64)
+        )
+    mean = torch.cat(means).numpy() if means else np.zeros(0)
+    std = torch.cat(stds).numpy() if stds else np.zeros(0)
+    return pd.DataFrame({"mean_ev": mean, "std_ev": std})
+
+
+class MoleculeEnergyModel(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper around a checkpoint of one model or an ensemble."""
+
+    def load_context(self, context: Any) -> None:
+        self.models, self.meta = load_checkpoint(context.artifacts["checkpoint"])
+        self.mc_samples = int(self.meta.get("mc_samples", 20))
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
+        if isinstance(model_input, dict):
+            model_input = pd.DataFrame(model_input)
+        return predict_molecules(self.models, model_input, self.mc_samples)
+
+
+def pip_requirements() -> list[str]:
+    import torch_geometric
+
+    return [
+        f"torch=={torch.__version__.split('+')[0]}",
+        f"torch-geometric=={torch_geometric.__version__}",
+        f"mlflow=={mlflow.__version__}",
+        f"numpy=={np.__version__}",
+        f"pandas=={pd.__version__}",
+        "pyyaml",
+    ]
+
+
+def log_pyfunc_model(checkpoint: Path, name: str = "model") -> Any:
+    """Log ``checkpoint`` as an MLflow model carrying the ``al`` package's code.
+
+    Returns the ``ModelInfo`` (its ``model_uri`` is ``models:/m-...``).
+    """
+    import al
+
+    example = molecules_frame(
+        [
+            (
+                [6, 1, 1, 1, 1],
+                [
+                    [0, 0, 0],
+                    [0.63, 0.63, 0.63],
+                    [-0.63, -0.63, 0.63],
+                    [-0.63, 0.63, -0.63],
+                    [0.63, -0.63, -0.63],
+                ],
+            )
+        ]
+    )
+    return mlflow.pyfunc.log_model(
+        name=name,
+        python_model=str(Path(al.__file__).parent / "mlflow_model.py"),
+        artifacts={"checkpoint": str(checkpoint)},
+        code_paths=[str(Path(al.__file__).parent)],
+        pip_requirements=pip_requirements(),
+        input_example=example,
+    )

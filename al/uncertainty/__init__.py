@@ -1,0 +1,53 @@
+"""Uncertainty-aware surrogates and their registry (the ``uncertainty`` key)."""
+
+from __future__ import annotations
+
+import torch
+
+from al.models import ModelConfig
+from al.training.config import FitConfig
+from al.uncertainty.prediction import Prediction
+from al.uncertainty.surrogates import EnsembleSurrogate, MCDropoutSurrogate, Surrogate
+
+#: The registry of uncertainty methods: config choices, CLI, strategies and tests read it.
+UNCERTAINTIES: dict[str, type[Surrogate]] = {
+    "ensemble": EnsembleSurrogate,
+    "mc_dropout": MCDropoutSurrogate,
+}
+
+
+def build_surrogate(
+    name: str,
+    model_config: ModelConfig,
+    fit_config: FitConfig,
+    device: torch.device,
+    *,
+    ensemble_size: int = 5,
+    bootstrap: bool = False,
+    mc_samples: int = 20,
+    n_outputs: int = 1,
+) -> Surrogate:
+    """A surrogate from its registry name; unknown names list the valid ones.
+
+    ``n_outputs > 1`` makes it multi-fidelity: one shared trunk, one output per fidelity.
+    """
+    if name not in UNCERTAINTIES:
+        raise ValueError(
+            f"unknown uncertainty {name!r}; expected one of: {', '.join(UNCERTAINTIES)}"
+        )
+    surrogate = UNCERTAINTIES[name].build(
+        model_config, fit_config, device,
+        ensemble_size=ensemble_size, bootstrap=bootstrap, mc_samples=mc_samples,
+    )  # fmt: skip
+    surrogate.n_outputs = n_outputs
+    return surrogate
+
+
+__all__ = [
+    "UNCERTAINTIES",
+    "EnsembleSurrogate",
+    "MCDropoutSurrogate",
+    "Prediction",
+    "Surrogate",
+    "build_surrogate",
+]
