@@ -372,7 +372,7 @@ def compare(
     log: bool,
 ) -> None:
     """Compare finished campaign runs (learning curves, paired tests) and write a report."""
-    from al.report import CompareError, parse_targets, run_compare
+    from al.entrypoints.compare import CompareError, parse_targets, run_compare
 
     try:
         result = run_compare(
@@ -393,17 +393,30 @@ def compare(
 @click.option("--dry-run", "--dry_run", "dry_run", type=_Optional(click.BOOL), default=None,
               help="list the cells and their state, run nothing (default: false)")  # fmt: skip
 @click.option("--log-dir", default="", help="folder for the campaigns' configs and logs")
+@click.option("--experiment-name", "--experiment_name", "experiment_name", default="",
+              help="MLflow experiment of the campaigns (default: the grid's experiment_name, "
+              "else grid-<name>; `mlflow run --experiment-name` sets it too)")  # fmt: skip
 @click.option("--threads", type=_Optional(click.IntRange(min=0)), default=None,
               help="CPU threads per campaign (default 0: cores / workers)")  # fmt: skip
 def experiment(
-    grid: str, workers: int | None, dry_run: bool | None, log_dir: str, threads: int | None
+    grid: str,
+    workers: int | None,
+    dry_run: bool | None,
+    log_dir: str,
+    experiment_name: str,
+    threads: int | None,
 ) -> None:
     """Run a grid of campaigns (cells x seeds) under one parent run; reruns skip finished
     cells and resume interrupted ones."""
-    from al.entrypoints.experiment import GridRunner, dry_run_table, load_grid
+    from dataclasses import replace
+
+    from al.entrypoints.experiment import GridRunner, chosen_experiment, dry_run_table, load_grid
 
     try:
         spec = load_grid(grid)
+        chosen = chosen_experiment(experiment_name)
+        if chosen:
+            spec = replace(spec, experiment_name=chosen)
         runner = GridRunner(spec, workers=workers or 1, threads=threads or 0, echo=click.echo)
     except (ConfigError, ValueError) as err:
         raise click.ClickException(str(err)) from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import matplotlib
@@ -9,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 
 
 def parity(pred: np.ndarray, target: np.ndarray, title: str = "") -> Any:
@@ -78,3 +80,64 @@ def campaign_figures(
     ax.set_ylabel("|error| (eV)")
     fig3.tight_layout()
     return [fig1, fig2, fig3]
+
+
+# --- the comparison report (al.report) --------------------------------------------------------
+def plot_curves(
+    curves: pd.DataFrame, xlabel: str, title: str, path: Path, log_x: bool = False
+) -> Path:
+    """Mean test MAE per arm with its confidence band, log-scale y; saved as PNG at ``path``.
+
+    ``curves``: columns ``arm, x, mean, lo, hi, n_seeds`` (one row per arm and point, as
+    :func:`al.report.stats.learning_curves` gives them).
+    """
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    for arm, c in curves.groupby("arm", sort=True):
+        (line,) = ax.plot(
+            c["x"],
+            c["mean"],
+            marker="o" if len(c) <= 30 else None,
+            ms=3,
+            label=f"{arm} (n={int(c['n_seeds'].max())})",
+        )
+        if c["lo"].notna().any():
+            ax.fill_between(
+                c["x"], c["lo"].clip(lower=1e-12), c["hi"], color=line.get_color(), alpha=0.2, lw=0
+            )
+    ax.set_yscale("log")
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test MAE (eV)")
+    _finish(fig, ax, title, path, which="both")
+    return path
+
+
+def plot_paired(steps: pd.DataFrame, baseline: str, title: str, path: Path) -> Path:
+    """Paired difference arm - baseline of test MAE vs labels, with its band; PNG at ``path``.
+
+    ``steps``: columns ``arm, step, mean, lo, hi`` (:func:`al.report.stats.paired_differences`
+    of each arm, stacked).
+    """
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    for arm, d in steps.groupby("arm", sort=True):
+        (line,) = ax.plot(
+            d["step"], d["mean"], marker="o" if len(d) <= 30 else None, ms=3, label=arm
+        )
+        if d["lo"].notna().any():
+            ax.fill_between(d["step"], d["lo"], d["hi"], color=line.get_color(), alpha=0.2, lw=0)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xlabel("labels (n_labelled)")
+    ax.set_ylabel(f"test MAE − {baseline} (eV)")
+    _finish(fig, ax, title, path, which="major")
+    return path
+
+
+def _finish(fig: Any, ax: Any, title: str, path: Path, which: str) -> None:
+    """Title, grid, legend; save to ``path`` and close the figure."""
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which=which, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,9 +1,14 @@
 """Time split of active-learning rounds: fit, evaluate, score, select, label, log.
 
-Runs a campaign with the same building blocks as ``al.loop`` (surrogate, acquisition,
-oracle) and prints each round's phase times. ``--tracking`` also logs every round to a
-local SQLite MLflow store (queried table, metrics, checkpoint) so that the log phase is
-measured; without it the script needs no MLflow (e.g. on a GPU machine without it).
+Drives the real loop (:class:`al.loop.campaign.Campaign`) and prints each round's phase
+times. By default the rounds are recorded by :class:`al.loop.tracker.MemoryTracker`, so the
+script needs no MLflow server (e.g. on a GPU machine without one); ``--tracking`` records
+them with :class:`al.loop.tracker.MlflowTracker` in a local SQLite MLflow store (queried
+tables, metrics, round child runs with plots, checkpoint and model) so that the log phase is
+measured as a campaign pays it.
+
+A row is one round: ``fit``/``evaluate`` train and test its model; ``score``/``select``/
+``label`` are the acquisition that brought its labels (round 0: ``label`` is the initial set).
 
 Examples:
     python benchmarks/campaign.py                                   # one CPU round, default sizes
@@ -14,30 +19,99 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import math
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
 
-from al.acquisition.functions import select
 from al.config import subset
 from al.data.load import load_qm9
 from al.data.molecules import MolecularData
 from al.data.splits import SplitConfig, make_splits
+from al.loop.campaign import Campaign
 from al.loop.config import CampaignConfig
+from al.loop.schemes import PoolScheme
+from al.loop.selection import SingleFidelity
+from al.loop.stopping import MaxRounds, PoolExhausted
+from al.loop.tracker import CampaignTracker, EpochCallback, MemoryTracker
 from al.models.config import ModelConfig
 from al.oracles import build_oracle
+from al.tracking import CampaignMetrics as CM  # noqa: N817 - used in every metric key
 from al.training.fit import resolve_device, seed_everything
-from al.training.metrics import regression_report
 from al.uncertainty import build_surrogate
 
+#: a row's columns, in print order (round 0 has no pool_scored, score_s, select_s)
+COLUMNS = (
+    "round", "n_labelled", "epochs", "test_mae", "fit_mol_per_s", "pool_scored",
+    "fit_s", "evaluate_s", "score_s", "select_s", "label_s", "log_s",
+)  # fmt: skip
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+
+def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    return pd.DataFrame(rows).reindex(columns=[c for c in COLUMNS if any(c in r for r in rows)])
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    return _frame(rows).to_string(index=False, float_format=lambda v: f"{v:.3f}")
+
+
+class RoundPrinter:
+    """Wraps the campaign's tracker: collects each round's metrics and prints the round's
+    row once the campaign has recorded it (its log time is the last metric of a fit)."""
+
+    def __init__(self, inner: CampaignTracker) -> None:
+        self.inner = inner
+        self.campaign: Campaign | None = None
+        self.rows: list[dict[str, Any]] = []
+        self._metrics: dict[str, float] = {}
+        self._mol_per_s = math.nan
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    @contextmanager
+    def fit_run(self, round_: int, data_version: str) -> Iterator[EpochCallback]:
+        with self.inner.fit_run(round_, data_version) as on_epoch:
+
+            def record(stats: Any) -> None:
+                self._mol_per_s = stats.mol_per_s
+                on_epoch(stats)
+
+            yield record
+
+    def log_round_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        self.inner.log_round_metrics(step, metrics)
+        self._metrics.update(metrics)
+        if CM.TIME_LOG in metrics or metrics.get(CM.RETRAINED) == 0:
+            self._print_row()
+
+    def _print_row(self) -> None:
+        m, timings = self._metrics, self.campaign.timings if self.campaign else {}
+        fitted = bool(m[CM.RETRAINED])
+        row: dict[str, Any] = {
+            "round": int(m[CM.ROUND]), "n_labelled": int(m[CM.N_LABELLED]),
+            "epochs": int(m[CM.FIT_EPOCHS]), "test_mae": m[CM.TEST_MAE],
+            "fit_mol_per_s": self._mol_per_s if fitted else math.nan,
+        }  # fmt: skip
+        if row["round"] > 0:
+            row["pool_scored"] = int(m[CM.POOL_SCORED])
+        row["fit_s"] = m[CM.TIME_FIT]
+        row["evaluate_s"] = timings.get("evaluate", 0.0) if fitted else 0.0
+        if row["round"] > 0:
+            row["score_s"], row["select_s"] = m[CM.TIME_SCORE], m[CM.TIME_SELECT]
+        row["label_s"] = m[CM.TIME_LABEL]
+        row["log_s"] = m.get(CM.TIME_LOG, 0.0) if fitted else 0.0
+        self.rows.append(row)
+        self._metrics = {}
+        print(_table([row]), flush=True)
 
 
 def main() -> None:
@@ -55,8 +129,10 @@ def main() -> None:
     p.add_argument("--patience", type=int, default=CampaignConfig.patience)
     p.add_argument("--train-batch-size", type=int, default=CampaignConfig.train_batch_size)
     p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--n-interactions", type=int, default=ModelConfig.n_interactions)
     p.add_argument("--lr", type=float, default=CampaignConfig.lr)
     p.add_argument("--pool-subsample", type=int, default=5000, help="0 = whole pool")
+    p.add_argument("--n-test", type=int, default=SplitConfig.n_test, help="test-set size")
     p.add_argument("--eval-batch-size", type=int, default=512)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--tracking", action="store_true", help="log rounds to a local MLflow store")
@@ -69,104 +145,61 @@ def main() -> None:
     seed_everything(args.seed)
     device = resolve_device(args.device)
     data = MolecularData.load(args.data) if args.data else load_qm9()
-    splits = make_splits(data.qm9_index.numpy(), SplitConfig())
-    pool, test = data.rows_of(splits.pool), data.rows_of(splits.test)
+    splits = make_splits(data.qm9_index.numpy(), SplitConfig(n_test=args.n_test))
     cfg = CampaignConfig(
-        hidden=args.hidden, epochs=args.epochs, patience=args.patience, lr=args.lr,
-        train_batch_size=args.train_batch_size, device=args.device, progress=False,
-        dropout=0.1 if args.uncertainty == "mc_dropout" else 0.0, seed=args.seed,
+        hidden=args.hidden, n_interactions=args.n_interactions, epochs=args.epochs,
+        patience=args.patience, lr=args.lr, train_batch_size=args.train_batch_size,
+        device=args.device, progress=False, seed=args.seed,
+        dropout=0.1 if args.uncertainty == "mc_dropout" else 0.0,
+        initial_size=args.initial, batch_size=args.batch, rounds=args.rounds,
+        pool_subsample=args.pool_subsample, n_test=args.n_test,
     )  # fmt: skip
     surrogate = build_surrogate(
         args.uncertainty, subset(ModelConfig, cfg), cfg.fit_config(), device,
         ensemble_size=args.ensemble_size, mc_samples=args.mc_samples,
     )  # fmt: skip
-    oracle = build_oracle("dft", data=data)
-    data_dev = data.to(device)
+    # every prediction of the loop (pool, test set, labelled embeddings) in these batches
+    surrogate.predict = functools.partial(surrogate.predict, batch_size=args.eval_batch_size)
+    oracles = [build_oracle("dft", data=data)]
     print(
         f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}),"
         f" torch {torch.__version__}, threads {torch.get_num_threads()}; {args.uncertainty} "
-        f"K={args.ensemble_size} + {args.acquisition}; pool {pool.numel()}, test {test.numel()}"
+        f"K={args.ensemble_size} + {args.acquisition}; pool {splits.pool.size}, "
+        f"test {splits.test.size}"
     )
 
-    gen = torch.Generator().manual_seed(args.seed)
-    labelled = pool[torch.randperm(pool.numel(), generator=gen)[: args.initial]]
-    y = torch.full_like(data.y, float("nan"))
-    y[labelled] = torch.as_tensor(oracle.label(data.qm9_index[labelled].numpy()).value)
     tmp = tempfile.TemporaryDirectory(prefix="al-bench-")
-    run = None
     if args.tracking:
         import mlflow
 
-        from al.tracking import CampaignRun
+        from al.loop.tracker import MlflowTracker
 
         mlflow.set_tracking_uri(f"sqlite:///{Path(tmp.name) / 'mlflow.db'}")
-        run = CampaignRun.start("benchmark")
-
-    rows_out = []
+        inner: CampaignTracker = MlflowTracker.start("benchmark")
+    else:
+        inner = MemoryTracker(Path(tmp.name))
+    tracker = RoundPrinter(inner)
+    campaign = Campaign(
+        cfg, data, splits, surrogate, oracles, [MaxRounds(args.rounds), PoolExhausted()],
+        scheme=PoolScheme(cfg.seed, cfg.pool_subsample),
+        selection=SingleFidelity(data, oracles, cfg, args.acquisition, surrogate),
+        tracker=tracker,
+    )  # fmt: skip
+    tracker.campaign = campaign
     t_total = time.perf_counter()
-    for r in range(args.rounds + 1):
-        times: dict[str, float] = {}
-        perm = labelled[torch.randperm(labelled.numel(), generator=gen)]
-        n_val = max(1, round(0.1 * perm.numel()))
-        train_data = MolecularData(**{**data_dev.__dict__, "y": y.to(device)})
-        t0 = time.perf_counter()
-        result = surrogate.fit(train_data, perm[n_val:], perm[:n_val])
-        _sync(device)
-        times["fit"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        pred = surrogate.predict(data_dev, test, args.eval_batch_size)
-        times["evaluate"] = time.perf_counter() - t0
-        report = regression_report(pred.mean, data.y[test], pred.std)
-        row = {"round": r, "n_labelled": int(labelled.numel()),
-               "epochs": len(result.history), "test_mae": report["mae"],
-               "fit_mol_per_s": result.history[-1].mol_per_s}  # fmt: skip
-        if r < args.rounds:
-            free = pool[~torch.isin(pool, labelled)]
-            if args.pool_subsample and free.numel() > args.pool_subsample:
-                free = free[torch.randperm(free.numel(), generator=gen)[: args.pool_subsample]]
-            t0 = time.perf_counter()
-            cand = surrogate.predict(data_dev, free, args.eval_batch_size)
-            times["score"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            sel = select(args.acquisition, cand, args.batch, generator=gen)
-            times["select"] = time.perf_counter() - t0
-            chosen = free[sel.index]
-            t0 = time.perf_counter()
-            res = oracle.label(data.qm9_index[chosen].numpy())
-            times["label"] = time.perf_counter() - t0
-            y[chosen] = torch.as_tensor(res.value)
-            labelled = torch.cat([labelled, chosen])
-            row["pool_scored"] = int(free.numel())
-            if run is not None:
-                from al import tracking
-                from al.models.checkpoint import save_checkpoint
-
-                t0 = time.perf_counter()
-                frame = res.to_frame()
-                frame["round"], frame["score"] = r + 1, sel.score.numpy()
-                frame["pred_mean"] = cand.mean[sel.index].numpy()
-                frame["pred_std"] = cand.std[sel.index].numpy()
-                run.log_queried(r + 1, frame)
-                tracking.log_metrics({k: v for k, v in row.items() if k != "round"},
-                                     step=row["n_labelled"], run_id=run.run_id)  # fmt: skip
-                ckpt = save_checkpoint(surrogate.members(), Path(tmp.name) / "model.pt")
-                run.client.log_artifact(run.run_id, str(ckpt), "checkpoint")
-                times["log"] = time.perf_counter() - t0
-        row.update({f"{k}_s": v for k, v in times.items()})
-        rows_out.append(row)
-        print(pd.DataFrame([row]).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    reason = campaign.execute()
     total = time.perf_counter() - t_total
-    table = pd.DataFrame(rows_out)
-    print("\nall rounds:")
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    table = _frame(tracker.rows)
+    print(f"\nall rounds ({reason}):")
+    print(_table(tracker.rows))
     phase_cols = [c for c in table.columns if c.endswith("_s") and not c.endswith("per_s")]
     share = table[phase_cols].sum() / table[phase_cols].sum().sum()
     print("\nshare of time per phase: " + ", ".join(f"{k[:-2]} {v:.1%}" for k, v in share.items()))
     print(f"total campaign time: {total:.1f} s ({total / 60:.2f} min)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"rounds": rows_out, "total_s": total,
+        Path(args.json).write_text(json.dumps({"rounds": tracker.rows, "total_s": total,
                                                "device": str(device)}, default=float))  # fmt: skip
-    if run is not None:
+    if args.tracking:
         import mlflow
 
         mlflow.end_run()

@@ -1,8 +1,9 @@
 """Fit the per-element reference that puts GFN2-xTB energies on the DFT target's scale.
 
 The ``xtb`` oracle labels a molecule with ``27.211386 * E_xtb + sum_atoms c[z]`` (eV). The
-coefficients ``c`` (eV per atom of H, C, N, O, F) are fitted here by least squares against
-the QM9 target on random molecules of the ORACLE split only, never test or pool, so that
+coefficients ``c`` (eV per atom of H, C, N, O, F) are fitted here (by
+:func:`al.oracles.xtb.fit_xtb_reference`, least squares) against the QM9 target on random
+molecules of the ORACLE split only, never test or pool, so that
 xTB labels carry no information about the molecules a campaign is evaluated or run on. A
 further set of oracle-split molecules gives a held-out error. Writes the JSON the oracle
 loads (``al/data/xtb_reference.json``).
@@ -23,11 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from al.data.elements import ELEMENTS, HARTREE_TO_EV
+from al.data.elements import HARTREE_TO_EV
 from al.data.load import load_qm9
-from al.data.molecules import MolecularData
 from al.data.splits import SplitConfig, make_splits, split_record
-from al.oracles import XTB_METHOD, failure_status, xtb_energy_hartree
+from al.oracles.xtb import XTB_METHOD, fit_xtb_reference, xtb_energies
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "al" / "data" / "xtb_reference.json"
@@ -44,19 +44,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--accuracy", type=float, default=1.0, help="tblite accuracy setting")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     return p.parse_args(argv)
-
-
-def xtb_energies(data: MolecularData, rows: np.ndarray, accuracy: float) -> np.ndarray:
-    """GFN2-xTB total energies in Hartree of ``rows`` (``[m]``); NaN where tblite failed."""
-    ptr, z, pos = data.ptr.numpy(), data.z.numpy(), data.pos.numpy()
-    out = np.full(rows.size, np.nan)
-    for k, r in enumerate(rows.tolist()):
-        a, b = int(ptr[r]), int(ptr[r + 1])
-        try:
-            out[k] = xtb_energy_hartree(z[a:b], pos[a:b].astype(np.float64), accuracy=accuracy)
-        except Exception as exc:  # a failed molecule is left out of the fit, and counted
-            print(f"qm9_index {int(data.qm9_index[r])}: {failure_status(exc)} ({exc})")
-    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -76,29 +63,9 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     energy = xtb_energies(data, rows, args.accuracy)
     seconds = time.perf_counter() - t0
-    ok = np.isfinite(energy)
     fit = np.zeros(rows.size, dtype=bool)
     fit[: args.n] = True
-    held = ~fit
-
-    # y = 27.211386 * E_xtb + comp @ c  ->  least squares for c on the fit molecules.
-    resid = y - HARTREE_TO_EV * energy
-    c, *_ = np.linalg.lstsq(comp[fit & ok], resid[fit & ok], rcond=None)
-    pred = HARTREE_TO_EV * energy + comp @ c
-    fit_mae = float(np.abs(pred - y)[fit & ok].mean())
-    held_mae = float(np.abs(pred - y)[held & ok].mean()) if (held & ok).any() else float("nan")
-    # The composition-only baseline on the same molecules, to show what xTB adds.
-    c0, *_ = np.linalg.lstsq(comp[fit], y[fit], rcond=None)
-    base_mae = float(np.abs(comp @ c0 - y)[held].mean()) if held.any() else float("nan")
-    # How much of what composition cannot explain xTB gets right: correlation of xTB's and
-    # DFT's deviations from the composition-only model, on held-out molecules.
-    held_ok = held & ok
-    base = comp @ c0
-    corr = (
-        float(np.corrcoef((pred - base)[held_ok], (y - base)[held_ok])[0, 1])
-        if held_ok.sum() > 2
-        else float("nan")
-    )
+    stats = fit_xtb_reference(energy, comp, y, fit)
 
     try:
         out_name = str(args.out.resolve().relative_to(REPO))
@@ -109,20 +76,12 @@ def main(argv: list[str] | None = None) -> dict:
         f"--seed {args.seed} --split-seed {args.split_seed} --n-test {args.n_test} "
         f"--n-oracle {args.n_oracle} --accuracy {args.accuracy:g} --out {out_name}"
     )
-    symbols = list(ELEMENTS)  # H, C, N, O, F: the composition's column order
     record = {
         "method": XTB_METHOD,
         "accuracy": args.accuracy,
         "model": "label_ev = energy_scale_ev_per_hartree * E_xtb_hartree + sum_atoms c[z]",
         "energy_scale_ev_per_hartree": HARTREE_TO_EV,
-        "coefficients_ev": {s: float(v) for s, v in zip(symbols, c, strict=True)},
-        "n_fit": int((fit & ok).sum()),
-        "n_heldout": int(held_ok.sum()),
-        "n_failed": int((~ok).sum()),
-        "fit_mae_ev": fit_mae,
-        "heldout_mae_ev": held_mae,
-        "heldout_composition_only_mae_ev": base_mae,
-        "heldout_correlation_beyond_composition": corr,
+        **stats,
         "sample_seed": args.seed,
         "split": split_record(splits, config),
         "split_digest": splits.digest(),
@@ -141,9 +100,10 @@ def main(argv: list[str] | None = None) -> dict:
         "coefficients (eV/atom): "
         + ", ".join(f"{s} {v:.4f}" for s, v in record["coefficients_ev"].items())
     )
-    print(f"fit MAE      {fit_mae:.4f} eV on {record['n_fit']} molecules")
-    print(f"held-out MAE {held_mae:.4f} eV on {record['n_heldout']} molecules")
-    print(f"composition-only held-out MAE {base_mae:.4f} eV")
+    print(f"fit MAE      {record['fit_mae_ev']:.4f} eV on {record['n_fit']} molecules")
+    print(f"held-out MAE {record['heldout_mae_ev']:.4f} eV on {record['n_heldout']} molecules")
+    print(f"composition-only held-out MAE {record['heldout_composition_only_mae_ev']:.4f} eV")
+    corr = record["heldout_correlation_beyond_composition"]
     print(f"correlation of xTB and DFT beyond composition (held-out) {corr:.3f}")
     print(f"wrote {args.out}")
     return record

@@ -127,7 +127,7 @@ class HPOConfig(DataConfig):
     amp: bool = option(True, "bf16 autocast (CUDA only)")
     compile: bool = option(False, "torch.compile the model (CUDA only)")
     threads: int = option(0, "CPU threads per worker (0 = cores / n_workers)", min=0)
-    progress: bool = option(False, "show progress bars")
+    progress: bool = option(True, "a bar of the study's trials on a terminal")
     heartbeat_interval: int = option(60, "seconds between heartbeats of a running trial", min=1)
     grace_period: int = option(0, "seconds without heartbeat until a trial is dead (0 = 2x)", min=0)
     max_retry: int = option(3, "times a dead worker's trial is run again", min=0)

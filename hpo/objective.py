@@ -110,7 +110,7 @@ class Objective:
         fixed = {
             "patience": c.patience, "val_fraction": c.val_fraction, "seed": c.seed,
             "device": c.device, "amp": c.amp, "compile": c.compile, "threads": c.threads,
-            "progress": c.progress,
+            "progress": False,  # the study shows one bar of trials, not one per fit
         }  # fmt: skip
         keys = {f.name for f in fields(FitConfig)}
         return build_config(FitConfig, {**fixed, **{k: v for k, v in values.items() if k in keys}})

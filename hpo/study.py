@@ -33,9 +33,12 @@ import optuna
 import yaml
 from mlflow.tracking import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
+from tqdm.auto import tqdm
 
 from al import tracking
 from al.config import to_dict
+from al.progress import bar as progress_bar
+from al.runtime import configure_threads, threads_per_process
 from al.tracking.runs import set_experiment
 from hpo.config import HPOConfig, build_pruner, build_sampler
 from hpo.objective import (
@@ -144,6 +147,7 @@ def run_worker(
     experiment_id: str,
     worker_index: int = 0,
     study: optuna.Study | None = None,
+    show_bar: bool = False,
 ) -> int:
     """Run trials until the study has ``n_trials`` finished ones; returns how many ran here.
 
@@ -152,9 +156,10 @@ def run_worker(
     starting new trials; the one in progress finishes.
     """
     study = study or load_study(config, worker_index)
+    configure_threads(config.threads)
     space = SearchSpace(config.epochs, config.epochs_min, parse_fixed(config.fixed))
     objective = Objective(config, space, labelled_set(config), parent_run_id, experiment_id)
-    progress = _ProgressLogger(parent_run_id)
+    progress = _ProgressLogger(parent_run_id, trials_bar(config, study) if show_bar else None)
     deadline = time.monotonic() + config.timeout if config.timeout else None
     poll = min(5.0, config.heartbeat_interval)
     ran = 0
@@ -179,19 +184,39 @@ def run_worker(
                 optuna.storages.fail_stale_trials(study)
             time.sleep(poll)
     log.info("event=worker_done worker=%d ran=%d", worker_index, ran)
+    if progress.bar is not None:
+        progress.bar.close()
     return ran
 
 
-class _ProgressLogger:
-    """Optuna callback: the study's progress as metrics of its MLflow run."""
+def trials_bar(config: HPOConfig, study: optuna.Study) -> tqdm:
+    """A bar of the study's finished trials (all workers), with an ETA; silent when output is
+    not a terminal or ``progress=false``."""
+    done = trial_counts(study)["finished"]
+    return progress_bar(
+        total=config.n_trials, initial=min(done, config.n_trials), desc=config.study_name,
+        unit="trial", enabled=config.progress,
+    )  # fmt: skip
 
-    def __init__(self, parent_run_id: str) -> None:
-        self.parent_run_id = parent_run_id
+
+def _show(bar: tqdm, counts: dict[str, int], best: float | None) -> None:
+    bar.n = min(counts["finished"], int(bar.total or 0))
+    bar.set_postfix(best_val_mae=f"{best:.4f}" if best is not None else "-", refresh=False)
+    bar.refresh()
+
+
+class _ProgressLogger:
+    """Optuna callback: the study's progress as metrics of its MLflow run (and on a bar)."""
+
+    def __init__(self, parent_run_id: str, bar: tqdm | None = None) -> None:
+        self.parent_run_id, self.bar = parent_run_id, bar
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if trial.user_attrs.get(ATTR_SURPLUS):
             return
-        _log_progress(study, self.parent_run_id)
+        counts = _log_progress(study, self.parent_run_id)
+        if self.bar is not None:
+            _show(self.bar, counts, study.best_value if counts["complete"] else None)
 
 
 def _log_progress(study: optuna.Study, parent_run_id: str) -> dict[str, int]:
@@ -209,7 +234,7 @@ def _log_progress(study: optuna.Study, parent_run_id: str) -> dict[str, int]:
 
 def _start_worker_processes(config: HPOConfig, parent_run_id: str, experiment_id: str) -> list[int]:
     """``n_workers`` processes of ``al hpo-worker`` on the study; their exit codes."""
-    threads = config.threads or max(1, (os.cpu_count() or 1) // config.n_workers)
+    threads = config.threads or threads_per_process(config.n_workers)
     worker_config = replace(config, n_workers=1, threads=threads)
     env = dict(os.environ)
     env.pop("MLFLOW_RUN_ID", None)  # the workers' runs are new, nested under the study's
@@ -227,6 +252,12 @@ def _start_worker_processes(config: HPOConfig, parent_run_id: str, experiment_id
             for k in range(config.n_workers)
         ]
         try:
+            with trials_bar(config, load_study(config)) as bar:
+                while any(p.poll() is None for p in procs):
+                    if not bar.disable:
+                        counts = trial_counts(load_study(config))
+                        _show(bar, counts, None)
+                    time.sleep(2.0)
             return [p.wait() for p in procs]
         finally:
             for p in procs:
@@ -336,7 +367,7 @@ def run_study(config: HPOConfig, echo: Callable[[str], None] | None = None) -> s
             parent_id,
         )  # fmt: skip
         if config.n_workers == 1:
-            run_worker(config, parent_id, experiment_id, 0, study)
+            run_worker(config, parent_id, experiment_id, 0, study, show_bar=True)
             codes = [0]
         else:
             codes = _start_worker_processes(config, parent_id, experiment_id)

@@ -1,11 +1,15 @@
-"""The comparison report: statistics on synthetic histories with known answers, and the
-``al compare`` command end to end against a real tracking server."""
+"""The comparison report: statistics on synthetic histories with known answers, the
+Markdown and HTML renderings of one report, and the ``al compare`` command end to end
+against a real tracking server."""
 
 from __future__ import annotations
 
+import html
 import math
+import re
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,8 +20,8 @@ from click.testing import CliRunner
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from al import compare as C
 from al.cli import main
+from al.report import build, read, render, stats
 from al.tracking import CampaignMetrics as CM  # noqa: N817 - used in every metric key
 
 MAE = CM.TEST_MAE
@@ -39,7 +43,7 @@ def histories(
             n = np.asarray(steps or STEPS, dtype=float)
             for step, y in zip(n, fn(n, seed), strict=True):
                 row = dict(run_id=f"{arm}-{seed}", arm=arm, grid=grid, seed=str(seed), step=step)
-                row.update({m: np.nan for m in C.REPORT_METRICS})
+                row.update({m: np.nan for m in read.REPORT_METRICS})
                 row.update({MAE: float(y), CM.COST_SPENT: step, CM.N_LABELLED: step})
                 row.update(extra or {})
                 rows.append(row)
@@ -48,23 +52,25 @@ def histories(
 
 def runs_of(hist: pd.DataFrame, strategy: dict[str, str] | None = None) -> pd.DataFrame:
     """The *runs* frame that goes with :func:`histories`."""
-    r = hist.drop_duplicates("run_id")[list(C.KEY_COLUMNS)].reset_index(drop=True)
+    r = hist.drop_duplicates("run_id")[list(read.KEY_COLUMNS)].reset_index(drop=True)
     r["strategy"] = r["arm"].map(lambda a: (strategy or {}).get(a, a))
     r["oracle"], r["cell"], r["start_time"], r["run_name"] = "dft", r["arm"], 0, ""
-    return r[list(C.RUN_COLUMNS)]
+    return r[list(read.RUN_COLUMNS)]
 
 
 # --- statistics ---------------------------------------------------------------------------
 def test_t_interval_known_values() -> None:
-    ci = C.mean_ci([1.0, 2.0, 3.0])
+    ci = stats.mean_ci([1.0, 2.0, 3.0])
     assert ci.mean == 2.0 and ci.n == 3
-    assert ci.half_width == pytest.approx(4.302653 / math.sqrt(3), rel=1e-5)
-    assert C.t_quantile(10) == pytest.approx(2.228139, rel=1e-5)
-    stats = pytest.importorskip("scipy.stats")
-    for df in (*range(1, 40), 60, 200, 5000):  # the table and its expansion match scipy
-        assert C.t_quantile(df) == pytest.approx(stats.t.ppf(0.975, df), rel=2e-6)
-    assert C.t_quantile(5, 0.9) == pytest.approx(stats.t.ppf(0.95, 5))
-    one = C.mean_ci([0.5, float("nan")])
+    assert ci.half_width == pytest.approx(4.302653 / math.sqrt(3), rel=1e-6)
+    # 97.5 % quantiles of Student's t (two-sided 95 %), from printed tables, and the normal limit
+    known = {1: 12.706205, 2: 4.302653, 5: 2.570582, 10: 2.228139, 30: 2.042272, 120: 1.979930}
+    for df, q in known.items():
+        assert stats.t_quantile(df) == pytest.approx(q, rel=1e-6)
+    assert stats.t_quantile(10**7) == pytest.approx(1.959964, rel=1e-6)
+    assert stats.t_quantile(5, 0.9) == pytest.approx(2.015048, rel=1e-6)
+    assert math.isnan(stats.t_quantile(0))
+    one = stats.mean_ci([0.5, float("nan")])
     assert one.mean == 0.5 and one.n == 1 and math.isnan(one.lo)
 
 
@@ -75,17 +81,17 @@ def test_label_savings_of_a_20_percent_lower_power_law() -> None:
     hist = histories(
         {"random": lambda n, s: a * n**-0.5, "ensemble": lambda n, s: 0.8 * a * n**-0.5}
     )
-    curves = C.learning_curves(hist)
+    curves = stats.learning_curves(hist)
     targets = [a / math.sqrt(900), a / math.sqrt(700), a / math.sqrt(400)]
-    sav = C.label_savings(curves, "ensemble", "random", targets)
+    sav = stats.label_savings(curves, "ensemble", "random", targets)
     assert sav["n_baseline"].to_numpy() == pytest.approx([900, 700, 400], rel=1e-9)
     assert sav["n_arm"].to_numpy() == pytest.approx([576, 448, 256], rel=0.01)
     assert sav["savings"].to_numpy() == pytest.approx([0.36] * 3, abs=0.006)
     # a target the baseline never reaches (but the arm does) is reported, not invented
-    low = C.label_savings(curves, "ensemble", "random", [0.8 * a / math.sqrt(1000) * 1.01])
+    low = stats.label_savings(curves, "ensemble", "random", [0.8 * a / math.sqrt(1000) * 1.01])
     assert math.isnan(low["n_baseline"][0]) and "baseline not reached" in low["note"][0]
     # a target the arm meets from its first step gives a bound, and says so
-    high = C.label_savings(curves, "ensemble", "random", [a / math.sqrt(150)])
+    high = stats.label_savings(curves, "ensemble", "random", [a / math.sqrt(150)])
     assert high["n_arm"][0] == 100 and high["savings"][0] == pytest.approx(1 / 3)
     assert "first step: savings ≥ 33%" in high["note"][0]
 
@@ -93,15 +99,15 @@ def test_label_savings_of_a_20_percent_lower_power_law() -> None:
 def test_labels_to_reach_interpolates_log_mae() -> None:
     x = [100, 200, 300]
     y = [1.0, math.exp(-1), math.exp(-2)]  # log-linear in x: the crossing is exact
-    assert C.labels_to_reach(x, y, math.exp(-1.5)) == pytest.approx(250)
-    assert C.labels_to_reach(x, y, 2.0) == 100  # already reached at the first step
-    assert math.isnan(C.labels_to_reach(x, y, 0.01))
+    assert stats.labels_to_reach(x, y, math.exp(-1.5)) == pytest.approx(250)
+    assert stats.labels_to_reach(x, y, 2.0) == 100  # already reached at the first step
+    assert math.isnan(stats.labels_to_reach(x, y, 0.01))
 
 
 def test_identical_seeds_give_a_zero_width_band() -> None:
     hist = histories({"random": lambda n, s: 3 * n**-0.4})
     for x in ("step", CM.COST_SPENT):
-        curves = C.learning_curves(hist, x)
+        curves = stats.learning_curves(hist, x)
         assert len(curves) and (curves["n_seeds"] == 3).all()
         assert np.allclose(curves["hi"] - curves["lo"], 0)
         assert np.allclose(curves["mean"], curves["lo"])
@@ -114,33 +120,33 @@ def test_cost_curves_interpolate_seeds_with_different_costs() -> None:
         for ci in c:
             rows.append(dict(run_id=f"r{seed}", arm="a", grid="", seed=str(seed), step=ci,
                              **{MAE: 2 * ci**-0.5, CM.COST_SPENT: ci}))  # fmt: skip
-    curves = C.learning_curves(pd.DataFrame(rows), CM.COST_SPENT)
+    curves = stats.learning_curves(pd.DataFrame(rows), CM.COST_SPENT)
     assert curves["x"].min() == pytest.approx(100) and curves["x"].max() == pytest.approx(1000)
     assert curves["mean"].to_numpy() == pytest.approx(2 * curves["x"].to_numpy() ** -0.5)
 
 
 def test_auc_of_a_constant_curve_is_the_constant() -> None:
-    assert C.curve_auc([100, 300, 1000], [0.7, 0.7, 0.7], 150, 900) == pytest.approx(0.7)
-    assert C.curve_auc([0, 10], [0, 10], 0, 10) == pytest.approx(5.0)
-    assert C.curve_auc([0, 10], [0, 10], 4, 4) == pytest.approx(4.0)
-    assert math.isnan(C.curve_auc([100, 200], [1, 1], 50, 200))  # not covered
+    assert stats.curve_auc([100, 300, 1000], [0.7, 0.7, 0.7], 150, 900) == pytest.approx(0.7)
+    assert stats.curve_auc([0, 10], [0, 10], 0, 10) == pytest.approx(5.0)
+    assert stats.curve_auc([0, 10], [0, 10], 4, 4) == pytest.approx(4.0)
+    assert math.isnan(stats.curve_auc([100, 200], [1, 1], 50, 200))  # not covered
     hist = histories({"flat": lambda n, s: np.full_like(n, 0.25 + s)})
-    aucs = C.run_aucs(hist, 100, 1000)
+    aucs = stats.run_aucs(hist, 100, 1000)
     assert aucs.to_dict() == pytest.approx({"flat-0": 0.25, "flat-1": 1.25, "flat-2": 2.25})
 
 
-@pytest.mark.parametrize(("offset", "expected"), [(-0.05, C.BETTER), (0.05, C.WORSE)])
+@pytest.mark.parametrize(("offset", "expected"), [(-0.05, stats.BETTER), (0.05, stats.WORSE)])
 def test_paired_constant_offset(offset: float, expected: str) -> None:
     def base(n: np.ndarray, s: int) -> np.ndarray:
         return (1 + 0.3 * s) * n**-0.3  # seeds differ a lot: only pairing sees the offset
 
     hist = histories({"random": base, "other": lambda n, s: base(n, s) + offset})
-    d = C.paired_differences(hist, "other", "random")
+    d = stats.paired_differences(hist, "other", "random")
     assert d["step"].tolist() == STEPS
     assert d["mean"].to_numpy() == pytest.approx(offset)
     assert d["hi"].to_numpy() - d["lo"].to_numpy() == pytest.approx(0, abs=1e-12)
     assert (d["verdict"] == expected).all() and (d["n_pairs"] == 3).all()
-    s = C.paired_summary(hist, "other", "random")
+    s = stats.paired_summary(hist, "other", "random")
     assert s["final_step"] == 1000 and s["final_diff"] == pytest.approx(offset)
     assert s["verdict"] == expected and s["verdict_auc"] == expected
     finals = np.array([base(np.array([1000.0]), k)[0] for k in range(3)])
@@ -151,10 +157,10 @@ def test_paired_noise_and_too_few_seeds() -> None:
     rng = np.random.default_rng(0)
     noise = rng.normal(0, 0.05, size=3)
     hist = histories({"random": lambda n, s: 0.5 + 0 * n, "b": lambda n, s: 0.5 + noise[s] + 0 * n})
-    assert C.paired_summary(hist, "b", "random")["verdict"] == C.NO_DIFFERENCE
+    assert stats.paired_summary(hist, "b", "random")["verdict"] == stats.NO_DIFFERENCE
     one = histories({"random": lambda n, s: 0.5 + 0 * n, "b": lambda n, s: 0.4 + 0 * n}, seeds=(7,))
-    assert C.paired_summary(one, "b", "random")["verdict"] == C.TOO_FEW
-    assert (C.paired_differences(one, "b", "random")["verdict"] == C.TOO_FEW).all()
+    assert stats.paired_summary(one, "b", "random")["verdict"] == stats.TOO_FEW
+    assert (stats.paired_differences(one, "b", "random")["verdict"] == stats.TOO_FEW).all()
 
 
 def test_arms_baseline_and_summary() -> None:
@@ -162,18 +168,23 @@ def test_arms_baseline_and_summary() -> None:
         dict(run_id=list("abcd"), grid="", seed="0", cell=["", "", "", "ens_b50"],
              strategy=["random", "random", "ensemble", "ensemble"],
              oracle=["dft", "xtb", "dft", "dft"]))  # fmt: skip
-    assert C.assign_arms(runs).tolist() == ["random/dft", "random/xtb", "ensemble/dft", "ens_b50"]
-    runs["arm"] = C.assign_arms(runs)
-    assert C.resolve_baseline(runs, "random")[0] is None  # two random arms: ambiguous
-    assert "ambiguous" in C.resolve_baseline(runs, "random")[1]
-    assert C.resolve_baseline(runs, "ens_b50") == ("ens_b50", "")
-    assert "no baseline arm" in C.resolve_baseline(runs, "coreset")[1]
+    assert read.assign_arms(runs).tolist() == [
+        "random/dft",
+        "random/xtb",
+        "ensemble/dft",
+        "ens_b50",
+    ]
+    runs["arm"] = read.assign_arms(runs)
+    assert build.resolve_baseline(runs, "random")[0] is None  # two random arms: ambiguous
+    assert "ambiguous" in build.resolve_baseline(runs, "random")[1]
+    assert build.resolve_baseline(runs, "ens_b50") == ("ens_b50", "")
+    assert "no baseline arm" in build.resolve_baseline(runs, "coreset")[1]
 
     extra = {CM.TIME_FIT: 2.0, CM.TIME_SCORE: 0.5, CM.TEST_NLL: -1.0}
     hist = histories({"random": lambda n, s: 4 * n**-0.5, "ens": lambda n, s: 2 * n**-0.5},
                      extra=extra)  # fmt: skip
-    curves = C.learning_curves(hist)
-    table = C.summary_table(hist, curves, [0.2])
+    curves = stats.learning_curves(hist)
+    table = stats.summary_table(hist, curves, [0.2])
     row = table.set_index("arm").loc["ens"]
     assert row["n_runs"] == 3 and row["seeds"] == "0, 1, 2"
     assert row["final_mae"] == pytest.approx(2 / math.sqrt(1000))
@@ -186,25 +197,81 @@ def test_arms_baseline_and_summary() -> None:
 def test_report_files_offline(tmp_path: Path) -> None:
     hist = histories({"random": lambda n, s: (1 + 0.1 * s) * n**-0.5,
                       "ensemble": lambda n, s: 0.8 * (1 + 0.1 * s) * n**-0.5})  # fmt: skip
-    report = C.build_report(runs_of(hist), hist, experiment_name="synthetic", command="al compare")
+    report = build.build_report(
+        runs_of(hist), hist, experiment_name="synthetic", command="al compare"
+    )
     g = report.grids[0]
-    assert g.baseline == "random" and g.paired.iloc[0]["verdict"] == C.BETTER
+    assert g.baseline == "random" and g.paired.iloc[0]["verdict"] == stats.BETTER
     # default targets: the baseline's final mean MAE (0.034785) and 1.25 x, rounded up
     assert g.targets == [0.0435, 0.0348]
     assert (g.summary.set_index("arm").loc["random", ["labels_to_0.0435", "labels_to_0.0348"]]
             .notna().all())  # fmt: skip
-    md, page = C.write_report(report, tmp_path)
+    md, page = render.write_report(report, tmp_path)
     text = md.read_text()
-    assert "| ensemble |" in text and C.BETTER in text and "36" in text
+    assert "| ensemble |" in text and stats.BETTER in text and "36" in text
     assert "data:image/png;base64," in page.read_text()
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
         "mae_vs_cost_all.png", "mae_vs_labels_all.png", "paired_diff_all.png",
     ]  # fmt: skip
 
 
-def test_markdown_table_escapes_pipes() -> None:
-    out = C.markdown_table(pd.DataFrame({"a": ["x|y"], "b": [1]}))
-    assert out.splitlines() == ["| a | b |", "|---|---|", "| x\\|y | 1 |"]
+def test_tables_render_escaped_in_both_formats() -> None:
+    table = render.Table.of(pd.DataFrame({"a": ["x|y"], "b": [1], "c": [float("nan")]}))
+    sections = [render.Section("T <&>", 2, table=table)]
+    md = render.render_sections(sections, "doc", "md")
+    assert md.splitlines() == [
+        "## T <&>",
+        "",
+        "| a | b | c |",
+        "|---|---|---|",
+        "| x\\|y | 1 | – |",
+    ]
+    page = render.render_sections(sections, "doc <1>", "html")
+    assert "<title>doc &lt;1&gt;</title>" in page and "<h2>T &lt;&amp;&gt;</h2>" in page
+    assert "<tr><td>x|y</td><td>1</td><td>–</td></tr>" in page
+    with pytest.raises(ValueError, match="unknown report format"):
+        render.render_sections(sections, "doc", "rst")
+
+
+_NUMBER = re.compile(r"[-+]?\d+(?:,\d{3})*(?:\.\d+)?(?:e[-+]?\d+)?%?")
+
+
+def test_markdown_and_html_say_the_same_things() -> None:
+    """One synthetic report (two grids, notes, a figure): the two renderings have the same
+    headings, in order, the same numbers (as many times each) and the same figures."""
+    one = histories({"random": lambda n, s: (1 + 0.1 * s) * n**-0.5,
+                     "ens|<b>": lambda n, s: 0.8 * (1 + 0.1 * s) * n**-0.5}, grid="g1")  # fmt: skip
+    two = histories({"a": lambda n, s: n**-0.4, "b": lambda n, s: 0.9 * n**-0.4}, grid="g2",
+                    seeds=(0,))  # fmt: skip
+    hist = pd.concat([one, two], ignore_index=True)
+    report = build.build_report(runs_of(hist), hist, experiment_name="syn & <co>",
+                                command="al compare --experiment-name 'syn'")  # fmt: skip
+    report.notes = ["1 run superseded", "note <2>"]
+    fig = render.Figure("Test MAE vs labels", "plots/mae_vs_labels_g1.png", "iVBORw0KGgo=")
+    sections = render.report_sections(report, {"g1": [fig]}, generated="2026-01-02 03:04 UTC",
+                                      server="http://127.0.0.1:5000")  # fmt: skip
+    md = render.render_sections(sections, report.title, "md")
+    page = render.render_sections(sections, report.title, "html")
+
+    md_heads = [(len(m[1]), m[2]) for m in re.finditer(r"^(#{1,3}) (.*)$", md, re.M)]
+    html_heads = [
+        (int(m[1]), html.unescape(m[2])) for m in re.finditer(r"<h(\d)>(.*?)</h\1>", page)
+    ]
+    assert md_heads == html_heads
+    assert [h for _, h in md_heads][:4] == [report.title, "Runs per arm", "Grid: g1", "Summary"]
+    assert {"Grid: g2", "Label savings against random", "Plots", "Method"} <= {
+        h for _, h in md_heads
+    }
+
+    body = html.unescape(re.sub(r"<[^>]+>", " ", page.split("<body>", 1)[1]))
+    md_text = re.sub(r"!\[([^]]*)\]\([^)]*\)", r"\1", md).replace("\\|", "|")  # no file names
+    md_numbers = Counter(_NUMBER.findall(md_text))
+    assert len(md_numbers) > 40 and md_numbers == Counter(_NUMBER.findall(body))
+    for text in ("ens|<b>", "note <2>", "syn & <co>", stats.BETTER, "no baseline arm 'random'"):
+        assert text in md_text and text in body
+    assert "![Test MAE vs labels](plots/mae_vs_labels_g1.png)" in md
+    assert 'alt="Test MAE vs labels" src="data:image/png;base64,iVBORw0KGgo="' in page
+    assert "<figcaption>Test MAE vs labels</figcaption>" in page
 
 
 # --- end to end against the tracking server ----------------------------------------------------
@@ -268,11 +335,11 @@ def test_compare_cli_end_to_end(tracking: str, tmp_path: Path) -> None:
     md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
     for text in (md, page):
         assert name in text and "random" in text and "ensemble" in text
-        assert C.BETTER in text and "al compare --experiment-name" in text
+        assert stats.BETTER in text and "al compare --experiment-name" in text
         assert running not in text
     assert "| tiny | ensemble | 3 | 0, 1, 2 |" in md and "| tiny | coreset | 1 | 0 |" in md
     assert f"| coreset | random | 1 | 250 | {-2 / math.sqrt(250):+.4f} |" in md  # 1 pair: no CI
-    assert C.TOO_FEW in md
+    assert stats.TOO_FEW in md
     assert "data:image/png;base64," in page
 
     report_id = result.output.strip().splitlines()[-1].split()[-1]

@@ -109,3 +109,36 @@ def test_smoke_grid_runs_resumes_and_reports(subprocess_env, tmp_path: Path) -> 
     names = {a.path for a in client.list_artifacts(reports[0].info.run_id)}
     assert any(n.endswith("report.md") for n in names) or names
     mlflow.end_run()
+
+
+def test_an_explicitly_chosen_experiment_holds_the_grid(
+    tracking, tmp_path: Path, monkeypatch
+) -> None:
+    """`--experiment-name` and `mlflow run --experiment-name` (MLFLOW_EXPERIMENT_ID) are
+    honoured; MLflow's Default (id 0, passed when nothing was chosen) keeps grid-<name>."""
+    from dataclasses import replace
+
+    from click.testing import CliRunner
+
+    from al.cli import main
+    from al.entrypoints.experiment import GridRunner, chosen_experiment
+
+    path = tmp_path / "named.yaml"
+    path.write_text("name: named\nseeds: [0]\ncells: [{name: a, strategy: random}]\n")
+    run = CliRunner().invoke(
+        main, ["experiment", "--grid", str(path), "--dry-run", "true", "--experiment-name", "x1"]
+    )
+    assert run.exit_code == 0, run.output
+    assert "experiment 'x1'" in run.output
+    client = MlflowClient()
+    env_id = client.create_experiment("chosen-by-mlflow-run")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", env_id)
+    assert chosen_experiment() == "chosen-by-mlflow-run"
+    assert chosen_experiment("x2") == "x2"
+    runner = GridRunner(replace(load_grid(path), experiment_name=chosen_experiment()))
+    parent = runner._ensure_parent()
+    assert client.get_run(parent).info.experiment_id == env_id
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", "0")
+    assert chosen_experiment() == ""
+    run = CliRunner().invoke(main, ["experiment", "--grid", str(path), "--dry-run", "true"])
+    assert "experiment 'grid-named'" in run.output, run.output

@@ -12,8 +12,9 @@ from al.acquisition.strategies import STRATEGIES, resolve_strategy
 from al.data.load import load_data
 from al.data.molecules import molecules_frame
 from al.entrypoints.al_loop import run_campaign
-from al.loop.campaign import Labelled, round_generator
 from al.loop.config import CampaignConfig
+from al.loop.ledger import Labelled
+from al.loop.seeds import round_generator
 from al.tracking import (
     QUERIED_COLUMNS,
     TAG_KIND,

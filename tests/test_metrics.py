@@ -3,7 +3,14 @@ import math
 import pytest
 import torch
 
-from al.training.metrics import gaussian_nll, miscalibration_area, regression_report, spearman
+from al.training.metrics import (
+    calibration_curve,
+    calibration_scale,
+    gaussian_nll,
+    miscalibration_area,
+    regression_report,
+    spearman,
+)
 
 
 def test_spearman_known_values() -> None:
@@ -35,3 +42,37 @@ def test_regression_report_keys() -> None:
     assert r["mae"] == pytest.approx(0.25) and r["max_ae"] == pytest.approx(0.5)
     assert {"nll", "spearman_std_err", "miscalibration_area", "mean_std"} <= set(r)
     assert "nll" not in regression_report(torch.zeros(2), torch.zeros(2))
+
+
+def test_calibration_scale_recovers_a_known_scale() -> None:
+    gen = torch.Generator().manual_seed(0)
+    n = 100_000
+    std = 0.05 + torch.rand(n, generator=gen, dtype=torch.float64)  # heteroscedastic
+    err = 3.0 * std * torch.randn(n, generator=gen, dtype=torch.float64)  # true scale 3
+    mean = torch.randn(n, generator=gen, dtype=torch.float64)
+    s = calibration_scale(mean, std, mean + err)
+    assert s == pytest.approx(3.0, rel=0.01)
+    # it is the NLL minimiser: scaling by s beats nearby factors
+    nll = [gaussian_nll(mean, f * std, mean + err) for f in (0.9 * s, s, 1.1 * s)]
+    assert nll[1] < nll[0] and nll[1] < nll[2]
+    assert calibration_scale(mean[:0], std[:0], mean[:0]) == 1.0
+
+
+def test_calibration_curve_lies_on_the_diagonal_when_calibrated() -> None:
+    gen = torch.Generator().manual_seed(1)
+    y = torch.randn(100_000, generator=gen, dtype=torch.float64)
+    zero, one = torch.zeros_like(y), torch.ones_like(y)
+    expected, observed = calibration_curve(zero, one, y, n_levels=9)
+    assert expected.shape == observed.shape == (9,)
+    assert float(expected[0]) == pytest.approx(0.01) and float(expected[-1]) == pytest.approx(0.99)
+    assert (observed - expected).abs().max() < 0.01
+    _, over = calibration_curve(zero, 0.5 * one, y, n_levels=9)
+    assert (over < expected).all()  # overconfident: fewer targets inside than promised
+    area = miscalibration_area(zero, 0.5 * one, y, n_levels=9)
+    assert area == pytest.approx(float((over - expected).abs().mean()))
+
+
+def test_regression_report_with_raw_std() -> None:
+    r = regression_report(torch.zeros(3), torch.ones(3), 2 * torch.ones(3), torch.ones(3))
+    assert r["nll_raw"] == pytest.approx(gaussian_nll(torch.zeros(3), torch.ones(3), torch.ones(3)))
+    assert r["nll"] != r["nll_raw"] and "miscalibration_area_raw" in r

@@ -7,6 +7,7 @@ float64 so that their tolerances can be tight.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -14,6 +15,9 @@ import torch
 
 from al.models import MODELS, AtomisticModel, build_model, count_parameters, set_mc_dropout
 from al.models.base import COMPOSITION_Z
+from al.models.checkpoint import load_checkpoint, save_checkpoint
+from al.models.ensemble import EnsembleModel
+from al.models.shallow import ShallowEnsembleModel
 
 #: Small settings that every registered model accepts; keeps the suite fast.
 SMALL = {"hidden": 32, "n_interactions": 2}
@@ -365,3 +369,82 @@ def test_a_few_gradient_steps_reduce_the_loss(name: str) -> None:
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.2 * losses[0], losses
+
+
+# ------------------------------------------------------------ shallow and deep ensembles
+
+
+def make_shallow(name: str, heads: int = 4, n_outputs: int = 1) -> ShallowEnsembleModel:
+    torch.manual_seed(0)
+    model = ShallowEnsembleModel.build(name, heads, n_outputs=n_outputs, **SMALL)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model.double().eval()
+
+
+@pytest.mark.parametrize("n_outputs", [1, 2])
+def test_shallow_ensemble_shapes_heads_and_invariance(name: str, n_outputs: int) -> None:
+    model = make_shallow(name, heads=4, n_outputs=n_outputs)
+    z, pos, batch, B = random_batch(seed=3, n_mol=3)
+    energy, emb = energies(model, z, pos, batch, B)
+    assert energy.shape == ((4, B) if n_outputs == 1 else (4, B, 2))
+    assert emb.shape == (B, model.hidden // 2)  # the features the heads are linear in
+    assert not torch.allclose(energy[0], energy[1])  # the heads differ
+    # every head is linear in the embedding: the last layer applied to the summed features
+    last = model.trunk.readout[-1]
+    n_atoms = torch.bincount(batch, minlength=B).double()
+    ref = model.trunk.atomref[z]
+    ref = torch.zeros(B, ref.shape[1], dtype=ref.dtype).index_add(0, batch, ref)
+    linear = (emb @ last.weight.T + n_atoms[:, None] * last.bias) * model.trunk.scale + ref
+    linear = linear.view(B, 4, n_outputs).transpose(0, 1)
+    torch.testing.assert_close(linear.reshape(energy.shape), energy)
+    rot = random_rotation(torch.Generator().manual_seed(0))
+    assert_same((energy, emb), energies(model, z, pos @ rot.T + 1.0, batch, B))
+
+
+def test_shallow_ensemble_costs_one_last_layer_more(name: str) -> None:
+    single = build_model(name, **SMALL)
+    shallow = ShallowEnsembleModel.build(name, 5, **SMALL)
+    hidden_last = SMALL["hidden"] // 2
+    assert count_parameters(shallow) - count_parameters(single) == 4 * (hidden_last + 1)
+
+
+def test_shallow_reference_energies_are_shared_by_the_heads(name: str) -> None:
+    model = ShallowEnsembleModel.build(name, 3, **SMALL)
+    gen = torch.Generator().manual_seed(0)
+    comp = torch.randint(0, 6, (40, 5), generator=gen).double()
+    y = comp @ torch.tensor([-0.5, -37.8, -54.6, -75.1, -99.7], dtype=torch.float64)
+    model.fit_reference(comp, y)
+    ref = model.trunk.atomref[list(COMPOSITION_Z)]  # [5, K]
+    torch.testing.assert_close(ref, ref[:, :1].expand_as(ref))
+    assert ref[1, 0].item() == pytest.approx(-37.8, abs=1e-6)
+    assert model.scale.shape == ()
+
+
+def test_shallow_checkpoint_round_trip(name: str, tmp_path) -> None:
+    model = make_shallow(name, heads=3).float()
+    path = save_checkpoint([model], tmp_path / "m.pt", meta={"std_scale": 1.7})
+    (back,), meta = load_checkpoint(path)
+    assert isinstance(back, ShallowEnsembleModel) and back.heads == 3
+    assert meta["std_scale"] == 1.7 and back.hparams() == model.hparams()
+    z, pos, batch, B = random_batch(seed=5)
+    a, b = energies(model, z, pos.float(), batch, B), energies(back, z, pos.float(), batch, B)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_ensemble_members_on_their_own_batches_loop_and_vmap_agree(name: str) -> None:
+    torch.manual_seed(0)
+    members = [build_model(name, **SMALL).double() for _ in range(3)]
+    ens = EnsembleModel([copy.deepcopy(m) for m in members])
+    # different molecules and atom counts per member, as in training
+    inputs = [random_batch(seed=20 + k, n_mol=3, sizes=(3, 4 + 3 * k))[:3] for k in range(3)]
+    ref = torch.stack([m(*inp, 3) for m, inp in zip(members, inputs, strict=True)]).detach()
+    for vectorize in (False, True):
+        ens.vectorize = vectorize
+        torch.testing.assert_close(ens.forward_members(inputs, 3), ref, atol=1e-10, rtol=0)
+    # a loss on member 1 reaches member 1's weights only
+    ens.forward_members(inputs, 3)[1].sum().backward()
+    grads = [p.grad for p in ens.stacked if p.grad is not None]
+    assert all(g[[0, 2]].abs().sum() == 0 for g in grads)
+    assert any(g[1].abs().sum() > 0 for g in grads)

@@ -123,7 +123,8 @@ def test_surrogates_give_fidelity_members(qm9) -> None:
         k = 3 if name == "ensemble" else 4
         assert pred.fidelity_members.shape == (k, 8, 2)
         assert torch.allclose(pred.mean, pred.fidelity_members[..., 1].mean(0))
-        assert torch.allclose(pred.std, pred.fidelity_members[..., 1].std(0))
+        assert torch.allclose(pred.std_raw, pred.fidelity_members[..., 1].std(0))
+        assert torch.allclose(pred.std, pred.std_raw * s.std_scale)
 
 
 def _pred(samples: torch.Tensor) -> Prediction:

@@ -22,10 +22,11 @@ from al.oracles import (
     OracleError,
     XTBOracle,
     build_oracle,
+    fit_xtb_reference,
     load_xtb_reference,
     oracle_choices,
 )
-from al.oracles import base as oracles
+from al.oracles import xtb as xtb_module
 
 #: Methane, ammonia, water, acetylene, hydrogen cyanide.
 SMALL = [1, 2, 3, 4, 5]
@@ -152,7 +153,7 @@ def test_xtb_failure_is_recorded_and_the_rest_succeeds(qm9) -> None:
 
 
 def test_xtb_scf_failure_and_non_finite_energy(qm9, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = oracles.xtb_energy_hartree
+    real = xtb_module.xtb_energy_hartree
 
     def flaky(z, pos, **kw):
         if len(z) == 3:  # water
@@ -161,7 +162,7 @@ def test_xtb_scf_failure_and_non_finite_energy(qm9, monkeypatch: pytest.MonkeyPa
             return float("nan")
         return real(z, pos, **kw)
 
-    monkeypatch.setattr(oracles, "xtb_energy_hartree", flaky)
+    monkeypatch.setattr(xtb_module, "xtb_energy_hartree", flaky)
     result = build_oracle("xtb", data=qm9).label([3, 2, 1])
     assert list(result.status) == ["scf_not_converged", "non_finite", "ok"]
     assert np.isnan(result.value[:2]).all() and np.isfinite(result.value[2])
@@ -177,6 +178,22 @@ def test_packaged_xtb_reference_was_fitted_on_the_default_oracle_split(qm9) -> N
     assert sorted(ref.coefficients_ev) == [1, 6, 7, 8, 9]
     assert ref.meta["split_digest"] == make_splits(qm9.qm9_index.numpy()).digest()
     assert ref.meta["fit_mae_ev"] < 1.0 and ref.meta["n_fit"] >= 1000
+
+
+def test_xtb_reference_fit_recovers_a_per_element_offset() -> None:
+    gen = np.random.default_rng(0)
+    comp = gen.integers(0, 6, size=(60, 5)).astype(np.float64)  # H, C, N, O, F counts
+    energy = gen.normal(-20.0, 5.0, size=60)
+    true_c = np.array([-0.5, -3.0, -2.0, -1.5, -1.0])
+    target = 27.211386 * energy + comp @ true_c
+    energy[7] = np.nan  # a failed xTB run: left out of the fit, counted
+    fit = np.arange(60) < 40
+    rec = fit_xtb_reference(energy, comp, target, fit)
+    assert list(rec["coefficients_ev"]) == ["H", "C", "N", "O", "F"]
+    np.testing.assert_allclose(list(rec["coefficients_ev"].values()), true_c, atol=1e-8)
+    assert (rec["n_fit"], rec["n_heldout"], rec["n_failed"]) == (39, 20, 1)
+    assert rec["fit_mae_ev"] < 1e-8 and rec["heldout_mae_ev"] < 1e-8
+    assert rec["heldout_composition_only_mae_ev"] > 1.0
 
 
 def test_model_oracle_records_non_finite_predictions(qm9, local_model: str) -> None:
@@ -198,6 +215,23 @@ def test_model_oracle_prediction_error_is_recorded(qm9, local_model: str) -> Non
     oracle._model = Broken()
     result = oracle.label([1, UNKNOWN])
     assert list(result.status) == ["error:RuntimeError", "unknown_molecule"]
+
+
+def test_a_failing_batch_marks_only_its_rows(qm9, local_model: str) -> None:
+    oracle = ModelOracle(qm9, local_model, batch_size=2)
+
+    class FailsOnWater:  # a batch holding water (the only O here) fails, the others label
+        def predict(self, frame):
+            if any(8 in list(z) for z in frame["z"]):
+                raise RuntimeError("boom")
+            n = np.array([len(z) for z in frame["z"]])
+            return {"mean_ev": -4.0 * n if len(n) > 1 else [1.0, 2.0]}
+
+    oracle._model = FailsOnWater()
+    result = oracle.label([1, 2, 3, 4, 5])  # batches [1, 2], [3, 4], [5] (wrong shape)
+    errors = ["error:RuntimeError"] * 2 + ["error:ValueError"]
+    assert list(result.status) == ["ok", "ok", *errors]
+    assert list(result.value[:2]) == [-20.0, -16.0] and np.isnan(result.value[2:]).all()
 
 
 def test_model_oracle_bad_uri_fails_at_label_time(qm9, tmp_path: Path) -> None:

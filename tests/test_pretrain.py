@@ -26,6 +26,7 @@ from torch import nn
 from al.config import ConfigError
 from al.data.elements import ATOM_REF_H298_HA
 from al.data.splits import SplitConfig, make_splits
+from al.entrypoints.label import run_label
 from al.entrypoints.pretrain import (
     PRESETS,
     TRAIN_INDEX_ARTIFACT,
@@ -36,8 +37,6 @@ from al.entrypoints.pretrain import (
 from al.models.checkpoint import load_checkpoint
 from al.oracles import (
     ORACLES,
-    PRETRAINED_ALIAS,
-    PRETRAINED_REGISTERED_NAME,
     PYG_HARTREE_TO_EV,
     PYG_SCHNET_FOLDER,
     PYG_SCHNET_MODEL,
@@ -50,7 +49,13 @@ from al.oracles import (
     network_problem,
     packaged_checkpoint,
 )
-from al.tracking.registry import file_sha256
+from al.tracking import registry
+from al.tracking.registry import (
+    PRETRAINED_ALIAS,
+    PRETRAINED_REGISTERED_NAME,
+    file_sha256,
+    register_oracles,
+)
 from al.training.fit import predict
 
 #: Methane, ammonia, water, acetylene, hydrogen cyanide.
@@ -183,6 +188,19 @@ def test_shipped_oracle_warns_on_another_split(qm9, caplog: pytest.LogCaptureFix
     assert "event=oracle_split_mismatch" in caplog.text
 
 
+def test_shipped_oracle_prediction_error_is_recorded(qm9) -> None:
+    oracle = PretrainedOracle(qm9, register="never")
+
+    class Broken(nn.Linear):
+        def energy_and_embedding(self, *args: object) -> None:
+            raise RuntimeError("out of memory")
+
+    oracle.model = Broken(1, 1)
+    result = oracle.label([1, UNKNOWN, 2])
+    assert list(result.status) == ["error:RuntimeError", "unknown_molecule", "error:RuntimeError"]
+    assert np.isnan(result.value).all()
+
+
 def test_corrupt_checkpoint_is_detected(qm9, tmp_path: Path) -> None:
     src = packaged_checkpoint()
     pt = tmp_path / src.name
@@ -200,14 +218,19 @@ def test_corrupt_checkpoint_is_detected(qm9, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_shipped_oracle_registers_itself_once_beside_a_campaign_run(tracking: str, qm9) -> None:
+def test_shipped_oracle_is_registered_once_when_a_campaign_or_al_label_starts(
+    tracking: str, qm9, tmp_path: Path
+) -> None:
     client = MlflowClient()
     mlflow.set_experiment("pretrain-tests-campaign")
-    with mlflow.start_run() as campaign:
+    with mlflow.start_run() as campaign:  # as al_loop: oracles built, then registered
         first = PretrainedOracle(qm9)
-        assert first.label(SMALL).ok.all()
+        assert first.registered_uri is None  # building it touches no tracking server
+        register_oracles([first])
         assert mlflow.active_run().info.run_id == campaign.info.run_id  # untouched
+        assert first.label(SMALL).ok.all()
         second = PretrainedOracle(qm9)
+        register_oracles([second])
         assert second.label([6, 7]).ok.all()
     assert first.registered_uri == second.registered_uri is not None
     versions = [
@@ -222,6 +245,7 @@ def test_shipped_oracle_registers_itself_once_beside_a_campaign_run(tracking: st
     # the registration run lives in al-oracles; the campaign run got no model
     reg_run = client.get_run(versions[0].tags["run_id"])
     assert reg_run.data.tags["al.kind"] == "pretrain"
+    assert reg_run.data.tags["al.registered_model"] == first.registered_uri
     assert client.get_experiment(reg_run.info.experiment_id).name == "al-oracles"
     outputs = client.get_run(campaign.info.run_id).outputs
     assert not (outputs.model_outputs if outputs else [])
@@ -230,6 +254,13 @@ def test_shipped_oracle_registers_itself_once_beside_a_campaign_run(tracking: st
     np.testing.assert_allclose(
         via_mlflow.label(SMALL).value, first.label(SMALL).value, rtol=0, atol=1e-4
     )
+    # `al label` with the shipped oracle registers it (the same version) before labelling
+    src = tmp_path / "in.csv"
+    src.write_text("qm9_index\n1\n2\n")
+    run_id = run_label("pretrained", src, experiment_name="pretrain-tests-label")
+    assert client.get_run(run_id).data.params["oracle.registered_uri"] == first.registered_uri
+    same = client.search_model_versions(f"name='{PRETRAINED_REGISTERED_NAME}'")
+    assert [mv.tags.get("sha256") for mv in same].count(first.sha256) == 1
 
 
 def test_registration_failure_never_fails_a_label(
@@ -242,10 +273,29 @@ def test_registration_failure_never_fails_a_label(
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     oracle = PretrainedOracle(qm9, register="always")
-    with caplog.at_level(logging.WARNING, logger="al.oracles"):
-        assert oracle.label([1, 2]).ok.all()
-    assert "event=oracle_registration_failed" in caplog.text
-    assert oracle.registered_uri is None
+    again = PretrainedOracle(qm9, register="always")  # the same checkpoint: tried once
+    with caplog.at_level(logging.WARNING, logger="al.tracking"):
+        register_oracles([oracle, again])
+    assert caplog.text.count("event=oracle_registration_failed") == 1
+    assert oracle.registered_uri is None and again.registered_uri is None
+    assert oracle.label([1, 2]).ok.all()
+
+
+def test_registration_needs_a_tracking_uri_or_a_run_unless_asked(
+    qm9, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr("mlflow.tracking._tracking_service.utils._tracking_uri", None)
+    assert not registry.tracking_configured()
+    tried: list[str] = []
+    monkeypatch.setattr(
+        registry, "register_pretrained_oracle", lambda o: tried.append(o.register_mode) or "x"
+    )
+    modes = [PretrainedOracle(qm9, register=m) for m in ("auto", "never", "always")]
+    with caplog.at_level(logging.WARNING):
+        register_oracles([*modes, build_oracle("dft", data=qm9)])
+    assert tried == ["always"] and not caplog.text  # auto: no tracking URI, no warning
+    assert [o.registered_uri for o in modes] == [None, None, "x"]
 
 
 # --- PyG's pretrained SchNet --------------------------------------------------------------------

@@ -1,12 +1,17 @@
 import copy
+import math
+from dataclasses import replace
 
 import pytest
 import torch
 
 from al.models import build_model
+from al.models.checkpoint import load_checkpoint, save_checkpoint
 from al.models.config import ModelConfig
 from al.models.ensemble import EnsembleModel
+from al.models.shallow import ShallowEnsembleModel
 from al.training.config import FitConfig
+from al.training.metrics import calibration_scale, regression_report
 from al.uncertainty import UNCERTAINTIES, build_surrogate
 
 SMALL = ModelConfig(hidden=32, filter_groups=8, n_interactions=1, dropout=0.1)
@@ -25,18 +30,79 @@ def test_every_surrogate_predicts_what_it_provides(name: str, qm9, rows) -> None
     s.fit(qm9, rows[0], rows[1])
     pred = s.predict(qm9, rows[2], batch_size=16)
     assert pred.provides() == s.provides
-    assert pred.mean.shape == (40,) and pred.std.shape == (40,)
-    assert pred.embedding.shape == (40, 32)
+    assert pred.mean.shape == (40,) and pred.std.shape == (40,) and pred.std_raw.shape == (40,)
+    # shallow: the features its heads are linear in (the readout's last hidden layer)
+    assert pred.embedding.shape == (40, 16 if name == "shallow" else 32)
     assert (pred.std > 0).all()
     assert torch.allclose(pred.mean, pred.members.mean(0))
-    # the saved members reproduce the surrogate's predictions
+    torch.testing.assert_close(pred.std, pred.std_raw * s.std_scale)
+    # the saved members (and calibration) reproduce the surrogate's predictions
     other = build_surrogate(name, SMALL, FIT, torch.device("cpu"), ensemble_size=3, mc_samples=4)
-    other.load_members(s.members())
+    other.load_members(s.members(), s.checkpoint_meta())
+    assert other.std_scale == s.std_scale
     again = other.predict(qm9, rows[2], batch_size=16)
-    if name == "ensemble":
+    if name in ("ensemble", "shallow"):
         torch.testing.assert_close(again.mean, pred.mean)
+        torch.testing.assert_close(again.std, pred.std)
     else:
         torch.testing.assert_close(again.embedding, pred.embedding)
+
+
+@pytest.mark.parametrize("name", list(UNCERTAINTIES))
+def test_std_is_calibrated_on_the_validation_set(name: str, qm9, rows) -> None:
+    s = build_surrogate(name, SMALL, FIT, torch.device("cpu"), ensemble_size=3, mc_samples=4)
+    result = s.fit(qm9, rows[0], rows[1])
+    assert result.std_scale == s.std_scale != 1.0
+    assert s.checkpoint_meta()["std_scale"] == s.std_scale
+    if name == "mc_dropout":
+        return  # MC passes are random: the validation std is not reproducible
+    val = s.predict(qm9, rows[1])
+    target = qm9.y[rows[1]]
+    # by construction the calibrated std has mean(err^2 / std^2) = 1 on validation
+    assert calibration_scale(val.mean, val.std, target) == pytest.approx(1.0, rel=1e-6)
+    assert calibration_scale(val.mean, val.std_raw, target) == pytest.approx(s.std_scale)
+    report = regression_report(val.mean, target, val.std, val.std_raw)
+    assert report["nll"] <= report["nll_raw"] + 1e-9  # the scale minimises the NLL
+
+
+def test_shallow_ensemble_learns_and_its_heads_differ(qm9, rows) -> None:
+    cfg = FitConfig(epochs=4, batch_size=16, lr=3e-3, progress=False, nll_warmup=0.25)
+    s = build_surrogate("shallow", SMALL, cfg, torch.device("cpu"), ensemble_size=4)
+    result = s.fit(qm9, rows[0], rows[1])
+    assert isinstance(s.model, ShallowEnsembleModel) and s.model.heads == 4
+    assert result.best_val_mae < result.history[0].val_mae  # it learns
+    assert result.best_step >= round(0.25 * result.step_budget)  # kept weights are NLL-trained
+    pred = s.predict(qm9, rows[2])
+    assert pred.members.shape == (4, 40)
+    assert (pred.members[0] - pred.members[1]).abs().min() > 0  # heads differ
+    assert (pred.std_raw > 0).all() and torch.isfinite(pred.std).all()
+
+
+def test_shallow_ensemble_checkpoint_round_trip(qm9, rows, tmp_path) -> None:
+    cfg = FitConfig(epochs=1, batch_size=32, progress=False)
+    s = build_surrogate("shallow", SMALL, cfg, torch.device("cpu"), ensemble_size=3)
+    s.fit(qm9, rows[0], rows[1])
+    path = save_checkpoint(s.members(), tmp_path / "model.pt", meta=s.checkpoint_meta())
+    models, meta = load_checkpoint(path)
+    assert meta["uncertainty"] == "shallow" and meta["ensemble_size"] == 3
+    back = build_surrogate(meta["uncertainty"], SMALL, cfg, torch.device("cpu"), ensemble_size=3)
+    back.load_members(models, meta)
+    a, b = s.predict(qm9, rows[2]), back.predict(qm9, rows[2])
+    for field in ("mean", "std", "std_raw", "members", "embedding"):
+        torch.testing.assert_close(getattr(b, field), getattr(a, field))
+
+
+def test_multi_fidelity_shallow_ensemble(qm9, rows) -> None:
+    y = torch.stack([qm9.y + 0.3, qm9.y], dim=1)  # a biased cheap fidelity and the target
+    y[rows[0][::2], 1] = float("nan")  # half the training molecules lack the target
+    data = replace(qm9, y=y)
+    cfg = FitConfig(epochs=1, batch_size=32, progress=False)
+    s = build_surrogate("shallow", SMALL, cfg, torch.device("cpu"), ensemble_size=3, n_outputs=2)
+    result = s.fit(data, rows[0], rows[1])
+    assert math.isfinite(result.best_val_mae)
+    pred = s.predict(data, rows[2])
+    assert pred.fidelity_members.shape == (3, 40, 2)
+    torch.testing.assert_close(pred.members, pred.fidelity_members[..., -1])
 
 
 def test_ensemble_members_are_independent_and_match_loop_and_vmap(qm9) -> None:
@@ -59,5 +125,17 @@ def test_ensemble_members_are_independent_and_match_loop_and_vmap(qm9) -> None:
 def test_mc_dropout_needs_dropout() -> None:
     with pytest.raises(ValueError, match="dropout > 0"):
         build_surrogate("mc_dropout", ModelConfig(dropout=0.0), FIT, torch.device("cpu"))
-    with pytest.raises(ValueError, match="expected one of: ensemble, mc_dropout"):
+    with pytest.raises(ValueError, match="expected one of: ensemble, mc_dropout, shallow"):
         build_surrogate("gp", SMALL, FIT, torch.device("cpu"))
+    with pytest.raises(ValueError, match="at least 2 heads"):
+        build_surrogate("shallow", SMALL, FIT, torch.device("cpu"), ensemble_size=1)
+
+
+def test_bootstrap_ensemble_with_the_validation_floor(qm9, rows) -> None:
+    """Rows moved to validation take their bootstrap weights with them."""
+    cfg = FitConfig(epochs=1, batch_size=32, progress=False, val_min=40, val_max_fraction=0.5)
+    s = build_surrogate("ensemble", SMALL, cfg, torch.device("cpu"), ensemble_size=2,
+                        bootstrap=True)  # fmt: skip
+    result = s.fit(qm9, rows[0], rows[1])
+    assert result.val_rows.numel() == 40 and result.n_train == 110
+    assert math.isfinite(result.best_val_mae)

@@ -24,6 +24,9 @@ STRATEGIES: dict[str, Strategy] = {
     "random": Strategy("ensemble", "random", "random batches (the baseline)"),
     "ensemble": Strategy("ensemble", "max_std", "deep ensemble, highest std first"),
     "mc_dropout": Strategy("mc_dropout", "max_std", "MC dropout, highest std first"),
+    "shallow": Strategy(
+        "shallow", "max_std", "shallow ensemble (K NLL-trained heads, one trunk), highest std"
+    ),
     "coreset": Strategy("ensemble", "coreset", "k-center greedy on embeddings"),
     "diverse": Strategy("ensemble", "diverse", "high std, spread out in embedding space"),
     "stream": Strategy(

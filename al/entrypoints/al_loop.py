@@ -3,26 +3,26 @@
 from __future__ import annotations
 
 import logging
-import tempfile
 from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 
 import mlflow
 
-from al import plots, tracking
+from al import tracking
 from al.acquisition import ACQUISITIONS, resolve_strategy
 from al.config import subset, to_dict
 from al.data.config import DataConfig
 from al.data.load import load_data
 from al.loop.campaign import Campaign
 from al.loop.config import CampaignConfig
+from al.loop.schemes import build_scheme
+from al.loop.selection import build_selection
 from al.loop.stopping import build_rules
-from al.models.checkpoint import save_checkpoint
+from al.loop.tracker import MlflowTracker
 from al.models.config import ModelConfig
 from al.oracles import build_oracle
-from al.tracking import CampaignRun
-from al.tracking.pyfunc import log_pyfunc_model
+from al.runtime import configure_threads
+from al.tracking.registry import register_oracles
 from al.training.fit import resolve_device, seed_everything
 from al.uncertainty import build_surrogate
 
@@ -50,6 +50,7 @@ def run_campaign(config: CampaignConfig, echo: Callable[[str], None] | None = No
             f"strategy {config.strategy!r} ({strategy.scheme} scheme) does not support several "
             "oracles; use a pool strategy (e.g. ensemble or mc_dropout)"
         )
+    configure_threads(config.threads)
     seed_everything(config.seed)
     device = resolve_device(config.device)
     data, splits = load_data(subset(DataConfig, config))
@@ -72,8 +73,11 @@ def run_campaign(config: CampaignConfig, echo: Callable[[str], None] | None = No
     acquisition = config.mf_acquisition if len(oracles) > 1 else strategy.acquisition
     oracle_tag = ",".join(o.name for o in oracles)
     rules = build_rules(config.stopping_settings())
-    run = CampaignRun.start(config.experiment_name, config.resume)
+    scheme = build_scheme(strategy.scheme, config)
+    selection = build_selection(data, oracles, config, acquisition, surrogate)
+    run = MlflowTracker.start(config.experiment_name, config.resume)
     try:
+        register_oracles(oracles)  # the shipped oracle, once per checkpoint (never raises)
         resolved = {
             **to_dict(config), "resolved_uncertainty": strategy.uncertainty,
             "resolved_acquisition": acquisition, "split_digest": splits.digest(),
@@ -94,19 +98,12 @@ def run_campaign(config: CampaignConfig, echo: Callable[[str], None] | None = No
             tracking.log_dict_artifact(resolved, tracking.Artifacts.CONFIG)
             tracking.log_text_artifact(splits.to_json(), tracking.Artifacts.SPLITS)
         campaign = Campaign(
-            config,
-            data,
-            splits,
-            surrogate,
-            acquisition,
-            oracles,
-            rules,
-            run,
-            strategy.scheme,
-        )
+            config, data, splits, surrogate, oracles, rules,
+            scheme=scheme, selection=selection, tracker=run,
+        )  # fmt: skip
         reason = campaign.execute()
         mlflow.set_tag(tracking.TAG_STOP_REASON, reason)
-        log_final_model(campaign)
+        log_final_model(campaign, run)
         log.info("event=campaign_done run_id=%s reason=%r", run.run_id, reason)
         if echo is not None:
             echo(
@@ -118,25 +115,7 @@ def run_campaign(config: CampaignConfig, echo: Callable[[str], None] | None = No
     return run.run_id
 
 
-def log_final_model(campaign: Campaign) -> None:
-    """The final surrogate as the campaign's MLflow model, plus final plots."""
-    with tempfile.TemporaryDirectory(prefix="al-") as tmp:
-        ckpt = save_checkpoint(
-            campaign.surrogate.members(), Path(tmp) / "model.pt",
-            meta={**campaign.surrogate.checkpoint_meta(),
-                  "data_version": campaign.labelled.digest()},
-        )  # fmt: skip
-        info = log_pyfunc_model(ckpt, tracking.Artifacts.MODEL_NAME)
-        mlflow.set_tag(tracking.TAG_MODEL_URI, info.model_uri)
-        pred = campaign.surrogate.predict(campaign.data, campaign.test)
-        counts = campaign.labelled_counts_per_round()
-        curve = list(zip(counts, campaign.mae_history, strict=False))
-        target = campaign.data.y[campaign.test].numpy()
-        std = pred.std.numpy() if pred.std is not None else None
-        figs = plots.campaign_figures(
-            curve, pred.mean.numpy(), std, target, len(campaign.mae_history) - 1
-        )
-        for fig, path in zip(figs, tracking.CAMPAIGN_PLOTS, strict=True):
-            tracking.log_figure(fig, path)
-        campaign.labelled.table.to_csv(Path(tmp) / "labelled.csv", index=False)
-        mlflow.log_artifact(str(Path(tmp) / "labelled.csv"))
+def log_final_model(campaign: Campaign, tracker: MlflowTracker) -> str:
+    """The final surrogate as the campaign's MLflow model, plus final plots and the labelled
+    set; returns the model URI."""
+    return tracker.log_final_model(campaign.final_artifacts(), campaign.labelled.table)

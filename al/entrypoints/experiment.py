@@ -28,6 +28,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -38,8 +39,10 @@ from typing import Any
 import yaml
 from mlflow.tracking import MlflowClient
 
+from al import progress
 from al.config import ConfigError, build_config, read_yaml
 from al.loop.config import CampaignConfig
+from al.runtime import threads_per_process
 from al.tracking.names import (
     KIND_EXPERIMENT,
     TAG_CELL,
@@ -150,6 +153,23 @@ def load_grid(path: str | Path) -> Grid:
     )
 
 
+def chosen_experiment(explicit: str = "") -> str:
+    """The MLflow experiment the user chose for a grid's campaigns, or "" for the grid's own.
+
+    In order: ``explicit`` (``al experiment --experiment-name``), the experiment that
+    ``mlflow run --experiment-name/--experiment-id`` passes on (``MLFLOW_EXPERIMENT_ID``;
+    ``0``, MLflow's "Default" that it passes when nothing was chosen, does not count), and
+    ``MLFLOW_EXPERIMENT_NAME``. Without any of them the grid's ``experiment_name`` key, else
+    ``grid-<name>``, holds the campaigns.
+    """
+    if explicit:
+        return explicit
+    exp_id = os.environ.get("MLFLOW_EXPERIMENT_ID", "")
+    if exp_id and exp_id != "0":
+        return MlflowClient().get_experiment(exp_id).name
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME", "")
+
+
 @dataclass
 class CellState:
     """Where a cell stands on the tracking server: ``new``, ``resume`` (an interrupted run
@@ -175,7 +195,7 @@ class GridRunner:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.grid, self.workers = grid, workers
-        self.threads = threads or max(1, (os.cpu_count() or 1) // workers)
+        self.threads = threads or threads_per_process(workers)
         self.client = MlflowClient()
         self.echo = echo or log.info
         self.experiment_id = ""
@@ -279,18 +299,22 @@ class GridRunner:
         log_dir = Path(log_dir or tempfile.mkdtemp(prefix="al-grid-"))
         log_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        done_count = [0]
+        cells = progress.bar(total=len(todo), desc=f"grid {self.grid.name}", unit="campaign")
+        lock = threading.Lock()
 
         def one(state: CellState) -> CellState:
             result = self._run_cell(state, log_dir)
-            done_count[0] += 1
-            self.echo(
-                f"[{done_count[0]}/{len(todo)}] {state.cell.key}: {result.status} "
-                f"(run {result.run_id}, {time.perf_counter() - t0:.0f} s since start)"
-            )
+            with lock:
+                cells.update(1)
+                progress.note(
+                    cells,
+                    f"[{cells.n}/{len(todo)}] {state.cell.key}: {result.status} "
+                    f"(run {result.run_id}, {time.perf_counter() - t0:.0f} s since start)",
+                    self.echo,
+                )
             return result
 
-        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+        with cells, ThreadPoolExecutor(max_workers=self.workers) as pool:
             results = {s.cell.key: r for s, r in zip(todo, pool.map(one, todo), strict=True)}
         final = [results.get(s.cell.key, s) for s in states]
         failed = [s for s in final if s.status == "failed"]

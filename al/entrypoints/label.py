@@ -11,6 +11,7 @@ import pandas as pd
 from al import tracking
 from al.data.load import load_qm9
 from al.oracles import build_oracle
+from al.tracking.registry import register_oracles
 
 
 def run_label(
@@ -40,6 +41,7 @@ def run_label(
         raise ValueError(f"{path}:{line}: qm9_index must be an integer")
     data = load_qm9()
     oracle = build_oracle(oracle_spec, data=data, cost=cost)
+    register_oracles([oracle])  # the shipped pretrained oracle, once per tracking server
     result = oracle.label(index.to_numpy().astype("int64"))
     frame = result.to_frame()
     tracking.set_experiment(experiment_name)

@@ -35,10 +35,11 @@ from al.data.load import load_data
 from al.data.qm9pack import qm9pack_data_dir
 from al.models import ModelConfig, build_model, count_parameters
 from al.models.checkpoint import save_checkpoint
+from al.runtime import configure_threads
 from al.tracking import Artifacts, Metrics
 from al.tracking.names import KIND_PRETRAIN, TAG_FIDELITY
 from al.tracking.pyfunc import log_pyfunc_model
-from al.tracking.registry import file_sha256, register_oracle
+from al.tracking.registry import file_sha256, oracle_version_tags, register_oracle
 from al.tracking.runs import set_experiment
 from al.training.config import FitConfig
 from al.training.fit import fit, predict, resolve_device, seed_everything
@@ -189,6 +190,7 @@ def run_pretrain(
     """Train an oracle model on the oracle split, log, register and optionally export it."""
     import mlflow
 
+    configure_threads(config.threads)
     seed_everything(config.seed)
     device = resolve_device(config.device)
     data, splits = load_data(subset(DataConfig, config))
@@ -307,14 +309,14 @@ def run_pretrain(
                     info.model_uri,
                     config.register_as,
                     alias=config.fidelity,
-                    tags={
-                        "fidelity": config.fidelity,
-                        "test_mae": f"{test_metrics['mae']:.6f}",
-                        "split_digest": digest,
-                        "train_size": str(config.train_size),
-                        "sha256": sha,
-                        "run_id": run_id,
-                    },
+                    tags=oracle_version_tags(
+                        fidelity=config.fidelity,
+                        test_mae=f"{test_metrics['mae']:.6f}",
+                        split_digest=digest,
+                        train_size=str(config.train_size),
+                        sha256=sha,
+                        run_id=run_id,
+                    ),
                 )
                 mlflow.set_tag(tracking.TAG_REGISTERED_MODEL, registered_uri)
             exported = None

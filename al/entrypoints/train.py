@@ -18,6 +18,7 @@ from al.data.load import load_data
 from al.data.qm9pack import qm9pack_data_dir
 from al.models import ModelConfig, build_model, count_parameters
 from al.models.checkpoint import save_checkpoint
+from al.runtime import configure_threads
 from al.tracking import Artifacts, Metrics
 from al.tracking.pyfunc import log_pyfunc_model
 from al.training.config import FitConfig
@@ -45,6 +46,7 @@ def run_train(config: TrainRunConfig, echo: Callable[[str], None] | None = None)
     ``echo`` receives the one-line summary for the user (the command line passes
     ``click.echo``).
     """
+    configure_threads(config.threads)
     seed_everything(config.seed)
     device = resolve_device(config.device)
     data, splits = load_data(subset(DataConfig, config))

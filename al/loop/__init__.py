@@ -1,1 +1,3 @@
-"""The active-learning loop: the campaign algorithm, its ledger, stopping rules, config."""
+"""The active-learning loop: the campaign algorithm (:mod:`~al.loop.campaign`) and the
+collaborators it is given: data schemes, single-/multi-fidelity selection, tracking; its
+ledger, stopping rules and config."""

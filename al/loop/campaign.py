@@ -1,50 +1,77 @@
-"""The active-learning loop: fit, evaluate, score, select, label, log, stop."""
+"""The active-learning loop: fit, evaluate, score, select, label, record, stop.
+
+:class:`Campaign` is the algorithm; what varies is passed in, chosen once:
+
+- ``scheme`` (:mod:`al.loop.schemes`): which pool molecules a round offers, when to retrain;
+- ``selection`` (:mod:`al.loop.selection`): single- or multi-fidelity requests (with its
+  acquisition function) and training targets;
+- ``tracker`` (:mod:`al.loop.tracker`): where rounds are recorded and resume reads them
+  back (MLflow, or memory);
+- ``surrogate``, ``oracles`` and the stopping ``rules``.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
-import mlflow
 import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
 
-from al import plots, tracking
-from al.acquisition.functions import ACQUISITIONS, select
+from al import progress
 from al.data.molecules import MolecularData
 from al.data.splits import Splits
 from al.loop.config import CampaignConfig
 from al.loop.ledger import Labelled
+from al.loop.schemes import DataScheme
+from al.loop.seeds import round_generator
+from al.loop.selection import Selection
 from al.loop.stopping import CampaignProgress, StoppingRule, first_reason
-from al.models.checkpoint import load_checkpoint, save_checkpoint
+from al.loop.tracker import CampaignTracker, ModelArtifacts
+from al.models.checkpoint import load_checkpoint
 from al.oracles import Oracle
-from al.tracking import CampaignMetrics as CM  # noqa: N817 - used in every metric key
-from al.tracking import CampaignRun
-from al.tracking.pyfunc import log_pyfunc_model
+from al.tracking.names import QUERIED_COLUMNS
+from al.tracking.names import CampaignMetrics as CM  # noqa: N817 - used in every metric key
+from al.training.fit import EpochStats
 from al.training.metrics import regression_report
 from al.uncertainty import Prediction, Surrogate
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+__all__ = ["Campaign", "Labelled", "round_generator"]
 
-def round_generator(seed: int, round_: int, purpose: str) -> torch.Generator:
-    """A generator that depends only on (seed, round, purpose): a resumed round draws the
-    same subsample and makes the same choices as the interrupted one would have."""
-    digest = hashlib.sha256(f"{seed}/{round_}/{purpose}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") % 2**63)
+#: report key -> campaign metric of the test-set evaluation (resume reads them back)
+REPORT_METRICS = {
+    "mae": CM.TEST_MAE, "rmse": CM.TEST_RMSE, "max_ae": CM.TEST_MAX_AE, "nll": CM.TEST_NLL,
+    "spearman_std_err": CM.TEST_SPEARMAN, "miscalibration_area": CM.TEST_MISCALIBRATION,
+    "mean_std": CM.TEST_MEAN_STD, "nll_raw": CM.TEST_NLL_RAW,
+    "miscalibration_area_raw": CM.TEST_MISCALIBRATION_RAW,
+}  # fmt: skip
 
 
 class Campaign:
-    """One campaign: the collaborators are built by :func:`run_campaign` and passed in."""
+    """One campaign; its collaborators are built by the caller and passed in.
+
+    Args:
+        config: the campaign settings (sizes, seed, validation share, ...).
+        data: all molecules (``y [n_mol]`` is the ground truth, used only on the test set).
+        splits: the fixed test/oracle/pool split.
+        surrogate: the uncertainty-aware model, refitted from scratch by each fit.
+        oracles: the labellers, cheapest first (one, unless multi-fidelity).
+        rules: stopping rules, checked after every round.
+        scheme: which pool molecules a round offers, and when to retrain.
+        selection: what a round asks the oracles for (it holds the acquisition function),
+            and the training targets.
+        tracker: where the rounds go, and where resume reads them back.
+    """
 
     def __init__(
         self,
@@ -52,34 +79,51 @@ class Campaign:
         data: MolecularData,
         splits: Splits,
         surrogate: Surrogate,
-        acquisition: str,
-        oracles: list[Oracle],
-        rules: list[StoppingRule],
-        run: CampaignRun,
-        scheme: str = "pool",
+        oracles: Sequence[Oracle],
+        rules: Sequence[StoppingRule],
+        scheme: DataScheme,
+        selection: Selection,
+        tracker: CampaignTracker,
     ) -> None:
-        self.config, self.data, self.splits, self.scheme = config, data, splits, scheme
-        self.surrogate, self.acquisition, self.oracles = surrogate, acquisition, oracles
-        self.rules, self.run = rules, run
-        #: several oracles: a multi-fidelity campaign (cheapest first, the last is the target)
-        self.multi = len(oracles) > 1
-        self.fidelity_of = {o.name: d for d, o in enumerate(oracles)}
-        self.costs = torch.tensor([o.cost_per_label for o in oracles], dtype=torch.float64)
-        self.pool = data.rows_of(splits.pool)
-        self.test = data.rows_of(splits.test)
+        self.config, self.data, self.splits = config, data, splits
+        self.surrogate, self.oracles = surrogate, list(oracles)
+        self.rules, self.scheme, self.selection = list(rules), scheme, selection
+        self.tracker = tracker
+        self.pool = data.rows_of(splits.pool)  # [n_pool] rows
+        self.test = data.rows_of(splits.test)  # [n_test] rows
         self.labelled = Labelled.empty()
         self.mae_history: list[float] = []
         self.timings: dict[str, float] = {}
         self.trained_on = 0  # labelled-set size of the current model
         self.last_report: dict[str, float] = {}
+        self.fit_info: dict[str, float] = {}  # the last fit's std scale and steps
+        self.bar = progress.bar(total=0, enabled=False)  # replaced by execute
+
+    @property
+    def acquisition(self) -> str:
+        """The acquisition function's registry name (the selection's)."""
+        return self.selection.acquisition
 
     # --- the algorithm ---------------------------------------------------------------------
     def execute(self) -> str:
-        """Run (or continue) the campaign until a stopping rule fires; returns the reason."""
+        """Run (or continue) the campaign until a stopping rule fires; returns the reason.
+
+        On a terminal a bar shows the rounds (with an ETA when ``rounds`` is set), the phase
+        under way, the labels and the last test MAE; ``progress=false`` hides it.
+        """
+        rounds = self.config.rounds + 1 if self.config.rounds else None
+        self.bar = progress.bar(
+            total=rounds, desc="campaign", unit="round", enabled=self.config.progress
+        )
+        with self.bar:
+            return self._execute()
+
+    def _execute(self) -> str:
         round_, fitted = self.restore()
+        self.bar.update(len(self.mae_history))
         if round_ < 0:
             round_ = 0
-            self.label(0, self.initial_selection())
+            self.label(0, self.selection.initial_request(self.initial_rows()))
         while True:
             if not fitted:
                 self.fit_and_evaluate(round_)
@@ -88,168 +132,70 @@ class Campaign:
             if reason:
                 return reason
             round_ += 1
-            candidates = self.candidates(round_)
+            candidates = self.scheme.candidates(
+                round_, self.pool, self.data.qm9_index, self.closed()
+            )
             if candidates.numel() == 0:
                 return "no candidates left"
             self.timings["pool_scored"] = candidates.numel()
             log.info("event=phase phase=score round=%d n=%d", round_, candidates.numel())
             pred = self.timed("score", self.surrogate.predict, self.data, candidates)
-            chosen = self.timed("select", self.choose, round_, candidates, pred)
-            self.label(round_, chosen, pred)
-
-    def needs_refit(self) -> bool:
-        """Pool scheme: every round. Stream scheme: once the labelled set has grown by
-        ``retrain_fraction`` since the model was trained."""
-        if self.scheme == "pool" or not self.trained_on:
-            return True
-        grown = len(self.labelled.ok) - self.trained_on
-        return grown >= self.config.retrain_fraction * self.trained_on
+            chosen = self.timed(
+                "select", self.selection.choose, round_, candidates, pred, self.labelled
+            )
+            self.label(round_, chosen)
 
     def fit_and_evaluate(self, round_: int) -> None:
-        if not self.needs_refit():
+        """Refit on the labelled set when the scheme asks for it, evaluate on the test set,
+        record the round. Without a refit the round repeats the last evaluation."""
+        n_labelled = len(self.labelled.ok)
+        if not self.scheme.needs_refit(n_labelled, self.trained_on):
             self.timings["fit"] = 0.0
             self.mae_history.append(self.last_report["mae"])
-            self.log_round_metrics(round_, self.last_report, 0, retrained=False)
+            self.bar.update(1)
+            self.record_round(round_, self.last_report, 0, retrained=False)
             log.info("event=round_done round=%d retrained=0", round_)
             return
         train_data, train_rows, val_rows = self.training_set(round_)
-        with mlflow.start_run(run_name=f"round_{round_:03d}", nested=True) as child:
-            mlflow.set_tags({tracking.TAG_KIND: tracking.KIND_ROUND, tracking.TAG_ROUND: round_,
-                             tracking.TAG_DATA_VERSION: self.labelled.digest()})  # fmt: skip
-            logger = tracking.EpochLogger(child.info.run_id)
+        with self.tracker.fit_run(round_, self.labelled.digest()) as on_epoch:
             log.info("event=phase phase=fit round=%d n_train=%d", round_, train_rows.numel())
+            fit = self.surrogate.fit
+            result = self.timed("fit", fit, train_data, train_rows, val_rows, on_epoch=on_epoch)
+            pred = self.timed("evaluate", self.surrogate.predict, self.data, self.test)
+            report = regression_report(pred.mean, self.data.y[self.test], pred.std, pred.std_raw)
             t0 = time.perf_counter()
-            result = self.surrogate.fit(train_data, train_rows, val_rows, on_epoch=logger)
-            self.timings["fit"] = time.perf_counter() - t0
-            logger.flush()
-            pred = self.surrogate.predict(self.data, self.test)
-            report = regression_report(pred.mean, self.data.y[self.test], pred.std)
-            t0 = time.perf_counter()
-            self.log_round_artifacts(round_, pred, result.history)
+            meta = {"round": round_, "data_version": self.labelled.digest(),
+                    "n_labelled": n_labelled}  # fmt: skip
+            curve = self.learning_curve(self.test_mae(pred))
+            self.tracker.log_round_artifacts(
+                self.model_artifacts(round_, pred, curve, meta, result.history)
+            )
         self.mae_history.append(report["mae"])
-        self.trained_on, self.last_report = len(self.labelled.ok), report
-        self.log_round_metrics(round_, report, len(result.history))
-        # this round's own logging time (artifacts, model, metrics), sent on its own
-        log_s = time.perf_counter() - t0
-        tracking.log_metrics(
-            {CM.TIME_LOG: log_s}, step=len(self.labelled.ok), run_id=self.run.run_id
-        )
+        self.trained_on, self.last_report = n_labelled, report
+        self.fit_info = {CM.STD_SCALE: result.std_scale, CM.FIT_STEPS: result.steps}
+        self.bar.update(1)
+        self.bar.set_postfix(labels=n_labelled, test_mae=f"{report['mae']:.4f}")
+        self.record_round(round_, report, len(result.history))
+        # this round's own recording time (artifacts, model, metrics), sent on its own
+        self.tracker.log_round_metrics(n_labelled, {CM.TIME_LOG: time.perf_counter() - t0})
         log.info(
             "event=round_done round=%d n_labelled=%d test_mae=%.4f fit_s=%.1f",
-            round_, len(self.labelled.ok), report["mae"], self.timings["fit"],
+            round_, n_labelled, report["mae"], self.timings["fit"],
         )  # fmt: skip
 
     # --- steps -------------------------------------------------------------------------------
-    def initial_selection(self) -> pd.DataFrame:
+    def initial_rows(self) -> Tensor:
+        """Round 0: ``min(initial_size, n_pool)`` random pool rows, ``[n]``."""
         gen = round_generator(self.config.seed, 0, "initial")
         k = min(self.config.initial_size, self.pool.numel())
-        rows = self.pool[torch.randperm(self.pool.numel(), generator=gen)[:k]]
-        if not self.multi:
-            return self.request_frame(rows, None, None)
-        # multi-fidelity: the initial molecules get every fidelity, so that the surrogate
-        # sees how the fidelities relate from the start
-        frames = [
-            self.request_frame(rows, None, None, fidelity=torch.full_like(rows, d))
-            for d in range(len(self.oracles))
-        ]
-        return pd.concat(frames, ignore_index=True)
+        return self.pool[torch.randperm(self.pool.numel(), generator=gen)[:k]]
 
-    def candidates(self, round_: int) -> Tensor:
-        """Pool rows never asked for, subsampled when ``pool_subsample`` is set.
+    def closed(self) -> Tensor:
+        """``[c]`` QM9 indices never offered again (see :meth:`Selection.closed`)."""
+        return torch.as_tensor(self.selection.closed(self.labelled))
 
-        In the stream scheme only the chunk arriving in this round is offered.
-        """
-        asked = torch.as_tensor(self.asked_high())
-        pool = self.pool
-        if self.scheme == "stream":
-            order = torch.randperm(
-                pool.numel(), generator=round_generator(self.config.seed, 0, "stream")
-            )
-            c = self.config.stream_chunk
-            pool = pool[order[(round_ - 1) * c : round_ * c]].sort().values
-        free = pool[~torch.isin(self.data.qm9_index[pool], asked)]
-        n = self.config.pool_subsample
-        if n and free.numel() > n:
-            gen = round_generator(self.config.seed, round_, "subsample")
-            free = free[torch.randperm(free.numel(), generator=gen)[:n]].sort().values
-        return free
-
-    def choose(self, round_: int, candidates: Tensor, pred: Prediction) -> pd.DataFrame:
-        if self.multi:
-            return self.choose_pairs(round_, candidates, pred)
-        labelled_emb = None
-        if "embedding" in ACQUISITIONS[self.acquisition].needs:
-            ok_rows = self.data.rows_of(self.labelled.ok["qm9_index"].to_numpy())
-            labelled_emb = self.surrogate.predict(self.data, ok_rows).embedding
-        k = min(self.config.batch_size, candidates.numel())
-        gen = round_generator(self.config.seed, round_, "select")
-        sel = select(self.acquisition, pred, k, generator=gen, labelled_embedding=labelled_emb)
-        return self.request_frame(candidates[sel.index], sel.score, pred, sel.index)
-
-    def choose_pairs(self, round_: int, candidates: Tensor, pred: Prediction) -> pd.DataFrame:
-        """Multi-fidelity: (molecule, fidelity) pairs within the round's cost."""
-        from al.acquisition.multifidelity import select_pairs
-
-        cfg = self.config
-        budget = cfg.round_cost or cfg.batch_size * float(self.costs[-1])
-        options = {"cheap_share": cfg.cheap_share} if cfg.mf_acquisition == "cheap_first" else {}
-        gen = round_generator(cfg.seed, round_, "select")
-        sel = select_pairs(
-            cfg.mf_acquisition, pred, self.bought(candidates), self.costs, budget,
-            generator=gen, **options,
-        )  # fmt: skip
-        assert pred.fidelity_members is not None
-        chosen = pred.fidelity_members[:, sel.index, sel.fidelity]  # [K, m]
-        frame = self.request_frame(candidates[sel.index], sel.score, None, fidelity=sel.fidelity)
-        frame["pred_mean"] = chosen.mean(0).double().numpy()
-        frame["pred_std"] = chosen.std(0).double().numpy()
-        return frame
-
-    def bought(self, candidates: Tensor) -> Tensor:
-        """``[n, D]`` bool: which (candidate, fidelity) pairs were asked for already."""
-        table = self.labelled.table
-        out = torch.zeros(candidates.numel(), len(self.oracles), dtype=torch.bool)
-        if not len(table):
-            return out
-        where = {int(q): i for i, q in enumerate(self.data.qm9_index[candidates].tolist())}
-        for q, name in zip(table["qm9_index"], table["oracle"], strict=True):
-            i = where.get(int(q))
-            if i is not None:
-                out[i, self.fidelity_of[name]] = True
-        return out
-
-    def asked_high(self) -> np.ndarray:
-        """QM9 indices no longer offered: asked for at the highest (or only) fidelity."""
-        table = self.labelled.table
-        if self.multi and len(table):
-            table = table[table["oracle"] == self.oracles[-1].name]
-        return np.array(table["qm9_index"], dtype=np.int64)
-
-    def request_frame(
-        self,
-        rows: Tensor,
-        score: Tensor | None,
-        pred: Prediction | None,
-        pred_index: Tensor | None = None,
-        fidelity: Tensor | None = None,
-    ) -> pd.DataFrame:
-        """One row per request; ``fidelity`` (``[n]``) picks the oracle (default: the last)."""
-        n = rows.numel()
-        nan = np.full(n, np.nan)
-        frame = pd.DataFrame({"qm9_index": self.data.qm9_index[rows].numpy()})
-        last = len(self.oracles) - 1
-        frame["fidelity"] = fidelity.numpy() if fidelity is not None else np.full(n, last)
-        frame["score"] = score.double().numpy() if score is not None else nan
-        if pred is not None and pred_index is not None:
-            frame["pred_mean"] = pred.mean[pred_index].double().numpy()
-            std = pred.std[pred_index].double().numpy() if pred.std is not None else nan
-            frame["pred_std"] = std
-        else:
-            frame["pred_mean"], frame["pred_std"] = nan, nan
-        return frame
-
-    def label(self, round_: int, request: pd.DataFrame, pred: Prediction | None = None) -> None:
-        """Ask the oracles, record every row (failures too) on the tracking server at once."""
+    def label(self, round_: int, request: pd.DataFrame) -> None:
+        """Ask the oracles, record every row (failures too) with the tracker at once."""
         t0 = time.perf_counter()
         request = request.reset_index(drop=True)
         parts = []
@@ -261,28 +207,17 @@ class Campaign:
         frame["round"] = round_
         for col in ("score", "pred_mean", "pred_std"):
             frame[col] = request[col].to_numpy()
-        self.run.log_queried(round_, frame)
+        self.tracker.log_queried(round_, frame)
         log.info("event=labels_paid round=%d n=%d cost=%g", round_, len(frame), frame["cost"].sum())
-        self.labelled.add(frame[list(tracking.QUERIED_COLUMNS)])
+        self.labelled.add(frame[list(QUERIED_COLUMNS)])
         n_failed = int((frame["status"] != "ok").sum())
         if n_failed:
             log.warning("event=labels_failed round=%d n_failed=%d", round_, n_failed)
 
     def training_set(self, round_: int) -> tuple[MolecularData, Tensor, Tensor]:
-        """The data with oracle labels in ``y`` (``[n_mol, D]`` with NaN where a molecule
-        lacks a fidelity, when there are several), and a seeded train/validation split."""
-        ok = self.labelled.ok
-        label = torch.tensor(ok["label"].to_numpy(np.float64))
-        labelled_rows = self.data.rows_of(ok["qm9_index"].to_numpy(np.int64))
-        if self.multi:
-            y = torch.full((self.data.y.numel(), len(self.oracles)), float("nan"))
-            fid = torch.tensor([self.fidelity_of[o] for o in ok["oracle"]], dtype=torch.int64)
-            y[labelled_rows, fid] = label.to(y)
-            y = y.to(self.data.y.dtype)
-        else:
-            y = torch.full_like(self.data.y, float("nan"))
-            y[labelled_rows] = label
-        rows = labelled_rows.unique() if self.multi else labelled_rows
+        """The data with oracle labels in ``y`` (layout from the selection: ``[n_mol]``, or
+        ``[n_mol, D]`` with NaN), and a seeded train/validation split of the labelled rows."""
+        y, rows = self.selection.training_targets(self.labelled)
         gen = round_generator(self.config.seed, round_, "validation")
         rows = rows[torch.randperm(rows.numel(), generator=gen)]
         n_val = round(self.config.val_fraction * rows.numel())
@@ -291,8 +226,7 @@ class Campaign:
         return replace(self.data, y=y), rows[n_val:], rows[:n_val]
 
     def progress(self, round_: int) -> CampaignProgress:
-        asked = torch.as_tensor(self.asked_high())
-        left = int((~torch.isin(self.data.qm9_index[self.pool], asked)).sum())
+        left = int((~torch.isin(self.data.qm9_index[self.pool], self.closed())).sum())
         return CampaignProgress(
             round=round_,
             n_labelled=len(self.labelled.ok),
@@ -302,16 +236,19 @@ class Campaign:
             pool_left=left,
         )
 
-    def timed(self, phase: str, fn: Callable[..., T], *args: object) -> T:
+    def timed(self, phase: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)``, its wall time kept in ``timings[phase]``."""
+        self.bar.set_description(f"campaign: {phase}")
         t0 = time.perf_counter()
-        out = fn(*args)
+        out = fn(*args, **kwargs)
         self.timings[phase] = time.perf_counter() - t0
         return out
 
-    # --- logging -----------------------------------------------------------------------------
-    def log_round_metrics(
+    # --- records -----------------------------------------------------------------------------
+    def record_round(
         self, round_: int, report: dict[str, float], epochs: int, retrained: bool = True
     ) -> None:
+        """The round's metrics at ``step = n_labelled``, then mark the round completed."""
         table = self.labelled.table
         this_round = table[table["round"] == round_]
         metrics = {
@@ -321,17 +258,12 @@ class Campaign:
             CM.N_REQUESTED: len(table),
             CM.N_FAILED: int((table["status"] != "ok").sum()),
             CM.POOL_SCORED: self.timings.get("pool_scored", 0),
-            CM.TEST_MAE: report["mae"],
-            CM.TEST_RMSE: report["rmse"],
-            CM.TEST_MAX_AE: report["max_ae"],
-            CM.TEST_NLL: report.get("nll", float("nan")),
-            CM.TEST_SPEARMAN: report.get("spearman_std_err", float("nan")),
-            CM.TEST_MISCALIBRATION: report.get("miscalibration_area", float("nan")),
-            CM.TEST_MEAN_STD: report.get("mean_std", float("nan")),
+            **{metric: report.get(key, float("nan")) for key, metric in REPORT_METRICS.items()},
             CM.FIT_EPOCHS: epochs,
             CM.RETRAINED: int(retrained),
             CM.TRAINED_ON: self.trained_on,
             CM.TIME_FIT: self.timings.get("fit", 0.0),
+            **(self.fit_info if retrained else {}),
         }
         if round_ > 0:
             metrics.update(
@@ -342,73 +274,71 @@ class Campaign:
         for oracle, n in table.loc[table["status"] == "ok", "oracle"].value_counts().items():
             metrics[CM.labels_from(str(oracle))] = int(n)
         metrics["round_cost"] = float(this_round["cost"].sum())
-        tracking.log_metrics(metrics, step=len(self.labelled.ok), run_id=self.run.run_id)
-        self.run.complete_round(round_)
+        self.tracker.log_round_metrics(len(self.labelled.ok), metrics)
+        self.tracker.complete_round(round_)
 
-    def log_round_artifacts(self, round_: int, pred: Prediction, history: list) -> None:
-        """Into the active child run: curves, parity, std vs error, checkpoint, model."""
-        target = self.data.y[self.test].numpy()
-        tracking.log_figure(plots.training_curves(history), tracking.Artifacts.CURVES)
-        figs = plots.campaign_figures(
-            self.mae_history_with(pred), pred.mean.numpy(), _numpy(pred.std), target, round_
+    def test_mae(self, pred: Prediction) -> float:
+        return float((pred.mean - self.data.y[self.test]).abs().mean())
+
+    def learning_curve(self, *latest: float) -> list[tuple[int, float]]:
+        """``(n_labelled, test MAE)`` per round so far, ``latest`` appended to the MAEs."""
+        counts = self.labelled.counts_per_round()
+        return list(zip(counts, [*self.mae_history, *latest], strict=False))
+
+    def model_artifacts(
+        self,
+        round_: int,
+        pred: Prediction,
+        curve: list[tuple[int, float]],
+        meta: dict[str, Any],
+        history: Sequence[EpochStats] = (),
+    ) -> ModelArtifacts:
+        """The current surrogate, its test prediction ``pred`` (``[n_test]``) and ``meta``
+        (added to the surrogate's checkpoint metadata)."""
+        return ModelArtifacts(
+            members=list(self.surrogate.members()),
+            meta={**self.surrogate.checkpoint_meta(), **meta},
+            round=round_,
+            curve=curve,
+            test_mean=pred.mean.numpy(),
+            test_std=None if pred.std is None else pred.std.numpy(),
+            test_target=self.data.y[self.test].numpy(),
+            history=list(history),
         )
-        for fig, path in zip(figs, tracking.CAMPAIGN_PLOTS, strict=True):
-            tracking.log_figure(fig, path)
-        with tempfile.TemporaryDirectory(prefix="al-") as tmp:
-            ckpt = save_checkpoint(
-                self.surrogate.members(), Path(tmp) / "model.pt",
-                meta={**self.surrogate.checkpoint_meta(), "round": round_,
-                      "data_version": self.labelled.digest(),
-                      "n_labelled": len(self.labelled.ok)},
-            )  # fmt: skip
-            mlflow.log_artifact(str(ckpt), Path(tracking.ROUND_CHECKPOINT).parent.as_posix())
-            log_pyfunc_model(ckpt, tracking.Artifacts.MODEL_NAME)
 
-    def mae_history_with(self, pred: Prediction) -> list[tuple[int, float]]:
-        counts = self.labelled_counts_per_round()
-        mae = float((pred.mean - self.data.y[self.test]).abs().mean())
-        return list(zip(counts, [*self.mae_history, mae], strict=False))
-
-    def labelled_counts_per_round(self) -> list[int]:
-        t = self.labelled.table
-        ok = t[t["status"] == "ok"].groupby("round").size().sort_index().cumsum()
-        return [int(v) for v in ok.to_numpy()]
+    def final_artifacts(self) -> ModelArtifacts:
+        """The final surrogate with its test prediction and the whole learning curve."""
+        pred = self.surrogate.predict(self.data, self.test)
+        meta = {"data_version": self.labelled.digest()}
+        return self.model_artifacts(len(self.mae_history) - 1, pred, self.learning_curve(), meta)
 
     # --- resume --------------------------------------------------------------------------------
     def restore(self) -> tuple[int, bool]:
-        """Read back what the tracking server holds.
+        """Read back what the tracker holds.
 
         Returns ``(round, fitted)``: the last round whose labels are in (-1: nothing yet)
         and whether that round's fit and evaluation were completed.
         """
-        rounds = self.run.queried_rounds()
+        rounds = self.tracker.queried_rounds()
         if not rounds:
             return -1, False
         for r in rounds:
-            self.labelled.add(self.run.read_queried(r))
-        self.run.close_stale_children()
-        last, completed = rounds[-1], self.run.completed_round()
-        self.mae_history = self.run.metric_history(CM.TEST_MAE)[: completed + 1]
+            self.labelled.add(self.tracker.read_queried(r))
+        self.tracker.close_stale_children()
+        last, completed = rounds[-1], self.tracker.completed_round()
+        self.mae_history = self.tracker.metric_history(CM.TEST_MAE)[: completed + 1]
         log.info(
             "event=resume run_id=%s queried_rounds=%d completed_round=%d labels=%d",
-            self.run.run_id, len(rounds), completed, len(self.labelled.table),
+            self.tracker.run_id, len(rounds), completed, len(self.labelled.table),
         )  # fmt: skip
         if completed < last:
             return last, False
         with tempfile.TemporaryDirectory(prefix="al-") as tmp:
-            members, meta = load_checkpoint(self.run.download_checkpoint(last, Path(tmp)))
-        self.surrogate.load_members(members)
+            members, meta = load_checkpoint(self.tracker.download_checkpoint(last, Path(tmp)))
+        self.surrogate.load_members(members, meta)
         self.trained_on = int(meta.get("n_labelled", len(self.labelled.ok)))
         self.last_report = {
-            key: self.run.metric_history(metric)[completed]
-            for key, metric in (("mae", CM.TEST_MAE), ("rmse", CM.TEST_RMSE),
-                                ("max_ae", CM.TEST_MAX_AE), ("nll", CM.TEST_NLL),
-                                ("spearman_std_err", CM.TEST_SPEARMAN),
-                                ("miscalibration_area", CM.TEST_MISCALIBRATION),
-                                ("mean_std", CM.TEST_MEAN_STD))
-        }  # fmt: skip
+            key: self.tracker.metric_history(metric)[completed]
+            for key, metric in REPORT_METRICS.items()
+        }
         return last, True
-
-
-def _numpy(t: Tensor | None) -> np.ndarray | None:
-    return None if t is None else t.numpy()

@@ -71,7 +71,7 @@ class CampaignConfig(ModelConfig, FitConfig, DataConfig):
         0, "stop after this many rounds without improvement (0 = off)", min=0
     )
     epochs: int = option(40, "maximum epochs per round's fit", min=1)
-    patience: int = option(10, "early stopping: epochs without validation improvement", min=1)
+    patience: int = option(10, "early stopping: validations without improvement", min=1)
     ensemble_size: int = option(5, "deep-ensemble members", min=2)
     bootstrap: bool = option(False, "Poisson bootstrap per ensemble member")
     mc_samples: int = option(20, "MC-dropout passes", min=2)

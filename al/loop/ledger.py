@@ -33,6 +33,12 @@ class Labelled:
     def cost_spent(self) -> float:
         return float(self.table["cost"].sum()) if len(self.table) else 0.0
 
+    def counts_per_round(self) -> list[int]:
+        """Successful labels up to each round that has any (cumulative), in round order."""
+        t = self.table
+        ok = t[t["status"] == "ok"].groupby("round").size().sort_index().cumsum()
+        return [int(v) for v in ok.to_numpy()]
+
     def digest(self) -> str:
         """Data version of the labelled set (which molecules, which labels)."""
         ok = self.ok.sort_values("qm9_index")

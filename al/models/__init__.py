@@ -5,6 +5,7 @@ from al.models.config import ModelConfig
 from al.models.painn import PaiNN
 from al.models.registry import MODELS, build_model, count_parameters
 from al.models.schnet import SchNet
+from al.models.shallow import ShallowEnsembleModel
 
 __all__ = [
     "MODELS",
@@ -13,6 +14,7 @@ __all__ = [
     "ModelConfig",
     "PaiNN",
     "SchNet",
+    "ShallowEnsembleModel",
     "build_model",
     "count_parameters",
     "set_mc_dropout",

@@ -98,9 +98,15 @@ class DenseGeometry:
     fcut: Tensor
 
     @classmethod
-    def build(cls, pos: Tensor, batch: Tensor, num_graphs: int, cutoff: float) -> DenseGeometry:
+    def build(
+        cls, pos: Tensor, batch: Tensor, num_graphs: int, cutoff: float, n: int | None = None
+    ) -> DenseGeometry:
+        """The geometry of ``pos [N, 3]`` grouped by ``batch [N]``; ``n`` pads every block to
+        that many atoms (default: the largest molecule), so that blocks of several batches
+        can be stacked."""
         counts = torch.bincount(batch, minlength=num_graphs)
-        n = int(counts.max()) if counts.numel() else 0
+        if n is None:
+            n = int(counts.max()) if counts.numel() else 0
         first = torch.cumsum(counts, 0) - counts
         local = torch.arange(batch.numel(), device=pos.device) - first[batch]
         index = batch * n + local
@@ -280,13 +286,24 @@ class AtomisticModel(nn.Module):
         out = self.readout(h)  # [N, D]
         if self.n_outputs == 1:
             out = out.squeeze(-1)
+        energy = self.molecule_energy(out, z, batch, num_graphs)
+        emb = h.new_zeros(num_graphs, h.shape[-1]).index_add(0, batch, h)
+        # counted with index_add, not bincount, so that vmap can batch it over members
+        counts = h.new_zeros(num_graphs).index_add(0, batch, h.new_ones(batch.shape))
+        return energy, emb / counts.clamp(min=1)[:, None]
+
+    def molecule_energy(self, out: Tensor, z: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
+        """Network outputs ``[N, *D]`` (units of ``scale``) -> energies ``[B, *D]`` in eV:
+        ``sum over atoms of scale * out + atomref[z]``."""
         # bf16 under autocast is summed in float32; a float64 model stays float64
         out = out.to(torch.promote_types(out.dtype, torch.float32))
         atom_e = out * self.scale + self.atomref[z]
-        energy = atom_e.new_zeros(num_graphs, *atom_e.shape[1:]).index_add(0, batch, atom_e)
-        emb = h.new_zeros(num_graphs, h.shape[-1]).index_add(0, batch, h)
-        counts = torch.bincount(batch, minlength=num_graphs).clamp(min=1)
-        return energy, emb / counts[:, None].to(h.dtype)
+        return atom_e.new_zeros(num_graphs, *atom_e.shape[1:]).index_add(0, batch, atom_e)
+
+    def readout_features(self, h: Tensor) -> Tensor:
+        """Atom features ``[N, F]`` -> the features the last readout layer is linear in,
+        ``[N, F_last]`` (the readout without its last layer)."""
+        return self.readout[:-1](h)
 
     def layer_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameters grouped for diagnostics: embedding, each interaction, readout."""

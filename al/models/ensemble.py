@@ -19,7 +19,10 @@ class EnsembleModel(nn.Module):
     batch geometry (pair distances, cutoff, directions) is built once for the ensemble.
 
     ``energy_and_embedding(z, pos, batch, B) -> ([K, B], [K, B, F])`` (energies
-    ``[K, B, D]`` for members with ``D > 1`` outputs).
+    ``[K, B, D]`` for members with ``D > 1`` outputs) runs every member on one batch (to
+    predict); :meth:`forward_members` runs each member on its own batch (to train, so that
+    members see the data in independent orders), and :meth:`clip_grad_norms_` clips each
+    member's gradient on its own.
     """
 
     def __init__(self, members: list[AtomisticModel]) -> None:
@@ -90,6 +93,95 @@ class EnsembleModel(nn.Module):
     ) -> Tensor:
         """Energies of every member, ``[K, B]`` (or ``[K, B, D]``) in eV."""
         return self.energy_and_embedding(z, pos, batch, num_graphs)[0]
+
+    def forward_members(
+        self, inputs: list[tuple[Tensor, Tensor, Tensor]], num_graphs: int
+    ) -> Tensor:
+        """Each member on its own batch: energies ``[K, B]`` (or ``[K, B, D]``) in eV.
+
+        Args:
+            inputs: one ``(z [N_k], pos [N_k, 3], batch [N_k])`` per member, every batch of
+                ``num_graphs`` molecules (atom counts may differ).
+
+        On CPU the members run one after the other, each with its own geometry. Vectorised
+        (CUDA), the batches are padded to one atom count with isolated ghost atoms in extra
+        molecules whose energies are dropped, so that one ``vmap`` call runs every member.
+        """
+        if len(inputs) != self.size:
+            raise ValueError(f"{len(inputs)} batches for {self.size} members")
+        params, buffers = self._params_dict(), self._buffers_dict()
+        if self.vectorize if self.vectorize is not None else inputs[0][0].is_cuda:
+            z, pos, batch, geo = self._stack_padded(inputs, num_graphs)
+            n, graphs = geo.n, geo.num_graphs
+
+            def one(p: dict, z: Tensor, pos: Tensor, batch: Tensor, index: Tensor,
+                    dist: Tensor, unit: Tensor, fcut: Tensor) -> Tensor:  # fmt: skip
+                g = DenseGeometry(index, n, graphs, dist, unit, fcut)
+                return functional_call(self._template, (p, buffers), (z, pos, batch, graphs),
+                                       {"geo": g})  # fmt: skip
+
+            out = vmap(one, randomness="different")(
+                params, z, pos, batch, geo.index, geo.dist, geo.unit, geo.fcut
+            )
+            return out[:, :num_graphs]
+        outs = []
+        for k, (z, pos, batch) in enumerate(inputs):
+            geo = DenseGeometry.build(pos, batch, num_graphs, self.cutoff)
+            p = {n: t[k] for n, t in params.items()}
+            outs.append(functional_call(self._template, (p, buffers), (z, pos, batch, num_graphs),
+                                        {"geo": geo}))  # fmt: skip
+        return torch.stack(outs)
+
+    def _stack_padded(
+        self, inputs: list[tuple[Tensor, Tensor, Tensor]], num_graphs: int
+    ) -> tuple[Tensor, Tensor, Tensor, DenseGeometry]:
+        """Member batches padded to one shape: ``z [K, N]``, ``pos [K, N, 3]``,
+        ``batch [K, N]`` and a geometry whose tensors have a leading ``K``.
+
+        Ghost atoms (z = 0) fill every batch up to the largest atom count; they sit in extra
+        molecules after the real ones, at most ``n`` per molecule and ``2 x cutoff`` apart,
+        so they interact with nothing and their energies are sliced off.
+        """
+        sizes = [z.numel() for z, _, _ in inputs]
+        total = max(sizes)
+        n = max(int(torch.bincount(b, minlength=num_graphs).max()) for _, _, b in inputs)
+        n = max(n, 1)
+        graphs = num_graphs + -(-(total - min(sizes)) // n)
+        zs, ps, bs, geos = [], [], [], []
+        for (z, pos, batch), size in zip(inputs, sizes, strict=True):
+            ghosts = total - size
+            if ghosts:
+                k = torch.arange(ghosts, device=z.device)
+                ghost_pos = pos.new_zeros(ghosts, 3)
+                ghost_pos[:, 0] = (k % n).to(pos.dtype) * (2 * self.cutoff)
+                z = torch.cat([z, z.new_zeros(ghosts)])
+                pos = torch.cat([pos, ghost_pos])
+                batch = torch.cat([batch, num_graphs + k // n])
+            zs.append(z)
+            ps.append(pos)
+            bs.append(batch)
+            geos.append(DenseGeometry.build(pos, batch, graphs, self.cutoff, n=n))
+        geo = DenseGeometry(
+            torch.stack([g.index for g in geos]), n, graphs,
+            torch.stack([g.dist for g in geos]), torch.stack([g.unit for g in geos]),
+            torch.stack([g.fcut for g in geos]),
+        )  # fmt: skip
+        return torch.stack(zs), torch.stack(ps), torch.stack(bs), geo
+
+    @torch.no_grad()
+    def clip_grad_norms_(self, max_norm: float) -> Tensor:
+        """Clip each member's gradient to norm ``max_norm`` on its own (not one global norm).
+
+        Returns the members' gradient norms before clipping, ``[K]``.
+        """
+        grads = [p.grad for p in self.stacked if p.grad is not None]
+        if not grads:
+            return torch.zeros(self.size)
+        norms = torch.stack([g.flatten(1).float().square().sum(1) for g in grads]).sum(0).sqrt()
+        factor = (max_norm / (norms + 1e-6)).clamp(max=1.0)  # [K]
+        for g in grads:
+            g.mul_(factor.view(-1, *([1] * (g.dim() - 1))).to(g.dtype))
+        return norms
 
     @torch.no_grad()
     def fit_reference(self, composition: Tensor, y: Tensor) -> dict[str, float]:

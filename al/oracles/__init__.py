@@ -1,12 +1,89 @@
-"""Oracles: the labellers a campaign buys labels from, and their registry."""
+"""Oracles: the labellers a campaign buys labels from, and their registry.
 
-from al.oracles.base import *
+:mod:`al.oracles.base` is the contract, one module per oracle kind, :mod:`al.oracles.registry`
+the registry and factory. Registering the shipped oracle in MLflow is
+:func:`al.tracking.registry.register_oracles` (tracking sits above the oracles).
+"""
+
 from al.oracles.base import (
-    ORACLES,
+    FRAME_COLUMNS,
+    STATUS_MISSING_TARGET,
+    STATUS_NON_FINITE,
+    STATUS_OK,
+    STATUS_SCF,
+    STATUS_TIMEOUT,
+    STATUS_UNKNOWN,
+    STATUS_UNSUPPORTED_ELEMENT,
     LabelResult,
     Oracle,
     OracleError,
-    build_oracle,
-    oracle_choices,
-    oracle_spec_problem,
 )
+from al.oracles.dft import DFTOracle
+from al.oracles.model import ModelOracle
+from al.oracles.pretrained import (
+    PRETRAINED_CHECKPOINT,
+    PRETRAINED_DIR,
+    PretrainedOracle,
+    packaged_checkpoint,
+    read_provenance,
+)
+from al.oracles.pyg_schnet import (
+    PYG_HARTREE_TO_EV,
+    PYG_SCHNET_FOLDER,
+    PYG_SCHNET_MODEL,
+    PYG_SCHNET_URL,
+    PyGSchNetOracle,
+    network_problem,
+)
+from al.oracles.registry import ORACLES, build_oracle, oracle_choices, oracle_spec_problem
+from al.oracles.xtb import (
+    BOHR_PER_ANGSTROM,
+    XTB_METHOD,
+    XTB_REFERENCE_FILE,
+    XTBOracle,
+    XTBReference,
+    failure_status,
+    fit_xtb_reference,
+    load_xtb_reference,
+    xtb_energies,
+    xtb_energy_hartree,
+)
+
+__all__ = [
+    "BOHR_PER_ANGSTROM",
+    "FRAME_COLUMNS",
+    "ORACLES",
+    "PRETRAINED_CHECKPOINT",
+    "PRETRAINED_DIR",
+    "PYG_HARTREE_TO_EV",
+    "PYG_SCHNET_FOLDER",
+    "PYG_SCHNET_MODEL",
+    "PYG_SCHNET_URL",
+    "STATUS_MISSING_TARGET",
+    "STATUS_NON_FINITE",
+    "STATUS_OK",
+    "STATUS_SCF",
+    "STATUS_TIMEOUT",
+    "STATUS_UNKNOWN",
+    "STATUS_UNSUPPORTED_ELEMENT",
+    "DFTOracle",
+    "LabelResult",
+    "ModelOracle",
+    "Oracle",
+    "OracleError",
+    "PretrainedOracle",
+    "PyGSchNetOracle",
+    "XTBOracle",
+    "XTBReference",
+    "build_oracle",
+    "failure_status",
+    "fit_xtb_reference",
+    "load_xtb_reference",
+    "network_problem",
+    "oracle_choices",
+    "oracle_spec_problem",
+    "packaged_checkpoint",
+    "read_provenance",
+    "xtb_energies",
+    "xtb_energy_hartree",
+]

@@ -65,12 +65,14 @@ TAG_ORACLE = "al.oracle"
 TAG_UNCERTAINTY = "al.uncertainty"
 TAG_ACQUISITION = "al.acquisition"
 TAG_FIDELITIES = "al.fidelities"
-#: experiment grids (al.experiment) and their report (al.compare)
+#: experiment grids (al.entrypoints.experiment) and their report (al.report)
 KIND_EXPERIMENT = "experiment"
 TAG_GRID = "al.grid"
 TAG_GRID_DIGEST = "al.grid_digest"
 TAG_CELL = "al.cell"
 TAG_REPORT_OF = "al.report_of"
+#: on an `mlflow run -e compare` run outside the compared experiment: the report run logged
+TAG_REPORT_RUN = "al.report_run"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_NOTE = "mlflow.note.content"
 TAG_GRID_PARENT_RUN = "al.grid_parent_run"
@@ -98,6 +100,11 @@ class CampaignMetrics:
     TEST_SPEARMAN = "test_spearman_std_err"
     TEST_MISCALIBRATION = "test_miscalibration_area"
     TEST_MEAN_STD = "test_mean_std"
+    #: before the std scale fitted on the validation set (``std_scale``) is applied
+    TEST_NLL_RAW = "test_nll_raw"
+    TEST_MISCALIBRATION_RAW = "test_miscalibration_area_raw"
+    STD_SCALE = "std_scale"
+    FIT_STEPS = "fit_steps"
     TIME_FIT = "time_fit_s"
     TIME_SCORE = "time_score_s"
     TIME_SELECT = "time_select_s"

@@ -18,7 +18,11 @@ INPUT_COLUMNS = ("z", "pos")
 
 
 def predict_molecules(
-    models: list, frame: pd.DataFrame, mc_samples: int = 20, batch_size: int = 256
+    models: list,
+    frame: pd.DataFrame,
+    mc_samples: int = 20,
+    batch_size: int = 256,
+    std_scale: float = 1.0,
 ) -> pd.DataFrame:
     """Mean and std (eV) per molecule.
 
@@ -50,6 +54,8 @@ def predict_molecules(
         with torch.no_grad():
             if len(models) > 1:
                 samples = torch.stack([m(z, pos, batch, len(zs)) for m in models])
+            elif getattr(models[0], "heads", 0) > 1:  # a shallow ensemble: [K, B] (or [K, B, D])
+                samples = models[0](z, pos, batch, len(zs))
             elif set_mc_dropout(models[0], True) > 0:
                 samples = torch.stack(
                     [models[0](z, pos, batch, len(zs)) for _ in range(mc_samples)]
@@ -62,7 +68,7 @@ def predict_molecules(
             samples = samples[..., -1]
         means.append(samples.double().mean(0).cpu())
         stds.append(
-            samples.double().std(0).cpu()
+            samples.double().std(0).cpu() * std_scale
             if samples.shape[0] > 1
             else torch.full((len(zs),), float("nan"), dtype=torch.float64)
         )
@@ -77,11 +83,14 @@ class MoleculeEnergyModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         self.models, self.meta = load_checkpoint(context.artifacts["checkpoint"])
         self.mc_samples = int(self.meta.get("mc_samples", 20))
+        self.std_scale = float(self.meta.get("std_scale", 1.0))
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
         if isinstance(model_input, dict):
             model_input = pd.DataFrame(model_input)
-        return predict_molecules(self.models, model_input, self.mc_samples)
+        return predict_molecules(
+            self.models, model_input, self.mc_samples, std_scale=self.std_scale
+        )
 
 
 def pip_requirements() -> list[str]:
@@ -97,11 +106,9 @@ def pip_requirements() -> list[str]:
     ]
 
 
-def log_pyfunc_model(checkpoint: Path, name: str = "model") -> Any:
-    """Log ``checkpoint`` as an MLflow model carrying the ``al`` package's code.
-
-    Returns the ``ModelInfo`` (its ``model_uri`` is ``models:/m-...``).
-    """
+def _model_arguments(checkpoint: Path) -> dict[str, Any]:
+    """The arguments of ``mlflow.pyfunc.log_model`` / ``save_model`` for ``checkpoint``: the
+    ``al`` package's code and requirements, and methane as the input example."""
     import al
 
     example = molecules_frame(
@@ -118,11 +125,24 @@ def log_pyfunc_model(checkpoint: Path, name: str = "model") -> Any:
             )
         ]
     )
-    return mlflow.pyfunc.log_model(
-        name=name,
-        python_model=str(Path(al.__file__).parent / "mlflow_model.py"),
-        artifacts={"checkpoint": str(checkpoint)},
-        code_paths=[str(Path(al.__file__).parent)],
-        pip_requirements=pip_requirements(),
-        input_example=example,
-    )
+    return {
+        "python_model": str(Path(al.__file__).parent / "mlflow_model.py"),
+        "artifacts": {"checkpoint": str(checkpoint)},
+        "code_paths": [str(Path(al.__file__).parent)],
+        "pip_requirements": pip_requirements(),
+        "input_example": example,
+    }
+
+
+def log_pyfunc_model(checkpoint: Path, name: str = "model") -> Any:
+    """Log ``checkpoint`` as an MLflow model carrying the ``al`` package's code.
+
+    Returns the ``ModelInfo`` (its ``model_uri`` is ``models:/m-...``).
+    """
+    return mlflow.pyfunc.log_model(name=name, **_model_arguments(checkpoint))
+
+
+def save_pyfunc_model(checkpoint: Path, dst: Path) -> None:
+    """Save ``checkpoint`` as the same model as :func:`log_pyfunc_model` to the local folder
+    ``dst``, without a run."""
+    mlflow.pyfunc.save_model(path=str(dst), **_model_arguments(checkpoint))

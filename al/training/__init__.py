@@ -1,13 +1,15 @@
 """Training: fitting a model (schedule, early stopping, diagnostics), predicting, metrics."""
 
-from al.training.config import DEVICES, FitConfig
+from al.training.config import DEVICES, FitConfig, step_budget, validation_size
 from al.training.fit import (
     EpochStats,
     FitResult,
     fit,
     iterate_batches,
+    member_batches,
     predict,
     resolve_device,
     seed_everything,
 )
-from al.training.metrics import regression_report
+from al.training.losses import ensemble_nll
+from al.training.metrics import calibration_curve, calibration_scale, regression_report

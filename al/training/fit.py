@@ -19,7 +19,9 @@ from torch import Tensor
 from al.data.molecules import MolecularData
 from al.models.base import AtomisticModel
 from al.models.ensemble import EnsembleModel
-from al.training.config import FitConfig
+from al.models.shallow import ShallowEnsembleModel
+from al.training import losses
+from al.training.config import FitConfig, step_budget, validation_size
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +50,30 @@ def iterate_batches(
     yield from order.split(batch_size)
 
 
+def member_batches(
+    n: int, batch_size: int, members: int, generator: torch.Generator
+) -> Iterator[Tensor]:
+    """Endless index batches ``[members, b]`` over ``range(n)``, epoch after epoch.
+
+    Every epoch each member draws its own permutation, so ensemble members see the data in
+    independent orders; each member still sees every row once per epoch. With one member
+    the batches are those of :func:`iterate_batches` with the same generator.
+    """
+    if n < 1:
+        raise ValueError("no rows to draw batches from")
+    while True:
+        perms = torch.stack([torch.randperm(n, generator=generator) for _ in range(members)])
+        yield from perms.split(batch_size, dim=1)
+
+
 @dataclass
 class EpochStats:
-    """What one epoch measured; flattened into MLflow metrics by :mod:`al.tracking`."""
+    """What one evaluation window measured (the steps since the previous validation, one
+    epoch by default); flattened into MLflow metrics by :mod:`al.tracking`.
+
+    ``epoch`` counts evaluations (0, 1, ...; the MLflow step), ``step`` the optimizer steps
+    done so far. Times and throughput are of the window.
+    """
 
     epoch: int
     train_loss: float
@@ -62,15 +85,31 @@ class EpochStats:
     weight_norm: dict[str, float] = field(default_factory=dict)
     grad_norm: dict[str, float] = field(default_factory=dict)
     act_norm: dict[str, float] = field(default_factory=dict)
+    step: int = 0
 
 
 @dataclass
 class FitResult:
+    """The outcome of :func:`fit`.
+
+    Attributes:
+        best_epoch: the evaluation whose weights were kept; ``best_step`` its step.
+        steps: optimizer steps taken; ``step_budget`` the steps the schedule was sized for.
+        val_rows: the validation rows used (after the ``val_min`` floor), ``[n_val]``.
+        std_scale: the calibration scale a surrogate fitted afterwards (1 for a bare fit).
+    """
+
     history: list[EpochStats]
     best_epoch: int
     best_val_mae: float
     seconds: float
     stopped_early: bool
+    steps: int = 0
+    step_budget: int = 0
+    best_step: int = 0
+    n_train: int = 0
+    val_rows: Tensor | None = None
+    std_scale: float = 1.0
 
 
 class _ActivationMonitor:
@@ -156,8 +195,51 @@ def _val_target(y: Tensor) -> tuple[Tensor, Tensor] | None:
     return (y, present) if bool(present.any()) else None
 
 
+def _schedule(
+    opt: torch.optim.Optimizer, lr: float, total: int, per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Linear warm-up (5 % of the steps, at most five epochs' worth) then cosine decay over
+    ``total`` steps; constant when there are too few steps for both phases."""
+    if total < 4:
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    pct = min(0.05, 5 * per_epoch / total) if total > per_epoch else 0.5
+    return torch.optim.lr_scheduler.OneCycleLR(
+        opt,
+        max_lr=lr,
+        total_steps=total,
+        pct_start=max(pct, 2 / total),  # both phases need >= 1 step
+        anneal_strategy="cos",
+        cycle_momentum=False,
+        div_factor=10.0,
+        final_div_factor=100.0,
+    )
+
+
+def _top_up_validation(
+    train_rows: Tensor, val_rows: Tensor, config: FitConfig
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Move seeded random training rows to validation until it has
+    :func:`~al.training.config.validation_size` rows (only when ``val_min`` asks for more
+    than the caller held out, and only when the caller held out any).
+
+    Returns the new training and validation rows and the positions of the kept training
+    rows in the old ones (``[n_train']``, None when nothing moved).
+    """
+    n_val = val_rows.numel()
+    if n_val == 0 or config.val_min <= n_val:
+        return train_rows, val_rows, None
+    extra = validation_size(config, train_rows.numel() + n_val) - n_val
+    if extra <= 0:
+        return train_rows, val_rows, None
+    gen = torch.Generator().manual_seed(config.seed + 7919)
+    order = torch.randperm(train_rows.numel(), generator=gen).to(train_rows.device)
+    log.info("event=validation_floor n_val=%d moved=%d", n_val, extra)
+    keep = order[extra:]
+    return train_rows[keep], torch.cat([val_rows, train_rows[order[:extra]]]), keep
+
+
 def fit(
-    model: AtomisticModel | EnsembleModel,
+    model: AtomisticModel | EnsembleModel | ShallowEnsembleModel,
     data: MolecularData,
     train_rows: Tensor,
     val_rows: Tensor,
@@ -171,18 +253,32 @@ def fit(
     The model's reference energies are fitted on the training molecules first; the best
     weights (lowest validation MAE) are restored at the end.
 
+    The fit runs :func:`~al.training.config.step_budget` optimizer steps (epochs capped by
+    ``max_steps``, floored by ``min_steps``) on a warm-up + cosine schedule sized for them.
+    Validation runs every ``eval_every`` steps (default once per epoch) and after the last
+    step; early stopping ends the fit after ``patience`` evaluations without improvement,
+    but never before ``min_steps``. When ``val_min`` asks for more validation molecules than
+    ``val_rows`` holds, seeded random training rows are moved there first
+    (``FitResult.val_rows`` are the ones used).
+
     Args:
         model: an untrained model, on the device it should train on.
         data: molecules; moved to the model's device once (QM9 fits on any GPU).
         train_rows, val_rows: row indices into ``data``, ``[n_train]`` and ``[n_val]``.
         config: optimiser, schedule and stopping settings.
-        on_epoch: called with each epoch's statistics (e.g. to log them).
+        on_epoch: called with each evaluation's statistics (e.g. to log them).
         profile_dir: if given, a ``torch.profiler`` trace of a few steps is written there.
         sample_weight: loss weight of each training molecule, ``[n_train]``, or per ensemble
             member ``[K, n_train]`` (e.g. bootstrap counts); default all ones.
 
-    An ensemble's members are trained together on the same batches; each member's loss
-    only reaches its own weights. Early stopping follows the ensemble mean's MAE.
+    A deep ensemble's members are trained in one pass, each on its own batch order (own
+    permutation every epoch), with its own loss and its own gradient-norm clipping. Early
+    stopping follows the ensemble mean's MAE.
+
+    A shallow ensemble (:class:`~al.models.shallow.ShallowEnsembleModel`) is trained on the
+    mean of its heads' MSEs for the first ``nll_warmup`` share of the steps, then on the
+    Gaussian NLL of the heads' mean and variance (:func:`~al.training.losses.ensemble_nll`);
+    the best weights are looked for only after the warm-up.
 
     A model with ``D > 1`` outputs (fidelities) takes ``data.y`` of shape ``[n_mol, D]``
     with NaN where a molecule has no label of that fidelity: the loss averages over the
@@ -195,136 +291,164 @@ def fit(
     train_rows, val_rows = train_rows.to(device), val_rows.to(device)
     if train_rows.numel() == 0:
         raise ValueError("no training molecules: the labelled set is empty")
+    train_rows, val_rows, kept = _top_up_validation(train_rows, val_rows, config)
+    if sample_weight is not None:
+        sample_weight = sample_weight.to(device, torch.float32)
+        if kept is not None:
+            sample_weight = sample_weight[..., kept]
+    n_train = train_rows.numel()
     model.fit_reference(data.composition(train_rows), data.y[train_rows])
     y_scale = model.scale.detach().float()  # [] or [D]
 
+    members = model.size if isinstance(model, EnsembleModel) else 1
+    shallow = isinstance(model, ShallowEnsembleModel)
     step_model: Callable = model
-    if config.compile and device.type == "cuda":
+    if config.compile and device.type == "cuda" and members == 1:
         step_model = torch.compile(model, dynamic=True)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(train_rows.numel() / config.batch_size)
-    total_steps = config.epochs * steps_per_epoch
-    sched: torch.optim.lr_scheduler.LRScheduler
-    if total_steps >= 4:
-        pct = min(0.05, 5 / config.epochs) if config.epochs > 1 else 0.5
-        sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt,
-            max_lr=config.lr,
-            total_steps=total_steps,
-            pct_start=max(pct, 2 / total_steps),  # both phases need >= 1 step
-            anneal_strategy="cos",
-            cycle_momentum=False,
-            div_factor=10.0,
-            final_div_factor=100.0,
-        )
-    else:  # too few steps for a warm-up and a decay
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    per_epoch = math.ceil(n_train / config.batch_size)
+    total = step_budget(config, n_train)
+    sched = _schedule(opt, config.lr, total, per_epoch)
+    eval_every = config.eval_every or per_epoch
+    nll_from = round(config.nll_warmup * total) if shallow else 0
+    track_from = min(nll_from, total)  # best weights are looked for from this step on
     groups = model.layer_groups()
     monitor = _ActivationMonitor(model)
-    gen = torch.Generator().manual_seed(config.seed)
+    batches = member_batches(
+        n_train, config.batch_size, members, torch.Generator().manual_seed(config.seed)
+    )
     val_target = _val_target(data.y[val_rows].cpu()) if val_rows.numel() else None
-    if sample_weight is not None:
-        sample_weight = sample_weight.to(device, torch.float32)
 
-    best_state, best_mae, best_epoch = None, math.inf, -1
+    best_state, best_mae, best_epoch, best_step = None, math.inf, -1, 0
     history: list[EpochStats] = []
     start = time.perf_counter()
     stopped_early = False
     profiler = _profiler(profile_dir) if profile_dir is not None else None
-
-    epochs = range(config.epochs)
     bar = None
     if config.progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(epochs, desc=f"fit {train_rows.numel()} mol", unit="epoch", leave=False)
-        epochs = bar
+        bar = tqdm(total=total, desc=f"fit {n_train} mol", unit="step", leave=False)
+
+    def window() -> dict:
+        return {
+            "loss": torch.zeros((), device=device),
+            "grad_sq": {g: torch.zeros((), device=device) for g in groups},
+            "n_seen": 0, "steps": 0, "t_data": 0.0, "t_compute": 0.0,
+            "t0": time.perf_counter(),
+        }  # fmt: skip
+
+    win = window()
+    step = 0
     try:
-        for epoch in epochs:
-            model.train()
-            loss_sum = torch.zeros((), device=device)
-            grad_sq = {g: torch.zeros((), device=device) for g in groups}
-            n_seen, t_data, t_compute = 0, 0.0, 0.0
-            t_epoch = time.perf_counter()
-            for idx in iterate_batches(train_rows.numel(), config.batch_size, gen):
-                t0 = time.perf_counter()
-                rows = train_rows[idx.to(device)]
+        model.train()
+        while step < total:
+            idx = next(batches).to(device)  # [members, b]
+            t0 = time.perf_counter()
+            if members > 1:
+                parts = [data.batch(train_rows[i]) for i in idx]
+                y = torch.stack([p[3] for p in parts])  # [K, b(, D)]
+                _sync(device)
+                t1 = time.perf_counter()
+                with _autocast(device, config.amp):
+                    pred = model.forward_members([p[:3] for p in parts], idx.shape[1])
+                weight = None
+                if sample_weight is not None:
+                    weight = (
+                        torch.gather(sample_weight, 1, idx)
+                        if sample_weight.dim() == 2
+                        else sample_weight[idx]
+                    )
+                loss = losses.member_mse(pred.float() / y_scale, y.float() / y_scale, weight)
+                report_loss = loss.detach() / members
+            else:
+                rows = train_rows[idx[0]]
                 z, pos, batch, y = data.batch(rows)
                 _sync(device)
                 t1 = time.perf_counter()
                 with _autocast(device, config.amp):
                     pred = step_model(z, pos, batch, rows.numel())
-                labelled = torch.isfinite(y)  # [B] or [B, D]: all True for one output
-                # fill missing labels before the subtraction: a NaN there would reach the
-                # gradient even when masked afterwards (0 * NaN = NaN)
-                y = torch.where(labelled, y, 0.0)
-                sq = ((pred.float() - y.float()) / y_scale).square()  # [K?, B, D?]
-                sq = torch.where(labelled, sq, 0.0)
-                if sample_weight is not None:
-                    w = sample_weight[..., idx.to(device)]
-                    sq = sq * (w[..., None] if y.dim() > 1 else w)
-                loss = sq.sum() / (labelled.sum() * (sq.numel() // labelled.numel())).clamp(min=1)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                for g, params in groups.items():
-                    norms = [p.grad.detach().norm() for p in params if p.grad is not None]
-                    if norms:
-                        grad_sq[g] += torch.stack(norms).square().sum()
-                if config.grad_clip > 0:
+                weight = None if sample_weight is None else sample_weight[..., idx[0]]
+                pred, y = pred.float() / y_scale, y.float() / y_scale
+                if shallow and step >= nll_from:
+                    loss = losses.ensemble_nll(pred, y, weight)
+                elif shallow:  # warm-up: each head fits the targets on its own
+                    w = None if weight is None else weight.expand(pred.shape[:2])
+                    loss = losses.member_mse(pred, y.expand_as(pred), w) / pred.shape[0]
+                else:
+                    loss = losses.mse(pred, y, weight)
+                report_loss = loss.detach()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for g, params in groups.items():
+                norms = [p.grad.detach().norm() for p in params if p.grad is not None]
+                if norms:
+                    win["grad_sq"][g] += torch.stack(norms).square().sum()
+            if config.grad_clip > 0:
+                if members > 1:
+                    model.clip_grad_norms_(config.grad_clip)
+                else:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                opt.step()
-                sched.step()
-                loss_sum += loss.detach() * rows.numel()
-                n_seen += rows.numel()
-                _sync(device)
-                t2 = time.perf_counter()
-                t_data += t1 - t0
-                t_compute += t2 - t1
-                if profiler is not None:
-                    profiler.step()
-                    if profiler.step_num >= 6:
-                        profiler.stop()
-                        profiler = None
-            elapsed = time.perf_counter() - t_epoch
-            n_batches = max(1, math.ceil(n_seen / config.batch_size))
-            if val_target is not None:
-                model.eval()
-                val_pred, _ = predict(model, data, val_rows, amp=config.amp)
-                if getattr(model, "n_outputs", 1) > 1:
-                    val_pred = val_pred[..., -1]  # [K?, n, D] -> the highest fidelity
-                val_pred = val_pred.reshape(-1, val_rows.numel()).mean(0)
-                val_mae = float((val_pred - val_target[0])[val_target[1]].abs().mean())
-            else:
-                val_mae = float("nan")
+            opt.step()
+            sched.step()
+            step += 1
+            b = idx.shape[1]
+            win["loss"] += report_loss * b
+            win["n_seen"] += b
+            win["steps"] += 1
+            _sync(device)
+            t2 = time.perf_counter()
+            win["t_data"] += t1 - t0
+            win["t_compute"] += t2 - t1
+            if bar is not None:
+                bar.update(1)
+            if profiler is not None:
+                profiler.step()
+                if profiler.step_num >= 6:
+                    profiler.stop()
+                    profiler = None
+            if step % eval_every and step < total:
+                continue
+
+            # --- evaluation ---------------------------------------------------------------
+            elapsed = time.perf_counter() - win["t0"]
+            val_mae = _val_mae(model, data, val_rows, val_target, config.amp)
             with torch.no_grad():
                 wnorm = {
                     g: float(torch.stack([p.detach().norm() for p in ps]).square().sum().sqrt())
                     for g, ps in groups.items()
                 }
             stats = EpochStats(
-                epoch=epoch,
-                train_loss=float(loss_sum) / max(n_seen, 1),
+                epoch=len(history),
+                train_loss=float(win["loss"]) / max(win["n_seen"], 1),
                 val_mae=val_mae,
                 lr=opt.param_groups[0]["lr"],
-                mol_per_s=n_seen / max(elapsed, 1e-9),
-                data_s=t_data,
-                compute_s=t_compute,
+                mol_per_s=win["n_seen"] / max(elapsed, 1e-9),
+                data_s=win["t_data"],
+                compute_s=win["t_compute"],
                 weight_norm=wnorm,
-                grad_norm={g: math.sqrt(float(v) / n_batches) for g, v in grad_sq.items()},
+                grad_norm={
+                    g: math.sqrt(float(v) / max(win["steps"], 1)) for g, v in win["grad_sq"].items()
+                },
                 act_norm=monitor.pop(),
+                step=step,
             )
             history.append(stats)
             if on_epoch is not None:
                 on_epoch(stats)
             if bar is not None:
                 bar.set_postfix(val_mae=f"{val_mae:.4f}", loss=f"{stats.train_loss:.4f}")
+            win = window()
+            model.train()
+            if step < track_from:
+                continue
             score = val_mae if val_target is not None else stats.train_loss
             if score < best_mae:
-                best_mae, best_epoch = score, epoch
+                best_mae, best_epoch, best_step = score, stats.epoch, step
                 best_state = copy.deepcopy(model.state_dict())
-            elif epoch - best_epoch >= config.patience:
+            elif stats.epoch - best_epoch >= config.patience and step >= config.min_steps:
                 stopped_early = True
-                log.info("event=early_stop epoch=%d best_epoch=%d", epoch, best_epoch)
+                log.info("event=early_stop step=%d best_step=%d", step, best_step)
                 break
     finally:
         monitor.remove()
@@ -341,7 +465,31 @@ def fit(
         best_val_mae=best_mae,
         seconds=time.perf_counter() - start,
         stopped_early=stopped_early,
+        steps=step,
+        step_budget=total,
+        best_step=best_step,
+        n_train=n_train,
+        val_rows=val_rows.cpu(),
     )
+
+
+def _val_mae(
+    model: torch.nn.Module,
+    data: MolecularData,
+    val_rows: Tensor,
+    val_target: tuple[Tensor, Tensor] | None,
+    amp: bool,
+) -> float:
+    """MAE (eV) of the model's mean energy (over members or heads, highest fidelity) on the
+    validation rows; NaN without validation targets."""
+    if val_target is None:
+        return float("nan")
+    model.eval()
+    val_pred, _ = predict(model, data, val_rows, amp=amp)
+    if getattr(model, "n_outputs", 1) > 1:
+        val_pred = val_pred[..., -1]  # [K?, n, D] -> the highest fidelity
+    val_pred = val_pred.reshape(-1, val_rows.numel()).mean(0)
+    return float((val_pred - val_target[0])[val_target[1]].abs().mean())
 
 
 def _profiler(out_dir: Path) -> torch.profiler.profile:

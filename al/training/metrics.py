@@ -40,18 +40,56 @@ def gaussian_nll(mean: Tensor, std: Tensor, target: Tensor, min_std: float = 1e-
     return float((0.5 * torch.log(2 * math.pi * var) + err2 / (2 * var)).mean())
 
 
-def miscalibration_area(mean: Tensor, std: Tensor, target: Tensor, n_levels: int = 99) -> float:
-    """Mean |observed - expected| coverage of central Gaussian intervals (0 = calibrated)."""
+def calibration_curve(
+    mean: Tensor, std: Tensor, target: Tensor, n_levels: int = 99
+) -> tuple[Tensor, Tensor]:
+    """Expected and observed coverage of central Gaussian intervals, both ``[n_levels]``.
+
+    For each level ``p`` in ``linspace(0.01, 0.99, n_levels)`` (expected), the share of
+    targets inside ``mean +- z_p std`` with ``z_p`` the half-width of the central interval
+    of mass ``p`` (observed). A calibrated model lies on the diagonal; below it the std is
+    too small (overconfident).
+
+    Args:
+        mean, std, target: ``[n]``.
+    """
     z = (target.double() - mean.double()).abs() / std.double().clamp_min(1e-12)
-    p = torch.linspace(0.01, 0.99, n_levels, dtype=torch.float64)
-    half_width = math.sqrt(2.0) * torch.special.erfinv(p)  # central interval of mass p
+    expected = torch.linspace(0.01, 0.99, n_levels, dtype=torch.float64)
+    half_width = math.sqrt(2.0) * torch.special.erfinv(expected)  # central interval of mass p
     observed = (z[None, :] <= half_width[:, None]).double().mean(1)
-    return float((observed - p).abs().mean())
+    return expected, observed
 
 
-def regression_report(mean: Tensor, target: Tensor, std: Tensor | None = None) -> dict[str, float]:
+def miscalibration_area(mean: Tensor, std: Tensor, target: Tensor, n_levels: int = 99) -> float:
+    """Mean |observed - expected| coverage of central Gaussian intervals (0 = calibrated);
+    the curve is :func:`calibration_curve`."""
+    expected, observed = calibration_curve(mean, std, target, n_levels)
+    return float((observed - expected).abs().mean())
+
+
+def calibration_scale(mean: Tensor, std: Tensor, target: Tensor, min_std: float = 1e-8) -> float:
+    """The factor ``s`` minimising the Gaussian NLL of ``target`` under ``N(mean, (s std)^2)``.
+
+    Closed form: ``s^2 = mean(err^2 / std^2)``. 1 when there is nothing to fit on (no
+    targets, or a non-finite result).
+
+    Args:
+        mean, std, target: ``[n]``.
+    """
+    if target.numel() == 0:
+        return 1.0
+    err = target.double() - mean.double().to(target.device)
+    ratio = (err / std.double().to(target.device).clamp_min(min_std)).square().mean()
+    scale = float(ratio.sqrt())
+    return scale if math.isfinite(scale) and scale > 0 else 1.0
+
+
+def regression_report(
+    mean: Tensor, target: Tensor, std: Tensor | None = None, std_raw: Tensor | None = None
+) -> dict[str, float]:
     """MAE, RMSE, max absolute error (eV) of ``mean`` against ``target`` (both ``[n]``) and,
-    with ``std`` (``[n]``), NLL, Spearman(std, |err|), miscalibration."""
+    with ``std`` (``[n]``), NLL, Spearman(std, |err|), miscalibration; with ``std_raw``
+    (``[n]``, the uncalibrated std) also ``nll_raw`` and ``miscalibration_area_raw``."""
     err = (mean.double() - target.double().to(mean.device)).abs()
     out = {
         "mae": float(err.mean()),
@@ -63,6 +101,9 @@ def regression_report(mean: Tensor, target: Tensor, std: Tensor | None = None) -
         out["spearman_std_err"] = spearman(std, err)
         out["miscalibration_area"] = miscalibration_area(mean, std, target)
         out["mean_std"] = float(std.double().mean())
+    if std_raw is not None:
+        out["nll_raw"] = gaussian_nll(mean, std_raw, target)
+        out["miscalibration_area_raw"] = miscalibration_area(mean, std_raw, target)
     return out
 
 

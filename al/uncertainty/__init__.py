@@ -7,12 +7,18 @@ import torch
 from al.models import ModelConfig
 from al.training.config import FitConfig
 from al.uncertainty.prediction import Prediction
-from al.uncertainty.surrogates import EnsembleSurrogate, MCDropoutSurrogate, Surrogate
+from al.uncertainty.surrogates import (
+    EnsembleSurrogate,
+    MCDropoutSurrogate,
+    ShallowEnsembleSurrogate,
+    Surrogate,
+)
 
 #: The registry of uncertainty methods: config choices, CLI, strategies and tests read it.
 UNCERTAINTIES: dict[str, type[Surrogate]] = {
     "ensemble": EnsembleSurrogate,
     "mc_dropout": MCDropoutSurrogate,
+    "shallow": ShallowEnsembleSurrogate,
 }
 
 
@@ -48,6 +54,7 @@ __all__ = [
     "EnsembleSurrogate",
     "MCDropoutSurrogate",
     "Prediction",
+    "ShallowEnsembleSurrogate",
     "Surrogate",
     "build_surrogate",
 ]

@@ -12,8 +12,10 @@ from torch import Tensor
 from al.data.molecules import MolecularData
 from al.models import AtomisticModel, ModelConfig, build_model, set_mc_dropout
 from al.models.ensemble import EnsembleModel
+from al.models.shallow import ShallowEnsembleModel
 from al.training.config import FitConfig
 from al.training.fit import EpochStats, FitResult, fit, predict
+from al.training.metrics import calibration_scale
 from al.uncertainty.prediction import Prediction
 
 
@@ -21,6 +23,10 @@ class Surrogate:
     """A model family that predicts mean, std and embeddings; trained from scratch by ``fit``.
 
     Subclasses declare what they provide; acquisition functions declare what they need.
+    They implement ``_fit`` (train) and ``_samples`` (member, head or pass energies); ``fit``
+    then calibrates the std on the validation set: ``std_scale`` is the one factor ``s``
+    that minimises the Gaussian NLL of the validation errors under ``s x std``, and
+    ``predict`` returns ``std = s x std_raw`` (both are in the :class:`Prediction`).
     """
 
     name: str = ""
@@ -33,6 +39,8 @@ class Surrogate:
         self.model: torch.nn.Module | None = None
         #: energies per molecule: 1, or the number of fidelities of a multi-fidelity campaign
         self.n_outputs = 1
+        #: calibration factor of the std, fitted on the validation set after each fit
+        self.std_scale = 1.0
 
     def fit(
         self,
@@ -40,22 +48,69 @@ class Surrogate:
         train_rows: Tensor,
         val_rows: Tensor,
         on_epoch: Callable[[EpochStats], None] | None = None,
+    ) -> FitResult:
+        """Train from scratch on ``train_rows`` (``[n_train]``), early-stopping on
+        ``val_rows`` (``[n_val]``), then calibrate ``std_scale`` on the validation rows."""
+        result = self._fit(data, train_rows, val_rows, on_epoch)
+        rows = result.val_rows if result.val_rows is not None else val_rows
+        result.std_scale = self.calibrate(data, rows)
+        return result
+
+    def calibrate(self, data: MolecularData, rows: Tensor) -> float:
+        """Set and return ``std_scale`` from the errors on ``rows`` (``[n]``; 1 without any
+        labelled row). Targets are ``data.y`` (its last column with several fidelities)."""
+        self.std_scale = 1.0
+        if rows.numel() == 0:
+            return 1.0
+        target = data.y[rows.to(data.y.device)].cpu()
+        if target.dim() > 1:
+            target = target[:, -1]
+        present = torch.isfinite(target)
+        if not bool(present.any()):
+            return 1.0
+        pred = self.predict(data, rows[present.to(rows.device)])
+        assert pred.std_raw is not None
+        self.std_scale = calibration_scale(pred.mean, pred.std_raw, target[present])
+        return self.std_scale
+
+    def predict(self, data: MolecularData, rows: Tensor, batch_size: int = 512) -> Prediction:
+        """Mean, calibrated and raw std, embedding and members for ``rows`` (``[n]``)."""
+        assert self.model is not None, "fit or load the surrogate first"
+        samples, emb = self._samples(data, rows, batch_size)
+        return Prediction.from_samples(samples, emb, std_scale=self.std_scale)
+
+    def _fit(
+        self,
+        data: MolecularData,
+        train_rows: Tensor,
+        val_rows: Tensor,
+        on_epoch: Callable[[EpochStats], None] | None,
     ) -> FitResult:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def predict(
-        self, data: MolecularData, rows: Tensor, batch_size: int = 512
-    ) -> Prediction:  # pragma: no cover - abstract
+    def _samples(
+        self, data: MolecularData, rows: Tensor, batch_size: int
+    ) -> tuple[Tensor, Tensor]:  # pragma: no cover - abstract
+        """Energies ``[K, n]`` (``[K, n, D]``) and embeddings ``[n, F]``."""
         raise NotImplementedError
 
-    def members(self) -> list[AtomisticModel]:  # pragma: no cover - abstract
+    def members(self) -> list[torch.nn.Module]:  # pragma: no cover - abstract
+        """The trained model(s) to checkpoint (:func:`al.models.checkpoint.save_checkpoint`)."""
         raise NotImplementedError
 
-    def load_members(self, members: list[AtomisticModel]) -> None:  # pragma: no cover
+    def load_members(
+        self, members: list[torch.nn.Module], meta: dict[str, Any] | None = None
+    ) -> None:
+        """Take trained ``members`` (from :meth:`members` or a checkpoint) and, from the
+        checkpoint's ``meta``, the calibration ``std_scale`` (1 when absent)."""
+        self._load(members)
+        self.std_scale = float((meta or {}).get("std_scale", 1.0))
+
+    def _load(self, members: list[torch.nn.Module]) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def checkpoint_meta(self) -> dict[str, Any]:
-        return {"uncertainty": self.name, "n_outputs": self.n_outputs}
+        return {"uncertainty": self.name, "n_outputs": self.n_outputs, "std_scale": self.std_scale}
 
     @classmethod
     def build(
@@ -110,12 +165,12 @@ class EnsembleSurrogate(Surrogate):
         return cls(model_config, fit_config, device, settings.get("ensemble_size", 5),
                    settings.get("bootstrap", False))  # fmt: skip
 
-    def fit(
+    def _fit(
         self,
         data: MolecularData,
         train_rows: Tensor,
         val_rows: Tensor,
-        on_epoch: Callable[[EpochStats], None] | None = None,
+        on_epoch: Callable[[EpochStats], None] | None,
     ) -> FitResult:
         seed = self.fit_config.seed
         members = [self._new_model(seed * 1009 + k) for k in range(self.size)]
@@ -128,20 +183,20 @@ class EnsembleSurrogate(Surrogate):
         return fit(self.model, data, train_rows, val_rows, self.fit_config, on_epoch,
                    sample_weight=weight)  # fmt: skip
 
-    def predict(self, data: MolecularData, rows: Tensor, batch_size: int = 512) -> Prediction:
-        assert self.model is not None, "fit or load the surrogate first"
+    def _samples(self, data: MolecularData, rows: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
+        assert self.model is not None
         self.model.eval()
         energies, emb = predict(
             self.model, data, rows, batch_size, self.fit_config.amp, embeddings=True
         )
-        return Prediction.from_samples(energies, emb.mean(0))
+        return energies, emb.mean(0)
 
-    def members(self) -> list[AtomisticModel]:
+    def members(self) -> list[torch.nn.Module]:
         assert isinstance(self.model, EnsembleModel), "fit or load the surrogate first"
         return [m.cpu() for m in self.model.members()]
 
-    def load_members(self, members: list[AtomisticModel]) -> None:
-        self.model = EnsembleModel(members).to(self.device).eval()
+    def _load(self, members: list[torch.nn.Module]) -> None:
+        self.model = EnsembleModel(members).to(self.device).eval()  # type: ignore[arg-type]
 
     def checkpoint_meta(self) -> dict[str, Any]:
         return {**super().checkpoint_meta(), "ensemble_size": self.size}
@@ -177,18 +232,18 @@ class MCDropoutSurrogate(Surrogate):
     ) -> MCDropoutSurrogate:
         return cls(model_config, fit_config, device, settings.get("mc_samples", 20))
 
-    def fit(
+    def _fit(
         self,
         data: MolecularData,
         train_rows: Tensor,
         val_rows: Tensor,
-        on_epoch: Callable[[EpochStats], None] | None = None,
+        on_epoch: Callable[[EpochStats], None] | None,
     ) -> FitResult:
         self.model = self._new_model(self.fit_config.seed * 1009).to(self.device)
         return fit(self.model, data, train_rows, val_rows, self.fit_config, on_epoch)
 
-    def predict(self, data: MolecularData, rows: Tensor, batch_size: int = 512) -> Prediction:
-        assert self.model is not None, "fit or load the surrogate first"
+    def _samples(self, data: MolecularData, rows: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
+        assert self.model is not None
         model, amp = self.model, self.fit_config.amp
         model.eval()
         set_mc_dropout(model, False)
@@ -200,14 +255,92 @@ class MCDropoutSurrogate(Surrogate):
             )
         finally:
             set_mc_dropout(model, False)
-        return Prediction.from_samples(passes, emb)
+        assert emb is not None
+        return passes, emb
 
-    def members(self) -> list[AtomisticModel]:
+    def members(self) -> list[torch.nn.Module]:
         assert self.model is not None, "fit or load the surrogate first"
         return [copy.deepcopy(self.model).cpu()]
 
-    def load_members(self, members: list[AtomisticModel]) -> None:
+    def _load(self, members: list[torch.nn.Module]) -> None:
         self.model = members[0].to(self.device).eval()
 
     def checkpoint_meta(self) -> dict[str, Any]:
         return {**super().checkpoint_meta(), "mc_samples": self.samples}
+
+
+class ShallowEnsembleSurrogate(Surrogate):
+    """A shallow ensemble: one trunk with ``heads`` last-layer heads, NLL-trained (DPOSE).
+
+    Kellner & Ceriotti, Mach. Learn.: Sci. Technol. 2024 (arXiv:2402.16621): the heads'
+    spread, trained by the Gaussian NLL of their mean and variance, is the uncertainty. It
+    costs about one model to train and to score (:class:`~al.models.shallow.ShallowEnsembleModel`).
+    The embedding is the per-molecule sum of the features the heads are linear in.
+
+    Args:
+        heads: number of heads K (the ``ensemble_size`` key).
+    """
+
+    name = "shallow"
+    provides = frozenset({"mean", "std", "embedding", "members"})
+
+    def __init__(
+        self,
+        model_config: ModelConfig,
+        fit_config: FitConfig,
+        device: torch.device,
+        heads: int = 5,
+    ) -> None:
+        super().__init__(model_config, fit_config, device)
+        if heads < 2:
+            raise ValueError(f"a shallow ensemble needs at least 2 heads for a spread, got {heads}")
+        self.heads = heads
+
+    @classmethod
+    def build(
+        cls,
+        model_config: ModelConfig,
+        fit_config: FitConfig,
+        device: torch.device,
+        **settings: Any,
+    ) -> ShallowEnsembleSurrogate:
+        return cls(model_config, fit_config, device, settings.get("ensemble_size", 5))
+
+    def _fit(
+        self,
+        data: MolecularData,
+        train_rows: Tensor,
+        val_rows: Tensor,
+        on_epoch: Callable[[EpochStats], None] | None,
+    ) -> FitResult:
+        torch.manual_seed(self.fit_config.seed * 1009)
+        cfg = self.model_config
+        self.model = ShallowEnsembleModel.build(
+            cfg.model, self.heads, n_outputs=self.n_outputs, **cfg.model_kwargs()
+        ).to(self.device)
+        return fit(self.model, data, train_rows, val_rows, self.fit_config, on_epoch)
+
+    def _samples(self, data: MolecularData, rows: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
+        assert self.model is not None
+        self.model.eval()
+        energies, emb = predict(
+            self.model, data, rows, batch_size, self.fit_config.amp, embeddings=True
+        )
+        assert emb is not None
+        return energies, emb
+
+    def members(self) -> list[torch.nn.Module]:
+        assert isinstance(self.model, ShallowEnsembleModel), "fit or load the surrogate first"
+        return [copy.deepcopy(self.model).cpu()]
+
+    def _load(self, members: list[torch.nn.Module]) -> None:
+        (model,) = members
+        if not isinstance(model, ShallowEnsembleModel):
+            raise ValueError(
+                f"a shallow-ensemble checkpoint holds one ShallowEnsembleModel, got {model!r}"
+            )
+        self.model = model.to(self.device).eval()
+        self.heads = model.heads
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {**super().checkpoint_meta(), "ensemble_size": self.heads}

@@ -1,0 +1,151 @@
+"""The ``compare`` entry point: select finished campaign runs on the tracking server, compare
+them (:mod:`al.report`), write ``report.md``/``report.html`` and log them back as a run
+tagged ``al.kind=report``."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from al.report import (
+    CompareError,
+    Report,
+    build_report,
+    dedupe_runs,
+    fetch_histories,
+    find_campaign_runs,
+    join_histories,
+    log_report,
+    runs_frame,
+    tracking_uri,
+    write_report,
+)
+from al.tracking import CampaignMetrics as CM  # noqa: N817 - used in every metric key
+
+__all__ = ["CompareError", "CompareResult", "parse_targets", "reproduce_command", "run_compare"]
+
+
+@dataclass
+class CompareResult:
+    """What :func:`run_compare` produced."""
+
+    markdown: Path
+    html: Path
+    run_id: str | None
+    report: Report
+    n_unfinished: int
+
+
+def reproduce_command(
+    experiment_name: str,
+    parent_run: str,
+    output_dir: str,
+    baseline: str,
+    mae_targets: Sequence[float] | None,
+) -> str:
+    """The ``al compare`` command line that rebuilds this report (and the MLflow form)."""
+    args = ["al", "compare"]
+    if experiment_name:
+        args += ["--experiment-name", experiment_name]
+    if parent_run:
+        args += ["--parent-run", parent_run]
+    args += ["--output-dir", output_dir, "--baseline", baseline]
+    if mae_targets:
+        args += ["--mae-targets", ",".join(f"{t:g}" for t in mae_targets)]
+    project = ["mlflow", "run", ".", "-e", "compare", "--env-manager", "local"]
+    for k, v in (
+        ("experiment_name", experiment_name),
+        ("parent_run", parent_run),
+        ("output_dir", output_dir),
+    ):
+        if v:
+            project += ["-P", f"{k}={v}"]
+    if baseline != "random":
+        project += ["-P", f"baseline={baseline}"]
+    if mae_targets:
+        project += ["-P", "mae_targets=" + ",".join(f"{t:g}" for t in mae_targets)]
+    uri = f"MLFLOW_TRACKING_URI={shlex.quote(tracking_uri())} "
+    return f"{uri}{shlex.join(args)}\n# or: {uri}{shlex.join(project)}"
+
+
+def parse_targets(text: str) -> list[float]:
+    """``"0.3,0.2"`` -> ``[0.3, 0.2]``; empty -> ``[]``. Raises :class:`CompareError`."""
+    out = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        try:
+            v = float(part)
+        except ValueError:
+            raise CompareError(f"--mae-targets: {part!r} is not a number") from None
+        if not v > 0:
+            raise CompareError(f"--mae-targets: {part!r} must be positive")
+        out.append(v)
+    return out
+
+
+def _targets_param(report: Report) -> str:
+    """The target MAEs used, ``0.3,0.2``; per grid (``grid=0.3,0.2; ...``) when they differ."""
+    per = {g.grid: ",".join(f"{t:g}" for t in g.targets) for g in report.grids}
+    if len(set(per.values())) <= 1:
+        return next(iter(per.values()), "")
+    return "; ".join(f"{g or '-'}={v}" for g, v in per.items())
+
+
+def run_compare(
+    experiment_name: str = "",
+    parent_run: str = "",
+    output_dir: str | Path = "report",
+    baseline: str = "random",
+    mae_targets: Sequence[float] | None = None,
+    log: bool = True,
+    level: float = 0.95,
+    echo: Callable[[str], None] = print,
+) -> CompareResult:
+    """Select, read, compare, write, and (with ``log``) log the report back to MLflow."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    sel = find_campaign_runs(client, experiment_name, parent_run)
+    if sel.n_unfinished:
+        echo(f"skipped {sel.n_unfinished} unfinished campaign run(s) (status not FINISHED)")
+    runs, notes = dedupe_runs(runs_frame(sel.runs))
+    kept = [r for r in sel.runs if r.info.run_id in set(runs["run_id"])]
+    histories = join_histories(runs, fetch_histories(client, kept))
+    empty = sorted(set(runs["run_id"]) - set(histories.dropna(subset=[CM.TEST_MAE])["run_id"]))
+    if empty:
+        notes.append(f"{len(empty)} run(s) without test_mae history left out: {', '.join(empty)}")
+        runs = runs[~runs["run_id"].isin(empty)].reset_index(drop=True)
+        histories = histories[~histories["run_id"].isin(empty)]
+    if runs.empty:
+        raise CompareError(
+            f"no finished campaign run among the {sel.source} has a test_mae history"
+        )
+    if sel.n_unfinished:
+        notes.insert(0, f"{sel.n_unfinished} unfinished campaign run(s) skipped")
+    name = experiment_name if parent_run else sel.experiment_name
+    command = reproduce_command(name, parent_run, str(output_dir), baseline, mae_targets)
+    report = build_report(
+        runs,
+        histories,
+        baseline=baseline,
+        targets=mae_targets,
+        level=level,
+        experiment_name=sel.experiment_name,
+        source=sel.source,
+        command=command,
+    )
+    report.notes = notes
+    md, page = write_report(report, Path(output_dir))
+    run_id = None
+    if log:
+        params = dict(
+            experiment_name=sel.experiment_name,
+            parent_run=parent_run or "",
+            baseline=baseline,
+            resolved_mae_targets=_targets_param(report),
+            n_runs=len(runs),
+            n_unfinished=sel.n_unfinished,
+        )
+        run_id = log_report(client, Path(output_dir), sel.experiment_id, sel.report_of, params)
+    return CompareResult(md, page, run_id, report, sel.n_unfinished)

@@ -1,0 +1,245 @@
+"""Single- and multi-fidelity selection: what a campaign asks its oracles for.
+
+Chosen once, from the number of oracles (:func:`build_selection`):
+
+:class:`SingleFidelity`
+    One oracle. A round asks for ``batch_size`` molecules picked by a single-fidelity
+    acquisition function (:mod:`al.acquisition.functions`); a molecule asked for once is
+    never offered again; the training targets are ``[n_mol]``.
+:class:`MultiFidelity`
+    ``D`` oracles, cheapest first, the last one the target. Round 0 asks for every initial
+    molecule at every fidelity; later rounds buy (molecule, fidelity) pairs within the
+    round's cost (:mod:`al.acquisition.multifidelity`); a molecule is closed once its
+    highest fidelity was asked for; the training targets are ``[n_mol, D]`` with NaN where a
+    molecule lacks a fidelity.
+
+Both write request frames: one row per label request with columns ``qm9_index, fidelity,
+score, pred_mean, pred_std`` (``fidelity`` indexes the oracle list).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from al.acquisition.functions import ACQUISITIONS, select
+from al.acquisition.multifidelity import select_pairs
+from al.data.molecules import MolecularData
+from al.loop.config import CampaignConfig
+from al.loop.ledger import Labelled
+from al.loop.seeds import round_generator
+from al.oracles import Oracle
+from al.uncertainty import Prediction, Surrogate
+
+
+class Selection:
+    """The parts shared by both selections: request frames and which pairs were bought.
+
+    Args:
+        data: the molecules (``qm9_index [n_mol]``, ``y [n_mol]``).
+        oracles: the labellers, cheapest first; the last one is the target fidelity.
+        config: the campaign settings (``seed``, ``batch_size``, multi-fidelity budget).
+        acquisition: registry name of the acquisition function (single-fidelity:
+            :data:`al.acquisition.ACQUISITIONS`; multi-fidelity: ``MF_ACQUISITIONS``).
+        surrogate: the campaign's surrogate (embeds the labelled set when the acquisition
+            needs it).
+    """
+
+    def __init__(
+        self,
+        data: MolecularData,
+        oracles: Sequence[Oracle],
+        config: CampaignConfig,
+        acquisition: str,
+        surrogate: Surrogate | None = None,
+    ) -> None:
+        self.data, self.oracles, self.config = data, list(oracles), config
+        self.acquisition, self.surrogate = acquisition, surrogate
+        self.fidelity_of = {o.name: d for d, o in enumerate(oracles)}
+        #: ``[D]`` cost per label of each fidelity
+        self.costs = torch.tensor([o.cost_per_label for o in oracles], dtype=torch.float64)
+
+    @property
+    def n_fidelities(self) -> int:
+        return len(self.oracles)
+
+    def request_frame(
+        self,
+        rows: Tensor,
+        score: Tensor | None = None,
+        pred: Prediction | None = None,
+        pred_index: Tensor | None = None,
+        fidelity: Tensor | None = None,
+    ) -> pd.DataFrame:
+        """One row per request for the data rows ``rows`` (``[n]``).
+
+        ``score`` (``[n]``) is the acquisition value; ``pred`` with ``pred_index`` (``[n]``
+        rows into ``pred``) gives ``pred_mean``/``pred_std``; ``fidelity`` (``[n]``) picks
+        the oracle (default: the last). Missing values are NaN.
+        """
+        n = rows.numel()
+        nan = np.full(n, np.nan)
+        frame = pd.DataFrame({"qm9_index": self.data.qm9_index[rows].numpy()})
+        last = self.n_fidelities - 1
+        frame["fidelity"] = fidelity.numpy() if fidelity is not None else np.full(n, last)
+        frame["score"] = score.double().numpy() if score is not None else nan
+        if pred is not None and pred_index is not None:
+            frame["pred_mean"] = pred.mean[pred_index].double().numpy()
+            std = pred.std[pred_index].double().numpy() if pred.std is not None else nan
+            frame["pred_std"] = std
+        else:
+            frame["pred_mean"], frame["pred_std"] = nan, nan
+        return frame
+
+    def bought(self, candidates: Tensor, labelled: Labelled) -> Tensor:
+        """``[n, D]`` bool: which (candidate, fidelity) pairs were asked for already.
+
+        Args:
+            candidates: ``[n]`` data rows.
+            labelled: every request so far.
+        """
+        table = labelled.table
+        out = torch.zeros(candidates.numel(), self.n_fidelities, dtype=torch.bool)
+        if not len(table):
+            return out
+        where = {int(q): i for i, q in enumerate(self.data.qm9_index[candidates].tolist())}
+        for q, name in zip(table["qm9_index"], table["oracle"], strict=True):
+            i = where.get(int(q))
+            if i is not None:
+                out[i, self.fidelity_of[name]] = True
+        return out
+
+    # --- what each selection defines ----------------------------------------------------
+    def initial_request(self, rows: Tensor) -> pd.DataFrame:  # pragma: no cover - abstract
+        """Round 0's requests for the random initial rows ``rows`` (``[n]``)."""
+        raise NotImplementedError
+
+    def choose(
+        self, round_: int, candidates: Tensor, pred: Prediction, labelled: Labelled
+    ) -> pd.DataFrame:  # pragma: no cover - abstract
+        """The requests of acquisition round ``round_`` among the ``[n]`` candidate rows."""
+        raise NotImplementedError
+
+    def closed(self, labelled: Labelled) -> np.ndarray:  # pragma: no cover - abstract
+        """QM9 indices never to be offered again, ``[c]`` int64."""
+        raise NotImplementedError
+
+    def training_targets(
+        self, labelled: Labelled
+    ) -> tuple[Tensor, Tensor]:  # pragma: no cover - abstract
+        """The training target ``y`` for every data row and the labelled rows ``[m]``."""
+        raise NotImplementedError
+
+    def _labelled_rows(self, labelled: Labelled) -> tuple[Tensor, Tensor, pd.DataFrame]:
+        """Rows ``[m]`` and labels ``[m]`` (float64) of the successful requests, in order."""
+        ok = labelled.ok
+        label = torch.tensor(ok["label"].to_numpy(np.float64))
+        return self.data.rows_of(ok["qm9_index"].to_numpy(np.int64)), label, ok
+
+
+class SingleFidelity(Selection):
+    """One oracle: ``batch_size`` molecules a round, chosen by an acquisition function."""
+
+    def initial_request(self, rows: Tensor) -> pd.DataFrame:
+        """Round 0: every row of ``rows`` (``[n]``) from the oracle."""
+        return self.request_frame(rows)
+
+    def choose(
+        self, round_: int, candidates: Tensor, pred: Prediction, labelled: Labelled
+    ) -> pd.DataFrame:
+        """The round's requests: ``min(batch_size, n)`` of the ``[n]`` candidate rows.
+
+        ``pred`` is the surrogate's prediction for the candidates (``mean [n]``...); the
+        labelled molecules' embeddings are computed only when the acquisition needs them.
+        """
+        labelled_emb = None
+        if "embedding" in ACQUISITIONS[self.acquisition].needs:
+            assert self.surrogate is not None, "this acquisition needs the surrogate"
+            ok_rows = self.data.rows_of(labelled.ok["qm9_index"].to_numpy())
+            labelled_emb = self.surrogate.predict(self.data, ok_rows).embedding
+        k = min(self.config.batch_size, candidates.numel())
+        gen = round_generator(self.config.seed, round_, "select")
+        sel = select(self.acquisition, pred, k, generator=gen, labelled_embedding=labelled_emb)
+        return self.request_frame(candidates[sel.index], sel.score, pred, sel.index)
+
+    def closed(self, labelled: Labelled) -> np.ndarray:
+        """QM9 indices no longer offered: every molecule asked for, ``[c]`` int64."""
+        return np.array(labelled.table["qm9_index"], dtype=np.int64)
+
+    def training_targets(self, labelled: Labelled) -> tuple[Tensor, Tensor]:
+        """``y [n_mol]`` with the oracle labels (NaN elsewhere) and the labelled rows ``[m]``
+        in request order."""
+        rows, label, _ = self._labelled_rows(labelled)
+        y = torch.full_like(self.data.y, float("nan"))
+        y[rows] = label
+        return y, rows
+
+
+class MultiFidelity(Selection):
+    """Several oracles: (molecule, fidelity) pairs within a round's cost."""
+
+    def initial_request(self, rows: Tensor) -> pd.DataFrame:
+        """Round 0: every row of ``rows`` (``[n]``) at every fidelity, so that the surrogate
+        sees how the fidelities relate from the start (``D * n`` requests)."""
+        frames = [
+            self.request_frame(rows, fidelity=torch.full_like(rows, d))
+            for d in range(self.n_fidelities)
+        ]
+        return pd.concat(frames, ignore_index=True)
+
+    def choose(
+        self, round_: int, candidates: Tensor, pred: Prediction, labelled: Labelled
+    ) -> pd.DataFrame:
+        """Pairs chosen by the multi-fidelity acquisition for the ``[n]`` candidates,
+        spending at most ``round_cost`` (default ``batch_size`` x the highest cost).
+
+        ``pred.fidelity_members`` (``[K, n, D]``) gives each pair's mean and std.
+        """
+        cfg = self.config
+        budget = cfg.round_cost or cfg.batch_size * float(self.costs[-1])
+        options = {"cheap_share": cfg.cheap_share} if self.acquisition == "cheap_first" else {}
+        gen = round_generator(cfg.seed, round_, "select")
+        sel = select_pairs(
+            self.acquisition, pred, self.bought(candidates, labelled), self.costs, budget,
+            generator=gen, **options,
+        )  # fmt: skip
+        assert pred.fidelity_members is not None
+        chosen = pred.fidelity_members[:, sel.index, sel.fidelity]  # [K, m]
+        frame = self.request_frame(candidates[sel.index], sel.score, fidelity=sel.fidelity)
+        frame["pred_mean"] = chosen.mean(0).double().numpy()
+        frame["pred_std"] = chosen.std(0).double().numpy()
+        return frame
+
+    def closed(self, labelled: Labelled) -> np.ndarray:
+        """QM9 indices no longer offered: asked for at the highest fidelity, ``[c]`` int64."""
+        table = labelled.table
+        if len(table):
+            table = table[table["oracle"] == self.oracles[-1].name]
+        return np.array(table["qm9_index"], dtype=np.int64)
+
+    def training_targets(self, labelled: Labelled) -> tuple[Tensor, Tensor]:
+        """``y [n_mol, D]`` with each fidelity's labels (NaN where a molecule lacks one) and
+        the labelled rows ``[m]`` (unique, sorted)."""
+        rows, label, ok = self._labelled_rows(labelled)
+        y = torch.full((self.data.y.numel(), self.n_fidelities), float("nan"))
+        fid = torch.tensor([self.fidelity_of[o] for o in ok["oracle"]], dtype=torch.int64)
+        y[rows, fid] = label.to(y)
+        return y.to(self.data.y.dtype), rows.unique()
+
+
+def build_selection(
+    data: MolecularData,
+    oracles: Sequence[Oracle],
+    config: CampaignConfig,
+    acquisition: str,
+    surrogate: Surrogate | None = None,
+) -> Selection:
+    """Multi-fidelity selection for several oracles, single-fidelity for one."""
+    if not oracles:
+        raise ValueError("a campaign needs at least one oracle")
+    cls = MultiFidelity if len(oracles) > 1 else SingleFidelity
+    return cls(data, oracles, config, acquisition, surrogate)

@@ -1,0 +1,303 @@
+"""A campaign's tracking, as a collaborator of :class:`al.loop.campaign.Campaign`.
+
+:class:`CampaignTracker` is what the loop asks of it: a context per fit (the round's child
+run, with an epoch logger), the round's artifacts and metrics, the queried tables, the
+completed-round mark, and the reads that resume needs. Two implementations:
+
+:class:`MlflowTracker`
+    The campaign's MLflow run (:class:`al.tracking.CampaignRun`): metrics at
+    ``step = n_labelled``, ``rounds/round_NNN/queried.csv``, nested round runs with the
+    epoch curves, plots, checkpoint and pyfunc model; resume reads all of it back.
+:class:`MemoryTracker`
+    Everything in memory and checkpoints in a temporary folder: no MLflow, no server
+    (benchmarks, tests, notebooks).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+
+from al import plots
+from al.models.checkpoint import save_checkpoint
+from al.tracking import (
+    CAMPAIGN_PLOTS,
+    KIND_ROUND,
+    QUERIED_COLUMNS,
+    ROUND_CHECKPOINT,
+    TAG_DATA_VERSION,
+    TAG_KIND,
+    TAG_MODEL_URI,
+    TAG_ROUND,
+    Artifacts,
+    CampaignRun,
+    EpochLogger,
+    log_figure,
+    log_metrics,
+)
+from al.tracking.pyfunc import log_pyfunc_model
+from al.training.fit import EpochStats
+
+#: Receives the statistics of every training epoch.
+EpochCallback = Callable[[EpochStats], None]
+
+
+@dataclass
+class ModelArtifacts:
+    """A trained surrogate and how it does on the test set: what a round (or the campaign's
+    end) records.
+
+    Attributes:
+        members: the surrogate's models (one, or the ensemble's K), on the CPU.
+        meta: checkpoint metadata (surrogate settings, round, data version, ...).
+        round: the round the model belongs to.
+        curve: ``(n_labelled, test MAE)`` per round so far, this model's included.
+        test_mean, test_std: prediction on the test set, ``[n_test]`` each (``test_std``
+            None without uncertainty).
+        test_target: reference energies of the test set, ``[n_test]``.
+        history: the fit's epoch statistics (empty for a model that was not just fitted).
+    """
+
+    members: list[torch.nn.Module]
+    meta: dict[str, Any]
+    round: int
+    curve: list[tuple[int, float]]
+    test_mean: np.ndarray
+    test_std: np.ndarray | None
+    test_target: np.ndarray
+    history: list[EpochStats] = field(default_factory=list)
+
+    def figures(self) -> list[tuple[str, Any]]:
+        """``(artifact path, figure)``: learning curve, parity, std vs error (and the
+        training curves when there is a history)."""
+        figs = plots.campaign_figures(
+            self.curve, self.test_mean, self.test_std, self.test_target, self.round
+        )
+        out = list(zip(CAMPAIGN_PLOTS, figs, strict=True))
+        if self.history:
+            out.insert(0, (Artifacts.CURVES, plots.training_curves(self.history)))
+        return out
+
+
+class CampaignTracker(Protocol):
+    """What a campaign records, and what it reads back to resume."""
+
+    run_id: str
+
+    def fit_run(self, round_: int, data_version: str) -> AbstractContextManager[EpochCallback]:
+        """Context of one fit (a round's child run); gives the epoch logger."""
+        ...
+
+    def log_round_artifacts(self, artifacts: ModelArtifacts) -> None:
+        """Curves, plots, checkpoint and model of the fit; called inside :meth:`fit_run`."""
+        ...
+
+    def log_round_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Campaign metrics at ``step = n_labelled`` (non-finite values are skipped)."""
+        ...
+
+    def log_queried(self, round_: int, frame: pd.DataFrame) -> None:
+        """The round's requests, in the ``QUERIED_COLUMNS`` layout."""
+        ...
+
+    def complete_round(self, round_: int) -> None:
+        """Mark ``round_`` as fitted, evaluated and logged."""
+        ...
+
+    # --- what resume reads back --------------------------------------------------------
+    def queried_rounds(self) -> list[int]: ...
+
+    def read_queried(self, round_: int) -> pd.DataFrame: ...
+
+    def completed_round(self) -> int:
+        """The last completed round, -1 when none."""
+        ...
+
+    def metric_history(self, key: str) -> list[float]:
+        """Values of ``key`` by step."""
+        ...
+
+    def download_checkpoint(self, round_: int, dst: Path) -> Path:
+        """The checkpoint of the last fit up to ``round_``, copied below ``dst``."""
+        ...
+
+    def close_stale_children(self) -> None:
+        """Close fits left open by a process that died."""
+        ...
+
+
+class MlflowTracker(CampaignRun):
+    """The campaign's MLflow run (start it with :meth:`CampaignRun.start`)."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(run_id)
+        self._epochs: EpochLogger | None = None
+
+    @contextmanager
+    def fit_run(self, round_: int, data_version: str) -> Iterator[EpochCallback]:
+        """A nested run ``round_NNN`` tagged with its round and data version; its epoch
+        metrics go out in batches. An exception marks it FAILED."""
+        with mlflow.start_run(run_name=f"round_{round_:03d}", nested=True) as child:
+            mlflow.set_tags(
+                {TAG_KIND: KIND_ROUND, TAG_ROUND: round_, TAG_DATA_VERSION: data_version}
+            )
+            self._epochs = logger = EpochLogger(child.info.run_id)
+            yield logger
+            logger.flush()
+        self._epochs = None
+
+    def log_round_artifacts(self, artifacts: ModelArtifacts) -> None:
+        """Into the active child run: curves, plots, ``checkpoint/model.pt``, pyfunc model."""
+        if self._epochs is not None:
+            self._epochs.flush()
+        _log_figures(artifacts)
+        with tempfile.TemporaryDirectory(prefix="al-") as tmp:
+            ckpt = _save(artifacts, Path(tmp))
+            mlflow.log_artifact(str(ckpt), Path(ROUND_CHECKPOINT).parent.as_posix())
+            log_pyfunc_model(ckpt, Artifacts.MODEL_NAME)
+
+    def log_round_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
+        log_metrics(metrics, step=step, run_id=self.run_id)
+
+    def log_final_model(self, artifacts: ModelArtifacts, labelled: pd.DataFrame) -> str:
+        """The final surrogate as the campaign's MLflow model (its URI in the tag
+        ``al.model_uri``), final plots and ``labelled.csv``; returns the model URI."""
+        with tempfile.TemporaryDirectory(prefix="al-") as tmp:
+            info = log_pyfunc_model(_save(artifacts, Path(tmp)), Artifacts.MODEL_NAME)
+            mlflow.set_tag(TAG_MODEL_URI, info.model_uri)
+            _log_figures(artifacts)
+            labelled.to_csv(Path(tmp) / "labelled.csv", index=False)
+            mlflow.log_artifact(str(Path(tmp) / "labelled.csv"))
+        return str(info.model_uri)
+
+
+def _save(artifacts: ModelArtifacts, folder: Path) -> Path:
+    return save_checkpoint(artifacts.members, folder / "model.pt", meta=artifacts.meta)
+
+
+def _log_figures(artifacts: ModelArtifacts) -> None:
+    for path, fig in artifacts.figures():
+        log_figure(fig, path)
+
+
+@dataclass
+class FitRecord:
+    """One fit recorded by :class:`MemoryTracker` (what a round child run holds)."""
+
+    round: int
+    data_version: str
+    status: str = "RUNNING"
+    epochs: list[EpochStats] = field(default_factory=list)
+    checkpoint: Path | None = None
+
+
+class MemoryTracker:
+    """A campaign's records in memory, checkpoints (and optionally plots) in a folder.
+
+    Needs no MLflow and no server. A new :class:`~al.loop.campaign.Campaign` given the same
+    tracker resumes where the previous one stopped, as with :class:`MlflowTracker`.
+
+    Args:
+        root: folder for checkpoints and plots (default: a temporary folder, removed with
+            the tracker).
+        figures: also write the plots (PNG) of every fit below ``root``.
+    """
+
+    def __init__(self, root: str | Path | None = None, figures: bool = False) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix="al-memory-") if root is None else None
+        self.root = Path(root if root is not None else self._tmp.name)  # type: ignore[union-attr]
+        self.run_id = f"memory:{self.root}"
+        self.figures = figures
+        #: round -> queried table (``QUERIED_COLUMNS``)
+        self.queried: dict[int, pd.DataFrame] = {}
+        #: metric key -> ``(step, value)`` in logging order
+        self.metrics: dict[str, list[tuple[int, float]]] = {}
+        self.fits: list[FitRecord] = []
+        self.completed = -1
+
+    @contextmanager
+    def fit_run(self, round_: int, data_version: str) -> Iterator[EpochCallback]:
+        record = FitRecord(round_, data_version)
+        self.fits.append(record)
+        try:
+            yield record.epochs.append
+        except BaseException:
+            record.status = "FAILED"
+            raise
+        record.status = "FINISHED"
+
+    def log_round_artifacts(self, artifacts: ModelArtifacts) -> None:
+        record = self.fits[-1]
+        folder = self.root / f"fit_{len(self.fits) - 1:03d}_round_{artifacts.round:03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        record.checkpoint = _save(artifacts, folder)
+        if self.figures:
+            import matplotlib.pyplot as plt
+
+            for path, fig in artifacts.figures():
+                (folder / path).parent.mkdir(parents=True, exist_ok=True)
+                fig.savefig(folder / path)
+                plt.close(fig)
+
+    def log_round_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
+        for key, value in metrics.items():
+            if value is not None and math.isfinite(float(value)):
+                self.metrics.setdefault(key, []).append((int(step), float(value)))
+
+    def log_queried(self, round_: int, frame: pd.DataFrame) -> None:
+        missing = [c for c in QUERIED_COLUMNS if c not in frame.columns]
+        if missing:
+            raise ValueError(f"queried table lacks columns {missing}")
+        self.queried[round_] = frame[list(QUERIED_COLUMNS)].reset_index(drop=True).copy()
+
+    def complete_round(self, round_: int) -> None:
+        self.completed = round_
+
+    # --- reading back -------------------------------------------------------------------
+    def queried_rounds(self) -> list[int]:
+        return sorted(self.queried)
+
+    def read_queried(self, round_: int) -> pd.DataFrame:
+        return self.queried[round_].copy()
+
+    def completed_round(self) -> int:
+        return self.completed
+
+    def metric_history(self, key: str) -> list[float]:
+        return [v for _, v in sorted(self.metrics.get(key, []), key=lambda sv: sv[0])]
+
+    def metrics_frame(self) -> pd.DataFrame:
+        """Every metric by step: one row per ``n_labelled``, one column per key."""
+        rows: dict[int, dict[str, float]] = {}
+        for key, values in self.metrics.items():
+            for step, value in values:
+                rows.setdefault(step, {})[key] = value
+        return pd.DataFrame.from_dict(rows, orient="index").sort_index()
+
+    def download_checkpoint(self, round_: int, dst: Path) -> Path:
+        # the model of round r is the last one trained up to r (the stream scheme skips fits)
+        done = [f for f in self.fits if f.status == "FINISHED" and f.checkpoint is not None]
+        done = [f for f in done if f.round <= round_]
+        if not done:
+            raise RuntimeError(f"{self.run_id}: no finished fit up to round {round_}")
+        last = max(reversed(done), key=lambda f: f.round)  # the newest fit of that round
+        out = Path(dst) / ROUND_CHECKPOINT
+        out.parent.mkdir(parents=True, exist_ok=True)
+        assert last.checkpoint is not None
+        return Path(shutil.copy(last.checkpoint, out))
+
+    def close_stale_children(self) -> None:
+        for record in self.fits:
+            if record.status == "RUNNING":
+                record.status = "KILLED"

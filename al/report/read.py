@@ -1,0 +1,254 @@
+"""Campaign runs and their metric histories, read from the tracking server.
+
+Only the public MLflow API is used (``MlflowClient.search_runs`` and
+``get_metric_history``): the report is built from what the tracking server holds, so it
+can be rebuilt anywhere from the server alone.
+
+Frames:
+
+* *runs*: one row per campaign run, columns :data:`RUN_COLUMNS`
+  (``run_id, arm, grid, seed, strategy, oracle, cell, start_time, run_name``);
+* *histories*: one row per (run, step), columns ``run_id, arm, grid, seed, step`` plus
+  one column per metric of :data:`REPORT_METRICS` (NaN where the run did not log it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from al.report.stats import TIME_METRICS, seed_key
+from al.tracking import (
+    KIND_CAMPAIGN,
+    TAG_CELL,
+    TAG_GRID,
+    TAG_KIND,
+    TAG_ORACLE,
+    TAG_PARENT,
+    TAG_SEED,
+    TAG_STRATEGY,
+)
+from al.tracking import CampaignMetrics as CM  # noqa: N817 - used in every metric key
+
+#: Metric histories read per campaign run.
+REPORT_METRICS: tuple[str, ...] = (
+    CM.TEST_MAE,
+    CM.COST_SPENT,
+    CM.N_LABELLED,
+    CM.TEST_NLL,
+    CM.TEST_SPEARMAN,
+    CM.TEST_MISCALIBRATION,
+    *TIME_METRICS,
+)
+RUN_COLUMNS: tuple[str, ...] = (
+    "run_id",
+    "arm",
+    "grid",
+    "seed",
+    "strategy",
+    "oracle",
+    "cell",
+    "start_time",
+    "run_name",
+)
+KEY_COLUMNS: tuple[str, ...] = ("run_id", "arm", "grid", "seed")
+
+
+class CompareError(ValueError):
+    """A problem the user can fix (unknown experiment, nothing to compare); one line."""
+
+
+def assign_arms(runs: pd.DataFrame) -> pd.Series:
+    """The arm of each run: the ``al.cell`` tag when present, else the strategy, with the
+    oracle appended (``strategy/oracle``) when the untagged runs of a grid use more than one
+    oracle. ``runs`` needs columns ``grid, cell, strategy, oracle``."""
+    arms = pd.Series(index=runs.index, dtype=object)
+    has_cell = runs["cell"].fillna("").astype(str) != ""
+    arms[has_cell] = runs.loc[has_cell, "cell"]
+    rest = runs[~has_cell]
+    for _, frame in rest.groupby("grid", sort=False):
+        several = frame["oracle"].fillna("").nunique() > 1
+        for i, r in frame.iterrows():
+            strategy = r["strategy"] or "unknown"
+            arms[i] = f"{strategy}/{r['oracle']}" if several else strategy
+    return arms.astype(str)
+
+
+def dedupe_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Keep the most recent run per (grid, arm, seed); the notes name what was dropped."""
+    ordered = runs.sort_values("start_time", kind="stable")
+    dup = ordered.duplicated(["grid", "arm", "seed"], keep="last")
+    notes = [
+        f"run {r.run_id} ({r.arm}, seed {r.seed}) superseded by a later run of the same "
+        "arm and seed"
+        for r in ordered[dup].itertuples()
+    ]
+    return ordered[~dup].sort_values(["grid", "arm", "seed"], key=_sort_key).reset_index(
+        drop=True
+    ), notes
+
+
+def _sort_key(col: pd.Series) -> pd.Series:
+    """Sort seeds numerically (:func:`~al.report.stats.seed_key`), other columns as they are."""
+    if col.name == "seed":
+        return col.map(lambda s: seed_key(str(s)))
+    return col
+
+
+@dataclass
+class Selection:
+    """What :func:`find_campaign_runs` found."""
+
+    runs: list[Any]
+    experiment_id: str
+    experiment_name: str
+    source: str  # "experiment NAME" or "children of run ID"
+    report_of: str
+    n_unfinished: int = 0
+    n_other_kind: int = 0
+
+
+def _search_all(client: Any, experiment_id: str, filter_string: str) -> list[Any]:
+    """All runs of ``search_runs`` (every page)."""
+    out: list[Any] = []
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment_id], filter_string=filter_string, max_results=1000, page_token=token
+        )
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out
+
+
+def find_campaign_runs(client: Any, experiment_name: str = "", parent_run: str = "") -> Selection:
+    """Campaign runs (``al.kind=campaign``) of an experiment, or the children of a run.
+
+    Only FINISHED runs are returned; the others are counted in ``n_unfinished``. Raises
+    :class:`CompareError` with one line for an unknown experiment or run, or when no
+    finished campaign run is found.
+    """
+    from mlflow.exceptions import MlflowException
+
+    if parent_run:
+        try:
+            parent = client.get_run(parent_run)
+        except MlflowException:
+            raise CompareError(f"no run with id {parent_run!r} on {tracking_uri()}") from None
+        exp = client.get_experiment(parent.info.experiment_id)
+        if experiment_name and exp.name != experiment_name:
+            raise CompareError(
+                f"run {parent_run} is in experiment {exp.name!r}, not {experiment_name!r}"
+            )
+        flt = f"tags.{TAG_PARENT} = '{parent_run}'"
+        source, report_of = f"children of run {parent_run} (experiment {exp.name!r})", parent_run
+    elif experiment_name:
+        exp = client.get_experiment_by_name(experiment_name)
+        if exp is None:
+            names = sorted(e.name for e in client.search_experiments(max_results=1000))
+            shown = ", ".join(names[:20]) + (
+                f", ... ({len(names)} in all)" if len(names) > 20 else ""
+            )
+            raise CompareError(
+                f"no experiment named {experiment_name!r}; existing: {shown or '(none)'}"
+            )
+        flt = ""
+        source, report_of = f"experiment {exp.name!r}", exp.name
+    else:
+        raise CompareError("give --experiment-name NAME or --parent-run RUN_ID")
+    found = _search_all(client, exp.experiment_id, flt)
+    campaigns = [r for r in found if r.data.tags.get(TAG_KIND) == KIND_CAMPAIGN]
+    finished = [r for r in campaigns if r.info.status == "FINISHED"]
+    if not finished:
+        what = f"{len(campaigns)} campaign run(s), none FINISHED" if campaigns else "none"
+        raise CompareError(
+            f"no finished campaign runs (tag {TAG_KIND}={KIND_CAMPAIGN}) among the "
+            f"{source} on {tracking_uri()}: {what}"
+        )
+    return Selection(
+        runs=finished,
+        experiment_id=exp.experiment_id,
+        experiment_name=exp.name,
+        source=source,
+        report_of=report_of,
+        n_unfinished=len(campaigns) - len(finished),
+        n_other_kind=len(found) - len(campaigns),
+    )
+
+
+def runs_frame(runs: Sequence[Any]) -> pd.DataFrame:
+    """The *runs* frame (:data:`RUN_COLUMNS`) of MLflow runs, arms assigned."""
+    rows = []
+    for r in runs:
+        t = r.data.tags
+        rows.append(
+            dict(
+                run_id=r.info.run_id,
+                arm="",
+                grid=t.get(TAG_GRID, ""),
+                seed=t.get(TAG_SEED, r.info.run_id[:8]),
+                strategy=t.get(TAG_STRATEGY, ""),
+                oracle=t.get(TAG_ORACLE, ""),
+                cell=t.get(TAG_CELL, ""),
+                start_time=r.info.start_time or 0,
+                run_name=r.info.run_name or "",
+            )
+        )
+    frame = pd.DataFrame(rows, columns=list(RUN_COLUMNS))
+    if len(frame):
+        frame["arm"] = assign_arms(frame)
+    return frame
+
+
+def fetch_histories(
+    client: Any,
+    runs: Sequence[Any],
+    metrics: Sequence[str] = REPORT_METRICS,
+    max_workers: int = 8,
+) -> pd.DataFrame:
+    """Metric histories of ``runs`` as one row per (run_id, step), a column per metric.
+
+    One ``get_metric_history`` call per metric the run has (from its latest metrics), in a
+    thread pool. A step logged twice (a resumed round) keeps its latest value.
+    """
+    jobs = [(r.info.run_id, m) for r in runs for m in metrics if m in r.data.metrics]
+
+    def one(job: tuple[str, str]) -> list[tuple[str, str, int, float, int]]:
+        run_id, key = job
+        return [
+            (run_id, key, m.step, m.value, m.timestamp)
+            for m in client.get_metric_history(run_id, key)
+        ]
+
+    with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(jobs) or 1))) as pool:
+        points = [p for chunk in pool.map(one, jobs) for p in chunk]
+    long = pd.DataFrame(points, columns=["run_id", "metric", "step", "value", "timestamp"])
+    long = long.sort_values("timestamp", kind="stable").drop_duplicates(
+        ["run_id", "metric", "step"], keep="last"
+    )
+    wide = long.pivot(index=["run_id", "step"], columns="metric", values="value").reset_index()
+    wide.columns.name = None
+    for m in metrics:
+        if m not in wide:
+            wide[m] = np.nan
+    return wide[["run_id", "step", *metrics]]
+
+
+def join_histories(runs: pd.DataFrame, wide: pd.DataFrame) -> pd.DataFrame:
+    """The *histories* frame: ``wide`` (:func:`fetch_histories`) with arm, grid and seed."""
+    out = runs[list(KEY_COLUMNS)].merge(wide, on="run_id", how="inner")
+    out["step"] = out["step"].astype(float)
+    return out.sort_values(["grid", "arm", "run_id", "step"]).reset_index(drop=True)
+
+
+def tracking_uri() -> str:
+    """The tracking server the runs are read from (``mlflow.get_tracking_uri()``)."""
+    import mlflow
+
+    return mlflow.get_tracking_uri()

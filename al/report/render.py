@@ -1,0 +1,286 @@
+"""Writing the report: one list of :class:`Section` rendered to ``report.md`` and to a
+self-contained ``report.html`` by two Jinja2 templates (``templates/report.md.j2``,
+``templates/report.html.j2``), with PNG plots and CSV tables beside them, and logged back
+to the tracking server as a run tagged ``al.kind=report``.
+
+Python decides *what* the report says (:func:`report_sections`); the templates decide only
+how each format writes it, so the two files say the same things.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from al.report.build import (
+    GridReport,
+    Report,
+    arms_display,
+    paired_display,
+    savings_display,
+    summary_display,
+)
+from al.report.read import tracking_uri
+from al.tracking import KIND_REPORT, TAG_KIND, TAG_REPORT_OF, TAG_REPORT_RUN
+
+METHODS = (
+    "Each campaign run logs its metrics at step = n_labelled. An arm is a grid cell "
+    "(tag `al.cell`), else a strategy (plus oracle when several are used); runs of an arm "
+    "differ by seed (`al.seed`). Means are over seeds with two-sided {pct} Student-t "
+    "intervals (mean ± t·s/√n; no band with one seed). On labels, seeds are interpolated "
+    "linearly onto the union of their steps within the range all seeds cover; on cumulative "
+    "cost, log-MAE is interpolated linearly in log-cost onto 60 log-spaced points (exact "
+    "for power-law curves). Labels to reach a target: first crossing of the mean curve, "
+    "interpolating log-MAE linearly in labels between steps ('≤ n' when the curve is "
+    "already there at its first step n). AUC: trapezoid of MAE over the "
+    "labelled range common to all arms of the grid, divided by its width (the mean MAE "
+    "over that budget). Paired comparison: runs paired by seed; differences arm − baseline "
+    "at each n_labelled both runs logged; final = the last n_labelled common to all pairs, "
+    "or each run's last round when the runs end at different label counts (equal cost, "
+    "e.g. multi-fidelity arms, whose labels of every fidelity are counted). "
+    "Verdict: 'better' only when the whole CI of the difference is below 0, 'worse' when "
+    "above, else 'no significant difference'; 'too few seeds' with fewer than 2 pairs. "
+    "Label savings = 1 − labels(arm) / labels(baseline) to reach the same mean MAE."
+)
+
+
+# --- the section model -----------------------------------------------------------------------
+@dataclass
+class Table:
+    """A table as text cells: ``columns`` names, ``rows`` of ``len(columns)`` cells each."""
+
+    columns: list[str]
+    rows: list[list[str]]
+
+    @classmethod
+    def of(cls, frame: pd.DataFrame) -> Table:
+        """The cells of a (display) frame; a missing value reads ``–``."""
+        return cls(
+            [str(c) for c in frame.columns],
+            [[_cell(v) for v in row] for row in frame.itertuples(index=False)],
+        )
+
+
+def _cell(v: Any) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
+
+
+@dataclass
+class Figure:
+    """A PNG plot: ``src`` relative to the report folder (report.md links it), and the image
+    itself as base64 (report.html inlines it)."""
+
+    caption: str
+    src: str
+    png_base64: str
+
+    @classmethod
+    def of(cls, caption: str, path: Path, root: Path) -> Figure:
+        """The figure saved at ``path`` inside the report folder ``root``."""
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        return cls(caption, path.relative_to(root).as_posix(), data)
+
+
+@dataclass
+class Section:
+    """One heading (``level`` 1-3) and its parts, rendered in this order: facts
+    (``key: value`` bullets), quotes, paragraphs, a code block, notes (a bulleted list),
+    a table, figures."""
+
+    title: str
+    level: int = 2
+    facts: list[tuple[str, str]] = field(default_factory=list)
+    quotes: list[str] = field(default_factory=list)
+    paragraphs: list[str] = field(default_factory=list)
+    code: str = ""
+    notes: list[str] = field(default_factory=list)
+    table: Table | None = None
+    figures: list[Figure] = field(default_factory=list)
+
+
+# --- what the report says --------------------------------------------------------------------
+def report_sections(
+    report: Report,
+    figures: dict[str, list[Figure]] | None = None,
+    *,
+    generated: str = "",
+    server: str = "",
+) -> list[Section]:
+    """The sections of the report: header, runs per arm, per grid (summary, paired
+    comparison, label savings, plots), method. ``figures`` are per grid name
+    (:func:`draw_figures`); ``generated`` and ``server`` default to now and the current
+    tracking URI."""
+    pct = f"{report.level:.0%}"
+    runs = report.runs
+    facts = [
+        ("Experiment", report.experiment_name),
+        ("Runs", report.source),
+        ("Tracking server", server or tracking_uri()),
+        ("Generated", generated or datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")),
+        ("Campaign runs compared", f"{len(runs)} finished, {runs['arm'].nunique()} arm(s)"),
+    ]
+    head = Section(report.title, 1, facts=facts, paragraphs=["Reproduce:"], code=report.command)
+    head.notes = list(report.notes)
+    out = [head, Section("Runs per arm", table=Table.of(arms_display(runs)))]
+    for g in report.grids:
+        out += _grid_sections(g, report.level, (figures or {}).get(g.grid, []))
+    out.append(Section("Method", paragraphs=[METHODS.format(pct=pct)]))
+    return out
+
+
+def _grid_sections(g: GridReport, level: float, figures: list[Figure]) -> list[Section]:
+    """The sections of one grid."""
+    out = [
+        Section(f"Grid: {_grid_name(g)}", quotes=list(g.notes)),
+        Section("Summary", 3, table=Table.of(summary_display(g.summary, g.targets, level))),
+    ]
+    if g.baseline is not None and not g.paired.empty:
+        head = f"Paired comparison with {g.baseline} (arm − baseline, {level:.0%} CI over seeds)"
+        out.append(Section(head, 3, table=Table.of(paired_display(g.paired))))
+    if not g.savings.empty:
+        head = f"Label savings against {g.baseline}"
+        out.append(Section(head, 3, table=Table.of(savings_display(g.savings))))
+    if figures:
+        out.append(Section("Plots", 3, figures=figures))
+    return out
+
+
+def _grid_name(g: GridReport) -> str:
+    return g.grid or "(no grid tag)"
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "all"
+
+
+# --- files -----------------------------------------------------------------------------------
+def write_tables(report: Report, out: Path) -> None:
+    """The numbers behind the report as CSV files in ``out/tables``: ``runs.csv`` and, per
+    grid, the summary, both learning curves, the paired comparison and the label savings."""
+    (out / "tables").mkdir(parents=True, exist_ok=True)
+    report.runs.to_csv(out / "tables" / "runs.csv", index=False)
+    for g in report.grids:
+        paired = g.baseline is not None and not g.paired.empty
+        tables = {
+            "summary": (g.summary, True),
+            "curve_labels": (g.curves_labels, True),
+            "curve_cost": (g.curves_cost, True),
+            "paired": (g.paired, paired),
+            "paired_steps": (g.paired_steps, paired),
+            "savings": (g.savings, not g.savings.empty),
+        }
+        for name, (frame, wanted) in tables.items():
+            if wanted:
+                frame.to_csv(out / "tables" / f"{name}_{_slug(g.grid)}.csv", index=False)
+
+
+def draw_figures(report: Report, out: Path) -> dict[str, list[Figure]]:
+    """Plot each grid's learning curves (on labels and on cost) and paired differences into
+    ``out/plots``; returns the figures per grid name."""
+    from al.plots import plot_curves, plot_paired  # matplotlib: only when drawing
+
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    pct = f"{report.level:.0%}"
+    figures: dict[str, list[Figure]] = {}
+    for g in report.grids:
+        slug, name, done = _slug(g.grid), _grid_name(g), figures.setdefault(g.grid, [])
+        if not g.curves_labels.empty:
+            path = out / "plots" / f"mae_vs_labels_{slug}.png"
+            plot_curves(g.curves_labels, "labels (n_labelled)",
+                        f"{name}: test MAE vs labels ({pct} CI)", path)  # fmt: skip
+            done.append(Figure.of("Test MAE vs labels", path, out))
+        if not g.curves_cost.empty:
+            path = out / "plots" / f"mae_vs_cost_{slug}.png"
+            plot_curves(g.curves_cost, "cumulative cost (cost_spent)",
+                        f"{name}: test MAE vs cost ({pct} CI)", path, log_x=True)  # fmt: skip
+            done.append(Figure.of("Test MAE vs cumulative cost", path, out))
+        if g.baseline is not None and not g.paired_steps.empty:
+            path = out / "plots" / f"paired_diff_{slug}.png"
+            plot_paired(g.paired_steps, g.baseline,
+                        f"{name}: paired difference with {g.baseline}", path)  # fmt: skip
+            done.append(Figure.of(f"Paired difference with {g.baseline}", path, out))
+    return figures
+
+
+@cache
+def _templates() -> Any:
+    """The Jinja2 environment of ``templates/`` (HTML autoescaped, Markdown not)."""
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("al.report", "templates"),
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), default=False),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
+    )
+
+
+def render_sections(sections: list[Section], title: str, fmt: str) -> str:
+    """The sections as one document; ``fmt`` is ``"md"`` or ``"html"``."""
+    if fmt not in ("md", "html"):
+        raise ValueError(f"unknown report format {fmt!r} (md, html)")
+    text = _templates().get_template(f"report.{fmt}.j2").render(sections=sections, title=title)
+    return text.rstrip("\n") + "\n"
+
+
+def write_report(report: Report, output_dir: Path) -> tuple[Path, Path]:
+    """Write ``report.md``, ``report.html`` (plots inlined as base64), ``plots/*.png`` and
+    ``tables/*.csv`` to ``output_dir``. Returns the two report paths."""
+    out = Path(output_dir)
+    write_tables(report, out)
+    sections = report_sections(report, draw_figures(report, out))
+    md_path, html_path = out / "report.md", out / "report.html"
+    md_path.write_text(render_sections(sections, report.title, "md"))
+    html_path.write_text(render_sections(sections, report.title, "html"))
+    return md_path, html_path
+
+
+def log_report(
+    client: Any, output_dir: Path, experiment_id: str, report_of: str, params: dict[str, Any]
+) -> str:
+    """Log ``output_dir`` as the artifacts of a run tagged ``al.kind=report`` in the
+    experiment; returns its id. Under ``mlflow run`` (``MLFLOW_RUN_ID`` set) the project's
+    own run is used when it is in the same experiment."""
+    from mlflow.entities import Param, RunTag
+
+    tags = {TAG_KIND: KIND_REPORT, TAG_REPORT_OF: report_of}
+    wrapper = os.environ.get("MLFLOW_RUN_ID", "")
+    run_id = ""
+    if wrapper:
+        try:
+            if client.get_run(wrapper).info.experiment_id == experiment_id:
+                run_id = wrapper
+        except Exception:
+            run_id = ""
+    own = not run_id
+    if own:
+        run_id = client.create_run(experiment_id, tags=tags, run_name="report").info.run_id
+    existing = client.get_run(run_id).data.params
+    client.log_batch(
+        run_id,
+        params=[Param(k, str(v)) for k, v in params.items() if k not in existing],
+        tags=[RunTag(k, v) for k, v in tags.items()],
+        synchronous=True,
+    )
+    try:
+        client.log_artifacts(run_id, str(output_dir))
+    except Exception:
+        if own:
+            client.set_terminated(run_id, "FAILED")
+        raise
+    if own:
+        client.set_terminated(run_id, "FINISHED")
+        if wrapper:
+            client.set_tag(wrapper, TAG_REPORT_RUN, run_id)
+    return run_id

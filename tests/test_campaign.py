@@ -1,0 +1,211 @@
+"""The campaign algorithm without a tracking server: data schemes, selections, and a tiny
+campaign recorded by :class:`MemoryTracker` (MLflow made unusable for the test)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from types import SimpleNamespace
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from al.config import subset
+from al.data.splits import SplitConfig, make_splits
+from al.loop.campaign import Campaign
+from al.loop.config import CampaignConfig
+from al.loop.ledger import Labelled
+from al.loop.schemes import PoolScheme, StreamScheme, build_scheme
+from al.loop.selection import MultiFidelity, SingleFidelity, build_selection
+from al.loop.stopping import build_rules
+from al.loop.tracker import MemoryTracker
+from al.models.config import ModelConfig
+from al.oracles import build_oracle
+from al.tracking import QUERIED_COLUMNS
+from al.tracking import CampaignMetrics as CM  # noqa: N817 - used in every metric key
+from al.uncertainty import Prediction, build_surrogate
+
+TINY = dict(
+    initial_size=30, batch_size=10, rounds=1, hidden=16, n_interactions=1, epochs=2,
+    ensemble_size=2, pool_subsample=200, n_test=100, progress=False, train_batch_size=32,
+)  # fmt: skip
+CHEAP = SimpleNamespace(name="cheap", cost_per_label=0.1)
+HIGH = SimpleNamespace(name="dft", cost_per_label=1.0)
+
+
+def queried(rows: list[tuple[int, str, str]], round_: int = 0) -> pd.DataFrame:
+    """A queried table from ``(qm9_index, oracle, status)`` rows (label = index / 10)."""
+    frame = pd.DataFrame(rows, columns=["qm9_index", "oracle", "status"])
+    frame["label"] = np.where(frame["status"] == "ok", frame["qm9_index"] / 10, np.nan)
+    frame["round"], frame["cost"] = round_, 1.0
+    frame["score"] = frame["pred_mean"] = frame["pred_std"] = np.nan
+    return frame[list(QUERIED_COLUMNS)]
+
+
+# --- data schemes ------------------------------------------------------------------------
+def test_pool_scheme_offers_free_molecules_subsampled() -> None:
+    qm9_index = torch.arange(100) + 1  # row r is molecule r + 1
+    pool = torch.arange(10, 60)
+    scheme = PoolScheme(seed=3, pool_subsample=20)
+    closed = torch.tensor([11, 12, 13])
+    a = scheme.candidates(1, pool, qm9_index, closed)
+    assert a.numel() == 20 and torch.equal(a, a.sort().values)
+    assert not torch.isin(qm9_index[a], closed).any() and torch.isin(a, pool).all()
+    assert torch.equal(a, scheme.candidates(1, pool, qm9_index, closed))  # seeded
+    assert not torch.equal(a, scheme.candidates(2, pool, qm9_index, closed))
+    everything = PoolScheme(seed=3).candidates(1, pool, qm9_index, closed)
+    assert everything.numel() == 47
+    assert scheme.needs_refit(100, 99) and scheme.needs_refit(1, 0)
+
+
+def test_stream_scheme_offers_chunks_and_retrains_on_growth() -> None:
+    qm9_index = torch.arange(100) + 1
+    pool = torch.arange(100)
+    scheme = StreamScheme(seed=0, pool_subsample=0, chunk=30, retrain_fraction=0.25)
+    empty = torch.empty(0, dtype=torch.int64)
+    chunks = [set(scheme.candidates(r, pool, qm9_index, empty).tolist()) for r in (1, 2, 3, 4)]
+    assert [len(c) for c in chunks] == [30, 30, 30, 10]
+    assert set().union(*chunks) == set(range(100))  # disjoint chunks covering the pool
+    closed = qm9_index[list(chunks[1])[:5]]
+    assert len(scheme.candidates(2, pool, qm9_index, closed)) == 25
+    assert scheme.needs_refit(10, 0)  # no model yet
+    assert not scheme.needs_refit(124, 100) and scheme.needs_refit(125, 100)
+
+
+def test_build_scheme_from_the_preset() -> None:
+    cfg = CampaignConfig(stream_chunk=7, retrain_fraction=0.5, pool_subsample=9, seed=4)
+    assert build_scheme("pool", cfg) == PoolScheme(4, 9)
+    assert build_scheme("stream", cfg) == StreamScheme(4, 9, 7, 0.5)
+    with pytest.raises(ValueError, match="expected one of: pool, stream"):
+        build_scheme("batch", cfg)
+
+
+# --- selections ----------------------------------------------------------------------------
+def test_build_selection_by_number_of_oracles(qm9) -> None:
+    cfg = CampaignConfig()
+    assert type(build_selection(qm9, [HIGH], cfg, "max_std")) is SingleFidelity
+    multi = build_selection(qm9, [CHEAP, HIGH], cfg, "high_only")
+    assert type(multi) is MultiFidelity and multi.acquisition == "high_only"
+    with pytest.raises(ValueError, match="at least one oracle"):
+        build_selection(qm9, [], cfg, "max_std")
+
+
+def test_single_fidelity_requests_closed_and_targets(qm9) -> None:
+    sel = SingleFidelity(qm9, [HIGH], CampaignConfig(batch_size=3, seed=1), "max_std")
+    rows = qm9.rows_of([5, 3, 9])
+    first = sel.initial_request(rows)
+    assert list(first.columns) == ["qm9_index", "fidelity", "score", "pred_mean", "pred_std"]
+    assert first["qm9_index"].tolist() == [5, 3, 9] and (first["fidelity"] == 0).all()
+    assert first[["score", "pred_mean", "pred_std"]].isna().all().all()
+
+    lab = Labelled.empty()
+    lab.add(queried([(5, "dft", "ok"), (3, "dft", "failed"), (9, "dft", "ok")]))
+    assert sorted(sel.closed(lab).tolist()) == [3, 5, 9]  # failures are closed too
+    y, train_rows = sel.training_targets(lab)
+    assert y.shape == qm9.y.shape and int(y.isfinite().sum()) == 2
+    assert train_rows.tolist() == qm9.rows_of([5, 9]).tolist()  # request order
+    assert y[train_rows].tolist() == pytest.approx([0.5, 0.9])
+
+    cand = qm9.rows_of([20, 21, 22, 23, 24])
+    std = torch.tensor([0.1, 0.5, 0.2, 0.4, 0.3], dtype=torch.float64)
+    pred = Prediction(mean=torch.zeros(5, dtype=torch.float64), std=std)
+    out = sel.choose(1, cand, pred, lab)
+    assert out["qm9_index"].tolist() == [21, 23, 24]  # highest std first
+    assert out["pred_std"].tolist() == pytest.approx([0.5, 0.4, 0.3])
+
+
+def test_multi_fidelity_requests_closed_bought_and_targets(qm9) -> None:
+    cfg = CampaignConfig(batch_size=2, seed=1, oracles="xtb,dft")
+    sel = MultiFidelity(qm9, [CHEAP, HIGH], cfg, "variance_reduction")
+    first = sel.initial_request(qm9.rows_of([5, 3]))
+    assert first[["qm9_index", "fidelity"]].values.tolist() == [[5, 0], [3, 0], [5, 1], [3, 1]]
+
+    lab = Labelled.empty()
+    lab.add(queried([(5, "cheap", "ok"), (5, "dft", "ok"), (3, "cheap", "ok"), (7, "dft", "x")]))
+    assert sorted(sel.closed(lab).tolist()) == [5, 7]  # asked at the highest fidelity
+    bought = sel.bought(qm9.rows_of([3, 5, 8]), lab)
+    assert bought.tolist() == [[True, False], [True, True], [False, False]]
+    y, train_rows = sel.training_targets(lab)
+    assert y.shape == (qm9.y.numel(), 2)
+    assert train_rows.tolist() == sorted(qm9.rows_of([3, 5]).tolist())  # unique
+    r5, r3 = qm9.rows_of([5, 3]).tolist()
+    assert y[r5].tolist() == pytest.approx([0.5, 0.5]) and y[r3, 0] == pytest.approx(0.3)
+    assert y[r3, 1].isnan() and int(y.isfinite().sum()) == 3
+
+    cand = qm9.rows_of([3, 20, 21])
+    samples = torch.randn(4, 3, 2, generator=torch.Generator().manual_seed(0)).double()
+    pred = Prediction.from_samples(samples, None)
+    out = sel.choose(1, cand, pred, lab)
+    assert out["qm9_index"].is_unique and len(out)
+    cost = sel.costs[torch.tensor(out["fidelity"].tolist())].sum()
+    assert float(cost) <= 2 * 1.0 + 1e-9  # batch_size x the highest cost
+    assert not ((out["qm9_index"] == 3) & (out["fidelity"] == 0)).any()  # bought already
+
+
+# --- a tiny campaign without any tracking server -----------------------------------------
+@pytest.fixture
+def no_mlflow(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Any use of MLflow fails the test; torch on one thread for the test's duration."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the campaign used MLflow")
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    monkeypatch.setattr(mlflow, "start_run", refuse)
+    monkeypatch.setattr(MlflowClient, "__init__", refuse)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_campaign(qm9, tracker: MemoryTracker, **kw) -> Campaign:
+    cfg = CampaignConfig(**{**TINY, **kw})
+    splits = make_splits(qm9.qm9_index.numpy(), SplitConfig(cfg.split_seed, cfg.n_test))
+    surrogate = build_surrogate(
+        "ensemble", subset(ModelConfig, cfg), cfg.fit_config(), torch.device("cpu"),
+        ensemble_size=cfg.ensemble_size,
+    )  # fmt: skip
+    oracles = [build_oracle("dft", data=qm9)]
+    return Campaign(
+        cfg, qm9, splits, surrogate, oracles, build_rules(cfg.stopping_settings()),
+        scheme=build_scheme("pool", cfg),
+        selection=build_selection(qm9, oracles, cfg, "max_std", surrogate),
+        tracker=tracker,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_tiny_campaign_in_memory_and_resumed(qm9, no_mlflow, tmp_path) -> None:
+    tracker = MemoryTracker(tmp_path)
+    campaign = tiny_campaign(qm9, tracker)
+    assert campaign.execute() == "rounds: 1 of 1 done"
+
+    assert tracker.queried_rounds() == [0, 1] and tracker.completed_round() == 1
+    q = pd.concat([tracker.read_queried(r) for r in (0, 1)], ignore_index=True)
+    assert list(q.columns) == list(QUERIED_COLUMNS)
+    assert q.groupby("round").size().tolist() == [30, 10]
+    assert q["qm9_index"].is_unique  # never asked twice
+    assert set(q["qm9_index"]) <= set(campaign.splits.pool.tolist())
+    assert q.loc[q["round"] == 1, "pred_std"].notna().all()
+    steps = tracker.metrics_frame()
+    assert steps.index.tolist() == [30, 40]
+    assert steps[CM.N_LABELLED].tolist() == [30, 40]
+    assert steps[CM.COST_SPENT].tolist() == [30.0, 40.0]
+    assert steps[CM.RETRAINED].tolist() == [1, 1] and steps[CM.TEST_MAE].notna().all()
+    assert steps[CM.TIME_SCORE].isna().tolist() == [True, False]  # scoring from round 1
+    assert steps[CM.TIME_LOG].notna().all()
+    assert [f.status for f in tracker.fits] == ["FINISHED", "FINISHED"]
+    assert all(f.checkpoint.exists() and len(f.epochs) == 2 for f in tracker.fits)
+    assert campaign.mae_history == steps[CM.TEST_MAE].tolist()
+
+    # a new campaign with the same tracker continues after the last completed round
+    again = tiny_campaign(qm9, tracker, rounds=2)
+    assert again.execute() == "rounds: 2 of 2 done"
+    q2 = pd.concat([tracker.read_queried(r) for r in (0, 1, 2)], ignore_index=True)
+    assert q2["qm9_index"].is_unique and q2.groupby("round").size().tolist() == [30, 10, 10]
+    assert tracker.metric_history(CM.N_LABELLED) == [30, 40, 50]
+    assert len(tracker.fits) == 3  # rounds 0 and 1 were not fitted again

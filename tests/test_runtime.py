@@ -1,0 +1,72 @@
+"""Threads on a shared CPU and progress bars: the runtime helpers."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+
+import pytest
+
+from al import progress, runtime
+
+
+def test_cores_come_from_the_affinity() -> None:
+    assert runtime.available_cores() == len(os.sched_getaffinity(0))
+    cores = runtime.available_cores()
+    assert runtime.threads_per_process(1) == cores
+    assert runtime.threads_per_process(cores * 4) == 1
+
+
+def _child(code: str, **env: str) -> str:
+    full = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "AL_THREAD_POLICY")}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env={**full, **env}, capture_output=True, text=True,
+        check=True, timeout=120,
+    )  # fmt: skip
+    return out.stdout.strip()
+
+
+def test_importing_al_sets_a_passive_wait_policy_before_torch() -> None:
+    code = "import os, al, torch; print(os.environ.get('OMP_WAIT_POLICY', '-'))"
+    assert _child(code) == "PASSIVE"
+    assert _child(code, OMP_WAIT_POLICY="ACTIVE") == "ACTIVE"  # the user's choice wins
+    assert _child(code, AL_THREAD_POLICY="off") == "-"
+
+
+def test_configure_threads_sets_torch() -> None:
+    code = (
+        "from al import runtime; import torch; n = runtime.configure_threads(1); "
+        "print(n, torch.get_num_threads(), torch.get_num_interop_threads())"
+    )
+    assert _child(code) == "1 1 1"
+    code = "from al import runtime; print(runtime.configure_threads())"
+    assert int(_child(code)) == runtime.available_cores()
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_bars_only_on_a_terminal_and_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    assert not progress.shown()
+    lines: list[str] = []
+    with progress.bar(total=2, desc="cells") as b:
+        b.update(1)
+        progress.note(b, "[1/2] done", lines.append)
+    assert lines == ["[1/2] done"] and sys.stderr.getvalue() == ""
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert progress.shown() and not progress.shown(False)
+    monkeypatch.setenv(progress.ENV, "0")
+    assert not progress.shown()
+    monkeypatch.delenv(progress.ENV)
+    with progress.bar(total=2, desc="cells", unit="campaign") as b:
+        b.update(1)
+        progress.note(b, "[1/2] done", lines.append)
+    drawn = terminal.getvalue()
+    assert "cells" in drawn and "1/2" in drawn and "<" in drawn  # elapsed<remaining: an ETA
+    assert "[1/2] done" in drawn and lines == ["[1/2] done"]
