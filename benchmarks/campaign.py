@@ -12,6 +12,7 @@ A row is one round: ``fit``/``evaluate`` train and test its model; ``score``/``s
 
 Examples:
     python benchmarks/campaign.py                                   # one CPU round, default sizes
+    python benchmarks/campaign.py --preset mission --uncertainty shallow   # 1k -> 5k, whole pool
     python benchmarks/campaign.py --device cuda --initial 1000 --batch 900 --rounds 10 \\
         --pool-subsample 0                                          # 1k -> 10k, whole pool
 """
@@ -50,9 +51,32 @@ from al.uncertainty import build_surrogate
 
 #: a row's columns, in print order (round 0 has no pool_scored, score_s, select_s)
 COLUMNS = (
-    "round", "n_labelled", "epochs", "test_mae", "fit_mol_per_s", "pool_scored",
+    "round", "n_labelled", "epochs", "steps", "warm", "test_mae", "test_nll", "test_nll_raw",
+    "spearman", "miscal", "std_scale", "fit_mol_per_s", "pool_scored",
     "fit_s", "evaluate_s", "score_s", "select_s", "label_s", "log_s",
 )  # fmt: skip
+
+#: The mission's scale: 1,000 random labels -> 5,000 in rounds of 500, width 128, K = 5, the
+#: whole pool scored every round, the 10,000 test molecules; fits sized in steps (a floor,
+#: a cap, early stopping on a validation set of at least 500), warm starts and a final refit.
+PRESETS: dict[str, dict[str, Any]] = {
+    "mission": {
+        "initial": 1000,
+        "batch": 500,
+        "rounds": 8,
+        "pool_subsample": 0,
+        "hidden": 128,
+        "ensemble_size": 5,
+        "n_test": 10_000,
+        "epochs": 300,
+        "max_steps": 4000,
+        "min_steps": 1500,
+        "eval_every": 100,
+        "patience": 8,
+        "val_min": 500,
+        "eval_batch_size": 1024,
+    },
+}
 
 
 def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -98,7 +122,13 @@ class RoundPrinter:
         fitted = bool(m[CM.RETRAINED])
         row: dict[str, Any] = {
             "round": int(m[CM.ROUND]), "n_labelled": int(m[CM.N_LABELLED]),
-            "epochs": int(m[CM.FIT_EPOCHS]), "test_mae": m[CM.TEST_MAE],
+            "epochs": int(m[CM.FIT_EPOCHS]), "steps": m.get(CM.FIT_STEPS, math.nan),
+            "warm": m.get(CM.WARM_START, math.nan), "test_mae": m[CM.TEST_MAE],
+            "test_nll": m.get(CM.TEST_NLL, math.nan),
+            "test_nll_raw": m.get(CM.TEST_NLL_RAW, math.nan),
+            "spearman": m.get(CM.TEST_SPEARMAN, math.nan),
+            "miscal": m.get(CM.TEST_MISCALIBRATION, math.nan),
+            "std_scale": m.get(CM.STD_SCALE, math.nan),
             "fit_mol_per_s": self._mol_per_s if fitted else math.nan,
         }  # fmt: skip
         if row["round"] > 0:
@@ -138,7 +168,20 @@ def main() -> None:
     p.add_argument("--tracking", action="store_true", help="log rounds to a local MLflow store")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="also write the rounds as JSON here")
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="settings of a named scale (explicit options do not override it)",
+    )
+    p.add_argument("--max-steps", type=int, default=0)
+    p.add_argument("--min-steps", type=int, default=0)
+    p.add_argument("--eval-every", type=int, default=0)
+    p.add_argument("--val-min", type=int, default=0)
+    p.add_argument("--cold", action="store_true", help="every fit from scratch (no warm start)")
     args = p.parse_args()
+    for key, value in PRESETS.get(args.preset or "", {}).items():
+        setattr(args, key, value)
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -152,7 +195,9 @@ def main() -> None:
         device=args.device, progress=False, seed=args.seed,
         dropout=0.1 if args.uncertainty == "mc_dropout" else 0.0,
         initial_size=args.initial, batch_size=args.batch, rounds=args.rounds,
-        pool_subsample=args.pool_subsample, n_test=args.n_test,
+        pool_subsample=args.pool_subsample, n_test=args.n_test, max_steps=args.max_steps,
+        min_steps=args.min_steps, eval_every=args.eval_every, val_min=args.val_min,
+        warm_start=not args.cold,
     )  # fmt: skip
     surrogate = build_surrogate(
         args.uncertainty, subset(ModelConfig, cfg), cfg.fit_config(), device,
@@ -189,6 +234,16 @@ def main() -> None:
     t_total = time.perf_counter()
     reason = campaign.execute()
     total = time.perf_counter() - t_total
+    m = tracker._metrics
+    if CM.final_refit(CM.TEST_MAE) in m:
+        print(
+            f"final refit from scratch at {len(campaign.labelled.ok)} labels: test MAE "
+            f"{m[CM.final_refit(CM.TEST_MAE)]:.4f} eV (warm: {campaign.mae_history[-1]:.4f}), "
+            f"NLL {m[CM.final_refit(CM.TEST_NLL)]:.3f}, Spearman "
+            f"{m[CM.final_refit(CM.TEST_SPEARMAN)]:.3f}, miscalibration "
+            f"{m[CM.final_refit(CM.TEST_MISCALIBRATION)]:.3f}, fit "
+            f"{m[CM.final_refit(CM.TIME_FIT)]:.1f} s"
+        )
     table = _frame(tracker.rows)
     print(f"\nall rounds ({reason}):")
     print(_table(tracker.rows))

@@ -58,8 +58,8 @@ def child(steps: int, batch: int) -> None:
     y_scale = float(data.y.std())
 
     def step(r: torch.Tensor) -> None:
-        z, pos, b, n = data.batch(r)
-        loss = ((model(z, pos, b, n) - data.y[r].float()) / y_scale).square().mean()
+        z, pos, b, _ = data.batch(r)
+        loss = ((model(z, pos, b, r.numel()) - data.y[r].float()) / y_scale).square().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

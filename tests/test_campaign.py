@@ -199,7 +199,12 @@ def test_tiny_campaign_in_memory_and_resumed(qm9, no_mlflow, tmp_path) -> None:
     assert steps[CM.TIME_SCORE].isna().tolist() == [True, False]  # scoring from round 1
     assert steps[CM.TIME_LOG].notna().all()
     assert [f.status for f in tracker.fits] == ["FINISHED", "FINISHED"]
-    assert all(f.checkpoint.exists() and len(f.epochs) == 2 for f in tracker.fits)
+    assert all(f.checkpoint.exists() for f in tracker.fits) and len(tracker.fits[0].epochs) == 2
+    # round 1 continued from round 0's weights on a shorter schedule; the last round was
+    # then refitted from scratch, its evaluation kept beside the warm one at the same step
+    assert steps[CM.WARM_START].tolist() == [0, 1]
+    assert steps[CM.final_refit(CM.TEST_MAE)].isna().tolist() == [True, False]
+    assert steps[CM.final_refit(CM.FIT_STEPS)].iloc[1] > steps[CM.FIT_STEPS].iloc[1]
     assert campaign.mae_history == steps[CM.TEST_MAE].tolist()
 
     # a new campaign with the same tracker continues after the last completed round

@@ -139,3 +139,21 @@ def test_bootstrap_ensemble_with_the_validation_floor(qm9, rows) -> None:
     result = s.fit(qm9, rows[0], rows[1])
     assert result.val_rows.numel() == 40 and result.n_train == 110
     assert math.isfinite(result.best_val_mae)
+
+
+@pytest.mark.parametrize("name", list(UNCERTAINTIES))
+def test_a_warm_fit_continues_from_the_weights_on_a_shorter_schedule(name: str, qm9, rows) -> None:
+    from al.training.config import step_budget
+
+    fit = replace(FIT, epochs=4)
+    s = build_surrogate(name, SMALL, fit, torch.device("cpu"), ensemble_size=2, mc_samples=3)
+    cold = s.fit(qm9, rows[0], rows[1])
+    assert not cold.warm and cold.steps == step_budget(fit, cold.n_train)
+    model = s.model
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    warm = s.fit(qm9, rows[0], rows[1], warm=0.25)
+    assert warm.warm and s.model is model  # the same weights, trained further
+    assert warm.steps == math.ceil(0.25 * step_budget(fit, warm.n_train)) < cold.steps
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    again = s.fit(qm9, rows[0], rows[1])  # warm=0: from scratch, a new model
+    assert not again.warm and s.model is not model and again.steps == cold.steps

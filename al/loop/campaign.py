@@ -130,6 +130,7 @@ class Campaign:
             fitted = False
             reason = first_reason(self.rules, self.progress(round_))
             if reason:
+                self.refit_final(round_)
                 return reason
             round_ += 1
             candidates = self.scheme.candidates(
@@ -159,8 +160,10 @@ class Campaign:
         train_data, train_rows, val_rows = self.training_set(round_)
         with self.tracker.fit_run(round_, self.labelled.digest()) as on_epoch:
             log.info("event=phase phase=fit round=%d n_train=%d", round_, train_rows.numel())
-            fit = self.surrogate.fit
-            result = self.timed("fit", fit, train_data, train_rows, val_rows, on_epoch=on_epoch)
+            fit, warm = self.surrogate.fit, self.warm_share()
+            result = self.timed(
+                "fit", fit, train_data, train_rows, val_rows, on_epoch=on_epoch, warm=warm
+            )
             pred = self.timed("evaluate", self.surrogate.predict, self.data, self.test)
             report = regression_report(pred.mean, self.data.y[self.test], pred.std, pred.std_raw)
             t0 = time.perf_counter()
@@ -172,7 +175,8 @@ class Campaign:
             )
         self.mae_history.append(report["mae"])
         self.trained_on, self.last_report = n_labelled, report
-        self.fit_info = {CM.STD_SCALE: result.std_scale, CM.FIT_STEPS: result.steps}
+        self.fit_info = {CM.STD_SCALE: result.std_scale, CM.FIT_STEPS: result.steps,
+                         CM.WARM_START: int(result.warm)}  # fmt: skip
         self.bar.update(1)
         self.bar.set_postfix(labels=n_labelled, test_mae=f"{report['mae']:.4f}")
         self.record_round(round_, report, len(result.history))
@@ -181,6 +185,33 @@ class Campaign:
         log.info(
             "event=round_done round=%d n_labelled=%d test_mae=%.4f fit_s=%.1f",
             round_, n_labelled, report["mae"], self.timings["fit"],
+        )  # fmt: skip
+
+    def warm_share(self) -> float:
+        """The share of a full schedule a round's fit gets when it continues from the last
+        round's weights (``warm_fraction``), or 0: from scratch."""
+        return self.config.warm_fraction if self.config.warm_start else 0.0
+
+    def refit_final(self, round_: int) -> None:
+        """After warm starts, refit the last round from scratch (``final_refit``), so the
+        final model is not handicapped by them; both evaluations are kept: the round's
+        metrics are the warm fit's, ``final_refit_*`` the cold fit's, at the same step."""
+        if not (self.config.final_refit and self.fit_info.get(CM.WARM_START)):
+            return
+        train_data, train_rows, val_rows = self.training_set(round_)
+        log.info("event=phase phase=final_refit round=%d n_train=%d", round_, train_rows.numel())
+        result = self.timed("final_refit", self.surrogate.fit, train_data, train_rows, val_rows)
+        pred = self.surrogate.predict(self.data, self.test)
+        report = regression_report(pred.mean, self.data.y[self.test], pred.std, pred.std_raw)
+        metrics = {CM.final_refit(metric): report.get(key, float("nan"))
+                   for key, metric in REPORT_METRICS.items()}  # fmt: skip
+        metrics.update({CM.final_refit(CM.STD_SCALE): result.std_scale,
+                        CM.final_refit(CM.FIT_STEPS): result.steps,
+                        CM.final_refit(CM.TIME_FIT): self.timings["final_refit"]})  # fmt: skip
+        self.tracker.log_round_metrics(len(self.labelled.ok), metrics)
+        log.info(
+            "event=final_refit test_mae=%.4f warm_test_mae=%.4f fit_s=%.1f",
+            report["mae"], self.mae_history[-1], self.timings["final_refit"],
         )  # fmt: skip
 
     # --- steps -------------------------------------------------------------------------------
@@ -332,13 +363,20 @@ class Campaign:
             self.tracker.run_id, len(rounds), completed, len(self.labelled.table),
         )  # fmt: skip
         if completed < last:
+            if completed >= 0 and self.config.warm_start:  # the warm fit continues from here
+                self.load_checkpoint(completed)
             return last, False
-        with tempfile.TemporaryDirectory(prefix="al-") as tmp:
-            members, meta = load_checkpoint(self.tracker.download_checkpoint(last, Path(tmp)))
-        self.surrogate.load_members(members, meta)
+        meta = self.load_checkpoint(last)
         self.trained_on = int(meta.get("n_labelled", len(self.labelled.ok)))
         self.last_report = {
             key: self.tracker.metric_history(metric)[completed]
             for key, metric in REPORT_METRICS.items()
         }
         return last, True
+
+    def load_checkpoint(self, round_: int) -> dict[str, Any]:
+        """Load the surrogate trained up to ``round_`` from the tracker; its metadata."""
+        with tempfile.TemporaryDirectory(prefix="al-") as tmp:
+            members, meta = load_checkpoint(self.tracker.download_checkpoint(round_, Path(tmp)))
+        self.surrogate.load_members(members, meta)
+        return meta

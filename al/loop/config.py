@@ -72,7 +72,16 @@ class CampaignConfig(ModelConfig, FitConfig, DataConfig):
     )
     epochs: int = option(40, "maximum epochs per round's fit", min=1)
     patience: int = option(10, "early stopping: validations without improvement", min=1)
-    ensemble_size: int = option(5, "deep-ensemble members", min=2)
+    warm_start: bool = option(
+        True, "a round's fit continues from the previous round's weights (shorter schedule)"
+    )
+    warm_fraction: float = option(
+        0.3, "a warm fit's steps as a share of a fit from scratch's", min=0.01, max=1.0
+    )
+    final_refit: bool = option(
+        True, "after warm starts, refit the last round from scratch for the final model"
+    )
+    ensemble_size: int = option(5, "deep-ensemble members (shallow: heads)", min=2)
     bootstrap: bool = option(False, "Poisson bootstrap per ensemble member")
     mc_samples: int = option(20, "MC-dropout passes", min=2)
     pool_subsample: int = option(5000, "pool molecules scored per round (0 = whole pool)", min=0)

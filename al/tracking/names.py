@@ -105,6 +105,8 @@ class CampaignMetrics:
     TEST_MISCALIBRATION_RAW = "test_miscalibration_area_raw"
     STD_SCALE = "std_scale"
     FIT_STEPS = "fit_steps"
+    #: 1 when the round's fit continued from the previous round's weights
+    WARM_START = "warm_start"
     TIME_FIT = "time_fit_s"
     TIME_SCORE = "time_score_s"
     TIME_SELECT = "time_select_s"
@@ -113,6 +115,11 @@ class CampaignMetrics:
     FIT_EPOCHS = "fit_epochs"
     RETRAINED = "retrained"
     TRAINED_ON = "trained_on_labels"
+
+    @staticmethod
+    def final_refit(metric: str) -> str:
+        """The same metric of the last round refitted from scratch (``final_refit``)."""
+        return f"final_refit.{metric}"
 
     @staticmethod
     def labels_from(oracle: str) -> str:

@@ -110,6 +110,8 @@ class FitResult:
     n_train: int = 0
     val_rows: Tensor | None = None
     std_scale: float = 1.0
+    #: the fit continued from earlier weights with a shorter schedule (a warm start)
+    warm: bool = False
 
 
 class _ActivationMonitor:

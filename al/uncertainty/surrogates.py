@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
-from typing import Any
+from dataclasses import replace
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -13,7 +15,7 @@ from al.data.molecules import MolecularData
 from al.models import AtomisticModel, ModelConfig, build_model, set_mc_dropout
 from al.models.ensemble import EnsembleModel
 from al.models.shallow import ShallowEnsembleModel
-from al.training.config import FitConfig
+from al.training.config import FitConfig, step_budget
 from al.training.fit import EpochStats, FitResult, fit, predict
 from al.training.metrics import calibration_scale
 from al.uncertainty.prediction import Prediction
@@ -41,6 +43,8 @@ class Surrogate:
         self.n_outputs = 1
         #: calibration factor of the std, fitted on the validation set after each fit
         self.std_scale = 1.0
+        #: the current fit: continuing from the weights (warm) and its settings
+        self._warm, self._config = False, fit_config
 
     def fit(
         self,
@@ -48,10 +52,26 @@ class Surrogate:
         train_rows: Tensor,
         val_rows: Tensor,
         on_epoch: Callable[[EpochStats], None] | None = None,
+        warm: float = 0.0,
     ) -> FitResult:
-        """Train from scratch on ``train_rows`` (``[n_train]``), early-stopping on
-        ``val_rows`` (``[n_val]``), then calibrate ``std_scale`` on the validation rows."""
+        """Train on ``train_rows`` (``[n_train]``), early-stopping on ``val_rows``
+        (``[n_val]``), then calibrate ``std_scale`` on the validation rows.
+
+        ``warm`` > 0 continues from the current weights (when there are any) with a schedule
+        of that share of a fit from scratch's steps (:func:`~al.training.config.step_budget`
+        on ``n_train``, ``min_steps`` scaled alike); 0 trains from scratch.
+        """
+        self._warm = warm > 0 and self.model is not None
+        self._config = self.fit_config
+        if self._warm:
+            cold = step_budget(self.fit_config, train_rows.numel())
+            self._config = replace(
+                self.fit_config,
+                max_steps=max(1, math.ceil(warm * cold)),
+                min_steps=math.ceil(warm * self.fit_config.min_steps),
+            )
         result = self._fit(data, train_rows, val_rows, on_epoch)
+        result.warm = self._warm
         rows = result.val_rows if result.val_rows is not None else val_rows
         result.std_scale = self.calibrate(data, rows)
         return result
@@ -112,6 +132,9 @@ class Surrogate:
     def checkpoint_meta(self) -> dict[str, Any]:
         return {"uncertainty": self.name, "n_outputs": self.n_outputs, "std_scale": self.std_scale}
 
+    #: campaign setting -> constructor argument, for the settings this method uses
+    SETTINGS: ClassVar[dict[str, str]] = {}
+
     @classmethod
     def build(
         cls,
@@ -119,10 +142,11 @@ class Surrogate:
         fit_config: FitConfig,
         device: torch.device,
         **settings: Any,
-    ) -> Surrogate:  # pragma: no cover - abstract
+    ) -> Surrogate:
         """The surrogate from the campaign's settings (``ensemble_size``, ``bootstrap``,
-        ``mc_samples``); each method takes the ones it uses."""
-        raise NotImplementedError
+        ``mc_samples``); each method takes the ones named in its :attr:`SETTINGS`."""
+        chosen = {arg: settings[key] for key, arg in cls.SETTINGS.items() if key in settings}
+        return cls(model_config, fit_config, device, **chosen)
 
     def _new_model(self, seed: int) -> AtomisticModel:
         torch.manual_seed(seed)
@@ -154,16 +178,7 @@ class EnsembleSurrogate(Surrogate):
             raise ValueError(f"an ensemble needs at least 2 members for a spread, got {size}")
         self.size, self.bootstrap = size, bootstrap
 
-    @classmethod
-    def build(
-        cls,
-        model_config: ModelConfig,
-        fit_config: FitConfig,
-        device: torch.device,
-        **settings: Any,
-    ) -> EnsembleSurrogate:
-        return cls(model_config, fit_config, device, settings.get("ensemble_size", 5),
-                   settings.get("bootstrap", False))  # fmt: skip
+    SETTINGS: ClassVar[dict[str, str]] = {"ensemble_size": "size", "bootstrap": "bootstrap"}
 
     def _fit(
         self,
@@ -173,14 +188,16 @@ class EnsembleSurrogate(Surrogate):
         on_epoch: Callable[[EpochStats], None] | None,
     ) -> FitResult:
         seed = self.fit_config.seed
-        members = [self._new_model(seed * 1009 + k) for k in range(self.size)]
-        self.model = EnsembleModel(members).to(self.device)
+        if not self._warm:
+            members = [self._new_model(seed * 1009 + k) for k in range(self.size)]
+            self.model = EnsembleModel(members).to(self.device)
+        assert self.model is not None
         weight = None
         if self.bootstrap:
             gen = torch.Generator().manual_seed(seed + 17)
             rate = torch.ones(self.size, train_rows.numel())
             weight = torch.poisson(rate, generator=gen)
-        return fit(self.model, data, train_rows, val_rows, self.fit_config, on_epoch,
+        return fit(self.model, data, train_rows, val_rows, self._config, on_epoch,
                    sample_weight=weight)  # fmt: skip
 
     def _samples(self, data: MolecularData, rows: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
@@ -222,15 +239,7 @@ class MCDropoutSurrogate(Surrogate):
         super().__init__(model_config, fit_config, device)
         self.samples = samples
 
-    @classmethod
-    def build(
-        cls,
-        model_config: ModelConfig,
-        fit_config: FitConfig,
-        device: torch.device,
-        **settings: Any,
-    ) -> MCDropoutSurrogate:
-        return cls(model_config, fit_config, device, settings.get("mc_samples", 20))
+    SETTINGS: ClassVar[dict[str, str]] = {"mc_samples": "samples"}
 
     def _fit(
         self,
@@ -239,8 +248,10 @@ class MCDropoutSurrogate(Surrogate):
         val_rows: Tensor,
         on_epoch: Callable[[EpochStats], None] | None,
     ) -> FitResult:
-        self.model = self._new_model(self.fit_config.seed * 1009).to(self.device)
-        return fit(self.model, data, train_rows, val_rows, self.fit_config, on_epoch)
+        if not self._warm:
+            self.model = self._new_model(self.fit_config.seed * 1009).to(self.device)
+        assert self.model is not None
+        return fit(self.model, data, train_rows, val_rows, self._config, on_epoch)
 
     def _samples(self, data: MolecularData, rows: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
         assert self.model is not None
@@ -296,15 +307,7 @@ class ShallowEnsembleSurrogate(Surrogate):
             raise ValueError(f"a shallow ensemble needs at least 2 heads for a spread, got {heads}")
         self.heads = heads
 
-    @classmethod
-    def build(
-        cls,
-        model_config: ModelConfig,
-        fit_config: FitConfig,
-        device: torch.device,
-        **settings: Any,
-    ) -> ShallowEnsembleSurrogate:
-        return cls(model_config, fit_config, device, settings.get("ensemble_size", 5))
+    SETTINGS: ClassVar[dict[str, str]] = {"ensemble_size": "heads"}
 
     def _fit(
         self,
@@ -313,12 +316,14 @@ class ShallowEnsembleSurrogate(Surrogate):
         val_rows: Tensor,
         on_epoch: Callable[[EpochStats], None] | None,
     ) -> FitResult:
-        torch.manual_seed(self.fit_config.seed * 1009)
-        cfg = self.model_config
-        self.model = ShallowEnsembleModel.build(
-            cfg.model, self.heads, n_outputs=self.n_outputs, **cfg.model_kwargs()
-        ).to(self.device)
-        return fit(self.model, data, train_rows, val_rows, self.fit_config, on_epoch)
+        if not self._warm:
+            torch.manual_seed(self.fit_config.seed * 1009)
+            cfg = self.model_config
+            self.model = ShallowEnsembleModel.build(
+                cfg.model, self.heads, n_outputs=self.n_outputs, **cfg.model_kwargs()
+            ).to(self.device)
+        assert self.model is not None
+        return fit(self.model, data, train_rows, val_rows, self._config, on_epoch)
 
     def _samples(self, data: MolecularData, rows: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
         assert self.model is not None
