@@ -181,7 +181,7 @@ def tiny_campaign(qm9, tracker: MemoryTracker, **kw) -> Campaign:
 @pytest.mark.slow
 def test_tiny_campaign_in_memory_and_resumed(qm9, no_mlflow, tmp_path) -> None:
     tracker = MemoryTracker(tmp_path)
-    campaign = tiny_campaign(qm9, tracker)
+    campaign = tiny_campaign(qm9, tracker, final_refit=True)
     assert campaign.execute() == "rounds: 1 of 1 done"
 
     assert tracker.queried_rounds() == [0, 1] and tracker.completed_round() == 1

@@ -79,7 +79,7 @@ class CampaignConfig(ModelConfig, FitConfig, DataConfig):
         0.3, "a warm fit's steps as a share of a fit from scratch's", min=0.01, max=1.0
     )
     final_refit: bool = option(
-        True, "after warm starts, refit the last round from scratch for the final model"
+        False, "after warm starts, refit the last round from scratch for the final model"
     )
     ensemble_size: int = option(5, "deep-ensemble members (shallow: heads)", min=2)
     bootstrap: bool = option(False, "Poisson bootstrap per ensemble member")

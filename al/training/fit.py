@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from al import progress
 from al.data.molecules import MolecularData
 from al.models.base import AtomisticModel
 from al.models.ensemble import EnsembleModel
@@ -327,10 +328,8 @@ def fit(
     stopped_early = False
     profiler = _profiler(profile_dir) if profile_dir is not None else None
     bar = None
-    if config.progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, desc=f"fit {n_train} mol", unit="step", leave=False)
+    if progress.shown(config.progress):  # on a terminal only: logs stay clean
+        bar = progress.bar(total=total, desc=f"fit {n_train} mol", unit="step", leave=False)
 
     def window() -> dict:
         return {
