@@ -28,11 +28,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from al import plots, tracking
+from al import tracking
 from al.config import ConfigError, build_config, option, subset, to_dict
 from al.data.config import DataConfig
 from al.data.load import load_data
 from al.data.qm9pack import qm9pack_data_dir
+from al.entrypoints.train import log_test_evaluation
 from al.models import ModelConfig, build_model, count_parameters
 from al.models.checkpoint import save_checkpoint
 from al.runtime import configure_threads
@@ -43,7 +44,6 @@ from al.tracking.registry import file_sha256, oracle_version_tags, register_orac
 from al.tracking.runs import set_experiment
 from al.training.config import FitConfig
 from al.training.fit import fit, predict, resolve_device, seed_everything
-from al.training.metrics import baseline_mae, regression_report
 
 log = logging.getLogger(__name__)
 
@@ -261,26 +261,10 @@ def run_pretrain(
         pred, _ = predict(model, data, test, amp=False)
         if pred.dim() > 1:  # a multi-output model: its last (highest) fidelity
             pred = pred[..., -1]
-        target = data.y[test]
-        test_metrics = regression_report(pred, target)
-        base = baseline_mae(data, train_rows, test)
-        tracking.log_metrics(
-            {
-                Metrics.TEST_MAE: test_metrics["mae"],
-                Metrics.TEST_RMSE: test_metrics["rmse"],
-                Metrics.TEST_MAX_AE: test_metrics["max_ae"],
-                Metrics.BASELINE_TEST_MAE: base,
-                Metrics.BEST_EPOCH: result.best_epoch,
-                Metrics.BEST_VAL_MAE: result.best_val_mae,
-                Metrics.FIT_SECONDS: result.seconds,
-            },
-            step=config.train_size,
-        )
-        tracking.log_figure(
-            plots.parity(pred.numpy(), target.numpy(), f"{config.fidelity} oracle, test"),
-            Artifacts.PARITY,
-        )
-        tracking.log_figure(plots.training_curves(result.history), Artifacts.CURVES)
+        test_metrics, base = log_test_evaluation(
+            pred, data, train_rows, test, result, config.train_size,
+            f"{config.fidelity} oracle, test",
+        )  # fmt: skip
 
         meta = {
             "kind": "oracle",

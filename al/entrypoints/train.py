@@ -15,6 +15,7 @@ from al import plots, tracking
 from al.config import option, subset, to_dict
 from al.data.config import DataConfig
 from al.data.load import load_data
+from al.data.molecules import MolecularData
 from al.data.qm9pack import qm9pack_data_dir
 from al.models import ModelConfig, build_model, count_parameters
 from al.models.checkpoint import save_checkpoint
@@ -22,7 +23,7 @@ from al.runtime import configure_threads
 from al.tracking import Artifacts, Metrics
 from al.tracking.pyfunc import log_pyfunc_model
 from al.training.config import FitConfig
-from al.training.fit import fit, predict, resolve_device, seed_everything
+from al.training.fit import FitResult, fit, predict, resolve_device, seed_everything
 from al.training.metrics import baseline_mae, regression_report
 
 log = logging.getLogger(__name__)
@@ -122,25 +123,9 @@ def run_train(config: TrainRunConfig, echo: Callable[[str], None] | None = None)
 
             pred, _ = predict(model, data, test, amp=config.amp)
             target = data.y[test]
-            test_metrics = regression_report(pred, target)
-            base = baseline_mae(data, train_rows, test)
-            tracking.log_metrics(
-                {
-                    Metrics.TEST_MAE: test_metrics["mae"],
-                    Metrics.TEST_RMSE: test_metrics["rmse"],
-                    Metrics.TEST_MAX_AE: test_metrics["max_ae"],
-                    Metrics.BASELINE_TEST_MAE: base,
-                    Metrics.BEST_EPOCH: result.best_epoch,
-                    Metrics.BEST_VAL_MAE: result.best_val_mae,
-                    Metrics.FIT_SECONDS: result.seconds,
-                },
-                step=config.train_size,
+            test_metrics, base = log_test_evaluation(
+                pred, data, train_rows, test, result, config.train_size, f"{config.model}, test"
             )
-            tracking.log_figure(
-                plots.parity(pred.numpy(), target.numpy(), f"{config.model}, test"),
-                Artifacts.PARITY,
-            )
-            tracking.log_figure(plots.training_curves(result.history), Artifacts.CURVES)
             frame = pd.DataFrame(
                 {
                     "qm9_index": data.qm9_index[test].numpy(),
@@ -176,3 +161,46 @@ def run_train(config: TrainRunConfig, echo: Callable[[str], None] | None = None)
                 f"model {info.model_uri}"
             )
     return run_id
+
+
+def log_test_evaluation(
+    pred: torch.Tensor,
+    data: MolecularData,
+    train_rows: torch.Tensor,
+    test: torch.Tensor,
+    result: FitResult,
+    step: int,
+    title: str,
+) -> tuple[dict[str, float], float]:
+    """Log a fitted model's test metrics, the composition baseline, parity and training
+    curves into the active run.
+
+    Args:
+        pred: the model's energies for the test rows, ``[n_test]``.
+        train_rows, test: row indices ``[n_train]``, ``[n_test]`` (the baseline is fitted on
+            the first and scored on the second).
+        result: the fit (best epoch, best validation MAE, time, history).
+        step: the metrics' step (the training-set size).
+
+    Returns:
+        ``(metrics, baseline MAE)``: :func:`~al.training.metrics.regression_report` of
+        ``pred`` and the per-element linear model's test MAE, in eV.
+    """
+    target = data.y[test]
+    test_metrics = regression_report(pred, target)
+    base = baseline_mae(data, train_rows, test)
+    tracking.log_metrics(
+        {
+            Metrics.TEST_MAE: test_metrics["mae"],
+            Metrics.TEST_RMSE: test_metrics["rmse"],
+            Metrics.TEST_MAX_AE: test_metrics["max_ae"],
+            Metrics.BASELINE_TEST_MAE: base,
+            Metrics.BEST_EPOCH: result.best_epoch,
+            Metrics.BEST_VAL_MAE: result.best_val_mae,
+            Metrics.FIT_SECONDS: result.seconds,
+        },
+        step=step,
+    )
+    tracking.log_figure(plots.parity(pred.numpy(), target.numpy(), title), Artifacts.PARITY)
+    tracking.log_figure(plots.training_curves(result.history), Artifacts.CURVES)
+    return test_metrics, base
