@@ -22,13 +22,14 @@ from al.uncertainty.prediction import Prediction
 
 
 class Surrogate:
-    """A model family that predicts mean, std and embeddings; trained from scratch by ``fit``.
+    """A model family that predicts mean, std and embeddings, trained by ``fit``.
 
     Subclasses declare what they provide; acquisition functions declare what they need.
-    They implement ``_fit`` (train) and ``_samples`` (member, head or pass energies); ``fit``
-    then calibrates the std on the validation set: ``std_scale`` is the one factor ``s``
-    that minimises the Gaussian NLL of the validation errors under ``s x std``, and
-    ``predict`` returns ``std = s x std_raw`` (both are in the :class:`Prediction`).
+    They implement ``_build`` (a new, untrained model) and ``_samples`` (member, head or
+    pass energies); ``fit`` trains the model, then calibrates the std on the validation
+    set: ``std_scale`` is the one factor ``s`` that minimises the Gaussian NLL of the
+    validation errors under ``s x std``, and ``predict`` returns ``std = s x std_raw``
+    (both are in the :class:`Prediction`).
     """
 
     name: str = ""
@@ -43,8 +44,6 @@ class Surrogate:
         self.n_outputs = 1
         #: calibration factor of the std, fitted on the validation set after each fit
         self.std_scale = 1.0
-        #: the current fit: continuing from the weights (warm) and its settings
-        self._warm, self._config = False, fit_config
 
     def fit(
         self,
@@ -61,17 +60,19 @@ class Surrogate:
         of that share of a fit from scratch's steps (:func:`~al.training.config.step_budget`
         on ``n_train``, ``min_steps`` scaled alike); 0 trains from scratch.
         """
-        self._warm = warm > 0 and self.model is not None
-        self._config = self.fit_config
-        if self._warm:
-            cold = step_budget(self.fit_config, train_rows.numel())
-            self._config = replace(
-                self.fit_config,
+        config, warm_fit = self.fit_config, warm > 0 and self.model is not None
+        if warm_fit:
+            cold = step_budget(config, train_rows.numel())
+            config = replace(
+                config,
                 max_steps=max(1, math.ceil(warm * cold)),
-                min_steps=math.ceil(warm * self.fit_config.min_steps),
+                min_steps=math.ceil(warm * config.min_steps),
             )
-        result = self._fit(data, train_rows, val_rows, on_epoch)
-        result.warm = self._warm
+        else:
+            self.model = self._build().to(self.device)
+        result = fit(self.model, data, train_rows, val_rows, config, on_epoch,
+                     sample_weight=self._sample_weight(train_rows.numel()))  # fmt: skip
+        result.warm = warm_fit
         rows = result.val_rows if result.val_rows is not None else val_rows
         result.std_scale = self.calibrate(data, rows)
         return result
@@ -99,14 +100,13 @@ class Surrogate:
         samples, emb = self._samples(data, rows, batch_size)
         return Prediction.from_samples(samples, emb, std_scale=self.std_scale)
 
-    def _fit(
-        self,
-        data: MolecularData,
-        train_rows: Tensor,
-        val_rows: Tensor,
-        on_epoch: Callable[[EpochStats], None] | None,
-    ) -> FitResult:  # pragma: no cover - abstract
+    def _build(self) -> torch.nn.Module:  # pragma: no cover - abstract
+        """A new, untrained model (seeded from ``fit_config.seed``)."""
         raise NotImplementedError
+
+    def _sample_weight(self, n_train: int) -> Tensor | None:
+        """Per-sample training weights (``[K, n_train]``), or None for uniform ones."""
+        return None
 
     def _samples(
         self, data: MolecularData, rows: Tensor, batch_size: int
@@ -180,25 +180,16 @@ class EnsembleSurrogate(Surrogate):
 
     SETTINGS: ClassVar[dict[str, str]] = {"ensemble_size": "size", "bootstrap": "bootstrap"}
 
-    def _fit(
-        self,
-        data: MolecularData,
-        train_rows: Tensor,
-        val_rows: Tensor,
-        on_epoch: Callable[[EpochStats], None] | None,
-    ) -> FitResult:
+    def _build(self) -> torch.nn.Module:
         seed = self.fit_config.seed
-        if not self._warm:
-            members = [self._new_model(seed * 1009 + k) for k in range(self.size)]
-            self.model = EnsembleModel(members).to(self.device)
-        assert self.model is not None
-        weight = None
-        if self.bootstrap:
-            gen = torch.Generator().manual_seed(seed + 17)
-            rate = torch.ones(self.size, train_rows.numel())
-            weight = torch.poisson(rate, generator=gen)
-        return fit(self.model, data, train_rows, val_rows, self._config, on_epoch,
-                   sample_weight=weight)  # fmt: skip
+        return EnsembleModel([self._new_model(seed * 1009 + k) for k in range(self.size)])
+
+    def _sample_weight(self, n_train: int) -> Tensor | None:
+        """Poisson(1) bootstrap counts per member, ``[K, n_train]`` (with ``bootstrap``)."""
+        if not self.bootstrap:
+            return None
+        gen = torch.Generator().manual_seed(self.fit_config.seed + 17)
+        return torch.poisson(torch.ones(self.size, n_train), generator=gen)
 
     def _samples(self, data: MolecularData, rows: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
         assert self.model is not None
@@ -241,17 +232,8 @@ class MCDropoutSurrogate(Surrogate):
 
     SETTINGS: ClassVar[dict[str, str]] = {"mc_samples": "samples"}
 
-    def _fit(
-        self,
-        data: MolecularData,
-        train_rows: Tensor,
-        val_rows: Tensor,
-        on_epoch: Callable[[EpochStats], None] | None,
-    ) -> FitResult:
-        if not self._warm:
-            self.model = self._new_model(self.fit_config.seed * 1009).to(self.device)
-        assert self.model is not None
-        return fit(self.model, data, train_rows, val_rows, self._config, on_epoch)
+    def _build(self) -> torch.nn.Module:
+        return self._new_model(self.fit_config.seed * 1009)
 
     def _samples(self, data: MolecularData, rows: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
         assert self.model is not None
@@ -309,21 +291,12 @@ class ShallowEnsembleSurrogate(Surrogate):
 
     SETTINGS: ClassVar[dict[str, str]] = {"ensemble_size": "heads"}
 
-    def _fit(
-        self,
-        data: MolecularData,
-        train_rows: Tensor,
-        val_rows: Tensor,
-        on_epoch: Callable[[EpochStats], None] | None,
-    ) -> FitResult:
-        if not self._warm:
-            torch.manual_seed(self.fit_config.seed * 1009)
-            cfg = self.model_config
-            self.model = ShallowEnsembleModel.build(
-                cfg.model, self.heads, n_outputs=self.n_outputs, **cfg.model_kwargs()
-            ).to(self.device)
-        assert self.model is not None
-        return fit(self.model, data, train_rows, val_rows, self._config, on_epoch)
+    def _build(self) -> torch.nn.Module:
+        torch.manual_seed(self.fit_config.seed * 1009)
+        cfg = self.model_config
+        return ShallowEnsembleModel.build(
+            cfg.model, self.heads, n_outputs=self.n_outputs, **cfg.model_kwargs()
+        )
 
     def _samples(self, data: MolecularData, rows: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
         assert self.model is not None
