@@ -252,11 +252,11 @@ def _start_worker_processes(config: HPOConfig, parent_run_id: str, experiment_id
             for k in range(config.n_workers)
         ]
         try:
-            with trials_bar(config, load_study(config)) as bar:
+            study = load_study(config)  # one storage connection for the polling
+            with trials_bar(config, study) as bar:
                 while any(p.poll() is None for p in procs):
                     if not bar.disable:
-                        counts = trial_counts(load_study(config))
-                        _show(bar, counts, None)
+                        _show(bar, trial_counts(study), None)
                     time.sleep(2.0)
             return [p.wait() for p in procs]
         finally:
