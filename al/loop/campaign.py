@@ -97,6 +97,8 @@ class Campaign:
         self.trained_on = 0  # labelled-set size of the current model
         self.last_report: dict[str, float] = {}
         self.fit_info: dict[str, float] = {}  # the last fit's std scale and steps
+        #: the current model's test-set prediction (None until one is made this process)
+        self.test_pred: Prediction | None = None
         self.bar = progress.bar(total=0, enabled=False)  # replaced by execute
 
     @property
@@ -165,6 +167,7 @@ class Campaign:
                 "fit", fit, train_data, train_rows, val_rows, on_epoch=on_epoch, warm=warm
             )
             pred = self.timed("evaluate", self.surrogate.predict, self.data, self.test)
+            self.test_pred = pred
             report = regression_report(pred.mean, self.data.y[self.test], pred.std, pred.std_raw)
             t0 = time.perf_counter()
             meta = {"round": round_, "data_version": self.labelled.digest(),
@@ -201,7 +204,7 @@ class Campaign:
         train_data, train_rows, val_rows = self.training_set(round_)
         log.info("event=phase phase=final_refit round=%d n_train=%d", round_, train_rows.numel())
         result = self.timed("final_refit", self.surrogate.fit, train_data, train_rows, val_rows)
-        pred = self.surrogate.predict(self.data, self.test)
+        pred = self.test_pred = self.surrogate.predict(self.data, self.test)
         report = regression_report(pred.mean, self.data.y[self.test], pred.std, pred.std_raw)
         metrics = {CM.final_refit(metric): report.get(key, float("nan"))
                    for key, metric in REPORT_METRICS.items()}  # fmt: skip
@@ -338,8 +341,11 @@ class Campaign:
         )
 
     def final_artifacts(self) -> ModelArtifacts:
-        """The final surrogate with its test prediction and the whole learning curve."""
-        pred = self.surrogate.predict(self.data, self.test)
+        """The final surrogate with its test prediction (the last evaluation's, not made
+        again) and the whole learning curve."""
+        pred = self.test_pred
+        if pred is None:  # resumed after the last evaluation: none made in this process
+            pred = self.surrogate.predict(self.data, self.test)
         meta = {"data_version": self.labelled.digest()}
         return self.model_artifacts(len(self.mae_history) - 1, pred, self.learning_curve(), meta)
 
