@@ -46,6 +46,10 @@ def same(a: Selection, b: Selection) -> bool:
 @pytest.mark.parametrize("name", NAMES)
 def test_contract(name: str, k: int, with_labelled: bool) -> None:
     kw = {} if with_labelled else {"labelled_embedding": None}
+    if not with_labelled and "labelled_embedding" in ACQUISITIONS[name].needs:
+        with pytest.raises(ValueError, match=r"missing: \['labelled_embedding'\]"):
+            run(name, full_prediction(), k, **kw)
+        kw = {"labelled_embedding": torch.zeros(0, F)}  # an empty labelled set is fine
     sel = run(name, full_prediction(), k, **kw)
     assert sel.index.shape == (k,) and sel.score.shape == (k,)
     assert sel.index.dtype == torch.int64 and sel.score.dtype == torch.float64

@@ -24,6 +24,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("al.training",),
     ("al.uncertainty",),
     ("al.acquisition", "al.oracles"),
+    ("al.baselines",),
     ("al.tracking",),
     ("al.loop",),
     ("al.report",),

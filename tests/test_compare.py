@@ -55,6 +55,7 @@ def runs_of(hist: pd.DataFrame, strategy: dict[str, str] | None = None) -> pd.Da
     r = hist.drop_duplicates("run_id")[list(read.KEY_COLUMNS)].reset_index(drop=True)
     r["strategy"] = r["arm"].map(lambda a: (strategy or {}).get(a, a))
     r["oracle"], r["cell"], r["start_time"], r["run_name"] = "dft", r["arm"], 0, ""
+    r["uncertainty"], r["acquisition"], r["batch_size"] = "ensemble", r["strategy"], "50"
     return r[list(read.RUN_COLUMNS)]
 
 
@@ -259,9 +260,12 @@ def test_markdown_and_html_say_the_same_things() -> None:
     ]
     assert md_heads == html_heads
     assert [h for _, h in md_heads][:4] == [report.title, "Runs per arm", "Grid: g1", "Summary"]
-    assert {"Grid: g2", "Label savings against random", "Plots", "Method"} <= {
-        h for _, h in md_heads
-    }
+    assert {
+        "Grid: g2",
+        "Label savings against random of the same surrogate",
+        "Plots",
+        "Method",
+    } <= {h for _, h in md_heads}
 
     body = html.unescape(re.sub(r"<[^>]+>", " ", page.split("<body>", 1)[1]))
     md_text = re.sub(r"!\[([^]]*)\]\([^)]*\)", r"\1", md).replace("\\|", "|")  # no file names
@@ -272,6 +276,137 @@ def test_markdown_and_html_say_the_same_things() -> None:
     assert "![Test MAE vs labels](plots/mae_vs_labels_g1.png)" in md
     assert 'alt="Test MAE vs labels" src="data:image/png;base64,iVBORw0KGgo="' in page
     assert "<figcaption>Test MAE vs labels</figcaption>" in page
+
+
+def _with_settings(runs: pd.DataFrame, settings: dict[str, dict[str, str]]) -> pd.DataFrame:
+    """``runs`` with per-arm overrides of strategy, uncertainty, acquisition, batch size."""
+    out = runs.copy()
+    for arm, values in settings.items():
+        for k, v in values.items():
+            out.loc[out["arm"] == arm, k] = v
+    return out
+
+
+def test_each_arm_is_compared_with_random_of_its_own_surrogate(tmp_path: Path) -> None:
+    def curve(scale: float) -> Callable[[np.ndarray, int], np.ndarray]:
+        return lambda n, s: scale * (1 + 0.1 * s) * n**-0.5
+
+    arms = {"random": curve(1.0), "max_std": curve(0.9), "mc_dropout": curve(1.2)}
+    hist = histories(arms)
+    mcd = {"strategy": "mc_dropout", "uncertainty": "mc_dropout", "acquisition": "max_std"}
+    runs = _with_settings(runs_of(hist), {"max_std": {"strategy": "ensemble",
+                                                      "acquisition": "max_std"},
+                                          "mc_dropout": mcd})  # fmt: skip
+    refs, notes = build.reference_arms(runs, "random")
+    assert refs == {"max_std": "random", "mc_dropout": None, "random": None}
+    assert len(notes) == 1 and notes[0].startswith("mc_dropout: no random arm with the same")
+    report = build.build_report(runs, hist, experiment_name="strategies")
+    g = report.grids[0]
+    # mc_dropout is not compared with the random arm of the ensemble surrogate
+    assert g.paired["arm"].tolist() == ["max_std"] and g.paired["baseline"].tolist() == ["random"]
+    assert set(g.savings["arm"]) == {"max_std"} and set(g.paired_steps["arm"]) == {"max_std"}
+    md, _ = render.write_report(report, tmp_path)
+    assert "mc_dropout: no random arm with the same surrogate" in md.read_text()
+
+    # a random arm of the MC-dropout surrogate is mc_dropout's reference (random by
+    # acquisition, whatever the strategy tag); batch sizes must match too
+    both = histories({**arms, "random_mcd": curve(1.3), "mc_b100": curve(1.1)})
+    runs = _with_settings(runs_of(both), {
+        "max_std": {"strategy": "ensemble", "acquisition": "max_std"}, "mc_dropout": mcd,
+        "random_mcd": {"strategy": "mc_dropout", "uncertainty": "mc_dropout",
+                       "acquisition": "random"},
+        "mc_b100": {**mcd, "batch_size": "100"},
+    })  # fmt: skip
+    refs, notes = build.reference_arms(runs, "random")
+    assert refs["mc_dropout"] == "random_mcd" and refs["max_std"] == "random"
+    assert refs["mc_b100"] is None and "batch_size 100" in notes[0]
+    g = build.build_report(runs, both).grids[0]
+    paired = g.paired.set_index("arm")
+    assert paired.loc["mc_dropout", "baseline"] == "random_mcd"
+    assert paired.loc["mc_dropout", "final_diff"] < 0  # 1.2 vs 1.3: better than its own random
+    assert paired.loc["mc_dropout", "verdict"] == stats.BETTER
+    # --baseline naming one arm of another strategy is the reference of every arm, as asked
+    refs, notes = build.reference_arms(runs, "random_mcd")
+    assert not notes and refs["random"] == refs["max_std"] == "random_mcd"
+    assert refs["random_mcd"] is None
+
+
+def test_degenerate_auc_range_and_one_seed_are_said_not_computed() -> None:
+    """Multi-fidelity grid: dft_only ends at 200 labels, the multi-fidelity arm starts there
+    (round 0 labels every initial molecule at both fidelities), one seed each."""
+    one = dict(seeds=(0,), extra={CM.TEST_RMSE: 0.3})
+    dft = histories({"dft_only": lambda n, s: n**-0.5}, steps=[100, 150, 200], **one)
+    mf = histories({"mf_vr": lambda n, s: 0.9 * n**-0.5}, steps=[200, 250, 300], **one)
+    hist = pd.concat([dft, mf], ignore_index=True)
+    assert stats.common_range(hist) == (200, 200)
+    assert "only one label count (200 labels)" in stats.auc_range_note(hist, 200, 200)
+    assert stats.auc_range_note(hist, 100, 200) == ""
+    runs = _with_settings(runs_of(hist), {"dft_only": {"strategy": "ensemble"}})
+    report = build.build_report(runs, hist, baseline="dft_only")
+    g = report.grids[0]
+    assert g.summary["auc"].isna().all() and g.summary["auc_note"].str.startswith("no AUC").all()
+    row = g.paired.iloc[0]
+    assert row["arm"] == "mf_vr" and math.isnan(row["auc_rel"]) and row["n_pairs"] == 1
+    assert row["verdict_auc"].startswith("no AUC")
+    sections = render.report_sections(report, generated="now", server="here")
+    md = render.render_sections(sections, report.title, "md")
+    assert "200–200" not in md and "no AUC: the curves share only one label count" in md
+    paired = build.paired_display(g.paired).iloc[0]
+    assert paired["Δ final MAE (eV) [CI]"].endswith(f"[{stats.ONE_SEED}]")
+    assert paired["relative Δ final MAE [CI]"].endswith(f"[{stats.ONE_SEED}]")
+    assert paired["relative Δ AUC [CI]"].startswith("no AUC")
+    summary = build.summary_display(g.summary, g.targets, 0.95)
+    assert summary.iloc[0]["final MAE (eV, ± 95% CI)"].endswith(f"± {stats.ONE_SEED}")
+    final = build.paired_final_display(g.paired).iloc[0]
+    assert final["Δ RMSE (eV) [CI]"] == f"+0.0000 [{stats.ONE_SEED}]"
+    assert all(stats.ONE_SEED in c or c == "–" for c in final.iloc[3:])
+    # a zero-width interval is never printed for a single seed
+    assert not re.search(r"\[([-+][\d.]+%?), \1\]", md)
+
+
+def test_final_model_errors_labels_to_random_and_cost_per_fidelity() -> None:
+    a = 10.0
+    hist = histories({"random": lambda n, s: a * n**-0.5, "ens": lambda n, s: 0.8 * a * n**-0.5,
+                      "bad": lambda n, s: 1.2 * a * n**-0.5})  # fmt: skip
+    seed = hist["seed"].astype(float)
+    scale = hist["arm"].map({"random": 1.0, "ens": 0.8, "bad": 1.2})
+    for m, k in ((CM.TEST_RMSE, 1.5), (CM.TEST_P95_AE, 3.0), (CM.TEST_P99_AE, 5.0),
+                 (CM.TEST_MAX_AE, 9.0)):  # fmt: skip
+        hist[m] = k * hist[MAE] + 0.01 * seed  # seeds differ: a real CI
+    hist[CM.TEST_NLL] = -scale - 0.1 * seed
+    hist[CM.TEST_SPEARMAN] = 0.2 + 0.0 * seed
+    hist[CM.TEST_MISCALIBRATION] = 0.05 * scale
+    hist[CM.labels_from("xtb")] = 2 * hist["step"]
+    hist[CM.labels_from("dft")] = hist["step"]
+    hist[stats.COST_FROM_PREFIX + "xtb"] = 0.2 * 2 * hist["step"]
+    hist[stats.COST_FROM_PREFIX + "dft"] = hist["step"]
+    g = build.build_report(runs_of(hist), hist).grids[0]
+    s = g.summary.set_index("arm")
+    fin = 0.8 * a / math.sqrt(1000)
+    assert s.loc["ens", f"final_{CM.TEST_P95_AE}"] == pytest.approx(3 * fin + 0.01)
+    lo, hi = s.loc["ens", [f"final_{CM.TEST_P99_AE}_lo", f"final_{CM.TEST_P99_AE}_hi"]]
+    assert lo < 5 * fin + 0.01 < hi and s.loc["ens", f"final_{CM.TEST_MAX_AE}_n"] == 3
+    assert s.loc["ens", stats.COST_FROM_PREFIX + "xtb"] == pytest.approx(400)
+    assert s.loc["ens", CM.labels_from("dft")] == 1000
+    table = build.final_model_display(g.summary).set_index("arm")
+    assert list(table.columns) == list(build.METRIC_TITLES.values())
+    assert table.loc["ens", "RMSE (eV)"].startswith(f"{1.5 * fin + 0.01:.4g} ± ")
+    costs = build.fidelity_display(g.summary).set_index("arm")
+    assert (
+        costs.loc["ens", "cost on xtb"] == "400" and costs.loc["ens", "labels from dft"] == "1000"
+    )
+    # paired: every seed's final RMSE is 1.5 x 0.2 a/sqrt(1000) lower, a zero-width CI of 3
+    p = g.paired.set_index("arm")
+    d = p.loc["ens", f"final_{CM.TEST_RMSE}_diff"]
+    assert d == pytest.approx(-1.5 * 0.2 * a / math.sqrt(1000))
+    assert p.loc["ens", f"final_{CM.TEST_NLL}_diff"] == pytest.approx(-0.8 + 1.0)
+    # labels to reach random's final MAE a/sqrt(1000): the 20 % lower power law needs 640
+    assert p.loc["ens", "ref_final_target_mae"] == pytest.approx(a / math.sqrt(1000))
+    assert p.loc["ens", "ref_final_n_arm"] == pytest.approx(640, rel=0.01)
+    assert math.isnan(p.loc["bad", "ref_final_n_arm"])
+    shown = build.paired_display(g.paired).set_index("arm")["labels to baseline's final MAE"]
+    assert shown["ens"].startswith("6") and shown["bad"].startswith(stats.NOT_REACHED)
+    assert "(baseline: 1,000 labels" in shown["bad"]
 
 
 # --- end to end against the tracking server ----------------------------------------------------
@@ -338,7 +473,8 @@ def test_compare_cli_end_to_end(tracking: str, tmp_path: Path) -> None:
         assert stats.BETTER in text and "al compare --experiment-name" in text
         assert running not in text
     assert "| tiny | ensemble | 3 | 0, 1, 2 |" in md and "| tiny | coreset | 1 | 0 |" in md
-    assert f"| coreset | random | 1 | 250 | {-2 / math.sqrt(250):+.4f} |" in md  # 1 pair: no CI
+    one_pair = f"| coreset | random | 1 | 250 | {-2 / math.sqrt(250):+.4f} [{stats.ONE_SEED}] |"
+    assert one_pair in md  # 1 pair: no CI
     assert stats.TOO_FEW in md
     assert "data:image/png;base64," in page
 
@@ -385,3 +521,48 @@ def test_compare_cli_errors(tracking: str, tmp_path: Path) -> None:
     assert res.exit_code != 0 and f"no run with id '{'0' * 32}'" in res.output
     res = runner.invoke(main, ["compare", "--experiment-name", empty, "--mae-targets", "x"])
     assert res.exit_code != 0 and "--mae-targets: 'x' is not a number" in res.output
+
+
+@pytest.mark.slow
+def test_runs_settings_and_cost_per_fidelity_from_the_server(tracking: str, tmp_path: Path) -> None:
+    """The settings an arm is matched on come from tags and params; the cost per fidelity of
+    a multi-fidelity run is summed from its queried tables (failed requests included)."""
+    from mlflow.entities import Param
+
+    client = MlflowClient()
+    exp_id = client.create_experiment(f"compare-mf-{uuid.uuid4().hex[:8]}")
+    tags = {"al.kind": "campaign", "al.strategy": "ensemble", "al.oracle": "xtb,dft",
+            "al.seed": "0", "al.uncertainty": "mc_dropout",
+            "al.acquisition": "max_std"}  # fmt: skip
+    run_id = client.create_run(exp_id, tags=tags).info.run_id
+    ts = int(time.time() * 1000)
+    metrics = []
+    for r, (n, cost) in enumerate(((200, 120.0), (260, 130.5))):
+        vals = {MAE: 0.5 / (r + 1), CM.N_LABELLED: n, CM.COST_SPENT: cost, CM.ROUND: r,
+                CM.labels_from("xtb"): 100 + 40 * r,
+                CM.labels_from("dft"): 100 + 20 * r}  # fmt: skip
+        metrics += [Metric(k, float(v), ts, n) for k, v in vals.items()]
+    client.log_batch(run_id, metrics=metrics, params=[Param("batch_size", "50")], synchronous=True)
+    rows = {0: [("xtb", "ok", 0.2)] * 100 + [("dft", "ok", 1.0)] * 100,
+            1: [("xtb", "ok", 0.2)] * 40 + [("xtb", "scf_not_converged", 0.2)] * 5
+            + [("dft", "ok", 1.0)] * 9}  # fmt: skip
+    for r, table in rows.items():
+        frame = pd.DataFrame(table, columns=["oracle", "status", "cost"]).assign(round=r)
+        (tmp_path / f"round_{r:03d}").mkdir()
+        frame.to_csv(tmp_path / f"round_{r:03d}" / "queried.csv", index=False)
+        client.log_artifacts(run_id, str(tmp_path / f"round_{r:03d}"), f"rounds/round_{r:03d}")
+    client.set_terminated(run_id, "FINISHED")
+
+    sel = read.find_campaign_runs(client, client.get_experiment(exp_id).name)
+    runs = read.runs_frame(sel.runs)
+    assert runs.iloc[0][["uncertainty", "acquisition", "batch_size"]].tolist() == [
+        "mc_dropout", "max_std", "50",
+    ]  # fmt: skip
+    hist = read.join_histories(runs, read.fetch_histories(client, sel.runs))
+    last = hist.sort_values("step").iloc[-1]
+    assert last[stats.COST_FROM_PREFIX + "xtb"] == pytest.approx(0.2 * 145)
+    assert last[stats.COST_FROM_PREFIX + "dft"] == pytest.approx(109.0)
+    assert hist[stats.COST_FROM_PREFIX + "dft"].tolist() == pytest.approx([100.0, 109.0])
+    assert last[CM.labels_from("xtb")] == 140
+    costs = build.fidelity_display(build.build_report(runs, hist).grids[0].summary)
+    assert costs.iloc[0]["cost on xtb"] == "29" and costs.iloc[0]["labels from dft"] == "120"

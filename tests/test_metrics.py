@@ -76,3 +76,13 @@ def test_regression_report_with_raw_std() -> None:
     r = regression_report(torch.zeros(3), torch.ones(3), 2 * torch.ones(3), torch.ones(3))
     assert r["nll_raw"] == pytest.approx(gaussian_nll(torch.zeros(3), torch.ones(3), torch.ones(3)))
     assert r["nll"] != r["nll_raw"] and "miscalibration_area_raw" in r
+
+
+def test_regression_report_percentiles_of_the_absolute_error() -> None:
+    """|err| = 0, 1, ..., 100: the q-th percentile (linear interpolation) is q itself."""
+    err = torch.arange(101, dtype=torch.float64)
+    r = regression_report(err, torch.zeros(101))
+    assert r["p95_ae"] == pytest.approx(95.0) and r["p99_ae"] == pytest.approx(99.0)
+    assert r["max_ae"] == 100.0 and r["mae"] <= r["p95_ae"] <= r["p99_ae"] <= r["max_ae"]
+    empty = regression_report(torch.zeros(0), torch.zeros(0))
+    assert math.isnan(empty["p95_ae"]) and math.isnan(empty["p99_ae"])

@@ -301,7 +301,9 @@ def test_fit_reference_enters_the_energy(name: str) -> None:
     torch.testing.assert_close(e1 - e0, shift, atol=1e-5, rtol=0)
 
 
-def test_fit_reference_leaves_absent_elements_at_zero(name: str) -> None:
+def test_fit_reference_gives_absent_elements_a_fallback(name: str) -> None:
+    """An element no training molecule has gets the shipped per-element fallback (scaled
+    to the fitted elements), never 0: on the DFT scale fluorine's is far below 0 eV."""
     model = make_model(name)
     gen = torch.Generator().manual_seed(15)
     comp = torch.randint(1, 6, (40, 5), generator=gen).double()
@@ -309,7 +311,7 @@ def test_fit_reference_leaves_absent_elements_at_zero(name: str) -> None:
     coefs = torch.tensor([-0.5, -38.0, -54.0, -75.0, 0.0], dtype=torch.float64)
     out = model.fit_reference(comp, comp @ coefs)
     assert out["baseline_mae"] < 1e-6
-    assert float(model.atomref[9]) == 0.0
+    assert float(model.atomref[9]) < -10.0
     torch.testing.assert_close(model.atomref[[1, 6, 7, 8]], coefs[:4], atol=1e-6, rtol=0)
 
 

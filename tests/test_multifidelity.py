@@ -11,10 +11,15 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from al.acquisition.multifidelity import (
+    CHEAP_NOISE_FLOOR,
     MF_ACQUISITIONS,
+    NOISE_FLOOR,
+    discrepancy_noise,
     fidelity_moments,
+    fidelity_noise,
     greedy_by_score,
     select_pairs,
+    variance_reduction_gain,
 )
 from al.config import ConfigError
 from al.data.molecules import MolecularData
@@ -160,6 +165,72 @@ def test_variance_reduction_prefers_cheap_correlated_labels() -> None:
     assert sel.fidelity.tolist().count(1) >= 2
 
 
+def test_variance_reduction_gain_is_the_conditioning_formula() -> None:
+    # members: f_hi = f_lo + delta, delta independent of f_lo
+    lo = torch.tensor([1.0, -1.0, 1.0, -1.0])[:, None]  # var 4/3
+    delta = torch.tensor([1.0, 1.0, -1.0, -1.0])[:, None]  # var 4/3, cov(delta, lo) = 0
+    samples = torch.stack([lo, lo + delta], -1)  # [4, 1, 2]
+    s2 = torch.tensor([0.5, 0.0], dtype=torch.float64)
+    gain = variance_reduction_gain(samples, s2)
+    var_lo, var_hi = 4 / 3, 8 / 3
+    # a cheap label removes cov(f_hi, f_lo)^2 / (var(f_lo) + s^2): cov = var(f_lo) here,
+    # so the discrepancy's variance stays whatever the cheap label says
+    assert float(gain[0, 0]) == pytest.approx(var_lo**2 / (var_lo + 0.5))
+    assert float(gain[0, 1]) == pytest.approx(var_hi**2 / (var_hi + NOISE_FLOOR))
+    assert float(gain[0, 0]) < var_hi - var_lo / 2
+
+
+def test_discrepancy_noise_from_labelled_pairs() -> None:
+    gen = torch.Generator().manual_seed(0)
+    hi = 10 * torch.randn(400, generator=gen, dtype=torch.float64)
+    r = 0.3 * torch.randn(400, generator=gen, dtype=torch.float64)
+    lo = (hi - 1.0 - r) / 2  # hi = 1 + 2 lo + r: residual variance 0.09, b = 2
+    labels = torch.stack([lo, hi], 1)
+    labels[:100, 1] = float("nan")  # cheap-only molecules do not count
+    s2 = discrepancy_noise(labels)
+    assert float(s2[0]) == pytest.approx(0.09 / 4, rel=0.2) and float(s2[1]) == 0.0
+    assert torch.isnan(discrepancy_noise(labels[98:102]))[0]  # fewer than 3 pairs
+    costs = torch.tensor([0.1, 1.0])
+    # no labels: a cheap fidelity gets the floor, the highest the numerical floor
+    assert fidelity_noise(costs).tolist() == [CHEAP_NOISE_FLOOR, NOISE_FLOOR]
+    assert fidelity_noise(costs, cheap_noise_floor=0.0).tolist() == [NOISE_FLOOR, NOISE_FLOOR]
+    big = torch.stack([lo, hi + 3 * torch.randn(400, generator=gen, dtype=torch.float64)], 1)
+    assert float(fidelity_noise(costs, labels=big)[0]) == pytest.approx(
+        float(discrepancy_noise(big)[0])
+    )
+    assert float(fidelity_noise(costs, labels=big)[0]) > 1.0  # ~ (9 + 0.09) / 4
+    explicit = torch.tensor([0.2, 0.0], dtype=torch.float64)
+    assert fidelity_noise(costs, explicit, big).tolist() == [0.2, NOISE_FLOOR]
+
+
+def test_variance_reduction_counts_the_cheap_fidelitys_error() -> None:
+    """Cheap labels the members find perfectly correlated with the high fidelity, at half
+    the price: worth buying only while their error relative to the high fidelity is small
+    against the members' spread."""
+    gen = torch.Generator().manual_seed(0)
+    k, n = 8, 6
+    h = 0.01 * torch.randn(k, n, generator=gen)  # var ~1e-4 eV^2
+    samples = torch.stack([h, h], -1)
+    costs = torch.tensor([0.5, 1.0])
+    bought = torch.zeros(n, 2, dtype=torch.bool)
+
+    def chosen(**options: object) -> list[int]:
+        sel = select_pairs("variance_reduction", _pred(samples), bought, costs, 2.0,
+                           generator=torch.Generator().manual_seed(1), **options)  # fmt: skip
+        return sel.fidelity.tolist()
+
+    # a cheap model fidelity is never taken as exact: by default its noise is the floor
+    # ((0.1 eV)^2 >> the members' 1e-4 eV^2), so the high fidelity wins
+    assert chosen() == [1, 1]
+    # with a negligible error, the cheap label is as informative and half the price
+    assert chosen(cheap_noise_floor=0.0) == [0, 0, 0, 0]
+    # labelled molecules with both fidelities: a discrepancy of ~1 eV^2 after the linear map
+    lab_gen = torch.Generator().manual_seed(2)
+    hi = torch.randn(50, generator=lab_gen, dtype=torch.float64)
+    labels = torch.stack([hi + torch.randn(50, generator=lab_gen, dtype=torch.float64), hi], 1)
+    assert chosen(cheap_noise_floor=0.0, labels=labels) == [1, 1]
+
+
 def test_pairs_never_bought_twice_and_budget_respected() -> None:
     gen = torch.Generator().manual_seed(0)
     samples = torch.randn(5, 10, 2, generator=gen)
@@ -215,6 +286,7 @@ def test_multi_fidelity_campaign(mf_acquisition: str, tracking, qm9, monkeypatch
     cfg = CampaignConfig(
         oracles="noisy,dft", costs="0.05,1.0", mf_acquisition=mf_acquisition,
         initial_size=100, batch_size=10, rounds=2, epochs=2, ensemble_size=2,
+        min_steps=0, val_min=0,
         pool_subsample=400, n_test=200, hidden=32, filter_groups=8, n_interactions=1,
         progress=False, experiment_name="multi-fidelity",
     )  # fmt: skip

@@ -17,14 +17,24 @@ fidelity makes a cheap label of the same molecule worthless, and vice versa in o
 :data:`MF_ACQUISITIONS` holds
 
 ``variance_reduction``
-    Expected reduction of the high-fidelity predictive variance per unit cost. Treating the
-    members as a Gaussian over the ``D`` outputs of molecule ``i``, observing fidelity ``d``
-    reduces the variance of the high fidelity by ``cov(h_i, y_id)^2 / (var(y_id) + noise)``
-    (the Gaussian conditioning formula; for ``d = high`` it is ``var(h_i)``). The score is
-    that reduction divided by the cost; pairs are taken greedily by score until the budget
-    is spent. The reduction counts only molecule ``i`` itself, ignoring what a label teaches
-    about its neighbours (the criterion of Kandasamy et al.'s MF-GP-UCB family without
-    the optimisation term; BoTorch's knowledge-gradient variants are the non-myopic kin).
+    Expected reduction of the high-fidelity predictive variance per unit cost. The target
+    fidelity is the cheap one plus a discrepancy, ``f_hi = f_d + delta_d``; the members give
+    a joint Gaussian over the ``D`` outputs of molecule ``i``. A label of fidelity ``d`` is
+    ``y_d = f_d + e_d`` with noise ``e_d ~ N(0, s_d^2)``, so it reduces the variance of the
+    high fidelity only through the correlation of the two (Gaussian conditioning)::
+
+        reduction(i, d) = cov(f_hi, f_d)^2 / (var(f_d) + s_d^2)        (d = hi: var^2/(var+s^2))
+        score(i, d)     = reduction(i, d) / cost_d
+
+    where ``cov(f_hi, f_d) = var(f_d) + cov(delta_d, f_d)``: a discrepancy the members
+    disagree on is variance a cheap label cannot remove. The noise ``s_d^2`` of a cheap
+    fidelity is its error level relative to the highest one: the variance of the residual
+    of ``y_hi ~ a + b y_d`` over labelled molecules that have both labels, divided by
+    ``b^2`` (:func:`discrepancy_noise`), never below ``cheap_noise_floor``; the highest
+    fidelity has :data:`NOISE_FLOOR`. Pairs are taken greedily by score until the budget is
+    spent. The reduction counts only molecule ``i`` itself, ignoring what a label teaches
+    about its neighbours (the criterion of Kandasamy et al.'s MF-GP-UCB family without the
+    optimisation term; BoTorch's knowledge-gradient variants are the non-myopic kin).
 ``high_only``
     The baseline that ignores cheap oracles: highest high-fidelity std first, high fidelity.
 ``cheap_first``
@@ -44,9 +54,12 @@ from torch import Tensor
 
 from al.uncertainty.prediction import Prediction
 
-#: Observation noise floor in eV^2 added to every fidelity's variance (numerical safety:
-#: a member spread of zero must not divide by zero).
+#: Observation noise floor in eV^2 of every fidelity (numerical safety: a member spread of
+#: zero must not divide by zero); the highest fidelity's labels are the target itself.
 NOISE_FLOOR = 1e-6
+#: Default floor in eV^2 of a cheap fidelity's noise (its error relative to the highest
+#: fidelity, (0.1 eV)^2) when labelled molecules do not give a larger estimate.
+CHEAP_NOISE_FLOOR = 1e-2
 
 
 @dataclass(frozen=True)
@@ -161,6 +174,89 @@ def _allowed(bought: Tensor) -> Tensor:
     return ~bought & ~bought[:, -1:]
 
 
+def discrepancy_noise(labels: Tensor, min_pairs: int = 3) -> Tensor:
+    """Noise variance of each fidelity as an observation of the highest one, from labelled
+    molecules.
+
+    For a cheap fidelity ``d``, over the molecules with both labels, ``y_hi`` is regressed
+    on ``y_d`` (``y_hi = a + b y_d + r``, least squares); the residual variance
+    ``var(r)`` (``m - 2`` degrees of freedom) is what a cheap label cannot tell about the
+    high one. Expressed on the scale of ``f_d`` it is ``var(r) / b^2``, so that
+    ``cov^2 / (var(f_d) + s_d^2)`` never removes more than ``var(r)`` of what remains.
+
+    Args:
+        labels: ``[m, D]`` labels of the labelled molecules at each fidelity (lowest first),
+            NaN where a molecule lacks one.
+        min_pairs: fewest molecules with both labels to estimate from (else NaN).
+
+    Returns:
+        ``[D]`` float64 eV^2: NaN where there is too little to estimate from (or the
+        cheap labels are constant), 0 for the highest fidelity; ``inf`` when ``b = 0``.
+    """
+    y = labels.double()
+    d = y.shape[1]
+    out = torch.full((d,), math.nan, dtype=torch.float64)
+    out[-1] = 0.0
+    hi = y[:, -1]
+    for f in range(d - 1):
+        both = torch.isfinite(hi) & torch.isfinite(y[:, f])
+        m = int(both.sum())
+        if m < max(min_pairs, 3):
+            continue
+        x, t = y[both, f], hi[both]
+        xc, tc = x - x.mean(), t - t.mean()
+        sxx = float(xc.square().sum())
+        if sxx <= 0:
+            continue
+        b = float((xc * tc).sum()) / sxx
+        resid = float((tc - b * xc).square().sum()) / (m - 2)
+        out[f] = resid / b**2 if b != 0 else math.inf
+    return out
+
+
+def fidelity_noise(
+    costs: Tensor,
+    noise: Tensor | None = None,
+    labels: Tensor | None = None,
+    cheap_noise_floor: float = CHEAP_NOISE_FLOOR,
+) -> Tensor:
+    """Noise variance ``s_d^2`` of each fidelity, ``[D]`` float64 eV^2.
+
+    ``noise`` (``[D]``) when given; else, for a cheap fidelity, the larger of
+    ``cheap_noise_floor`` and the estimate of :func:`discrepancy_noise` from ``labels``
+    (``[m, D]``); :data:`NOISE_FLOOR` for the highest fidelity. Never below
+    :data:`NOISE_FLOOR`.
+    """
+    d = costs.numel()
+    if noise is not None:
+        s2 = noise.double().reshape(-1)
+        if s2.numel() != d:
+            raise ValueError(f"noise must have one variance per fidelity ([{d}]), got {s2.numel()}")
+        return s2.clamp(min=NOISE_FLOOR)
+    if cheap_noise_floor < 0:
+        raise ValueError(f"cheap_noise_floor must be >= 0, got {cheap_noise_floor}")
+    s2 = torch.full((d,), max(cheap_noise_floor, NOISE_FLOOR), dtype=torch.float64)
+    s2[-1] = NOISE_FLOOR
+    if labels is not None:
+        est = discrepancy_noise(labels)
+        known = torch.isfinite(est) | torch.isinf(est)
+        s2 = torch.where(known, torch.maximum(s2, est.nan_to_num(nan=0.0)), s2)
+        s2[-1] = NOISE_FLOOR
+    return s2
+
+
+def variance_reduction_gain(samples: Tensor, noise: Tensor) -> Tensor:
+    """Reduction of the high-fidelity variance by one label of each fidelity, ``[n, D]``.
+
+    ``cov(f_hi, f_d)^2 / (var(f_d) + s_d^2)`` with the moments of the members
+    (:func:`fidelity_moments`; ``samples [K, n, D]``) and ``noise = s^2 [D]`` eV^2; for
+    the highest fidelity ``var(f_hi)^2 / (var(f_hi) + s_hi^2)``. Never above
+    ``var(f_hi)`` (Cauchy-Schwarz).
+    """
+    var, cov_high = fidelity_moments(samples)
+    return cov_high.square() / (var + noise.double().clamp(min=NOISE_FLOOR))
+
+
 @register("variance_reduction")
 def variance_reduction(
     pred: Prediction,
@@ -170,16 +266,23 @@ def variance_reduction(
     *,
     generator: torch.Generator,
     noise: Tensor | None = None,
+    labels: Tensor | None = None,
+    cheap_noise_floor: float = CHEAP_NOISE_FLOOR,
 ) -> PairSelection:
     """High-fidelity variance removed per unit cost, greedy under the budget.
 
+    ``score[i, d] = cov(f_hi, f_d)^2 / (var(f_d) + s_d^2) / cost_d`` (see the module
+    docstring and :func:`fidelity_noise` for ``s_d^2``).
+
     Args:
-        noise: observation noise variance per fidelity, ``[D]`` eV^2 (default: the floor).
+        noise: observation noise variance per fidelity, ``[D]`` eV^2 (overrides the rest).
+        labels: ``[m, D]`` labels of labelled molecules at each fidelity (NaN where missing),
+            to estimate each cheap fidelity's error relative to the highest one.
+        cheap_noise_floor: the least noise variance of a cheap fidelity, eV^2.
     """
     samples = _check(pred, bought, costs, budget)
-    var, cov_high = fidelity_moments(samples)
-    noise = torch.full_like(costs, NOISE_FLOOR, dtype=torch.float64) if noise is None else noise
-    gain = cov_high.square() / (var + noise.double().clamp(min=NOISE_FLOOR))
+    s2 = fidelity_noise(costs, noise, labels, cheap_noise_floor)
+    gain = variance_reduction_gain(samples, s2)
     score = torch.where(_allowed(bought), gain / costs.double(), -math.inf)
     return greedy_by_score(score, costs, budget, generator)
 

@@ -29,6 +29,10 @@ STRATEGIES: dict[str, Strategy] = {
     ),
     "coreset": Strategy("ensemble", "coreset", "k-center greedy on embeddings"),
     "diverse": Strategy("ensemble", "diverse", "high std, spread out in embedding space"),
+    # The batch methods of Holzmüller et al. (JMLR 2023) need only features; the shallow
+    # ensemble's embedding is exactly the last-layer features its energies are linear in.
+    "lcmd": Strategy("shallow", "lcmd", "LCMD batches on last-layer features (shallow)"),
+    "bait": Strategy("shallow", "bait", "BAIT forward-backward on last-layer features (shallow)"),
     "stream": Strategy(
         "ensemble", "max_std", "online: chunks arrive, retrain on enough new data", "stream"
     ),

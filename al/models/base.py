@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from al.data.reference import fit_composition
+
 #: Columns of the composition matrix: H, C, N, O, F.
 COMPOSITION_Z = (1, 6, 7, 8, 9)
 MAX_Z = 10
@@ -207,6 +209,9 @@ class AtomisticModel(nn.Module):
     def fit_reference(self, composition: Tensor, y: Tensor) -> dict[str, float]:
         """Fit per-element reference energies by least squares and set the target scale.
 
+        An element no molecule contains gets a fallback from the packaged prior instead of
+        0 (:func:`al.data.reference.fit_composition`, which logs it).
+
         Args:
             composition: element counts, ``[n_mol, 5]`` (H, C, N, O, F).
             y: targets in eV, ``[n_mol]``, or ``[n_mol, n_outputs]`` with NaN where a
@@ -224,10 +229,8 @@ class AtomisticModel(nn.Module):
         for d in range(Y.shape[1]):
             keep = torch.isfinite(Y[:, d])
             A, b = A_all[keep], Y[keep, d]
-            present = A.sum(0) > 0  # elements absent from the data get reference 0
-            coef = torch.zeros(A.shape[1], dtype=torch.float64)
-            if b.numel():
-                coef[present] = torch.linalg.lstsq(A[:, present], b[:, None]).solution[:, 0]
+            # an element absent from the data gets the scaled prior (al.data.reference)
+            coef = fit_composition(A, b, context="model.fit_reference")
             resid = b - A @ coef
             n_atoms = A.sum(1).clamp(min=1)
             scale = float((resid / n_atoms.sqrt()).std()) if resid.numel() > 1 else 1.0

@@ -7,9 +7,13 @@ can be rebuilt anywhere from the server alone.
 Frames:
 
 * *runs*: one row per campaign run, columns :data:`RUN_COLUMNS`
-  (``run_id, arm, grid, seed, strategy, oracle, cell, start_time, run_name``);
+  (``run_id, arm, grid, seed, strategy, oracle, cell, start_time, run_name`` and the
+  settings an arm is matched on with its reference arm: ``uncertainty, acquisition,
+  batch_size``);
 * *histories*: one row per (run, step), columns ``run_id, arm, grid, seed, step`` plus
-  one column per metric of :data:`REPORT_METRICS` (NaN where the run did not log it).
+  one column per metric of :data:`REPORT_METRICS` (NaN where the run did not log it), one
+  per oracle's label count (``n_labels.<oracle>``) and one per oracle's cumulative cost
+  (``cost_from.<oracle>``, from the queried tables of multi-fidelity runs).
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from al.report.stats import TIME_METRICS, seed_key
+from al.report.stats import COST_FROM_PREFIX, TIME_METRICS, seed_key
 from al.tracking import (
     KIND_CAMPAIGN,
+    TAG_ACQUISITION,
     TAG_CELL,
     TAG_GRID,
     TAG_KIND,
@@ -32,6 +37,8 @@ from al.tracking import (
     TAG_PARENT,
     TAG_SEED,
     TAG_STRATEGY,
+    TAG_UNCERTAINTY,
+    queried_path,
 )
 from al.tracking import CampaignMetrics as CM  # noqa: N817 - used in every metric key
 
@@ -40,6 +47,11 @@ REPORT_METRICS: tuple[str, ...] = (
     CM.TEST_MAE,
     CM.COST_SPENT,
     CM.N_LABELLED,
+    CM.ROUND,
+    CM.TEST_RMSE,
+    CM.TEST_P95_AE,
+    CM.TEST_P99_AE,
+    CM.TEST_MAX_AE,
     CM.TEST_NLL,
     CM.TEST_SPEARMAN,
     CM.TEST_MISCALIBRATION,
@@ -55,7 +67,13 @@ RUN_COLUMNS: tuple[str, ...] = (
     "cell",
     "start_time",
     "run_name",
+    "uncertainty",
+    "acquisition",
+    "batch_size",
 )
+#: Settings (columns of the *runs* frame) an arm shares with the reference arm it is
+#: compared with: the surrogate (uncertainty method), the labeller, the batch size.
+MATCH_SETTINGS: tuple[str, ...] = ("uncertainty", "oracle", "batch_size")
 KEY_COLUMNS: tuple[str, ...] = ("run_id", "arm", "grid", "seed")
 
 
@@ -198,6 +216,9 @@ def runs_frame(runs: Sequence[Any]) -> pd.DataFrame:
                 cell=t.get(TAG_CELL, ""),
                 start_time=r.info.start_time or 0,
                 run_name=r.info.run_name or "",
+                uncertainty=t.get(TAG_UNCERTAINTY, r.data.params.get("resolved_uncertainty", "")),
+                acquisition=t.get(TAG_ACQUISITION, r.data.params.get("resolved_acquisition", "")),
+                batch_size=r.data.params.get("batch_size", ""),
             )
         )
     frame = pd.DataFrame(rows, columns=list(RUN_COLUMNS))
@@ -215,9 +236,18 @@ def fetch_histories(
     """Metric histories of ``runs`` as one row per (run_id, step), a column per metric.
 
     One ``get_metric_history`` call per metric the run has (from its latest metrics), in a
-    thread pool. A step logged twice (a resumed round) keeps its latest value.
+    thread pool; the per-oracle label counts (``n_labels.<oracle>``) come too. A step
+    logged twice (a resumed round) keeps its latest value. The cost spent on each oracle
+    (``cost_from.<oracle>``, cumulative) is the whole ``cost_spent`` of a single-oracle run,
+    and is summed from the queried tables of a run with several (:func:`fidelity_costs`).
     """
-    jobs = [(r.info.run_id, m) for r in runs for m in metrics if m in r.data.metrics]
+    names = set(metrics)
+    jobs = [
+        (r.info.run_id, m)
+        for r in runs
+        for m in r.data.metrics
+        if m in names or m.startswith(CM.LABELS_FROM_PREFIX)
+    ]
 
     def one(job: tuple[str, str]) -> list[tuple[str, str, int, float, int]]:
         run_id, key = job
@@ -237,7 +267,52 @@ def fetch_histories(
     for m in metrics:
         if m not in wide:
             wide[m] = np.nan
-    return wide[["run_id", "step", *metrics]]
+    extra = sorted(c for c in wide if c.startswith(CM.LABELS_FROM_PREFIX))
+    wide = wide[["run_id", "step", *metrics, *extra]]
+    return _with_fidelity_costs(client, runs, wide)
+
+
+def fidelity_costs(client: Any, run_id: str) -> pd.DataFrame:
+    """Cost spent on each oracle by the end of each round of a run, from its queried
+    tables (``rounds/round_NNN/queried.csv``, failed requests included): columns
+    ``round, oracle, cost`` (cumulative over rounds; every oracle at every round)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    frames = []
+    for entry in client.list_artifacts(run_id, "rounds"):
+        if not entry.is_dir:
+            continue
+        try:
+            round_ = int(entry.path.rsplit("_", 1)[-1])
+            local = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=queried_path(round_)
+            )
+        except (ValueError, OSError, MlflowException):  # no table for this round
+            continue
+        frames.append(pd.read_csv(local, usecols=["round", "oracle", "cost"]))
+    if not frames:
+        return pd.DataFrame(columns=["round", "oracle", "cost"])
+    q = pd.concat(frames, ignore_index=True)
+    per = q.pivot_table(index="round", columns="oracle", values="cost", aggfunc="sum")
+    per = per.fillna(0.0).sort_index().cumsum()
+    return per.reset_index().melt(id_vars="round", var_name="oracle", value_name="cost")
+
+
+def _with_fidelity_costs(client: Any, runs: Sequence[Any], wide: pd.DataFrame) -> pd.DataFrame:
+    """``wide`` with a ``cost_from.<oracle>`` column per oracle (NaN where unknown)."""
+    out = wide.copy()
+    for r in runs:
+        rid, oracles = r.info.run_id, [o for o in r.data.tags.get(TAG_ORACLE, "").split(",") if o]
+        mine = out["run_id"] == rid
+        if len(oracles) == 1:
+            out.loc[mine, COST_FROM_PREFIX + oracles[0]] = out.loc[mine, CM.COST_SPENT]
+            continue
+        costs = fidelity_costs(client, rid) if len(oracles) > 1 else pd.DataFrame()
+        for oracle, f in costs.groupby("oracle") if len(costs) else ():
+            by_round = dict(zip(f["round"].astype(float), f["cost"], strict=True))
+            out.loc[mine, COST_FROM_PREFIX + str(oracle)] = out.loc[mine, CM.ROUND].map(by_round)
+    return out
 
 
 def join_histories(runs: pd.DataFrame, wide: pd.DataFrame) -> pd.DataFrame:

@@ -25,7 +25,10 @@ from al.report.build import (
     GridReport,
     Report,
     arms_display,
+    fidelity_display,
+    final_model_display,
     paired_display,
+    paired_final_display,
     savings_display,
     summary_display,
 )
@@ -43,12 +46,25 @@ METHODS = (
     "interpolating log-MAE linearly in labels between steps ('≤ n' when the curve is "
     "already there at its first step n). AUC: trapezoid of MAE over the "
     "labelled range common to all arms of the grid, divided by its width (the mean MAE "
-    "over that budget). Paired comparison: runs paired by seed; differences arm − baseline "
+    "over that budget); no AUC when that range has zero width or fewer than 2 logged points. "
+    "Reference arm: each arm is compared with the baseline arm (e.g. random acquisition) "
+    "that has the same surrogate (uncertainty method, tag `al.uncertainty`), oracle(s) and "
+    "batch size, never with one of another surrogate; an arm without one is not compared, "
+    "and the grid's notes say so. "
+    "Paired comparison: runs paired by seed; differences arm − baseline "
     "at each n_labelled both runs logged; final = the last n_labelled common to all pairs, "
     "or each run's last round when the runs end at different label counts (equal cost, "
     "e.g. multi-fidelity arms, whose labels of every fidelity are counted). "
     "Verdict: 'better' only when the whole CI of the difference is below 0, 'worse' when "
-    "above, else 'no significant difference'; 'too few seeds' with fewer than 2 pairs. "
+    "above, else 'no significant difference'; 'too few seeds' with fewer than 2 pairs, and "
+    "every interval then reads 'n/a (1 seed)'. The paired AUC is over the range both arms "
+    "cover. Labels to the baseline's final MAE: first crossing of the arm's mean curve "
+    "of the last point of its reference's mean curve. "
+    "Final model: the errors (MAE, RMSE, 95th/99th percentile and max of |err|) and "
+    "uncertainty quality (NLL, Spearman(std, |err|), miscalibration area) of each run's "
+    "last round on the test set; paired differences of these at the end of each run. "
+    "Cost per fidelity: labels from each oracle (successful ones) and the cost spent on "
+    "it, failed requests included (from the queried tables of multi-fidelity runs). "
     "Label savings = 1 − labels(arm) / labels(baseline) to reach the same mean MAE."
 )
 
@@ -139,15 +155,29 @@ def report_sections(
 
 def _grid_sections(g: GridReport, level: float, figures: list[Figure]) -> list[Section]:
     """The sections of one grid."""
+    pct = f"{level:.0%}"
     out = [
         Section(f"Grid: {_grid_name(g)}", quotes=list(g.notes)),
         Section("Summary", 3, table=Table.of(summary_display(g.summary, g.targets, level))),
+        Section(
+            f"Final model on the test set (mean ± {pct} CI over seeds)",
+            3,
+            table=Table.of(final_model_display(g.summary)),
+        ),
     ]
+    fidelities = fidelity_display(g.summary)
+    if not fidelities.empty:
+        out.append(Section("Labels and cost per fidelity", 3, table=Table.of(fidelities)))
     if g.baseline is not None and not g.paired.empty:
-        head = f"Paired comparison with {g.baseline} (arm − baseline, {level:.0%} CI over seeds)"
+        head = (
+            f"Paired comparison with {g.baseline} of the same surrogate "
+            f"(arm − baseline, {pct} CI over seeds)"
+        )
         out.append(Section(head, 3, table=Table.of(paired_display(g.paired))))
+        head = f"Paired differences of the final model (arm − baseline, {pct} CI over seeds)"
+        out.append(Section(head, 3, table=Table.of(paired_final_display(g.paired))))
     if not g.savings.empty:
-        head = f"Label savings against {g.baseline}"
+        head = f"Label savings against {g.baseline} of the same surrogate"
         out.append(Section(head, 3, table=Table.of(savings_display(g.savings))))
     if figures:
         out.append(Section("Plots", 3, figures=figures))
@@ -205,7 +235,10 @@ def draw_figures(report: Report, out: Path) -> dict[str, list[Figure]]:
             done.append(Figure.of("Test MAE vs cumulative cost", path, out))
         if g.baseline is not None and not g.paired_steps.empty:
             path = out / "plots" / f"paired_diff_{slug}.png"
-            plot_paired(g.paired_steps, g.baseline,
+            steps = g.paired_steps.assign(
+                arm=g.paired_steps["arm"] + " − " + g.paired_steps["baseline"]
+            )
+            plot_paired(steps, g.baseline,
                         f"{name}: paired difference with {g.baseline}", path)  # fmt: skip
             done.append(Figure.of(f"Paired difference with {g.baseline}", path, out))
     return figures

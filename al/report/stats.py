@@ -33,6 +33,22 @@ BETTER, WORSE, NO_DIFFERENCE, TOO_FEW = (
     "too few seeds",
 )
 NOT_REACHED = "not reached"
+#: What a paired interval reads when there are fewer than two seeds to pair.
+ONE_SEED = "n/a (1 seed)"
+
+#: Errors of the final model on the test set, summarised per arm and paired per seed.
+FINAL_ERRORS: tuple[str, ...] = (
+    CM.TEST_MAE,
+    CM.TEST_RMSE,
+    CM.TEST_P95_AE,
+    CM.TEST_P99_AE,
+    CM.TEST_MAX_AE,
+)
+#: Uncertainty quality of the final model (NLL and miscalibration: lower is better;
+#: Spearman(std, |err|): higher is better).
+FINAL_UNCERTAINTY: tuple[str, ...] = (CM.TEST_NLL, CM.TEST_SPEARMAN, CM.TEST_MISCALIBRATION)
+#: Prefix of the per-oracle cumulative cost columns of *histories* (:mod:`al.report.read`).
+COST_FROM_PREFIX = "cost_from."
 
 
 class MeanCI(NamedTuple):
@@ -187,6 +203,20 @@ def common_range(
     if not los:
         return math.nan, math.nan
     return max(los), min(his)
+
+
+def auc_range_note(histories: pd.DataFrame, lo: float, hi: float, y: str = CM.TEST_MAE) -> str:
+    """Why no AUC is taken over ``[lo, hi]`` (``""`` when one is): the range is empty, has
+    zero width (the curves share a single label count), or holds fewer than two logged
+    points."""
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi < lo:
+        return "no AUC: the curves share no labelled range"
+    if hi == lo:
+        return f"no AUC: the curves share only one label count ({lo:,.0f} labels)"
+    logged = histories.loc[histories[y].notna(), "step"].astype(float)
+    if logged[(logged >= lo) & (logged <= hi)].nunique() < 2:
+        return f"no AUC: fewer than 2 logged points in {lo:,.0f}–{hi:,.0f} labels"
+    return ""
 
 
 def learning_curves(
@@ -347,6 +377,7 @@ def paired_summary(
     abs_d, rel_d, rel_auc, abs_auc = [], [], [], []
     sub = histories[histories["arm"].isin([arm, baseline])]
     lo, hi = auc_range if auc_range is not None else common_range(sub)
+    auc_note = auc_range_note(sub, lo, hi)
     for (_, fa, fb), own in zip(pairs, steps, strict=True):
         if own_last:
             ya, yb = (
@@ -362,6 +393,8 @@ def paired_summary(
             )
         abs_d.append(ya - yb)
         rel_d.append(ya / yb - 1 if yb else math.nan)
+        if auc_note:
+            continue
         aa = curve_auc(fa["step"], fa[CM.TEST_MAE], lo, hi)
         ab = curve_auc(fb["step"], fb[CM.TEST_MAE], lo, hi)
         abs_auc.append(aa - ab)
@@ -370,11 +403,56 @@ def paired_summary(
     da, ra = mean_ci(abs_auc, level), mean_ci(rel_auc, level)
     out.update(final_step=math.nan if own_last else at, **_ci_fields("final_diff", d))
     out.update(**_ci_fields("final_rel", r), auc_diff=da.mean, **_ci_fields("auc_rel", ra))
+    out.update(auc_lo_labels=lo, auc_hi_labels=hi, auc_note=auc_note)
     out.update(
         verdict=verdict(d) if len(pairs) >= 2 else TOO_FEW,
-        verdict_auc=verdict(da) if len(pairs) >= 2 else TOO_FEW,
+        verdict_auc=auc_note or (verdict(da) if len(pairs) >= 2 else TOO_FEW),
     )
+    for metric in (*FINAL_ERRORS[1:], *FINAL_UNCERTAINTY):
+        ci = paired_final(histories, arm, baseline, metric, level)
+        out.update(_ci_fields(f"final_{metric}_diff", ci))
     return out
+
+
+def paired_final(
+    histories: pd.DataFrame, arm: str, baseline: str, metric: str, level: float = 0.95
+) -> MeanCI:
+    """Seed-paired difference *arm - baseline* of ``metric`` at the end of each run (its
+    last logged value), mean and t-interval over the pairs where both runs logged it
+    (one grid)."""
+    diffs = []
+    for _, fa, fb in _pairs(histories, arm, baseline):
+        if metric not in fa or metric not in fb:
+            continue
+        va, vb = fa[metric].dropna(), fb[metric].dropna()
+        if len(va) and len(vb):
+            diffs.append(float(va.iloc[-1]) - float(vb.iloc[-1]))
+    return mean_ci(diffs, level)
+
+
+def labels_to_reference_final(
+    curves: pd.DataFrame, arm: str, reference: str, grid: str | None = None
+) -> dict[str, Any]:
+    """Labels the arm's mean curve needs to reach the reference's final mean MAE (the last
+    point of its mean curve on labels), interpolated as in :func:`labels_to_reach`.
+
+    ``curves`` is :func:`learning_curves` on labels. Returns ``target_mae`` (the
+    reference's final mean MAE), ``n_arm`` (NaN: not reached within the arm's curve),
+    ``n_reference`` (the reference's last label count) and ``at_start`` (the arm is at the
+    target from its first point: ``n_arm`` is an upper bound).
+    """
+    sub = curves if grid is None else curves[curves["grid"] == grid]
+    ca = sub[sub["arm"] == arm]
+    cb = sub[sub["arm"] == reference].dropna(subset=["mean"]).sort_values("x")
+    if cb.empty:
+        return dict(target_mae=math.nan, n_arm=math.nan, n_reference=math.nan, at_start=False)
+    target = float(cb["mean"].iloc[-1])
+    return dict(
+        target_mae=target,
+        n_arm=labels_to_reach(ca["x"], ca["mean"], target),
+        n_reference=float(cb["x"].iloc[-1]),
+        at_start=reached_at_start(ca, target),
+    )
 
 
 def _ci_fields(name: str, ci: MeanCI) -> dict[str, float]:
@@ -435,24 +513,37 @@ def summary_table(
 ) -> pd.DataFrame:
     """One row per (grid, arm): seeds, final labels and cost, final MAE (mean and CI),
     labels to reach each target MAE (on the mean curve), AUC (mean MAE over the labelled
-    range common to all arms of the grid), final NLL, Spearman(std, |err|), miscalibration
-    area, and the mean time per round (sum of the ``time_*_s`` phases).
+    range common to all arms of the grid; NaN with ``auc_note`` saying why when that range
+    is degenerate, :func:`auc_range_note`), the mean time per round (sum of the
+    ``time_*_s`` phases), and the final model's errors (:data:`FINAL_ERRORS`) and
+    uncertainty quality (:data:`FINAL_UNCERTAINTY`) as ``final_<metric>`` with ``_lo`` /
+    ``_hi`` bounds; ``final_nll``, ``final_spearman`` and ``final_miscalibration`` are the
+    means of the last three. Per oracle ``o`` that the histories count: ``labels_from.o``
+    and ``cost_from.o``, the mean final labels and cost spent on that fidelity.
 
     ``curves`` is :func:`learning_curves` on labels (``x="step"``).
     """
-    finals = {
-        m: final_values(histories, m)
-        for m in (CM.TEST_MAE, CM.COST_SPENT, CM.TEST_NLL, CM.TEST_SPEARMAN, CM.TEST_MISCALIBRATION)
-    }
+    per_oracle = sorted(
+        c for c in histories if c.startswith((CM.LABELS_FROM_PREFIX, COST_FROM_PREFIX))
+    )
+    metrics = (CM.COST_SPENT, *FINAL_ERRORS, *FINAL_UNCERTAINTY, *per_oracle)
+    finals = {m: final_values(histories, m) for m in metrics if m in histories}
     last_step = histories.dropna(subset=[CM.TEST_MAE]).groupby("run_id")["step"].max()
     times = time_per_round(histories)
     rows = []
     for grid, gframe in histories.groupby("grid", sort=True):
         lo, hi = common_range(gframe)
-        aucs = run_aucs(gframe, lo, hi)
+        note = auc_range_note(gframe, lo, hi)
+        aucs = run_aucs(gframe, lo, hi) if not note else pd.Series(dtype=float)
         for arm, frame in gframe.groupby("arm", sort=True):
             ids = list(dict.fromkeys(frame["run_id"]))
-            mae = mean_ci(finals[CM.TEST_MAE][ids], level)
+
+            def final(metric: str, ids: list[str] = ids) -> MeanCI:
+                if metric not in finals:
+                    return MeanCI(math.nan, math.nan, math.nan, 0)
+                return mean_ci(finals[metric].reindex(ids), level)
+
+            mae = final(CM.TEST_MAE)
             auc = mean_ci(aucs.reindex(ids), level)
             c = curves[(curves["grid"] == grid) & (curves["arm"] == arm)]
             row: dict[str, Any] = dict(
@@ -461,7 +552,7 @@ def summary_table(
                 n_runs=len(ids),
                 seeds=", ".join(sorted(map(str, frame["seed"].unique()), key=seed_key)),
                 final_labels=float(last_step.reindex(ids).mean()),
-                final_cost=float(finals[CM.COST_SPENT][ids].mean()),
+                final_cost=final(CM.COST_SPENT).mean,
                 **_ci_fields("final_mae", mae),
             )
             for t in targets:
@@ -473,11 +564,17 @@ def summary_table(
                 auc=auc.mean,
                 auc_ci_lo=auc.lo,
                 auc_ci_hi=auc.hi,
-                final_nll=float(finals[CM.TEST_NLL][ids].mean()),
-                final_spearman=float(finals[CM.TEST_SPEARMAN][ids].mean()),
-                final_miscalibration=float(finals[CM.TEST_MISCALIBRATION][ids].mean()),
+                auc_note=note,
+                final_nll=final(CM.TEST_NLL).mean,
+                final_spearman=final(CM.TEST_SPEARMAN).mean,
+                final_miscalibration=final(CM.TEST_MISCALIBRATION).mean,
                 time_per_round_s=float(times.reindex(ids).mean()),
             )
+            for m in (*FINAL_ERRORS, *FINAL_UNCERTAINTY):
+                ci = final(m)
+                row.update(_ci_fields(f"final_{m}", ci), **{f"final_{m}_n": ci.n})
+            for m in per_oracle:
+                row[m] = final(m).mean
             rows.append(row)
     return pd.DataFrame(rows)
 

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from al.baselines import Baseline, build_baseline
 from al.data.molecules import molecules_frame
 from al.models.base import set_mc_dropout
 from al.models.checkpoint import load_checkpoint
@@ -78,25 +79,54 @@ def predict_molecules(
 
 
 class MoleculeEnergyModel(mlflow.pyfunc.PythonModel):
-    """pyfunc wrapper around a checkpoint of one model or an ensemble."""
+    """pyfunc wrapper around a checkpoint of one model or an ensemble.
+
+    A model trained by Δ-learning (its checkpoint's ``baseline`` is not ``none``) predicts
+    the residual; the baseline of each input molecule is computed here (xTB on the given
+    geometry, the composition fit, or the oracle model) and added to ``mean_ev``.
+    """
 
     def load_context(self, context: Any) -> None:
         self.models, self.meta = load_checkpoint(context.artifacts["checkpoint"])
         self.mc_samples = int(self.meta.get("mc_samples", 20))
         self.std_scale = float(self.meta.get("std_scale", 1.0))
+        self.baseline = checkpoint_baseline(self.meta)
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
         if isinstance(model_input, dict):
             model_input = pd.DataFrame(model_input)
-        return predict_molecules(
-            self.models, model_input, self.mc_samples, std_scale=self.std_scale
-        )
+        out = predict_molecules(self.models, model_input, self.mc_samples, std_scale=self.std_scale)
+        baseline = getattr(self, "baseline", None)
+        if baseline is not None and len(out):
+            molecules = list(zip(model_input["z"], model_input["pos"], strict=True))
+            out["mean_ev"] = out["mean_ev"].to_numpy() + baseline.of_molecules(molecules)
+        return out
 
 
-def pip_requirements() -> list[str]:
+def checkpoint_baseline(meta: dict[str, Any]) -> Baseline | None:
+    """The Δ-learning baseline a checkpoint was trained with (None: ``none`` or absent).
+
+    Raises ``ValueError`` (one line) when it cannot be rebuilt here, e.g. ``xtb`` without
+    tblite installed.
+    """
+    spec = str(meta.get("baseline", "none") or "none")
+    try:
+        baseline = build_baseline(spec)
+    except Exception as exc:
+        raise ValueError(
+            f"this model predicts a residual over the baseline {spec!r}, which cannot be "
+            f"computed here: {exc}"
+        ) from None
+    if baseline is not None:
+        baseline.load_meta(meta)
+    return baseline
+
+
+def pip_requirements(baseline: str = "none") -> list[str]:
+    """The logged model's requirements; an ``xtb`` baseline adds tblite."""
     import torch_geometric
 
-    return [
+    reqs = [
         f"torch=={torch.__version__.split('+')[0]}",
         f"torch-geometric=={torch_geometric.__version__}",
         f"mlflow=={mlflow.__version__}",
@@ -104,6 +134,14 @@ def pip_requirements() -> list[str]:
         f"pandas=={pd.__version__}",
         "pyyaml",
     ]
+    if baseline == "xtb":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            reqs.append(f"tblite=={version('tblite')}")
+        except PackageNotFoundError:
+            reqs.append("tblite")
+    return reqs
 
 
 def _model_arguments(checkpoint: Path) -> dict[str, Any]:
@@ -129,9 +167,15 @@ def _model_arguments(checkpoint: Path) -> dict[str, Any]:
         "python_model": str(Path(al.__file__).parent / "mlflow_model.py"),
         "artifacts": {"checkpoint": str(checkpoint)},
         "code_paths": [str(Path(al.__file__).parent)],
-        "pip_requirements": pip_requirements(),
+        "pip_requirements": pip_requirements(_baseline_of(checkpoint)),
         "input_example": example,
     }
+
+
+def _baseline_of(checkpoint: Path) -> str:
+    """The ``baseline`` recorded in a checkpoint's metadata (``none`` when absent)."""
+    rec = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    return str(rec.get("meta", {}).get("baseline", "none") or "none")
 
 
 def log_pyfunc_model(checkpoint: Path, name: str = "model") -> Any:
