@@ -11,7 +11,15 @@ from typing import Any
 
 import click
 
-from al.config import ConfigError, build_config, coerce, field_type, read_yaml
+from al.config import (
+    ConfigError,
+    SecretMaskingFilter,
+    build_config,
+    coerce,
+    field_type,
+    mask_secrets,
+    read_yaml,
+)
 from al.entrypoints.pretrain import PretrainConfig
 from al.entrypoints.train import TrainRunConfig
 from al.loop.config import CampaignConfig
@@ -136,6 +144,20 @@ def main(log_level: str) -> None:
     )
     for noisy in ("mlflow", "alembic", "urllib3", "matplotlib", "git"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:  # no password reaches a log line
+        if not any(isinstance(f, SecretMaskingFilter) for f in handler.filters):
+            handler.addFilter(SecretMaskingFilter())
+
+
+def _echo_masked(message: str) -> None:
+    """``click.echo`` with passwords masked."""
+    click.echo(mask_secrets(message))
+
+
+def _one_line(err: BaseException) -> click.ClickException:
+    """A user error as one line, passwords masked."""
+    text = str(err).strip("'\"").strip() or type(err).__name__
+    return click.ClickException(mask_secrets(" ".join(text.split("\n")[:1])))
 
 
 @main.command()
@@ -162,6 +184,16 @@ def al_loop(config_file: str | None, **overrides: Any) -> None:
     config = _resolve(CampaignConfig, config_file, overrides)
     try:
         run_campaign(config, echo=click.echo)
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: the run is KILLED, resumable
+        from al.tracking.lease import exit_code, interrupt_signal
+
+        sig, run_id = interrupt_signal(err), getattr(err, "run_id", "") or config.resume
+        if run_id:
+            line = f"resume it with the same settings and --resume {run_id}"
+            click.echo(f"campaign {run_id} interrupted by {sig.name}; {line}", err=True)
+        else:
+            click.echo(f"campaign interrupted by {sig.name} before it started", err=True)
+        sys.exit(exit_code(sig))
     except (ValueError, KeyError, RuntimeError, FileNotFoundError) as err:
         raise click.ClickException(str(err).strip("'\"")) from None
 
@@ -175,9 +207,9 @@ def hpo(config_file: str | None, **overrides: Any) -> None:
 
     config = _resolve(HPOConfig, config_file, overrides)
     try:
-        run_study(config, echo=click.echo)
+        run_study(config, echo=_echo_masked)
     except (ValueError, KeyError, RuntimeError, FileNotFoundError) as err:
-        raise click.ClickException(str(err).strip("'\"")) from None
+        raise _one_line(err) from None
 
 
 @main.command("hpo-worker", hidden=True)
@@ -200,7 +232,7 @@ def hpo_worker(
     try:
         run_worker(config, parent_run_id, experiment_id, worker_index)
     except (ValueError, KeyError, RuntimeError, FileNotFoundError) as err:
-        raise click.ClickException(str(err).strip("'\"")) from None
+        raise _one_line(err) from None
 
 
 @main.command()
@@ -269,7 +301,21 @@ def predict(model_uri: str, output: str, qm9_format: bool, files: tuple[str, ...
             molecules += read_xyz(path, qm9=qm9_format)
     except XYZError as err:
         raise click.ClickException(str(err)) from None
-    model = mlflow.pyfunc.load_model(model_uri)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = mlflow.pyfunc.load_model(model_uri)
+    except (MlflowException, OSError, ValueError) as err:
+        first = (
+            str(err).strip().splitlines()[0].rstrip(".") if str(err).strip() else type(err).__name__
+        )
+        raise click.ClickException(
+            mask_secrets(
+                f"model {model_uri!r} cannot be loaded: {first}; expected an MLflow model URI "
+                "that exists on the tracking server (models:/<name>@<alias>, models:/m-<id>, "
+                "runs:/<run id>/<path>) or a local model folder"
+            )
+        ) from None
     out = model.predict(molecules_frame([(m.z, m.pos) for m in molecules]))
     out.insert(0, "n_atoms", [len(m.z) for m in molecules])
     out.insert(0, "name", [m.name for m in molecules])

@@ -9,11 +9,16 @@ The dataclasses live with the part they configure (:class:`al.data.config.DataCo
 :class:`al.loop.config.CampaignConfig`, ...); choices are read from the registries there,
 so a name is written once. Field metadata: ``help``, ``choices`` (a tuple), ``check``
 (a callable returning a one-line problem or None), ``min`` and ``max``.
+
+:func:`mask_secrets` is the one place that hides passwords in URLs and connection strings
+before a value reaches params, tags, artifacts, logs or the terminal.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -24,6 +29,59 @@ from typing import Any, TypeVar
 import yaml
 
 T = TypeVar("T")
+
+#: What a masked secret reads as.
+MASK = "***"
+# scheme://user:password@ and scheme://:password@ (the password ends at the first "@")
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^:/@\s]*:)(?P<secret>[^@\s]*)(?=@)")
+# password=..., passwd=..., pwd=... in a query string or a key=value connection string
+# (also URL-encoded: password%3D...); the value ends at &, ;, whitespace, a quote or %26/%3B
+_KEY_PASSWORD = re.compile(
+    r"(?P<head>(?:(?<=%3B)|(?<=%26)|(?<![A-Za-z0-9_]))(?:password|passwd|pwd)(?:=|%3D))"
+    r"(?P<secret>(?:(?!%26|%3B)[^&;,\s#'\"])*)",
+    re.IGNORECASE,
+)
+# ${VAR} or $VAR: a reference, expanded only when the connection opens; shown as it is
+_REFERENCE = re.compile(r"\$\{?\w+\}?")
+
+
+def mask_secrets(text: str) -> str:
+    """``text`` with every literal password of a URL or connection string replaced by
+    ``***``: ``scheme://user:pw@``, ``scheme://:pw@``, ``?password=``, ``&password=``,
+    ``pwd=`` (any case, also URL-encoded). ``${VAR}`` references are kept as they are."""
+
+    def hide(match: re.Match[str]) -> str:
+        secret = match.group("secret")
+        if not secret or _REFERENCE.fullmatch(secret):
+            return match.group(0)
+        return match.group("head") + MASK
+
+    return _KEY_PASSWORD.sub(hide, _URL_PASSWORD.sub(hide, str(text)))
+
+
+def mask_values(obj: Any) -> Any:
+    """``obj`` (a mapping, list or scalar) with :func:`mask_secrets` applied to every string."""
+    if isinstance(obj, str):
+        return mask_secrets(obj)
+    if isinstance(obj, Mapping):
+        return {k: mask_values(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(mask_values(v) for v in obj)
+    return obj
+
+
+class SecretMaskingFilter(logging.Filter):
+    """A logging filter that applies :func:`mask_secrets` to every record's message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):
+            return True
+        masked = mask_secrets(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
 
 
 class ConfigError(ValueError):

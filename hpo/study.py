@@ -36,7 +36,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
 from al import tracking
-from al.config import to_dict
+from al.config import mask_secrets, mask_values, to_dict
 from al.progress import bar as progress_bar
 from al.runtime import configure_threads, threads_per_process
 from al.tracking.runs import set_experiment
@@ -69,8 +69,9 @@ def storage_url(template: str) -> str:
 
 
 def redacted(url: str) -> str:
-    """``url`` with any literal password replaced by ``***`` (for logs and params)."""
-    return re.sub(r"(://[^:/@]+:)(?!\$\{)[^@]+@", r"\1***@", url)
+    """``url`` with any literal password replaced by ``***`` (for logs and params); see
+    :func:`al.config.mask_secrets`."""
+    return mask_secrets(url)
 
 
 class _RetryDeadTrial:
@@ -102,13 +103,39 @@ def open_storage(config: HPOConfig) -> optuna.storages.RDBStorage:
         engine_kwargs = {"pool_pre_ping": True}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=config.heartbeat_interval,
-            grace_period=config.grace_period or None,
-            heartbeat_stale_trial_callback=_RetryDeadTrial(config.max_retry),
-        )
+        try:
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=config.heartbeat_interval,
+                grace_period=config.grace_period or None,
+                heartbeat_stale_trial_callback=_RetryDeadTrial(config.max_retry),
+            )
+        except Exception as err:  # SQLAlchemy, the driver or its import: one line for users
+            raise ValueError(
+                f"cannot open the Optuna storage {redacted(config.storage)!r}: "
+                f"{_first_line(err, url)}; expected a reachable SQLAlchemy database URL, "
+                "e.g. sqlite:///optuna.db or postgresql+psycopg2://user:${PASSWORD}@host/db"
+            ) from None
+
+
+def _first_line(err: BaseException, url: str) -> str:
+    """The first line of ``err`` (the driver's own message where SQLAlchemy wraps it),
+    passwords masked: the expanded ``url``'s password too, wherever it appears."""
+    cause = getattr(err, "orig", None) or err
+    if isinstance(err, ImportError) and err.__cause__ is not None:
+        cause = err.__cause__  # Optuna's wrapper hides which driver module is missing
+    text = str(cause).strip() or type(cause).__name__
+    line = f"{type(cause).__name__}: {text.splitlines()[0].strip()}"
+    try:
+        from sqlalchemy.engine import make_url
+
+        password = make_url(url).password
+    except Exception:  # not parseable: the URL-form masking below still applies
+        password = None
+    if password:
+        line = line.replace(str(password), "***")
+    return mask_secrets(line)
 
 
 def load_study(config: HPOConfig, worker_index: int = 0) -> optuna.Study:
@@ -271,6 +298,8 @@ def _open_parent_run(config: HPOConfig, study: optuna.Study) -> mlflow.ActiveRun
 
     client = MlflowClient()
     wrapper = os.environ.get("MLFLOW_RUN_ID")
+    if wrapper:
+        _warn_literal_passwords(client, wrapper)
     recorded = study.user_attrs.get(ATTR_PARENT_RUN)
     if recorded and recorded != wrapper and _run_usable(client, recorded):
         if wrapper:
@@ -284,6 +313,23 @@ def _open_parent_run(config: HPOConfig, study: optuna.Study) -> mlflow.ActiveRun
     run = mlflow.start_run(run_name=f"hpo-{config.study_name}")
     study.set_user_attr(ATTR_PARENT_RUN, run.info.run_id)
     return run
+
+
+def _warn_literal_passwords(client: MlflowClient, run_id: str) -> None:
+    """Warn when ``run_id`` already holds a literal password in a param: ``mlflow run``
+    logs every ``-P`` value before this process starts, and MLflow can neither change nor
+    delete a param afterwards. ``${VAR}`` in ``-P storage=...`` avoids it."""
+    try:
+        params = client.get_run(run_id).data.params
+    except mlflow.exceptions.MlflowException:
+        return
+    leaked = sorted(k for k, v in params.items() if mask_secrets(v) != v)
+    if leaked:
+        log.warning(
+            "event=literal_password_in_params run_id=%s params=%s: `mlflow run` logged them "
+            "before the study started; delete that run and give the password as ${VAR}",
+            run_id, ",".join(leaked),
+        )  # fmt: skip
 
 
 def _run_usable(client: MlflowClient, run_id: str) -> bool:
@@ -356,7 +402,7 @@ def run_study(config: HPOConfig, echo: Callable[[str], None] | None = None) -> s
         mlflow.set_tags(
             {tracking.TAG_KIND: tracking.KIND_HPO, tracking.TAG_STUDY: config.study_name}
         )
-        settings = {**to_dict(config), "storage": redacted(config.storage)}
+        settings = mask_values(to_dict(config))
         tracking.log_params(settings)
         tracking.log_text_artifact(
             yaml.safe_dump(space.describe(), sort_keys=False), tracking.SEARCH_SPACE

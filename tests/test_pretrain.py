@@ -383,7 +383,8 @@ def test_pyg_schnet_reads_schnetpack_weights_and_converts_units(
     torch.save(model, weights)
     for name in ("schnetpack.fake", "schnetpack"):  # as on a machine without schnetpack
         monkeypatch.delitem(sys.modules, name)
-    oracle = PyGSchNetOracle(qm9, root=tmp_path)  # cached weights: no network needed
+    digest = file_sha256(weights)  # the pinned digest is that of the published file
+    oracle = PyGSchNetOracle(qm9, root=tmp_path, sha256=digest)  # cached: no network
     result = oracle.label([*SMALL, UNKNOWN])
     assert list(result.status) == ["ok"] * len(SMALL) + ["unknown_molecule"]
     # -0.5 eV per atom on PyG's Hartree scale, atom references subtracted exactly

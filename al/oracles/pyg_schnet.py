@@ -1,12 +1,20 @@
 """The ``pyg_schnet`` oracle: PyTorch Geometric's pretrained SchNet (schnetpack weights).
 
-The weights are downloaded once, read without schnetpack (:func:`_schnetpack_free_pickle`)
-and copied into PyG's :class:`~torch_geometric.nn.models.SchNet`
-(:func:`_pyg_schnet_from_schnetpack`).
+The weights are downloaded once over HTTPS (certificate checked), checked against a pinned
+sha256 before every load (:func:`check_digest`), read without schnetpack by an unpickler
+that admits only an allow-list of globals (:func:`_weights_pickle`), and copied into PyG's
+:class:`~torch_geometric.nn.models.SchNet` (:func:`_pyg_schnet_from_schnetpack`).
+
+The file is a whole pickled schnetpack model, not a state dict, so ``torch.load``'s
+``weights_only=True`` cannot read it; the allow-list plays its part: schnetpack classes
+become inert stand-ins, ``torch.nn`` modules, tensors and parameters are rebuilt, and any
+other global (``os.system``, ``builtins.eval``, ...) stops the load.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +24,17 @@ from al.data.elements import HARTREE_TO_EV
 from al.data.molecules import MolecularData
 from al.oracles.base import Oracle, OracleError
 
-#: Where ``torch_geometric.nn.models.SchNet.from_qm9_pretrained`` downloads its weights.
-PYG_SCHNET_URL = "http://www.quantum-machine.org/datasets/trained_schnet_models.zip"
+#: The archive ``torch_geometric.nn.models.SchNet.from_qm9_pretrained`` downloads (PyG
+#: names it with ``http://``; the host serves the same file over HTTPS).
+PYG_SCHNET_URL = "https://www.quantum-machine.org/datasets/trained_schnet_models.zip"
+#: sha256 of ``trained_schnet_models/qm9_enthalpy_H/best_model`` in that archive. It must
+#: equal the digest of the published file. Not pinned yet: no copy of the archive could be
+#: checked where this code was written. Until it is, the weights are refused unless the
+#: environment variable :data:`PYG_SCHNET_SHA256_ENV` (or the oracle's ``sha256``) gives
+#: the digest of a copy you verified.
+PYG_SCHNET_SHA256 = ""
+#: Environment variable that supplies the expected sha256 while none is pinned here.
+PYG_SCHNET_SHA256_ENV = "AL_PYG_SCHNET_SHA256"
 PYG_SCHNET_FOLDER = "trained_schnet_models"
 #: The enthalpy H at 298.15 K model (PyG QM9 target 9, eV).
 PYG_SCHNET_MODEL = "qm9_enthalpy_H"
@@ -53,12 +70,85 @@ def network_problem(url: str, timeout_s: float = 3.0) -> str | None:
     return outcome["problem"]
 
 
-def _schnetpack_free_pickle() -> Any:
-    """A ``pickle_module`` for ``torch.load`` that reads schnetpack models without schnetpack.
+def file_sha256(path: Path) -> str:
+    """The sha256 of the file at ``path``, hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def expected_sha256(sha256: str | None = None) -> str:
+    """The digest the weights must have: ``sha256`` if given, else the environment variable
+    :data:`PYG_SCHNET_SHA256_ENV`, else the pinned :data:`PYG_SCHNET_SHA256` ("" = unknown)."""
+    chosen = sha256 or os.environ.get(PYG_SCHNET_SHA256_ENV, "") or PYG_SCHNET_SHA256
+    return chosen.strip().lower()
+
+
+def digest_problem(path: Path, expected: str) -> str | None:
+    """None when the file at ``path`` has the sha256 ``expected``, else one line naming the
+    expected and the actual digest."""
+    actual = file_sha256(path)
+    if expected and actual == expected:
+        return None
+    wanted = expected or f"unknown (set {PYG_SCHNET_SHA256_ENV} to the published file's sha256)"
+    return (
+        f"refusing the pyg_schnet weights {path}: sha256 {actual}, expected {wanted}; delete "
+        "the file to download it again, or use oracle=pretrained"
+    )
+
+
+def check_digest(path: Path, expected: str) -> None:
+    """Raise :class:`OracleError` unless the file at ``path`` has the sha256 ``expected``."""
+    problem = digest_problem(path, expected)
+    if problem:
+        raise OracleError(problem)
+
+
+#: Globals a schnetpack model file may name besides ``schnetpack.*`` and ``torch.nn``
+#: modules: containers, tensor and parameter rebuilding, and the functions schnetpack keeps
+#: as attributes (initialisers, activations). Anything else stops the load.
+_ALLOWED_GLOBALS = frozenset(
+    {
+        ("collections", "OrderedDict"),
+        ("builtins", "set"),
+        ("builtins", "frozenset"),
+        ("torch", "Size"),
+        ("torch", "device"),
+        ("torch._utils", "_rebuild_tensor"),
+        ("torch._utils", "_rebuild_tensor_v2"),
+        ("torch._utils", "_rebuild_parameter"),
+        ("torch._utils", "_rebuild_parameter_with_state"),
+        ("torch.nn.parameter", "Parameter"),
+        ("torch.nn.backends.thnn", "_get_thnn_function_backend"),
+        *(
+            ("torch.nn.init", name)
+            for name in (
+                "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_",
+                "orthogonal_", "uniform_", "normal_", "constant_", "zeros_", "ones_",
+            )
+        ),
+        *(
+            ("torch.nn.functional", name)
+            for name in ("softplus", "relu", "silu", "tanh", "sigmoid", "elu", "gelu")
+        ),
+    }
+)  # fmt: skip
+_MODULE_ALIASES = {"__builtin__": "builtins"}  # protocol 2 pickles written by Python 2
+
+
+def _weights_pickle() -> Any:
+    """A ``pickle_module`` for ``torch.load`` that reads schnetpack models without schnetpack
+    and without running code from the file.
 
     Every ``schnetpack.*`` class (and function) becomes a plain ``nn.Module`` stand-in that
     keeps its attributes, parameters, buffers and sub-modules: enough to copy weights out.
+    ``torch.nn.modules`` classes and :data:`_ALLOWED_GLOBALS` are admitted; any other global
+    raises :class:`pickle.UnpicklingError` naming it. (``torch.load`` itself resolves the
+    storage types.)
     """
+    import io
     import pickle
     import types
 
@@ -70,16 +160,41 @@ def _schnetpack_free_pickle() -> Any:
 
     class Unpickler(pickle.Unpickler):
         def find_class(self, module: str, name: str) -> Any:
+            module = _MODULE_ALIASES.get(module, module)
             if module.split(".")[0] == "schnetpack":
                 return SchnetpackStandIn
-            return super().find_class(module, name)
+            if (module, name) in _ALLOWED_GLOBALS:
+                return super().find_class(module, name)
+            if module.startswith("torch.nn.modules.") and "." not in name:
+                found = super().find_class(module, name)
+                if isinstance(found, type) and issubclass(found, torch.nn.Module):
+                    return found
+            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a weights file")
 
-    mod = types.ModuleType("schnetpack_free_pickle")
-    for name in ("dump", "dumps", "loads", "Pickler", "HIGHEST_PROTOCOL", "UnpicklingError"):
+    mod = types.ModuleType("weights_pickle")
+    for name in ("dump", "dumps", "Pickler", "HIGHEST_PROTOCOL", "UnpicklingError"):
         setattr(mod, name, getattr(pickle, name))
     mod.Unpickler = Unpickler  # type: ignore[attr-defined]
     mod.load = lambda f, **kw: Unpickler(f, **kw).load()  # type: ignore[attr-defined]
+    mod.loads = lambda data, **kw: Unpickler(io.BytesIO(data), **kw).load()  # type: ignore[attr-defined]
     return mod
+
+
+def _download(url: str, dest: Path, timeout_s: float = 60.0) -> None:
+    """``url`` into ``dest`` (through a temporary file), TLS certificates checked."""
+    import shutil
+    import tempfile
+    import urllib.request
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=dest.parent, delete=False, suffix=".part") as tmp:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as response:
+                shutil.copyfileobj(response, tmp, 1 << 20)
+        except BaseException:
+            Path(tmp.name).unlink(missing_ok=True)
+            raise
+    Path(tmp.name).replace(dest)
 
 
 class _RadiusGraph:
@@ -107,11 +222,14 @@ class PyGSchNetOracle(Oracle):
     are ~10^4 eV, where float32 would round to ~1 meV.
 
     Weights: the archive ``trained_schnet_models.zip`` (schnetpack models, as PyG uses them)
-    is downloaded once into ``root`` (default ``<al cache>/pyg_schnet``) and read without
-    schnetpack, PyG's dataset object or ``torch_cluster``: the radius graph comes from
-    :func:`al.data.graph.radius_graph`. Without the cached weights and without network
-    access, building the oracle fails within ~3 s with one :class:`OracleError` (PyG's own
-    download could hang); offline, use ``oracle=pretrained``.
+    is downloaded once over HTTPS into ``root`` (default ``<al cache>/pyg_schnet``) and read
+    without schnetpack, PyG's dataset object or ``torch_cluster``: the radius graph comes
+    from :func:`al.data.graph.radius_graph`. The model file must have the expected sha256
+    (:func:`expected_sha256`) and may name only allow-listed globals (:func:`_weights_pickle`);
+    otherwise it is refused with one :class:`OracleError`, before anything in it runs.
+    Without the cached weights and without network access, building the oracle fails within
+    ~3 s with one :class:`OracleError` (PyG's own download could hang); offline, use
+    ``oracle=pretrained``.
 
     Caveat: PyG's SchNet was trained on a *random* QM9 split (its ``split.npz``) that
     overlaps our test molecules, so its labels look better on our test set than they are;
@@ -124,6 +242,7 @@ class PyGSchNetOracle(Oracle):
         root: cache folder holding (or to hold) ``trained_schnet_models/``.
         batch_size: molecules per forward pass.
         connect_timeout_s: how long the connectivity check may take.
+        sha256: the digest the model file must have (default: :func:`expected_sha256`).
     """
 
     default_cost = 0.001
@@ -136,13 +255,15 @@ class PyGSchNetOracle(Oracle):
         root: str | Path | None = None,
         batch_size: int = 256,
         connect_timeout_s: float = 3.0,
+        sha256: str | None = None,
     ) -> None:
         super().__init__(data, cost=cost)
         self.root = Path(root) if root is not None else self.default_root()
         self.batch_size = int(batch_size)
         self.connect_timeout_s = float(connect_timeout_s)
+        self.sha256 = expected_sha256(sha256)
         self._net: Any = None
-        reason = self.unavailable_reason(self.root, self.connect_timeout_s)
+        reason = self.unavailable_reason(self.root, self.connect_timeout_s, self.sha256)
         if reason:
             raise OracleError(reason)
 
@@ -157,14 +278,25 @@ class PyGSchNetOracle(Oracle):
         return root / PYG_SCHNET_FOLDER / PYG_SCHNET_MODEL / "best_model"
 
     @classmethod
-    def unavailable_reason(cls, root: Path | None = None, timeout_s: float = 3.0) -> str | None:
-        """None if the weights are cached or can be downloaded, else a one-line reason."""
+    def unavailable_reason(
+        cls, root: Path | None = None, timeout_s: float = 3.0, sha256: str | None = None
+    ) -> str | None:
+        """None if the weights are cached with the expected sha256, or can be downloaded
+        and checked; else a one-line reason."""
         root = Path(root) if root is not None else cls.default_root()
+        expected = expected_sha256(sha256)
         if cls.weights_path(root).is_file():
-            return None
+            return digest_problem(cls.weights_path(root), expected)
         problem = network_problem(PYG_SCHNET_URL, timeout_s)
         if problem is None:
-            return None
+            if expected:
+                return None
+            return (
+                f"the pyg_schnet oracle cannot check a download of {PYG_SCHNET_URL}: the sha256 "
+                f"of its {PYG_SCHNET_MODEL}/best_model is not pinned; set "
+                f"{PYG_SCHNET_SHA256_ENV} to the published file's sha256, or use "
+                "oracle=pretrained"
+            )
         return (
             f"the pyg_schnet oracle cannot download its weights ({problem}): it needs network "
             f"access to download {PYG_SCHNET_URL}, or a pre-filled cache folder "
@@ -180,23 +312,29 @@ class PyGSchNetOracle(Oracle):
 
         weights = self.weights_path(self.root)
         if not weights.is_file():
-            from torch_geometric.data import download_url, extract_zip
+            import zipfile
 
+            archive = self.root / PYG_SCHNET_URL.rpartition("/")[2]
             try:
-                archive = download_url(PYG_SCHNET_URL, str(self.root), log=False)
-                extract_zip(archive, str(self.root), log=False)
-                Path(archive).unlink()
+                _download(PYG_SCHNET_URL, archive)
+                with zipfile.ZipFile(archive) as zipped:
+                    zipped.extractall(self.root)  # member paths are kept inside root
             except Exception as exc:
                 raise OracleError(
                     f"cannot download the pyg_schnet weights {PYG_SCHNET_URL} into "
                     f"{self.root}: {type(exc).__name__}: {exc}; offline, use oracle=pretrained"
                 ) from exc
+            finally:
+                archive.unlink(missing_ok=True)
+        check_digest(weights, self.sha256)  # before anything in the file is read
         try:
+            # weights_only=True cannot read a pickled schnetpack model; the allow-list of
+            # _weights_pickle stands in for it
             state = torch.load(
                 weights,
                 map_location="cpu",
                 weights_only=False,
-                pickle_module=_schnetpack_free_pickle(),
+                pickle_module=_weights_pickle(),
             )
             self._net = _pyg_schnet_from_schnetpack(state).double().eval()
         except Exception as exc:
@@ -230,6 +368,7 @@ class PyGSchNetOracle(Oracle):
         return {
             **super().describe(),
             "url": PYG_SCHNET_URL,
+            "sha256": self.sha256,
             "root": str(self.root),
             "target": "PyG QM9 target 9 (H, eV) minus atomic reference enthalpies",
             "caveat": "trained on a random QM9 split that overlaps the test set",

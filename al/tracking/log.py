@@ -17,6 +17,7 @@ import pandas as pd
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
+from al.config import mask_secrets, mask_values
 from al.tracking.names import Metrics
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,8 @@ log = logging.getLogger(__name__)
 
 def log_params(params: Mapping[str, Any], run_id: str | None = None) -> None:
     """Log params in batches, skipping keys the run already has (``mlflow run`` logs the
-    ``-P`` values itself, and MLflow refuses to change a param)."""
+    ``-P`` values itself, and MLflow refuses to change a param). Passwords in values are
+    masked (:func:`al.config.mask_secrets`)."""
     client = MlflowClient()
     run_id = run_id or _active_run_id()
     existing = client.get_run(run_id).data.params
@@ -34,7 +36,7 @@ def log_params(params: Mapping[str, Any], run_id: str | None = None) -> None:
 
 
 def _param_str(v: Any) -> str:
-    s = str(v)
+    s = mask_secrets(str(v))
     return s if len(s) <= 6000 else s[:5997] + "..."
 
 
@@ -97,11 +99,13 @@ class EpochLogger:
 
 
 def log_dict_artifact(obj: Mapping[str, Any], artifact_file: str) -> None:
-    mlflow.log_dict(dict(obj), artifact_file)
+    """``obj`` as a JSON/YAML artifact, passwords in its strings masked."""
+    mlflow.log_dict(mask_values(dict(obj)), artifact_file)
 
 
 def log_text_artifact(text: str, artifact_file: str) -> None:
-    mlflow.log_text(text, artifact_file)
+    """``text`` as an artifact, passwords in it masked."""
+    mlflow.log_text(mask_secrets(text), artifact_file)
 
 
 def log_dataset(

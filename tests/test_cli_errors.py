@@ -1,0 +1,72 @@
+"""Bad input to the command line is one line on the terminal, never a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from al.cli import main
+from al.config import ConfigError, build_config
+from al.loop.config import CampaignConfig
+
+
+def one_line_error(result: Result) -> str:
+    """The single ``Error: ...`` line of a failed command (asserts there is nothing else)."""
+    assert result.exit_code != 0
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(
+        result.exception
+    )
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+@pytest.mark.parametrize("uri", ["models:/m-doesnotexist", "runs:/0123456789abcdef/model"])
+def test_predict_with_a_missing_model_is_one_line(tracking: str, tmp_path: Path, uri: str) -> None:
+    xyz = tmp_path / "h2.xyz"
+    xyz.write_text("2\nH2\nH 0 0 0\nH 0 0 0.74\n")
+    line = one_line_error(CliRunner().invoke(main, ["predict", "--model", uri, str(xyz)]))
+    assert f"model {uri!r} cannot be loaded" in line and "not found" in line
+
+
+@pytest.mark.parametrize(
+    "storage", ["sqlite:////nonexistent/dir/x.db", "postgresql://al:s3cret@nohost/db"]
+)
+def test_hpo_with_a_storage_it_cannot_open_is_one_line(storage: str) -> None:
+    line = one_line_error(CliRunner().invoke(main, ["hpo", "--storage", storage]))
+    assert "cannot open the Optuna storage" in line and "s3cret" not in line
+    assert "nohost" in line or "nonexistent" in line
+
+
+@pytest.mark.parametrize("cost", ["-5", "0", "-0.5"])
+def test_oracle_cost_other_than_the_default_sentinel_must_be_positive(
+    cost: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import al.entrypoints.al_loop as al_loop
+
+    def started(*args: object, **kwargs: object) -> str:
+        raise AssertionError("the campaign started")
+
+    monkeypatch.setattr(al_loop, "run_campaign", started)
+    line = one_line_error(CliRunner().invoke(main, ["al-loop", "--oracle-cost", cost]))
+    assert "oracle_cost" in line and "-1 for the oracle's default" in line
+    with pytest.raises(ConfigError):
+        build_config(CampaignConfig, {"oracle_cost": float(cost)})
+    assert build_config(CampaignConfig, {"oracle_cost": -1}).fidelities() == [("dft", None)]
+    assert build_config(CampaignConfig, {"oracle_cost": 2}).fidelities() == [("dft", 2.0)]
+
+
+def test_batch_larger_than_the_pool_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    import al.entrypoints.al_loop as al_loop
+
+    def went_on(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the campaign went on")
+
+    monkeypatch.setattr(al_loop, "build_surrogate", went_on)
+    args = ["al-loop", "--batch-size", "200000", "--n-test", "1000", "--n-oracle", "1000"]
+    line = one_line_error(CliRunner().invoke(main, args))
+    pool = 130_831 - 2_000
+    assert "batch_size 200000 is larger than the pool" in line and f"{pool:,}" in line
