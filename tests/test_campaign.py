@@ -30,6 +30,7 @@ from al.uncertainty import Prediction, build_surrogate
 
 TINY = dict(
     initial_size=30, batch_size=10, rounds=1, hidden=16, n_interactions=1, epochs=2,
+    min_steps=0, val_min=0,
     ensemble_size=2, pool_subsample=200, n_test=100, progress=False, train_batch_size=32,
 )  # fmt: skip
 CHEAP = SimpleNamespace(name="cheap", cost_per_label=0.1)
@@ -214,3 +215,30 @@ def test_tiny_campaign_in_memory_and_resumed(qm9, no_mlflow, tmp_path) -> None:
     assert q2["qm9_index"].is_unique and q2.groupby("round").size().tolist() == [30, 10, 10]
     assert tracker.metric_history(CM.N_LABELLED) == [30, 40, 50]
     assert len(tracker.fits) == 3  # rounds 0 and 1 were not fitted again
+
+
+def test_random_acquisition_scores_only_the_chosen(qm9, no_mlflow, tmp_path) -> None:
+    """``random`` needs no prediction: the pool is not scored, only the chosen molecules
+    are predicted (for the queried table's ``pred_mean``/``pred_std``)."""
+    tracker = MemoryTracker(tmp_path)
+    campaign = tiny_campaign(qm9, tracker)
+    campaign.selection = build_selection(qm9, campaign.oracles, campaign.config, "random",
+                                         campaign.surrogate)  # fmt: skip
+    predicted: list[int] = []
+    predict = campaign.surrogate.predict
+
+    def counting(data, rows, **kw):
+        predicted.append(rows.numel())
+        return predict(data, rows, **kw)
+
+    campaign.surrogate.predict = counting
+    assert campaign.execute() == "rounds: 1 of 1 done"
+    steps = tracker.metrics_frame()
+    assert steps[CM.POOL_SCORED].tolist() == [0, 0]
+    assert steps[CM.TIME_SCORE].iloc[1] == 0.0
+    n_pool, n_test = campaign.pool.numel(), campaign.test.numel()
+    assert n_pool not in predicted and predicted.count(10) == 1  # the 10 chosen, once
+    assert predicted.count(n_test) == 2  # one evaluation per fit
+    q = tracker.read_queried(1)
+    assert q["pred_mean"].notna().all() and q["pred_std"].notna().all()
+    assert q["score"].isna().all()

@@ -27,6 +27,7 @@ from al.tracking import (
 
 SMALL = dict(
     initial_size=200, batch_size=50, rounds=2, epochs=2, ensemble_size=2, mc_samples=4,
+    min_steps=0, val_min=0,
     pool_subsample=1500, n_test=200, hidden=32, filter_groups=8, n_interactions=2,
     progress=False, train_batch_size=64, stream_chunk=1000, retrain_fraction=0.25,
 )  # fmt: skip

@@ -1,4 +1,5 @@
-"""Kill a campaign for real (SIGKILL) at three points, resume it, and check nothing is lost."""
+"""Kill a campaign (for real with SIGKILL, or by fault injection in-process), resume it, and
+check that no label is lost, none is paid twice, and the run reads back faithfully."""
 
 import os
 import signal
@@ -9,14 +10,71 @@ import time
 import mlflow
 import pandas as pd
 import pytest
+from mlflow.entities import LoggedModelStatus
 from mlflow.tracking import MlflowClient
 
-from al.tracking import TAG_COMPLETED_ROUND, CampaignMetrics, queried_path
+from al.config import ConfigError
+from al.entrypoints import al_loop
+from al.entrypoints.al_loop import run_campaign
+from al.loop.config import CampaignConfig
+from al.loop.journal import LabelJournal, LabelsNotRecordedError, journal_path
+from al.loop.tracker import MlflowTracker
+from al.oracles.dft import DFTOracle
+from al.tracking import (
+    KIND_ROUND,
+    TAG_COMPLETED_ROUND,
+    TAG_JOURNAL,
+    TAG_KIND,
+    TAG_MODEL_URI,
+    TAG_PARENT,
+    TAG_ROUND,
+    TAG_SEED,
+    TAG_STOP_REASON,
+    Artifacts,
+    CampaignMetrics,
+    CampaignRun,
+    queried_path,
+)
 
-pytestmark = pytest.mark.slow
+TINY = dict(
+    initial_size=20, batch_size=8, rounds=2, hidden=8, n_interactions=1, filter_groups=4,
+    epochs=1, min_steps=0, val_min=0, ensemble_size=2, pool_subsample=100, n_test=50,
+    progress=False, train_batch_size=32, threads=1, experiment_name="resume-inproc",
+)  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def journal_dir(tmp_path, monkeypatch) -> None:
+    """Journals in the test's own folder (subprocesses inherit it)."""
+    monkeypatch.setenv("AL_JOURNAL_DIR", str(tmp_path / "journal"))
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: not an Exception, so nothing catches it on its way out."""
+
+
+@pytest.fixture
+def paid(monkeypatch) -> list[int]:
+    """Every QM9 index the DFT oracle is paid for, over all campaigns of the test."""
+    out: list[int] = []
+    label = DFTOracle.label
+
+    def paying(self, qm9_index):
+        out.extend(int(i) for i in qm9_index)
+        return label(self, qm9_index)
+
+    monkeypatch.setattr(DFTOracle, "label", paying)
+    return out
+
+
+def queried_tables(run_id: str) -> pd.DataFrame:
+    run = CampaignRun(run_id)
+    return pd.concat([run.read_queried(r) for r in run.queried_rounds()], ignore_index=True)
+
 
 ARGS = [
     "--initial-size", "150", "--batch-size", "40", "--rounds", "3", "--epochs", "4",
+    "--min-steps", "0", "--val-min", "0",
     "--ensemble-size", "2", "--pool-subsample", "20000", "--n-test", "200", "--hidden", "32",
     "--filter-groups", "8", "--n-interactions", "2", "--progress", "false",
     "--experiment-name", "resume-test", "--seed", "7",
@@ -52,6 +110,7 @@ def run_until(env: dict, extra: list[str], marker: str | None, timeout: float = 
     return out
 
 
+@pytest.mark.slow
 def test_kill_and_resume(subprocess_env: dict, tracking: str) -> None:
     # 1. killed while training round 1 (its labels are paid, its fit is not done)
     out = run_until(subprocess_env, [], "event=phase phase=fit round=1")
@@ -99,3 +158,122 @@ def test_kill_and_resume(subprocess_env: dict, tracking: str) -> None:
     finished = sorted(int(c.data.tags["al.round"]) for c in children if c.info.status == "FINISHED")
     assert finished == [0, 1, 2, 3]
     assert all(c.info.status in ("FINISHED", "KILLED") for c in children)
+
+
+# --- in-process kills by fault injection -----------------------------------------------------
+def test_history_by_step_and_stale_children(tracking: str) -> None:
+    """A step logged twice keeps its latest value; a killed round run is closed and the
+    logged model its upload left PENDING is marked FAILED."""
+    mlflow.set_experiment("resume-history")
+    with mlflow.start_run() as parent:
+        run = CampaignRun(parent.info.run_id)
+        for step, value in ((20, 1.0), (28, 0.9), (28, 0.8), (36, 0.7)):
+            mlflow.log_metric(CampaignMetrics.TEST_MAE, value, step=step)
+        assert run.metric_by_step(CampaignMetrics.TEST_MAE) == {20: 1.0, 28: 0.8, 36: 0.7}
+        assert run.metric_history(CampaignMetrics.TEST_MAE) == [1.0, 0.8, 0.7]
+        client = MlflowClient()
+        tags = {TAG_KIND: KIND_ROUND, TAG_ROUND: "0", TAG_PARENT: parent.info.run_id}
+        cid = client.create_run(parent.info.experiment_id, tags=tags).info.run_id
+        # the process dies while uploading: the child stays RUNNING, its model PENDING
+        model = mlflow.initialize_logged_model(
+            name="model", source_run_id=cid, experiment_id=parent.info.experiment_id
+        )
+        run.close_stale_children()
+    assert client.get_run(cid).info.status == "KILLED"
+    assert client.get_logged_model(model.model_id).status == LoggedModelStatus.FAILED
+
+
+@pytest.mark.slow
+def test_outage_keeps_paid_labels_and_resume_uses_the_campaign_settings(
+    tracking: str, paid: list[int], monkeypatch: pytest.MonkeyPatch, qm9
+) -> None:
+    """The server goes away after round 1 was paid: one error line says where the labels
+    are; resume with the run id alone continues with the campaign's own settings, buys no
+    label twice, refuses other settings, and leaves the finished campaign alone."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    closed = "http://127.0.0.1:9"
+    log_queried = MlflowTracker.log_queried
+
+    def outage(self, round_: int, frame: pd.DataFrame) -> None:
+        if round_ == 1:  # the tracking server is gone from here on
+            mlflow.set_tracking_uri(closed)
+            self.client = MlflowClient(closed)
+            self.client.set_tag(self.run_id, "probe", "1")  # raises: connection refused
+        log_queried(self, round_, frame)
+
+    monkeypatch.setattr(MlflowTracker, "log_queried", outage)
+    with pytest.raises(LabelsNotRecordedError) as err:
+        run_campaign(CampaignConfig(**TINY))
+    run_id = err.value.run_id
+    message = str(err.value)
+    assert "\n" not in message and str(journal_path(run_id)) in message
+    assert f"al al-loop --resume {run_id}" in message
+    assert len(paid) == 28  # round 0 and round 1 paid; round 1 is only in the journal
+
+    monkeypatch.setattr(MlflowTracker, "log_queried", log_queried)  # the server is back
+    mlflow.set_tracking_uri(tracking)
+    paid_before = list(paid)
+    paid.clear()
+    with pytest.raises(ConfigError, match=r"batch_size \(given 5, campaign 8\)"):
+        run_campaign(CampaignConfig(resume=run_id, batch_size=5))
+    assert run_campaign(CampaignConfig(resume=run_id, progress=False)) == run_id
+
+    table = queried_tables(run_id)
+    assert table.groupby("round").size().tolist() == [20, 8, 8]  # the campaign's own sizes
+    everything = paid_before + paid
+    assert len(everything) == len(table) == len(set(everything))  # none lost, none twice
+    journalled = LabelJournal(journal_path(run_id)).paid(1)
+    assert sorted(journalled["qm9_index"]) == sorted(table.loc[table["round"] == 1, "qm9_index"])
+    run = MlflowClient().get_run(run_id)
+    assert run.data.tags[TAG_COMPLETED_ROUND] == "2" and TAG_STOP_REASON in run.data.tags
+
+    said: list[str] = []
+    models = MlflowClient().search_logged_models([run.info.experiment_id])
+    assert run_campaign(CampaignConfig(resume=run_id), echo=said.append) == run_id
+    assert said == [f"campaign {run_id} is already finished (rounds: 2 of 2 done); left as it is"]
+    assert len(MlflowClient().search_logged_models([run.info.experiment_id])) == len(models)
+
+
+def test_resume_refuses_a_run_that_is_not_a_campaign(tracking: str) -> None:
+    mlflow.set_experiment("resume-not-campaign")
+    with mlflow.start_run(tags={TAG_KIND: "train"}) as run:
+        pass
+    with pytest.raises(ValueError, match=r"is not a campaign \(al.kind=train\)"):
+        run_campaign(CampaignConfig(**{**TINY, "resume": run.info.run_id}))
+
+
+@pytest.mark.slow
+def test_killed_right_after_the_run_was_created(
+    tracking: str, paid: list[int], monkeypatch: pytest.MonkeyPatch, qm9
+) -> None:
+    """The resumed run gets the tags, params, config and split it never got."""
+    start = MlflowTracker.start.__func__
+    started: list[str] = []
+
+    def dies(cls, *args, **kwargs):
+        run = start(cls, *args, **kwargs)
+        started.append(run.run_id)
+        # killed here; what a real kill leaves behind expires: the lease, the local run stack
+        if getattr(run, "lease", None) is not None:
+            run.lease.release()
+        mlflow.end_run("KILLED")
+        raise Killed
+
+    monkeypatch.setattr(MlflowTracker, "start", classmethod(dies))
+    with pytest.raises(Killed):
+        run_campaign(CampaignConfig(**{**TINY, "rounds": 1}))
+    monkeypatch.setattr(MlflowTracker, "start", classmethod(start))
+    (run_id,) = started
+    assert TAG_KIND not in MlflowClient().get_run(run_id).data.tags
+
+    run_campaign(CampaignConfig(**{**TINY, "rounds": 1, "resume": run_id}))
+    run = MlflowClient().get_run(run_id)
+    assert run.data.tags[TAG_KIND] == "campaign" and run.data.tags[TAG_SEED] == "0"
+    assert run.data.tags[TAG_JOURNAL] == str(journal_path(run_id))
+    assert TAG_MODEL_URI in run.data.tags and run.data.params["batch_size"] == "8"
+    files = {a.path for a in MlflowClient().list_artifacts(run_id)}
+    files |= {a.path for a in MlflowClient().list_artifacts(run_id, "splits")}
+    assert {Artifacts.CONFIG, Artifacts.SPLITS} <= files
+    assert len(paid) == len(queried_tables(run_id)) == 28
+    assert al_loop.read_stored_campaign(run_id).config["initial_size"] == 20

@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any
 
 import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from requests import RequestException
 
 from al import tracking
 from al.acquisition import ACQUISITIONS, resolve_strategy
-from al.config import subset, to_dict
+from al.baselines import ResidualSurrogate, build_baseline
+from al.config import ConfigError, build_config, subset, to_dict
 from al.data.config import DataConfig
 from al.data.load import load_data
+from al.data.splits import Splits
 from al.loop.campaign import Campaign
 from al.loop.config import CampaignConfig
+from al.loop.journal import LabelsNotRecordedError
 from al.loop.schemes import build_scheme
 from al.loop.selection import build_selection
 from al.loop.stopping import build_rules
@@ -22,7 +31,9 @@ from al.loop.tracker import MlflowTracker
 from al.models.config import ModelConfig
 from al.oracles import build_oracle
 from al.runtime import configure_threads
+from al.tracking.lease import CampaignInterrupted, interrupt_signal
 from al.tracking.registry import register_oracles
+from al.tracking.runs import StoredCampaign, bound_http_retries, read_stored_campaign
 from al.training.fit import resolve_device, seed_everything
 from al.uncertainty import build_surrogate
 
@@ -33,8 +44,23 @@ def run_campaign(config: CampaignConfig, echo: Callable[[str], None] | None = No
     """Build the collaborators from ``config`` and run the campaign; returns the run id.
 
     ``echo`` receives the one-line summary for the user (the command line passes
-    ``click.echo``).
+    ``click.echo``). With ``config.resume`` the campaign continues with its own stored
+    settings and split (see :func:`resumed_settings`); a finished campaign is left as it is.
     """
+    bound_http_retries()
+    stored_splits = None
+    if config.resume:
+        stored = read_stored_campaign(config.resume)
+        if stored.finished:
+            reason = stored.tags[tracking.TAG_STOP_REASON]
+            log.info("event=resume_finished run_id=%s reason=%r", config.resume, reason)
+            client = MlflowClient()
+            if client.get_run(config.resume).info.status != "FINISHED":  # stopped by its rules
+                client.set_terminated(config.resume, "FINISHED")
+            if echo is not None:
+                echo(f"campaign {config.resume} is already finished ({reason}); left as it is")
+            return config.resume
+        config, stored_splits = resumed_settings(config, stored)
     strategy = resolve_strategy(config.strategy, config.uncertainty, config.acquisition)
     if strategy.acquisition not in ACQUISITIONS:
         raise ValueError(
@@ -54,11 +80,24 @@ def run_campaign(config: CampaignConfig, echo: Callable[[str], None] | None = No
     seed_everything(config.seed)
     device = resolve_device(config.device)
     data, splits = load_data(subset(DataConfig, config))
+    if stored_splits is not None:  # a resumed campaign keeps the split it was run on
+        splits = stored_splits
+    if config.batch_size > len(splits.pool):
+        raise ValueError(
+            f"batch_size {config.batch_size} is larger than the pool ({len(splits.pool):,} "
+            f"molecules); expected at most {len(splits.pool)} labels per round"
+        )
     surrogate = build_surrogate(
         strategy.uncertainty, subset(ModelConfig, config), config.fit_config(), device,
         ensemble_size=config.ensemble_size, bootstrap=config.bootstrap,
         mc_samples=config.mc_samples, n_outputs=len(fidelities),
     )  # fmt: skip
+    baseline = build_baseline(
+        config.baseline, config.baseline_cost if config.baseline_cost >= 0 else None
+    )
+    if baseline is not None:  # Δ-learning: learns target - baseline, predicts baseline + it
+        baseline.free(splits.test)  # evaluation only: the test set's baseline is not paid
+        surrogate = ResidualSurrogate(surrogate, baseline)
     needs = ACQUISITIONS[strategy.acquisition].needs - {"labelled_embedding"}
     if not needs <= surrogate.provides:
         raise ValueError(
@@ -75,7 +114,9 @@ def run_campaign(config: CampaignConfig, echo: Callable[[str], None] | None = No
     rules = build_rules(config.stopping_settings())
     scheme = build_scheme(strategy.scheme, config)
     selection = build_selection(data, oracles, config, acquisition, surrogate)
+    # takes the lease; SIGTERM now unwinds like Ctrl-C until run.end restores its handler
     run = MlflowTracker.start(config.experiment_name, config.resume)
+    status = "FAILED"  # an exception leaves the run (and its open children) FAILED
     try:
         register_oracles(oracles)  # the shipped oracle, once per checkpoint (never raises)
         resolved = {
@@ -84,19 +125,16 @@ def run_campaign(config: CampaignConfig, echo: Callable[[str], None] | None = No
             "resolved_oracles": oracle_tag,
             "resolved_costs": ",".join(f"{o.cost_per_label:g}" for o in oracles),
             "device_resolved": str(device),
+            "resolved_baseline_cost": baseline.cost_per_molecule if baseline else 0.0,
         }  # fmt: skip
-        if not config.resume:
-            mlflow.set_tags({
-                tracking.TAG_KIND: tracking.KIND_CAMPAIGN, tracking.TAG_STRATEGY: config.strategy,
-                tracking.TAG_ORACLE: oracle_tag, tracking.TAG_SEED: str(config.seed),
-                tracking.TAG_UNCERTAINTY: strategy.uncertainty,
-                tracking.TAG_ACQUISITION: acquisition,
-                tracking.TAG_FIDELITIES: str(len(oracles)),
-                tracking.TAG_SPLIT_DIGEST: splits.digest(),
-            })  # fmt: skip
-            tracking.log_params({k: v for k, v in resolved.items() if k != "resume"})
-            tracking.log_dict_artifact(resolved, tracking.Artifacts.CONFIG)
-            tracking.log_text_artifact(splits.to_json(), tracking.Artifacts.SPLITS)
+        tags = {
+            tracking.TAG_KIND: tracking.KIND_CAMPAIGN, tracking.TAG_STRATEGY: config.strategy,
+            tracking.TAG_ORACLE: oracle_tag, tracking.TAG_SEED: str(config.seed),
+            tracking.TAG_UNCERTAINTY: strategy.uncertainty, tracking.TAG_ACQUISITION: acquisition,
+            tracking.TAG_FIDELITIES: str(len(oracles)), tracking.TAG_SPLIT_DIGEST: splits.digest(),
+            tracking.TAG_JOURNAL: str(run.journal_path),
+        }  # fmt: skip
+        write_metadata(run.run_id, tags, resolved, splits)
         campaign = Campaign(
             config, data, splits, surrogate, oracles, rules,
             scheme=scheme, selection=selection, tracker=run,
@@ -110,8 +148,14 @@ def run_campaign(config: CampaignConfig, echo: Callable[[str], None] | None = No
                 f"campaign {run.run_id} stopped: {reason}; "
                 f"test MAE {campaign.mae_history[-1]:.4f} eV"
             )
+        status = "FINISHED"  # only a campaign stopped by its rules
+    except (MlflowException, RequestException) as err:  # the tracking server is gone
+        raise LabelsNotRecordedError(run.run_id, run.journal_path, err) from None
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM from a scheduler
+        status = "KILLED"
+        raise CampaignInterrupted(run.run_id, interrupt_signal(err)) from err
     finally:
-        mlflow.end_run()
+        run.end(status)
     return run.run_id
 
 
@@ -119,3 +163,75 @@ def log_final_model(campaign: Campaign, tracker: MlflowTracker) -> str:
     """The final surrogate as the campaign's MLflow model, plus final plots and the labelled
     set; returns the model URI."""
     return tracker.log_final_model(campaign.final_artifacts(), campaign.labelled.table)
+
+
+#: Settings a resume may change: how far the campaign goes and where it runs. Any other
+#: setting given with ``resume`` must equal the campaign's own.
+RESUME_EXTENSIONS = (
+    "rounds", "budget_labels", "budget_cost", "target_mae", "plateau_rounds", "device",
+    "threads", "progress", "experiment_name",
+)  # fmt: skip
+
+
+def resumed_settings(
+    config: CampaignConfig, stored: StoredCampaign
+) -> tuple[CampaignConfig, Splits | None]:
+    """The settings a resumed campaign runs with, and its stored split (None if it has none).
+
+    They are the campaign's own resolved config (``config.yaml`` on its run) plus the
+    :data:`RESUME_EXTENSIONS` given in ``config``. A setting counts as given when it differs
+    from the :class:`CampaignConfig` default (so a default value given explicitly counts as
+    not given); a given setting outside the extensions must equal the stored one, else one
+    error line names the keys that differ. A run killed before its config was written
+    continues with ``config`` as given. Refuses a run that is not a campaign.
+    """
+    run_id = config.resume
+    if stored.kind is not None and stored.kind != tracking.KIND_CAMPAIGN:
+        raise ValueError(
+            f"run {run_id} is not a campaign ({tracking.TAG_KIND}={stored.kind}); "
+            "resume takes the run id of an al_loop campaign"
+        )
+    splits = None
+    if stored.splits_json is not None:
+        with tempfile.TemporaryDirectory(prefix="al-") as tmp:
+            path = Path(tmp) / "splits.json"
+            path.write_text(stored.splits_json)
+            splits = Splits.load(path)
+    if stored.config is None:
+        return config, splits
+    names = [f.name for f in fields(CampaignConfig) if f.name != "resume"]
+    own = build_config(CampaignConfig, {k: v for k, v in stored.config.items() if k in names})
+    defaults = CampaignConfig()
+    given = {k: getattr(config, k) for k in names if getattr(config, k) != getattr(defaults, k)}
+    differ = [k for k, v in given.items() if k not in RESUME_EXTENSIONS and v != getattr(own, k)]
+    if differ:
+        keys = ", ".join(f"{k} (given {given[k]!r}, campaign {getattr(own, k)!r})" for k in differ)
+        raise ConfigError(
+            f"resume {run_id}: settings differ from the campaign's own: {keys}; only "
+            f"{', '.join(RESUME_EXTENSIONS)} may change on resume"
+        )
+    extensions = {k: v for k, v in given.items() if k in RESUME_EXTENSIONS}
+    if extensions:
+        log.info("event=resume_extensions run_id=%s %s", run_id, extensions)
+    return replace(own, resume=run_id, **extensions), splits
+
+
+def write_metadata(
+    run_id: str, tags: dict[str, str], resolved: dict[str, Any], splits: Splits
+) -> None:
+    """Tags, params, resolved config and split of the campaign run: whatever it lacks (a
+    resumed run killed before they were written gets them now). The config artifact is
+    rewritten when a resume extended it (:data:`RESUME_EXTENSIONS`); params, which MLflow
+    never changes, keep their first values."""
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    missing = {k: v for k, v in tags.items() if run.data.tags.get(k) != v}
+    if missing:
+        mlflow.set_tags(missing)
+    tracking.log_params({k: v for k, v in resolved.items() if k != "resume"})
+    stored = read_stored_campaign(run_id)
+    own = {k: v for k, v in resolved.items() if k != "resume"}
+    if stored.config is None or {k: v for k, v in stored.config.items() if k != "resume"} != own:
+        tracking.log_dict_artifact(resolved, tracking.Artifacts.CONFIG)
+    if stored.splits_json is None:
+        tracking.log_text_artifact(splits.to_json(), tracking.Artifacts.SPLITS)

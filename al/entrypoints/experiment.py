@@ -53,6 +53,7 @@ from al.tracking.names import (
     TAG_NOTE,
     TAG_PARENT,
     TAG_SEED,
+    TAG_STOP_REASON,
 )
 
 log = logging.getLogger(__name__)
@@ -173,7 +174,7 @@ def chosen_experiment(explicit: str = "") -> str:
 @dataclass
 class CellState:
     """Where a cell stands on the tracking server: ``new``, ``resume`` (an interrupted run
-    exists) or ``done`` (a finished run exists)."""
+    exists: KILLED, FAILED, or left RUNNING) or ``done`` (a run stopped by its rules)."""
 
     cell: Cell
     status: str
@@ -239,7 +240,9 @@ class GridRunner:
         out = []
         for cell in self.grid.expanded:
             runs = by_key.get(cell.key, [])
-            done = [r for r in runs if r.info.status == "FINISHED"]
+            # done: stopped by its rules (a FINISHED run without a stop reason was ended
+            # early by an older version on Ctrl-C); KILLED and FAILED ones are resumed
+            done = [r for r in runs if finished(r)]
             if done:
                 out.append(CellState(cell, "done", done[0].info.run_id))
             elif runs:
@@ -361,6 +364,11 @@ class GridRunner:
                 pass
             return CellState(cell, "failed", run_id)
         return CellState(cell, "done", run_id)
+
+
+def finished(run: Any) -> bool:
+    """True for a campaign run that stopped by its rules (FINISHED, with its stop reason)."""
+    return run.info.status == "FINISHED" and TAG_STOP_REASON in run.data.tags
 
 
 def dry_run_table(states: list[CellState]) -> str:

@@ -26,20 +26,28 @@ import torch
 from torch import Tensor
 
 from al import progress
+from al.config import ConfigError
 from al.data.molecules import MolecularData
 from al.data.splits import Splits
 from al.loop.config import CampaignConfig
+from al.loop.journal import (
+    CHUNK,
+    LabelJournal,
+    LabelsNotRecordedError,
+    journal_path,
+    no_answers,
+)
 from al.loop.ledger import Labelled
 from al.loop.schemes import DataScheme
 from al.loop.seeds import round_generator
 from al.loop.selection import Selection
-from al.loop.stopping import CampaignProgress, StoppingRule, first_reason
+from al.loop.stopping import CampaignProgress, StoppingRule, first_reason, remaining
 from al.loop.tracker import CampaignTracker, ModelArtifacts
 from al.models.checkpoint import load_checkpoint
-from al.oracles import Oracle
+from al.oracles import FRAME_COLUMNS, Oracle
 from al.tracking.names import QUERIED_COLUMNS
 from al.tracking.names import CampaignMetrics as CM  # noqa: N817 - used in every metric key
-from al.training.fit import EpochStats
+from al.training.fit import EpochStats, FitResult
 from al.training.metrics import regression_report
 from al.uncertainty import Prediction, Surrogate
 
@@ -51,10 +59,19 @@ __all__ = ["Campaign", "Labelled", "round_generator"]
 #: report key -> campaign metric of the test-set evaluation (resume reads them back)
 REPORT_METRICS = {
     "mae": CM.TEST_MAE, "rmse": CM.TEST_RMSE, "max_ae": CM.TEST_MAX_AE, "nll": CM.TEST_NLL,
+    "p95_ae": CM.TEST_P95_AE, "p99_ae": CM.TEST_P99_AE,
     "spearman_std_err": CM.TEST_SPEARMAN, "miscalibration_area": CM.TEST_MISCALIBRATION,
     "mean_std": CM.TEST_MEAN_STD, "nll_raw": CM.TEST_NLL_RAW,
     "miscalibration_area_raw": CM.TEST_MISCALIBRATION_RAW,
 }  # fmt: skip
+
+
+def validation_mae(result: FitResult) -> float:
+    """The validation MAE (eV) of the weights a fit kept (its best evaluation); NaN when the
+    fit had no validation set."""
+    if 0 <= result.best_epoch < len(result.history):
+        return float(result.history[result.best_epoch].val_mae)
+    return float("nan")
 
 
 class Campaign:
@@ -93,6 +110,8 @@ class Campaign:
         self.test = data.rows_of(splits.test)  # [n_test] rows
         self.labelled = Labelled.empty()
         self.mae_history: list[float] = []
+        #: the validation MAE of each round's fit (what the stopping rules read)
+        self.val_mae_history: list[float] = []
         self.timings: dict[str, float] = {}
         self.trained_on = 0  # labelled-set size of the current model
         self.last_report: dict[str, float] = {}
@@ -122,15 +141,28 @@ class Campaign:
 
     def _execute(self) -> str:
         round_, fitted = self.restore()
+        if self.mae_history:  # resumed: the rules read the validation MAEs so far
+            self.val_mae_history = self.tracker.metric_history(CM.VAL_MAE)[: len(self.mae_history)]
         self.bar.update(len(self.mae_history))
         if round_ < 0:
             round_ = 0
-            self.label(0, self.selection.initial_request(self.initial_rows()))
+            left = remaining(self.rules, self.progress(0))
+            request = self.selection.initial_request(self.initial_rows(), left)
+            if request.empty:
+                raise ConfigError(
+                    f"budget_labels={self.config.budget_labels} and budget_cost="
+                    f"{self.config.budget_cost:g} pay for no initial molecule; expected at least "
+                    f"{self.selection.n_fidelities} label(s) and a cost of "
+                    f"{float(self.selection.costs.sum()):g}"
+                )
+            self.label(0, request)
         while True:
             if not fitted:
                 self.fit_and_evaluate(round_)
             fitted = False
-            reason = first_reason(self.rules, self.progress(round_))
+            done = self.progress(round_)
+            left = remaining(self.rules, done)
+            reason = first_reason(self.rules, done) or self.selection.nothing_fits(left)
             if reason:
                 self.refit_final(round_)
                 return reason
@@ -140,12 +172,18 @@ class Campaign:
             )
             if candidates.numel() == 0:
                 return "no candidates left"
-            self.timings["pool_scored"] = candidates.numel()
-            log.info("event=phase phase=score round=%d n=%d", round_, candidates.numel())
-            pred = self.timed("score", self.surrogate.predict, self.data, candidates)
+            pred = None  # an acquisition that needs no prediction (random) scores nothing
+            self.timings["pool_scored"], self.timings["score"] = 0, 0.0
+            if self.selection.scores_pool:
+                self.timings["pool_scored"] = candidates.numel()
+                log.info("event=phase phase=score round=%d n=%d", round_, candidates.numel())
+                pred = self.timed("score", self.surrogate.predict, self.data, candidates)
             chosen = self.timed(
-                "select", self.selection.choose, round_, candidates, pred, self.labelled
+                "select", self.selection.choose, round_, candidates, pred, self.labelled, left
             )
+            if chosen.empty:
+                self.refit_final(round_ - 1)
+                return f"round {round_}: nothing to ask for within the budgets"
             self.label(round_, chosen)
 
     def fit_and_evaluate(self, round_: int) -> None:
@@ -155,6 +193,9 @@ class Campaign:
         if not self.scheme.needs_refit(n_labelled, self.trained_on):
             self.timings["fit"] = 0.0
             self.mae_history.append(self.last_report["mae"])
+            self.val_mae_history.append(
+                self.val_mae_history[-1] if self.val_mae_history else float("nan")
+            )
             self.bar.update(1)
             self.record_round(round_, self.last_report, 0, retrained=False)
             log.info("event=round_done round=%d retrained=0", round_)
@@ -177,6 +218,7 @@ class Campaign:
                 self.model_artifacts(round_, pred, curve, meta, result.history)
             )
         self.mae_history.append(report["mae"])
+        self.val_mae_history.append(validation_mae(result))
         self.trained_on, self.last_report = n_labelled, report
         self.fit_info = {CM.STD_SCALE: result.std_scale, CM.FIT_STEPS: result.steps,
                          CM.WARM_START: int(result.warm)}  # fmt: skip
@@ -228,20 +270,56 @@ class Campaign:
         """``[c]`` QM9 indices never offered again (see :meth:`Selection.closed`)."""
         return torch.as_tensor(self.selection.closed(self.labelled))
 
+    def journal(self) -> LabelJournal:
+        """The campaign's label journal (its location is the tracker's ``journal_path``)."""
+        path = getattr(self.tracker, "journal_path", None)
+        return LabelJournal(path if path is not None else journal_path(self.tracker.run_id))
+
     def label(self, round_: int, request: pd.DataFrame) -> None:
-        """Ask the oracles, record every row (failures too) with the tracker at once."""
+        """Ask the oracles for ``request`` and record every row (failures too).
+
+        Nothing paid is lost: the request, then the oracle answers in chunks of
+        :data:`~al.loop.journal.CHUNK` rows, are appended to the label journal and fsynced
+        (:mod:`al.loop.journal`) before anything else, so a kill in the middle of a batch
+        pays again at most the chunk in flight. Answers already journalled for this very
+        request (a round resumed from the journal) are re-used, never bought again. Then the
+        round's table goes to the tracker; if that fails, :class:`LabelsNotRecordedError` says
+        where the paid labels are and how to resume.
+        """
         t0 = time.perf_counter()
         request = request.reset_index(drop=True)
-        parts = []
+        journal = self.journal()
+        stored = journal.request(round_)
+        same = stored is not None and len(stored) == len(request)
+        for col in ("qm9_index", "fidelity"):
+            same = same and bool((stored[col].to_numpy() == request[col].to_numpy()).all())
+        paid = journal.paid(round_) if same else no_answers()
+        if not same:
+            journal.log_request(round_, request)
+        parts = [paid[list(FRAME_COLUMNS)]] if len(paid) else []
         for d, rows in request.groupby("fidelity", sort=True).groups.items():
-            result = self.oracles[int(d)].label(request.loc[rows, "qm9_index"].to_numpy(np.int64))
-            parts.append(result.to_frame().set_axis(rows))
+            todo = [int(p) for p in rows if int(p) not in paid.index]
+            for i in range(0, len(todo), CHUNK):
+                chunk = todo[i : i + CHUNK]
+                result = self.oracles[int(d)].label(
+                    request.loc[chunk, "qm9_index"].to_numpy(np.int64)
+                )
+                part = result.to_frame().set_axis(chunk)
+                journal.log_labels(round_, chunk, part)
+                parts.append(part)
         self.timings["label"] = time.perf_counter() - t0
         frame = pd.concat(parts).sort_index()
         frame["round"] = round_
         for col in ("score", "pred_mean", "pred_std"):
             frame[col] = request[col].to_numpy()
-        self.tracker.log_queried(round_, frame)
+        if len(paid):
+            log.info(
+                "event=labels_reused round=%d n=%d journal=%s", round_, len(paid), journal.path
+            )
+        try:
+            self.tracker.log_queried(round_, frame)
+        except Exception as err:  # any failure to record: say where the labels are
+            raise LabelsNotRecordedError(self.tracker.run_id, journal.path, err, round_) from None
         log.info("event=labels_paid round=%d n=%d cost=%g", round_, len(frame), frame["cost"].sum())
         self.labelled.add(frame[list(QUERIED_COLUMNS)])
         n_failed = int((frame["status"] != "ok").sum())
@@ -260,15 +338,20 @@ class Campaign:
         return replace(self.data, y=y), rows[n_val:], rows[:n_val]
 
     def progress(self, round_: int) -> CampaignProgress:
+        """Where the campaign stands after ``round_``: what the stopping rules read."""
         left = int((~torch.isin(self.data.qm9_index[self.pool], self.closed())).sum())
         return CampaignProgress(
             round=round_,
             n_labelled=len(self.labelled.ok),
             n_requested=len(self.labelled.table),
-            cost_spent=self.labelled.cost_spent,
-            test_mae_history=list(self.mae_history),
+            cost_spent=self.labelled.cost_spent + self.baseline_cost(),
+            val_mae_history=list(self.val_mae_history),
             pool_left=left,
         )
+
+    def baseline_cost(self) -> float:
+        """What a Δ-learning surrogate's baseline cost so far (``al.baselines``; 0 without)."""
+        return float(getattr(self.surrogate, "baseline_cost", 0.0))
 
     def timed(self, phase: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)``, its wall time kept in ``timings[phase]``."""
@@ -288,11 +371,12 @@ class Campaign:
         metrics = {
             CM.N_LABELLED: len(self.labelled.ok),
             CM.ROUND: round_,
-            CM.COST_SPENT: self.labelled.cost_spent,
+            CM.COST_SPENT: self.labelled.cost_spent + self.baseline_cost(),
             CM.N_REQUESTED: len(table),
             CM.N_FAILED: int((table["status"] != "ok").sum()),
             CM.POOL_SCORED: self.timings.get("pool_scored", 0),
             **{metric: report.get(key, float("nan")) for key, metric in REPORT_METRICS.items()},
+            CM.VAL_MAE: self.val_mae_history[-1] if self.val_mae_history else float("nan"),
             CM.FIT_EPOCHS: epochs,
             CM.RETRAINED: int(retrained),
             CM.TRAINED_ON: self.trained_on,
@@ -308,6 +392,8 @@ class Campaign:
         for oracle, n in table.loc[table["status"] == "ok", "oracle"].value_counts().items():
             metrics[CM.labels_from(str(oracle))] = int(n)
         metrics["round_cost"] = float(this_round["cost"].sum())
+        if hasattr(self.surrogate, "baseline_cost"):  # the cheap labels of a Δ-learning baseline
+            metrics["cost_baseline"] = self.baseline_cost()
         self.tracker.log_round_metrics(len(self.labelled.ok), metrics)
         self.tracker.complete_round(round_)
 
@@ -351,19 +437,38 @@ class Campaign:
 
     # --- resume --------------------------------------------------------------------------------
     def restore(self) -> tuple[int, bool]:
-        """Read back what the tracker holds.
+        """Read back what the tracker holds, and what the label journal holds beyond it.
+
+        Labels the journal has but the tracker lacks (the process was killed, or the server
+        was down, after the oracle answered and before the round's table was recorded) are
+        recorded now, and only the rest of that round's journalled request is bought.
+        Metrics are read by step (``n_labelled``, the latest value of a step wins) at each
+        round's label count, so a round logged twice does not shift the history.
 
         Returns ``(round, fitted)``: the last round whose labels are in (-1: nothing yet)
         and whether that round's fit and evaluation were completed.
         """
         rounds = self.tracker.queried_rounds()
-        if not rounds:
-            return -1, False
         for r in rounds:
             self.labelled.add(self.tracker.read_queried(r))
+        journal = self.journal()
+        for r in journal.requested_rounds():
+            if r > (rounds[-1] if rounds else -1):
+                request = journal.request(r)
+                assert request is not None
+                log.info(
+                    "event=journal_resume round=%d requested=%d paid=%d journal=%s",
+                    r, len(request), len(journal.paid(r)), journal.path,
+                )  # fmt: skip
+                self.label(r, request.reset_index(drop=True))
+                rounds.append(r)
+        if not rounds:
+            return -1, False
         self.tracker.close_stale_children()
         last, completed = rounds[-1], self.tracker.completed_round()
-        self.mae_history = self.tracker.metric_history(CM.TEST_MAE)[: completed + 1]
+        steps = self.labelled.steps_per_round()
+        mae = self.tracker.metric_by_step(CM.TEST_MAE)
+        self.mae_history = [mae.get(steps.get(r, -1), float("nan")) for r in range(completed + 1)]
         log.info(
             "event=resume run_id=%s queried_rounds=%d completed_round=%d labels=%d",
             self.tracker.run_id, len(rounds), completed, len(self.labelled.table),
@@ -374,8 +479,9 @@ class Campaign:
             return last, False
         meta = self.load_checkpoint(last)
         self.trained_on = int(meta.get("n_labelled", len(self.labelled.ok)))
+        step = steps.get(completed, -1)
         self.last_report = {
-            key: self.tracker.metric_history(metric)[completed]
+            key: self.tracker.metric_by_step(metric).get(step, float("nan"))
             for key, metric in REPORT_METRICS.items()
         }
         return last, True

@@ -6,6 +6,7 @@ from dataclasses import dataclass, fields
 from typing import ClassVar
 
 from al.acquisition import ACQUISITIONS, MF_ACQUISITIONS, STRATEGIES
+from al.baselines import baseline_choices, baseline_spec_problem
 from al.config import ConfigError, option
 from al.data.config import DataConfig
 from al.loop.stopping import STOPPING_RULES
@@ -22,6 +23,15 @@ def oracle_list_problem(value: str) -> str | None:
         if problem:
             return problem
     return None
+
+
+def oracle_cost_problem(value: float) -> str | None:
+    """None for a cost per label > 0 or the sentinel -1 (the oracle's default), else why."""
+    if value == -1 or value > 0:
+        return None
+    return (
+        f"{value!r} is not a cost per label; expected a number > 0, or -1 for the oracle's default"
+    )
 
 
 @dataclass
@@ -44,12 +54,19 @@ class CampaignConfig(ModelConfig, FitConfig, DataConfig):
     oracle: str = option(
         "dft", f"labeller: {', '.join(oracle_choices())}", check=oracle_spec_problem
     )
-    oracle_cost: float = option(-1.0, "cost per label (-1: the oracle's default)")
+    oracle_cost: float = option(
+        -1.0, "cost per label, > 0 (-1: the oracle's default)", check=oracle_cost_problem
+    )
     oracles: str = option(
         "", "several labellers, cheapest first, comma-separated (e.g. xtb,dft): multi-fidelity",
         check=oracle_list_problem,
     )  # fmt: skip
     costs: str = option("", "cost per label of each of oracles, e.g. 0.01,1.0 (empty: defaults)")
+    baseline: str = option(
+        "none", "Δ-learning: the surrogate learns target - baseline, every prediction adds it "
+        f"back: {', '.join(baseline_choices())}", check=baseline_spec_problem,
+    )  # fmt: skip
+    baseline_cost: float = option(-1.0, "cost per molecule of the baseline (-1: its default)")
     mf_acquisition: str = option(
         "variance_reduction", "multi-fidelity: how (molecule, fidelity) pairs are chosen",
         choices=tuple(MF_ACQUISITIONS),
@@ -64,14 +81,29 @@ class CampaignConfig(ModelConfig, FitConfig, DataConfig):
     initial_size: int = option(1000, "random labels in round 0", min=1)
     batch_size: int = option(100, "labels asked for per round", min=1)
     rounds: int = option(3, "acquisition rounds after round 0 (0 = no limit)", min=0)
-    budget_labels: int = option(0, "stop when this many labels are spent (0 = none)", min=0)
-    budget_cost: float = option(0.0, "stop when this much cost is spent (0 = none)", min=0.0)
-    target_mae: float = option(0.0, "stop when test MAE (eV) is at most this (0 = none)", min=0.0)
+    budget_labels: int = option(
+        0, "label requests at most, initial set included; rounds are clipped to it (0 = none)",
+        min=0,
+    )  # fmt: skip
+    budget_cost: float = option(
+        0.0, "cost at most, initial set included; rounds are clipped to it (0 = none)", min=0.0
+    )
+    target_mae: float = option(
+        0.0, "stop when the round's validation MAE (eV) is at most this (0 = none)", min=0.0
+    )
     plateau_rounds: int = option(
-        0, "stop after this many rounds without improvement (0 = off)", min=0
+        0, "stop after this many rounds without a better validation MAE (0 = off)", min=0
     )
     epochs: int = option(40, "maximum epochs per round's fit", min=1)
     patience: int = option(10, "early stopping: validations without improvement", min=1)
+    min_steps: int = option(
+        600, "optimizer steps a fit from scratch gets at least, whatever the labelled-set "
+        "size (a warm fit: warm_fraction of them); early stopping waits for them too", min=0,
+    )  # fmt: skip
+    val_min: int = option(
+        100, "validation floor in molecules: at least this many labels are held out, at "
+        "most val_max_fraction of them (0 = off)", min=0,
+    )  # fmt: skip
     warm_start: bool = option(
         True, "a round's fit continues from the previous round's weights (shorter schedule)"
     )

@@ -33,11 +33,19 @@ class Labelled:
     def cost_spent(self) -> float:
         return float(self.table["cost"].sum()) if len(self.table) else 0.0
 
-    def counts_per_round(self) -> list[int]:
-        """Successful labels up to each round that has any (cumulative), in round order."""
+    def steps_per_round(self) -> dict[int, int]:
+        """Round -> successful labels up to and including it (the round's metric step,
+        ``n_labelled``), for every round in the table, a round of failures included."""
         t = self.table
-        ok = t[t["status"] == "ok"].groupby("round").size().sort_index().cumsum()
-        return [int(v) for v in ok.to_numpy()]
+        if not len(t):
+            return {}
+        ok = (t["status"] == "ok").groupby(t["round"].astype(int)).sum().sort_index().cumsum()
+        return {int(r): int(n) for r, n in ok.items()}
+
+    def counts_per_round(self) -> list[int]:
+        """Successful labels up to each round (cumulative), in round order: one entry per
+        round in the table, so that entry ``i`` is round ``i``'s step."""
+        return list(self.steps_per_round().values())
 
     def digest(self) -> str:
         """Data version of the labelled set (which molecules, which labels)."""

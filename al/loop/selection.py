@@ -15,6 +15,10 @@ Chosen once, from the number of oracles (:func:`build_selection`):
 
 Both write request frames: one row per label request with columns ``qm9_index, fidelity,
 score, pred_mean, pred_std`` (``fidelity`` indexes the oracle list).
+
+Both keep within an :class:`~al.loop.stopping.Allowance`, what is left of the label and cost
+budgets: the initial set and every round are clipped to it, so that a campaign never
+spends more than its budgets.
 """
 
 from __future__ import annotations
@@ -27,11 +31,12 @@ import torch
 from torch import Tensor
 
 from al.acquisition.functions import ACQUISITIONS, select
-from al.acquisition.multifidelity import select_pairs
+from al.acquisition.multifidelity import PairSelection, select_pairs
 from al.data.molecules import MolecularData
 from al.loop.config import CampaignConfig
 from al.loop.ledger import Labelled
 from al.loop.seeds import round_generator
+from al.loop.stopping import UNLIMITED, Allowance
 from al.oracles import Oracle
 from al.uncertainty import Prediction, Surrogate
 
@@ -66,6 +71,12 @@ class Selection:
     @property
     def n_fidelities(self) -> int:
         return len(self.oracles)
+
+    @property
+    def scores_pool(self) -> bool:
+        """Whether :meth:`choose` needs the surrogate's prediction for every candidate
+        (False for an acquisition that needs nothing from it, e.g. ``random``)."""
+        return True
 
     def request_frame(
         self,
@@ -113,15 +124,33 @@ class Selection:
                 out[i, self.fidelity_of[name]] = True
         return out
 
+    def nothing_fits(self, left: Allowance) -> str | None:
+        """A reason to stop when not even the cheapest label fits what is ``left`` of the
+        budgets, else None."""
+        cheapest = float(self.costs.min())
+        if left.count(cheapest) >= 1:
+            return None
+        return f"budget: nothing more fits (labels left {left.labels:g}, cost left {left.cost:g})"
+
     # --- what each selection defines ----------------------------------------------------
-    def initial_request(self, rows: Tensor) -> pd.DataFrame:  # pragma: no cover - abstract
-        """Round 0's requests for the random initial rows ``rows`` (``[n]``)."""
+    def initial_request(
+        self, rows: Tensor, left: Allowance = UNLIMITED
+    ) -> pd.DataFrame:  # pragma: no cover - abstract
+        """Round 0's requests for the random initial rows ``rows`` (``[n]``), clipped to what
+        is ``left`` of the budgets (a prefix of ``rows``)."""
         raise NotImplementedError
 
     def choose(
-        self, round_: int, candidates: Tensor, pred: Prediction, labelled: Labelled
+        self,
+        round_: int,
+        candidates: Tensor,
+        pred: Prediction | None,
+        labelled: Labelled,
+        left: Allowance = UNLIMITED,
     ) -> pd.DataFrame:  # pragma: no cover - abstract
-        """The requests of acquisition round ``round_`` among the ``[n]`` candidate rows."""
+        """The requests of acquisition round ``round_`` among the ``[n]`` candidate rows,
+        within what is ``left`` of the budgets; ``pred`` is None when :attr:`scores_pool` is
+        False."""
         raise NotImplementedError
 
     def closed(self, labelled: Labelled) -> np.ndarray:  # pragma: no cover - abstract
@@ -144,27 +173,46 @@ class Selection:
 class SingleFidelity(Selection):
     """One oracle: ``batch_size`` molecules a round, chosen by an acquisition function."""
 
-    def initial_request(self, rows: Tensor) -> pd.DataFrame:
-        """Round 0: every row of ``rows`` (``[n]``) from the oracle."""
-        return self.request_frame(rows)
+    def initial_request(self, rows: Tensor, left: Allowance = UNLIMITED) -> pd.DataFrame:
+        """Round 0: the rows of ``rows`` (``[n]``) from the oracle, as many as fit ``left``."""
+        k = min(rows.numel(), left.count(float(self.costs[-1])))
+        return self.request_frame(rows[:k])
+
+    @property
+    def scores_pool(self) -> bool:
+        return bool(ACQUISITIONS[self.acquisition].needs)
 
     def choose(
-        self, round_: int, candidates: Tensor, pred: Prediction, labelled: Labelled
+        self,
+        round_: int,
+        candidates: Tensor,
+        pred: Prediction | None,
+        labelled: Labelled,
+        left: Allowance = UNLIMITED,
     ) -> pd.DataFrame:
-        """The round's requests: ``min(batch_size, n)`` of the ``[n]`` candidate rows.
+        """The round's requests: ``k`` of the ``[n]`` candidate rows, with ``k =
+        min(batch_size, n, labels left, floor(cost left / cost per label))``.
 
-        ``pred`` is the surrogate's prediction for the candidates (``mean [n]``...); the
-        labelled molecules' embeddings are computed only when the acquisition needs them.
+        ``pred`` is the surrogate's prediction for the candidates (``mean [n]``...), or None
+        for an acquisition that needs none (:attr:`scores_pool`): then only the chosen
+        molecules are predicted, for the ``pred_mean``/``pred_std`` columns. The labelled
+        molecules' embeddings are computed only when the acquisition needs them.
         """
         labelled_emb = None
         if "embedding" in ACQUISITIONS[self.acquisition].needs:
             assert self.surrogate is not None, "this acquisition needs the surrogate"
             ok_rows = self.data.rows_of(labelled.ok["qm9_index"].to_numpy())
             labelled_emb = self.surrogate.predict(self.data, ok_rows).embedding
-        k = min(self.config.batch_size, candidates.numel())
+        k = min(self.config.batch_size, candidates.numel(), left.count(float(self.costs[-1])))
         gen = round_generator(self.config.seed, round_, "select")
-        sel = select(self.acquisition, pred, k, generator=gen, labelled_embedding=labelled_emb)
-        return self.request_frame(candidates[sel.index], sel.score, pred, sel.index)
+        # an unscored pool: the acquisition reads only its size (``len(pred)``)
+        offered = pred if pred is not None else Prediction(torch.zeros(candidates.numel()))
+        sel = select(self.acquisition, offered, k, generator=gen, labelled_embedding=labelled_emb)
+        index = sel.index
+        if pred is None and self.surrogate is not None and k > 0:
+            pred = self.surrogate.predict(self.data, candidates[sel.index])
+            index = torch.arange(k)
+        return self.request_frame(candidates[sel.index], sel.score, pred, index)
 
     def closed(self, labelled: Labelled) -> np.ndarray:
         """QM9 indices no longer offered: every molecule asked for, ``[c]`` int64."""
@@ -182,9 +230,12 @@ class SingleFidelity(Selection):
 class MultiFidelity(Selection):
     """Several oracles: (molecule, fidelity) pairs within a round's cost."""
 
-    def initial_request(self, rows: Tensor) -> pd.DataFrame:
-        """Round 0: every row of ``rows`` (``[n]``) at every fidelity, so that the surrogate
-        sees how the fidelities relate from the start (``D * n`` requests)."""
+    def initial_request(self, rows: Tensor, left: Allowance = UNLIMITED) -> pd.DataFrame:
+        """Round 0: rows of ``rows`` (``[n]``) at every fidelity, so that the surrogate sees
+        how the fidelities relate from the start (``D * m`` requests); ``m <= n`` molecules,
+        as many as fit ``left`` at the cost of all fidelities together."""
+        m = min(rows.numel(), left.count(float(self.costs.sum()), self.n_fidelities))
+        rows = rows[:m]
         frames = [
             self.request_frame(rows, fidelity=torch.full_like(rows, d))
             for d in range(self.n_fidelities)
@@ -192,21 +243,36 @@ class MultiFidelity(Selection):
         return pd.concat(frames, ignore_index=True)
 
     def choose(
-        self, round_: int, candidates: Tensor, pred: Prediction, labelled: Labelled
+        self,
+        round_: int,
+        candidates: Tensor,
+        pred: Prediction,
+        labelled: Labelled,
+        left: Allowance = UNLIMITED,
     ) -> pd.DataFrame:
         """Pairs chosen by the multi-fidelity acquisition for the ``[n]`` candidates,
-        spending at most ``round_cost`` (default ``batch_size`` x the highest cost).
+        spending at most ``min(round_cost, cost left)`` (``round_cost`` defaults to
+        ``batch_size`` x the highest cost), and no more pairs than labels are left (the
+        first ones chosen).
 
         ``pred.fidelity_members`` (``[K, n, D]``) gives each pair's mean and std.
         """
         cfg = self.config
-        budget = cfg.round_cost or cfg.batch_size * float(self.costs[-1])
-        options = {"cheap_share": cfg.cheap_share} if self.acquisition == "cheap_first" else {}
+        budget = min(cfg.round_cost or cfg.batch_size * float(self.costs[-1]), left.cost)
+        options: dict[str, object] = {}
+        if self.acquisition == "cheap_first":
+            options["cheap_share"] = cfg.cheap_share
+        elif self.acquisition == "variance_reduction":  # the fidelities' discrepancy noise
+            y, rows = self.training_targets(labelled)
+            options["labels"] = y[rows]  # [m, D], NaN where a molecule lacks a fidelity
         gen = round_generator(cfg.seed, round_, "select")
         sel = select_pairs(
             self.acquisition, pred, self.bought(candidates, labelled), self.costs, budget,
             generator=gen, **options,
         )  # fmt: skip
+        n = left.count(0.0)
+        if n < len(sel):
+            sel = PairSelection(sel.index[:n], sel.fidelity[:n], sel.score[:n])
         assert pred.fidelity_members is not None
         chosen = pred.fidelity_members[:, sel.index, sel.fidelity]  # [K, m]
         frame = self.request_frame(candidates[sel.index], sel.score, fidelity=sel.fidelity)

@@ -1,26 +1,68 @@
-"""Stopping rules: small objects with one method, built from the campaign config."""
+"""Stopping rules: small objects built from the campaign config.
+
+Every rule says whether to stop after a completed round (:meth:`StoppingRule.check`); the
+budgets also say what is left of them (:meth:`StoppingRule.remaining`), so that the
+campaign never asks for more than that: the budgets are hard caps, not checks after the
+fact.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+
+#: slack for float cost sums (0.1 + 0.2 labels must fit a budget of 0.3)
+COST_SLACK = 1e-9
 
 
 @dataclass
 class CampaignProgress:
-    """What the rules look at after each completed round."""
+    """What the rules look at after each completed round.
+
+    ``val_mae_history`` holds the validation MAE (eV) of each round's fit, one per round;
+    the test set is for reporting only and no rule reads it.
+    """
 
     round: int
     n_labelled: int
     n_requested: int
     cost_spent: float
-    test_mae_history: list[float] = field(default_factory=list)
+    val_mae_history: list[float] = field(default_factory=list)
     pool_left: int = 1
+
+
+@dataclass(frozen=True)
+class Allowance:
+    """What is left of the budgets: label requests and cost (``inf``: no budget)."""
+
+    labels: float = math.inf
+    cost: float = math.inf
+
+    def count(self, cost_each: float, labels_each: int = 1) -> float:
+        """How many items fit, each ``labels_each`` requests costing ``cost_each`` in all
+        (``inf``: any number; 0 when the budgets are spent)."""
+        n = self.labels / labels_each
+        if cost_each > 0:
+            n = min(n, self.cost / cost_each + COST_SLACK)
+        return max(0, math.floor(n)) if math.isfinite(n) else math.inf
+
+    def __and__(self, other: Allowance) -> Allowance:
+        """The tighter of two allowances."""
+        return Allowance(min(self.labels, other.labels), min(self.cost, other.cost))
+
+
+#: no budget at all
+UNLIMITED = Allowance()
 
 
 class StoppingRule:
     def check(self, progress: CampaignProgress) -> str | None:  # pragma: no cover
         """A reason to stop, or None to go on."""
         raise NotImplementedError
+
+    def remaining(self, progress: CampaignProgress) -> Allowance:
+        """What this rule still allows to be spent (no limit unless it is a budget)."""
+        return UNLIMITED
 
 
 @dataclass
@@ -40,6 +82,9 @@ class LabelBudget(StoppingRule):
             return f"label budget: {p.n_requested} of {self.labels} spent"
         return None
 
+    def remaining(self, p: CampaignProgress) -> Allowance:
+        return Allowance(labels=max(0, self.labels - p.n_requested))
+
 
 @dataclass
 class CostBudget(StoppingRule):
@@ -50,26 +95,32 @@ class CostBudget(StoppingRule):
             return f"cost budget: {p.cost_spent:g} of {self.cost:g} spent"
         return None
 
+    def remaining(self, p: CampaignProgress) -> Allowance:
+        return Allowance(cost=max(0.0, self.cost - p.cost_spent))
+
 
 @dataclass
 class TargetMAE(StoppingRule):
+    """The last round's validation MAE is at most ``mae`` eV."""
+
     mae: float
 
     def check(self, p: CampaignProgress) -> str | None:
-        if p.test_mae_history and p.test_mae_history[-1] <= self.mae:
-            return f"target MAE: {p.test_mae_history[-1]:.4f} <= {self.mae} eV"
+        if p.val_mae_history and p.val_mae_history[-1] <= self.mae:
+            return f"target MAE: validation MAE {p.val_mae_history[-1]:.4f} <= {self.mae} eV"
         return None
 
 
 @dataclass
 class Plateau(StoppingRule):
-    """No new best test MAE (by more than ``min_delta`` eV) in the last ``rounds`` rounds."""
+    """No new best validation MAE (by more than ``min_delta`` eV) in the last ``rounds``
+    rounds. Rounds without a validation MAE (NaN: no validation set) are left out."""
 
     rounds: int
     min_delta: float = 0.0
 
     def check(self, p: CampaignProgress) -> str | None:
-        h = p.test_mae_history
+        h = [v for v in p.val_mae_history if math.isfinite(v)]
         if len(h) <= self.rounds:
             return None
         best_before = min(h[: -self.rounds])
@@ -102,7 +153,16 @@ def build_rules(settings: dict[str, float]) -> list[StoppingRule]:
     return [*rules, PoolExhausted()]
 
 
+def remaining(rules: list[StoppingRule], progress: CampaignProgress) -> Allowance:
+    """What is left of every budget among ``rules`` after ``progress``."""
+    left = UNLIMITED
+    for rule in rules:
+        left = left & rule.remaining(progress)
+    return left
+
+
 def first_reason(rules: list[StoppingRule], progress: CampaignProgress) -> str | None:
+    """The first rule's reason to stop, or None to go on."""
     for rule in rules:
         reason = rule.check(progress)
         if reason:

@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 
 from al import plots
+from al.loop.journal import journal_path
 from al.models.checkpoint import save_checkpoint
 from al.tracking import (
     CAMPAIGN_PLOTS,
@@ -91,9 +92,13 @@ class ModelArtifacts:
 
 
 class CampaignTracker(Protocol):
-    """What a campaign records, and what it reads back to resume."""
+    """What a campaign records, and what it reads back to resume.
+
+    ``journal_path`` is where the campaign's label journal lives (:mod:`al.loop.journal`).
+    """
 
     run_id: str
+    journal_path: Path
 
     def fit_run(self, round_: int, data_version: str) -> AbstractContextManager[EpochCallback]:
         """Context of one fit (a round's child run); gives the epoch logger."""
@@ -124,8 +129,12 @@ class CampaignTracker(Protocol):
         """The last completed round, -1 when none."""
         ...
 
+    def metric_by_step(self, key: str) -> dict[int, float]:
+        """``step -> value`` of ``key``, the latest value of a step logged twice."""
+        ...
+
     def metric_history(self, key: str) -> list[float]:
-        """Values of ``key`` by step."""
+        """Values of ``key`` in step order, one per step."""
         ...
 
     def download_checkpoint(self, round_: int, dst: Path) -> Path:
@@ -143,6 +152,11 @@ class MlflowTracker(CampaignRun):
     def __init__(self, run_id: str) -> None:
         super().__init__(run_id)
         self._epochs: EpochLogger | None = None
+
+    @property
+    def journal_path(self) -> Path:
+        """``$AL_JOURNAL_DIR/<run id>.jsonl`` (see :func:`al.loop.journal.journal_path`)."""
+        return journal_path(self.run_id)
 
     @contextmanager
     def fit_run(self, round_: int, data_version: str) -> Iterator[EpochCallback]:
@@ -218,6 +232,7 @@ class MemoryTracker:
         self._tmp = tempfile.TemporaryDirectory(prefix="al-memory-") if root is None else None
         self.root = Path(root if root is not None else self._tmp.name)  # type: ignore[union-attr]
         self.run_id = f"memory:{self.root}"
+        self.journal_path = self.root / "journal.jsonl"
         self.figures = figures
         #: round -> queried table (``QUERIED_COLUMNS``)
         self.queried: dict[int, pd.DataFrame] = {}
@@ -274,8 +289,11 @@ class MemoryTracker:
     def completed_round(self) -> int:
         return self.completed
 
+    def metric_by_step(self, key: str) -> dict[int, float]:
+        return dict(sorted(dict(self.metrics.get(key, [])).items()))  # the latest value wins
+
     def metric_history(self, key: str) -> list[float]:
-        return [v for _, v in sorted(self.metrics.get(key, []), key=lambda sv: sv[0])]
+        return list(self.metric_by_step(key).values())
 
     def metrics_frame(self) -> pd.DataFrame:
         """Every metric by step: one row per ``n_labelled``, one column per key."""

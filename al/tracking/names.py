@@ -81,6 +81,10 @@ TAG_COMPLETED_ROUND = "al.completed_round"
 TAG_STOP_REASON = "al.stop_reason"
 TAG_DATA_VERSION = "al.data_version"
 TAG_RESUMED_INTO = "al.resumed_into"
+#: where the campaign's label journal lives (a local file on the machine that ran it)
+TAG_JOURNAL = "al.journal"
+#: the process that owns a campaign run now (al.tracking.lease): JSON owner/since/heartbeat
+TAG_LEASE = "al.lease"
 KIND_ROUND = "round"
 
 
@@ -93,9 +97,15 @@ class CampaignMetrics:
     N_REQUESTED = "n_requested"
     N_FAILED = "n_failed"
     POOL_SCORED = "pool_scored"
+    #: validation MAE of the round's fit (the weights kept); what target_mae and
+    #: plateau_rounds read (the test set is for reporting only)
+    VAL_MAE = "val_mae"
     TEST_MAE = "test_mae"
     TEST_RMSE = "test_rmse"
     TEST_MAX_AE = "test_max_ae"
+    #: 95th / 99th percentile of the absolute test error (eV)
+    TEST_P95_AE = "test_p95_ae"
+    TEST_P99_AE = "test_p99_ae"
     TEST_NLL = "test_nll"
     TEST_SPEARMAN = "test_spearman_std_err"
     TEST_MISCALIBRATION = "test_miscalibration_area"
@@ -121,9 +131,13 @@ class CampaignMetrics:
         """The same metric of the last round refitted from scratch (``final_refit``)."""
         return f"final_refit.{metric}"
 
+    #: prefix of the per-oracle label counts (:meth:`labels_from`)
+    LABELS_FROM_PREFIX = "n_labels."
+
     @staticmethod
     def labels_from(oracle: str) -> str:
-        return f"n_labels.{oracle.replace(':', '_').replace('/', '_')}"
+        """Successful labels bought from ``oracle`` so far (one metric per fidelity)."""
+        return CampaignMetrics.LABELS_FROM_PREFIX + oracle.replace(":", "_").replace("/", "_")
 
 
 QUERIED_COLUMNS = (

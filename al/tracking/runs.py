@@ -2,27 +2,37 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import pandas as pd
+from mlflow.entities import LoggedModelStatus
 from mlflow.tracking import MlflowClient
 
+from al.tracking.lease import CampaignLease, catch_sigterm, restore_sigterm
 from al.tracking.names import (
     KIND_TRIAL,
     QUERIED_COLUMNS,
     ROUND_CHECKPOINT,
     TAG_COMPLETED_ROUND,
     TAG_KIND,
+    TAG_MODEL_URI,
     TAG_PARENT,
     TAG_RESUMED_INTO,
     TAG_ROUND,
+    TAG_STOP_REASON,
     TAG_TRIAL_STATE,
     TRIAL_FAILED,
+    Artifacts,
     queried_path,
 )
+
+log = logging.getLogger(__name__)
 
 
 def set_experiment(name: str) -> None:
@@ -43,29 +53,102 @@ class CampaignRun:
         self.run_id = run_id
         self.client = MlflowClient()
 
+    #: this process's lease on the run (set by :meth:`start`)
+    lease: CampaignLease | None = None
+    #: when :meth:`start` ran (Unix ms) and the SIGTERM handler it replaced
+    started_ms: int = 0
+    previous_sigterm: Any = None
+
     @classmethod
     def start(cls, experiment_name: str, resume: str = "") -> CampaignRun:
-        """Start (or re-open, with ``resume``) the campaign run and make it active."""
+        """Start (or re-open, with ``resume``) the campaign run, make it active and take its
+        lease (:mod:`al.tracking.lease`).
+
+        A resumed run is leased before anything on it changes: a run that another live
+        process owns raises :class:`~al.tracking.lease.LeaseHeldError` and is left as it is.
+        Until :meth:`end`, SIGTERM raises :class:`~al.tracking.lease.Terminated`.
+        """
+        started_ms = int(time.time() * 1000)
+        previous = catch_sigterm()
+        try:
+            out = cls._start(experiment_name, resume)
+        except BaseException:
+            restore_sigterm(previous)
+            raise
+        out.started_ms, out.previous_sigterm = started_ms, previous
+        return out
+
+    @classmethod
+    def _start(cls, experiment_name: str, resume: str) -> CampaignRun:
         wrapper = os.environ.get("MLFLOW_RUN_ID")
         if resume:
-            if wrapper and wrapper != resume:
-                # `mlflow run -P resume=ID` made a fresh run for this process: point it at
-                # the campaign it continues and close it.
-                MlflowClient().set_tag(wrapper, TAG_RESUMED_INTO, resume)
-                MlflowClient().set_terminated(wrapper, "FINISHED")
-                os.environ.pop("MLFLOW_RUN_ID")
             try:
-                # nested round runs go to the current experiment: make it the campaign's
                 exp_id = MlflowClient().get_run(resume).info.experiment_id
+            except mlflow.exceptions.MlflowException as err:
+                raise ValueError(f"cannot resume run {resume!r}: {err.message}") from None
+            lease = CampaignLease(resume).acquire()
+            try:
+                if wrapper and wrapper != resume:
+                    # `mlflow run -P resume=ID` made a fresh run for this process: point it at
+                    # the campaign it continues and close it.
+                    MlflowClient().set_tag(wrapper, TAG_RESUMED_INTO, resume)
+                    MlflowClient().set_terminated(wrapper, "FINISHED")
+                    os.environ.pop("MLFLOW_RUN_ID")
+                # nested round runs go to the current experiment: make it the campaign's
                 mlflow.set_experiment(experiment_id=exp_id)
                 run = mlflow.start_run(run_id=resume)
             except mlflow.exceptions.MlflowException as err:
+                lease.release()
                 raise ValueError(f"cannot resume run {resume!r}: {err.message}") from None
+            except BaseException:
+                lease.release()
+                raise
         else:
             if not wrapper and not os.environ.get("MLFLOW_EXPERIMENT_ID"):
                 mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or experiment_name)
             run = mlflow.start_run()
-        return cls(run.info.run_id)
+            try:
+                lease = CampaignLease(run.info.run_id).acquire()
+            except BaseException as err:
+                mlflow.end_run("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+                raise
+        out = cls(run.info.run_id)
+        out.lease = lease
+        return out
+
+    def end(self, status: str) -> None:
+        """End the campaign run with ``status`` (FINISHED, FAILED or KILLED), its child runs
+        still open too, and release the lease.
+
+        Child runs opened by this process that an interrupt closed as FAILED are marked
+        ``status`` as well (an interrupted fit is KILLED, not failed), and the SIGTERM
+        handler from before :meth:`start` is restored. Never raises for the tracking server:
+        the run is ending.
+        """
+        try:
+            while (active := mlflow.active_run()) is not None and active.info.run_id != self.run_id:
+                mlflow.end_run(status)  # a nested round run the exception left open
+            exp = self.client.get_run(self.run_id).info.experiment_id
+            flt = f"tags.`{TAG_PARENT}` = '{self.run_id}'"
+            for child in self.client.search_runs([exp], filter_string=flt, max_results=10_000):
+                ours = child.info.start_time >= self.started_ms and child.info.status == "FAILED"
+                if child.info.status == "RUNNING" or (ours and status == "KILLED"):
+                    self.client.set_terminated(child.info.run_id, status)
+        except Exception as err:  # the campaign's own status comes next
+            log.warning("event=close_children_failed run_id=%s error=%r", self.run_id, err)
+        try:
+            active = mlflow.active_run()
+            if active is not None and active.info.run_id == self.run_id:
+                mlflow.end_run(status)
+            else:
+                self.client.set_terminated(self.run_id, status)
+        except Exception as err:  # the server is gone: the error that got here matters more
+            log.warning("event=end_run_failed run_id=%s error=%r", self.run_id, err)
+        finally:
+            if self.lease is not None:
+                self.lease.release()
+            restore_sigterm(self.previous_sigterm)
+        log.info("event=campaign_ended run_id=%s status=%s", self.run_id, status)
 
     # --- reading back -------------------------------------------------------------------
     def queried_rounds(self) -> list[int]:
@@ -94,14 +177,24 @@ class CampaignRun:
         tag = self.client.get_run(self.run_id).data.tags.get(TAG_COMPLETED_ROUND)
         return int(tag) if tag is not None else -1
 
-    def metric_history(self, key: str) -> list[float]:
+    def metric_by_step(self, key: str) -> dict[int, float]:
+        """``step -> value`` of ``key``; a step logged twice (a round redone after a kill)
+        keeps its latest value (by timestamp, then by the server's order)."""
         hist = self.client.get_metric_history(self.run_id, key)
-        return [m.value for m in sorted(hist, key=lambda m: m.step)]
+        latest = sorted(enumerate(hist), key=lambda im: (im[1].timestamp, im[0]))
+        return dict(sorted({int(m.step): float(m.value) for _, m in latest}.items()))
+
+    def metric_history(self, key: str) -> list[float]:
+        """Values of ``key`` in step order, one per step (see :meth:`metric_by_step`)."""
+        return list(self.metric_by_step(key).values())
 
     def round_child(self, round_: int, finished_only: bool = True) -> list[Any]:
+        """The round's child runs, newest first (a round fitted twice after a kill has
+        several: the newest finished one is the round's model)."""
         exp = self.client.get_run(self.run_id).info.experiment_id
         flt = f"tags.`{TAG_PARENT}` = '{self.run_id}' and tags.`{TAG_ROUND}` = '{round_}'"
         runs = self.client.search_runs([exp], filter_string=flt)
+        runs = sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id), reverse=True)
         return [r for r in runs if r.info.status == "FINISHED" or not finished_only]
 
     def download_checkpoint(self, round_: int, dst: Path) -> Path:
@@ -122,12 +215,21 @@ class CampaignRun:
         )
 
     def close_stale_children(self) -> None:
-        """Mark round child runs left RUNNING by a killed process as KILLED."""
+        """Mark round child runs left RUNNING by a killed process as KILLED, and the logged
+        models they left PENDING (an upload cut short) as FAILED."""
         exp = self.client.get_run(self.run_id).info.experiment_id
         flt = f"tags.`{TAG_PARENT}` = '{self.run_id}'"
+        unfinished = set()
         for r in self.client.search_runs([exp], filter_string=flt):
             if r.info.status == "RUNNING":
                 self.client.set_terminated(r.info.run_id, "KILLED")
+            if r.info.status != "FINISHED":
+                unfinished.add(r.info.run_id)
+        if not unfinished:
+            return
+        for model in self.client.search_logged_models([exp], max_results=10_000):
+            if model.source_run_id in unfinished and model.status == LoggedModelStatus.PENDING:
+                self.client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
 
     # --- writing -------------------------------------------------------------------------
     def log_queried(self, round_: int, frame: pd.DataFrame) -> None:
@@ -140,6 +242,78 @@ class CampaignRun:
 
     def complete_round(self, round_: int) -> None:
         self.client.set_tag(self.run_id, TAG_COMPLETED_ROUND, str(round_))
+
+
+#: Bounds on the tracking client's HTTP retries in a campaign process: an outage is reported
+#: within about two minutes (refused connections: ~15 s per call), not after MLflow's
+#: default of several. Values already set in the environment win.
+HTTP_BOUNDS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+
+
+def bound_http_retries() -> None:
+    """Set :data:`HTTP_BOUNDS` in this process's environment, unless already set."""
+    for key, value in HTTP_BOUNDS.items():
+        os.environ.setdefault(key, value)
+
+
+@dataclass
+class StoredCampaign:
+    """What an existing run holds that resume checks before it continues.
+
+    Attributes:
+        run_id: the run.
+        tags: its tags.
+        config: its resolved config (``config.yaml``), None when it was never written.
+        splits_json: its split (``splits/splits.json``), None when it was never written.
+    """
+
+    run_id: str
+    tags: dict[str, str]
+    config: dict[str, Any] | None
+    splits_json: str | None
+
+    @property
+    def kind(self) -> str | None:
+        """The ``al.kind`` tag; None on a run killed before its tags were written."""
+        return self.tags.get(TAG_KIND)
+
+    @property
+    def finished(self) -> bool:
+        """Stopped by its rules and its final model logged."""
+        return TAG_STOP_REASON in self.tags and TAG_MODEL_URI in self.tags
+
+
+def read_stored_campaign(run_id: str) -> StoredCampaign:
+    """The tags, config and split of run ``run_id``; ValueError when there is no such run."""
+    import mlflow.artifacts
+    import yaml
+
+    client = MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except mlflow.exceptions.MlflowException as err:
+        first = (err.message.splitlines() or ["not found"])[0]
+        raise ValueError(f"cannot resume run {run_id!r}: {first}") from None
+    present = {a.path for a in client.list_artifacts(run_id)}
+    if "splits" in present:
+        present |= {a.path for a in client.list_artifacts(run_id, "splits")}
+
+    def text(path: str) -> str | None:
+        if path not in present:
+            return None
+        return mlflow.artifacts.load_text(f"runs:/{run_id}/{path}")
+
+    config = text(Artifacts.CONFIG)
+    return StoredCampaign(
+        run_id=run_id,
+        tags=dict(run.data.tags),
+        config=yaml.safe_load(config) if config is not None else None,
+        splits_json=text(Artifacts.SPLITS),
+    )
 
 
 def trial_runs(parent_run_id: str) -> list[Any]:

@@ -1,0 +1,181 @@
+"""The label journal: a local, append-only record of every label a campaign paid for.
+
+The tracking server is where a campaign's labels end up (``rounds/round_NNN/queried.csv``),
+but a label is paid the moment the oracle answers. The journal keeps it from that moment:
+each round's request, then each chunk of oracle answers, is appended to a local file and
+fsynced *before* anything else happens. When the process is killed, or the tracking server
+is down, the paid labels are in the journal; resume re-uses them and never buys them again.
+
+Where it lives: ``$AL_JOURNAL_DIR/<run id>.jsonl``, by default
+``~/.cache/al/journal/<run id>.jsonl`` (:func:`journal_path`), on the machine that ran the
+campaign. A resume elsewhere without that file still works, from the server alone.
+
+Format: JSON lines, one record per line:
+
+``{"kind": "request", "round": r, "rows": [{position, qm9_index, fidelity, score,
+pred_mean, pred_std}, ...]}``
+    What round ``r`` asks for, in request order (``position`` = row of the request).
+``{"kind": "labels", "round": r, "rows": [{position, qm9_index, oracle, label, status,
+cost}, ...]}``
+    One chunk of oracle answers (at most :data:`CHUNK` rows) for the round's last request.
+
+A line cut short by a kill is ignored when reading.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+#: Oracle answers journalled per record: a kill in the middle of a batch loses (and pays
+#: again) at most the chunk in flight.
+CHUNK = 64
+#: Environment variable naming the journal folder.
+JOURNAL_DIR_ENV = "AL_JOURNAL_DIR"
+REQUEST_FIELDS = ("qm9_index", "fidelity", "score", "pred_mean", "pred_std")
+LABEL_FIELDS = ("qm9_index", "oracle", "label", "status", "cost")
+
+
+def journal_dir() -> Path:
+    """``$AL_JOURNAL_DIR``, or ``~/.cache/al/journal``."""
+    env = os.environ.get(JOURNAL_DIR_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "al" / "journal"
+
+
+def journal_path(run_id: str) -> Path:
+    """The journal file of campaign run ``run_id``."""
+    return journal_dir() / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', run_id)}.jsonl"
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-ready scalar (numpy scalars to Python; NaN stays NaN)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+class LabelJournal:
+    """Append-only JSON-lines journal of a campaign's requests and paid labels.
+
+    Args:
+        path: the journal file (created, with its folder, on the first write).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    # --- writing -----------------------------------------------------------------------
+    def _append(self, record: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps(record) + "\n"
+        with open(self.path, "a+b") as fh:
+            if fh.tell() > 0:  # a line cut short by a kill must not swallow this one
+                fh.seek(-1, os.SEEK_END)
+                if fh.read(1) != b"\n":
+                    line = "\n" + line
+            fh.write(line.encode("utf-8"))
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def log_request(self, round_: int, request: pd.DataFrame) -> None:
+        """Round ``round_``'s request (rows in order; columns of :data:`REQUEST_FIELDS`
+        that the request has)."""
+        cols = [c for c in REQUEST_FIELDS if c in request.columns]
+        rows = [
+            {"position": i, **{c: _plain(v) for c, v in zip(cols, values, strict=True)}}
+            for i, values in enumerate(request[cols].itertuples(index=False, name=None))
+        ]
+        self._append({"kind": "request", "round": int(round_), "rows": rows})
+
+    def log_labels(self, round_: int, positions: Iterable[int], frame: pd.DataFrame) -> None:
+        """Oracle answers ``frame`` (:data:`LABEL_FIELDS`) for request rows ``positions``."""
+        values = frame[list(LABEL_FIELDS)].itertuples(index=False, name=None)
+        rows = [
+            {"position": int(p), **{c: _plain(v) for c, v in zip(LABEL_FIELDS, row, strict=True)}}
+            for p, row in zip(positions, values, strict=True)
+        ]
+        self._append({"kind": "labels", "round": int(round_), "rows": rows})
+
+    # --- reading -----------------------------------------------------------------------
+    def records(self) -> list[dict[str, Any]]:
+        """Every complete record, in writing order (none when there is no file)."""
+        if not self.path.is_file():
+            return []
+        out = []
+        for n, line in enumerate(self.path.read_text(encoding="utf-8").splitlines()):
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                log.warning("event=journal_line_skipped path=%s line=%d", self.path, n + 1)
+        return out
+
+    def request(self, round_: int) -> pd.DataFrame | None:
+        """The last request journalled for ``round_`` (``position`` as index), or None."""
+        found = None
+        for rec in self.records():
+            if rec.get("kind") == "request" and rec.get("round") == round_:
+                found = rec["rows"]
+        if found is None:
+            return None
+        return pd.DataFrame(found, columns=["position", *REQUEST_FIELDS]).set_index("position")
+
+    def paid(self, round_: int) -> pd.DataFrame:
+        """The answers paid for ``round_``'s last request (``position`` as index, the first
+        answer of a position kept)."""
+        rows: list[dict[str, Any]] = []
+        for rec in self.records():
+            if rec.get("round") != round_:
+                continue
+            if rec.get("kind") == "request":
+                rows = []  # answers belong to the request they follow
+            elif rec.get("kind") == "labels":
+                rows.extend(rec["rows"])
+        if not rows:
+            return no_answers()
+        frame = pd.DataFrame(rows, columns=["position", *LABEL_FIELDS])
+        return frame.drop_duplicates("position").set_index("position")
+
+    def requested_rounds(self) -> list[int]:
+        """Rounds with a journalled request, sorted."""
+        return sorted({int(r["round"]) for r in self.records() if r.get("kind") == "request"})
+
+
+def no_answers() -> pd.DataFrame:
+    """An empty table of answers, as :meth:`LabelJournal.paid` gives them."""
+    return pd.DataFrame(columns=["position", *LABEL_FIELDS]).set_index("position")
+
+
+class LabelsNotRecordedError(RuntimeError):
+    """The tracking server did not take what the campaign wrote (e.g. it is down for longer
+    than the client's retries); the message, one line, says where the paid labels are and
+    how to continue.
+
+    Args:
+        run_id: the campaign run.
+        path: its label journal.
+        cause: the error from the tracking client.
+        round_: the round being recorded (None: not known).
+    """
+
+    def __init__(
+        self, run_id: str, path: Path, cause: BaseException, round_: int | None = None
+    ) -> None:
+        first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        first = first.split(" with exception ")[0][:200]  # MLflow: "API request to URL failed"
+        where = f" round {round_}" if round_ is not None else ""
+        super().__init__(
+            f"the tracking server did not record campaign {run_id}{where} ({first}); the paid "
+            f"labels are kept in {path}; once the server is back, continue with: "
+            f"al al-loop --resume {run_id}"
+        )
+        self.run_id, self.path = run_id, path
