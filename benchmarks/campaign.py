@@ -172,16 +172,16 @@ def main() -> None:
         "--preset",
         choices=sorted(PRESETS),
         default=None,
-        help="settings of a named scale (explicit options do not override it)",
+        help="settings of a named scale (options given explicitly override them)",
     )
     p.add_argument("--max-steps", type=int, default=0)
     p.add_argument("--min-steps", type=int, default=0)
     p.add_argument("--eval-every", type=int, default=0)
     p.add_argument("--val-min", type=int, default=0)
     p.add_argument("--cold", action="store_true", help="every fit from scratch (no warm start)")
+    preset = p.parse_known_args()[0].preset
+    p.set_defaults(**PRESETS.get(preset or "", {}))  # the preset's values, unless given
     args = p.parse_args()
-    for key, value in PRESETS.get(args.preset or "", {}).items():
-        setattr(args, key, value)
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +16,15 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Under pytest-xdist (``-n N``) each worker gets an equal share of the cores, and so do the
+# subprocesses it starts: more torch threads than free cores make fits many times slower.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    from al.runtime import configure_threads, threads_per_process
+
+    os.environ["OMP_NUM_THREADS"] = str(threads_per_process(_WORKERS))
+    configure_threads(processes=_WORKERS)
 
 
 def _free_port() -> int:
@@ -31,15 +41,15 @@ def qm9():
     return load_qm9()
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real ``mlflow server`` (SQLite backend, served artifacts); yields its URI.
+def start_mlflow_server(root: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """Start ``mlflow server`` on 127.0.0.1 (SQLite backend ``root/mlflow.db``, served
+    artifacts below ``root``) in its own process group; wait until it answers ``/health``.
 
-    Started once per test session: it takes ~20 s to answer on two cores.
+    Returns the process and the URI. Started again on the same ``root`` and ``port`` it
+    serves the same runs (a server restarted after an outage).
     """
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
-    log = open(root / "server.log", "w")  # noqa: SIM115 - closed at teardown
+    port = port or _free_port()
+    log = open(root / "server.log", "a")  # noqa: SIM115 - the server process owns it
     mlflow_bin = shutil.which("mlflow") or str(Path(sys.executable).parent / "mlflow")
     proc = subprocess.Popen(
         [
@@ -48,29 +58,45 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             "--artifacts-destination", str(root / "artifacts"),
             "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
         ],
-        stdout=log, stderr=subprocess.STDOUT, cwd=root,
+        stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True,
     )  # fmt: skip
+    log.close()
     uri = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while True:
         try:
             with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
                 if r.status == 200:
-                    break
+                    return proc, uri
         except OSError:
             pass
         if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            log.close()
+            stop_mlflow_server(proc)
             pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
         time.sleep(0.5)
-    yield uri
-    proc.terminate()
+
+
+def stop_mlflow_server(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    """Stop a server of :func:`start_mlflow_server` and its workers (its process group)."""
     try:
+        os.killpg(proc.pid, sig)
         proc.wait(10)
+    except ProcessLookupError:
+        return
     except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``mlflow server`` (SQLite backend, served artifacts); yields its URI.
+
+    Started once per test session: it takes ~20 s to answer on two cores.
+    """
+    proc, uri = start_mlflow_server(tmp_path_factory.mktemp("mlflow-server"))
+    yield uri
+    stop_mlflow_server(proc)
 
 
 @pytest.fixture

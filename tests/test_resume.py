@@ -277,3 +277,64 @@ def test_killed_right_after_the_run_was_created(
     assert {Artifacts.CONFIG, Artifacts.SPLITS} <= files
     assert len(paid) == len(queried_tables(run_id)) == 28
     assert al_loop.read_stored_campaign(run_id).config["initial_size"] == 20
+
+
+@pytest.mark.slow
+def test_server_killed_and_restarted_loses_no_label(tmp_path, tracking: str) -> None:
+    """A real server killed while a round is being chosen: the round's labels are paid and
+    cannot be recorded; the campaign ends with one line naming the journal. The server is
+    started again on the same store and port; the resume records the journalled labels
+    and buys none of them again."""
+    from conftest import start_mlflow_server, stop_mlflow_server
+
+    root = tmp_path / "server"
+    root.mkdir()
+    proc, uri = start_mlflow_server(root)
+    port = int(uri.rsplit(":", 1)[1])
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONUNBUFFERED": "1",
+           "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}  # fmt: skip
+    cmd = [sys.executable, "-m", "al.cli", "al-loop", *ARGS, "--rounds", "2"]
+    campaign = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert campaign.stdout is not None
+    seen: list[str] = []
+    try:
+        for line in campaign.stdout:
+            seen.append(line)
+            if "event=phase phase=score round=1" in line:
+                stop_mlflow_server(proc, signal.SIGKILL)  # the outage: no reply at all
+        campaign.wait(120)
+    finally:
+        if campaign.poll() is None:
+            campaign.kill()
+        stop_mlflow_server(proc)
+    out = "".join(seen)
+    assert campaign.returncode != 0 and "Traceback" not in out, out[-3000:]
+    errors = [line for line in seen if line.startswith("Error:")]
+    assert len(errors) == 1, out[-3000:]
+    journal = next(p for p in (tmp_path / "journal").glob("*.jsonl"))
+    run_id = journal.stem
+    assert str(journal) in errors[0] and f"--resume {run_id}" in errors[0]
+    journalled = LabelJournal(journal).paid(1)
+    assert len(journalled) == 40  # round 1 was paid before the outage was met
+
+    proc, uri = start_mlflow_server(root, port)  # the server is back, same store
+    try:
+        resumed = subprocess.run(
+            [sys.executable, "-m", "al.cli", "al-loop", "--resume", run_id],
+            env=env, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+        log = resumed.stdout + resumed.stderr
+        assert "event=journal_resume round=1 requested=40 paid=40" in log
+        mlflow.set_tracking_uri(uri)
+        queried = queried_tables(run_id)
+        assert queried.groupby("round").size().tolist() == [150, 40, 40]
+        assert queried["qm9_index"].is_unique  # no molecule bought twice
+        round1 = queried.loc[queried["round"] == 1].sort_values("qm9_index")
+        assert round1["qm9_index"].tolist() == sorted(journalled["qm9_index"].tolist())
+        assert MlflowClient(uri).get_run(run_id).info.status == "FINISHED"
+    finally:
+        mlflow.set_tracking_uri(tracking)
+        stop_mlflow_server(proc)
