@@ -70,3 +70,24 @@ def test_batch_larger_than_the_pool_is_one_line(monkeypatch: pytest.MonkeyPatch)
     line = one_line_error(CliRunner().invoke(main, args))
     pool = 130_831 - 2_000
     assert "batch_size 200000 is larger than the pool" in line and f"{pool:,}" in line
+
+
+def test_tracking_server_unreachable_at_start_is_one_line(tmp_path: Path) -> None:
+    """No server behind the URI: bounded retries (a warning line each), then one error line
+    that says nothing was paid; no traceback, no hang of minutes."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9",
+           "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "AL_JOURNAL_DIR": str(tmp_path)}  # fmt: skip
+    args = ["--initial-size", "20", "--n-test", "200", "--progress", "false"]
+    out = subprocess.run(
+        [sys.executable, "-m", "al.cli", "al-loop", *args],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1, out.stderr[-3000:]
+    assert "cannot reach the tracking server http://127.0.0.1:9" in errors[0]
+    assert "no label was paid" in errors[0]

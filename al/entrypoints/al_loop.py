@@ -17,7 +17,7 @@ from requests import RequestException
 from al import tracking
 from al.acquisition import ACQUISITIONS, resolve_strategy
 from al.baselines import ResidualSurrogate, build_baseline
-from al.config import ConfigError, build_config, subset, to_dict
+from al.config import ConfigError, build_config, mask_secrets, subset, to_dict
 from al.data.config import DataConfig
 from al.data.load import load_data
 from al.data.splits import Splits
@@ -115,7 +115,14 @@ def run_campaign(config: CampaignConfig, echo: Callable[[str], None] | None = No
     scheme = build_scheme(strategy.scheme, config)
     selection = build_selection(data, oracles, config, acquisition, surrogate)
     # takes the lease; SIGTERM now unwinds like Ctrl-C until run.end restores its handler
-    run = MlflowTracker.start(config.experiment_name, config.resume)
+    try:
+        run = MlflowTracker.start(config.experiment_name, config.resume)
+    except (MlflowException, RequestException) as err:  # nothing paid yet: say so, one line
+        raise RuntimeError(
+            f"cannot reach the tracking server {mask_secrets(mlflow.get_tracking_uri())} "
+            f"({str(err).splitlines()[0][:240]}); no label was paid; start the server or "
+            "point MLFLOW_TRACKING_URI at one, then run again"
+        ) from None
     status = "FAILED"  # an exception leaves the run (and its open children) FAILED
     try:
         register_oracles(oracles)  # the shipped oracle, once per checkpoint (never raises)
