@@ -23,7 +23,7 @@ from al.data.load import load_data
 from al.data.splits import Splits
 from al.loop.campaign import Campaign
 from al.loop.config import CampaignConfig
-from al.loop.journal import LabelsNotRecordedError
+from al.loop.journal import LabelsNotRecordedError, error_summary
 from al.loop.schemes import build_scheme
 from al.loop.selection import build_selection
 from al.loop.stopping import build_rules
@@ -120,7 +120,7 @@ def run_campaign(config: CampaignConfig, echo: Callable[[str], None] | None = No
     except (MlflowException, RequestException) as err:  # nothing paid yet: say so, one line
         raise RuntimeError(
             f"cannot reach the tracking server {mask_secrets(mlflow.get_tracking_uri())} "
-            f"({str(err).splitlines()[0][:240]}); no label was paid; start the server or "
+            f"({error_summary(err)}); no label was paid; start the server or "
             "point MLFLOW_TRACKING_URI at one, then run again"
         ) from None
     status = "FAILED"  # an exception leaves the run (and its open children) FAILED

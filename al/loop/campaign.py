@@ -141,8 +141,6 @@ class Campaign:
 
     def _execute(self) -> str:
         round_, fitted = self.restore()
-        if self.mae_history:  # resumed: the rules read the validation MAEs so far
-            self.val_mae_history = self.tracker.metric_history(CM.VAL_MAE)[: len(self.mae_history)]
         self.bar.update(len(self.mae_history))
         if round_ < 0:
             round_ = 0
@@ -467,8 +465,11 @@ class Campaign:
         self.tracker.close_stale_children()
         last, completed = rounds[-1], self.tracker.completed_round()
         steps = self.labelled.steps_per_round()
+        done = [steps.get(r, -1) for r in range(completed + 1)]  # each round's step
         mae = self.tracker.metric_by_step(CM.TEST_MAE)
-        self.mae_history = [mae.get(steps.get(r, -1), float("nan")) for r in range(completed + 1)]
+        self.mae_history = [mae.get(step, float("nan")) for step in done]
+        val = self.tracker.metric_by_step(CM.VAL_MAE)  # what the stopping rules read
+        self.val_mae_history = [val.get(step, float("nan")) for step in done]
         log.info(
             "event=resume run_id=%s queried_rounds=%d completed_round=%d labels=%d",
             self.tracker.run_id, len(rounds), completed, len(self.labelled.table),

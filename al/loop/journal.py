@@ -155,6 +155,13 @@ def no_answers() -> pd.DataFrame:
     return pd.DataFrame(columns=["position", *LABEL_FIELDS]).set_index("position")
 
 
+def error_summary(cause: BaseException) -> str:
+    """The first line of a tracking-client error, without MLflow's long tail of the
+    underlying exception (``API request to URL failed with exception ...``)."""
+    first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+    return first.split(" with exception ")[0][:200]
+
+
 class LabelsNotRecordedError(RuntimeError):
     """The tracking server did not take what the campaign wrote (e.g. it is down for longer
     than the client's retries); the message, one line, says where the paid labels are and
@@ -170,8 +177,7 @@ class LabelsNotRecordedError(RuntimeError):
     def __init__(
         self, run_id: str, path: Path, cause: BaseException, round_: int | None = None
     ) -> None:
-        first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
-        first = first.split(" with exception ")[0][:200]  # MLflow: "API request to URL failed"
+        first = error_summary(cause)
         where = f" round {round_}" if round_ is not None else ""
         super().__init__(
             f"the tracking server did not record campaign {run_id}{where} ({first}); the paid "
