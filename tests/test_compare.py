@@ -50,12 +50,17 @@ def histories(
     return pd.DataFrame(rows)
 
 
-def runs_of(hist: pd.DataFrame, strategy: dict[str, str] | None = None) -> pd.DataFrame:
-    """The *runs* frame that goes with :func:`histories`."""
+def runs_of(
+    hist: pd.DataFrame,
+    strategy: dict[str, str] | None = None,
+    baseline: dict[str, str] | None = None,
+) -> pd.DataFrame:
+    """The *runs* frame that goes with :func:`histories` (``baseline``: arm -> Δ baseline)."""
     r = hist.drop_duplicates("run_id")[list(read.KEY_COLUMNS)].reset_index(drop=True)
     r["strategy"] = r["arm"].map(lambda a: (strategy or {}).get(a, a))
     r["oracle"], r["cell"], r["start_time"], r["run_name"] = "dft", r["arm"], 0, ""
     r["uncertainty"], r["acquisition"], r["batch_size"] = "ensemble", r["strategy"], "50"
+    r["baseline"] = r["arm"].map(lambda a: (baseline or {}).get(a, "none"))
     return r[list(read.RUN_COLUMNS)]
 
 
@@ -566,3 +571,44 @@ def test_runs_settings_and_cost_per_fidelity_from_the_server(tracking: str, tmp_
     assert last[CM.labels_from("xtb")] == 140
     costs = build.fidelity_display(build.build_report(runs, hist).grids[0].summary)
     assert costs.iloc[0]["cost on xtb"] == "29" and costs.iloc[0]["labels from dft"] == "120"
+
+
+def test_delta_arm_is_read_against_direct_learning_and_shorter_arms_at_their_end() -> None:
+    """A Δ-learning random arm is compared with the direct random arm of the same settings;
+    an arm run to fewer labels than its reference is compared where it ends (equal labels),
+    its other errors too; per seed, the labels each run needs to reach its reference run's
+    final MAE."""
+    long = [1000.0, 2000.0, 3000.0, 4000.0, 5000.0]
+
+    def curve(scale: float, offset: float = 0.0):
+        return lambda n, seed: scale * (n / 1000.0) ** -0.5 + offset + 0.001 * seed
+
+    hist = pd.concat(
+        [
+            histories({"random": curve(0.14)}, seeds=(0, 1, 2), steps=long),
+            histories({"lcmd": curve(0.12)}, seeds=(0, 1, 2), steps=long[:4]),
+            histories({"xtb_random": curve(0.05)}, seeds=(0, 1, 2), steps=long[:2]),
+        ],
+        ignore_index=True,
+    )
+    hist[CM.TEST_RMSE] = hist[MAE] * 1.5
+    runs = runs_of(hist, strategy={"xtb_random": "random"}, baseline={"xtb_random": "xtb"})
+    refs, notes = build.reference_arms(runs, "random")
+    assert refs == {"lcmd": "random", "random": None, "xtb_random": "random"} and not notes
+    report = build.build_report(runs, hist, experiment_name="synthetic")
+    paired = report.grids[0].paired.set_index("arm")
+    # lcmd ends at 4,000 labels: compared there with random at 4,000, not at 5,000
+    assert paired.loc["lcmd", "final_step"] == 4000.0
+    want = 0.12 * 4**-0.5 - 0.14 * 4**-0.5
+    assert paired.loc["lcmd", "final_diff"] == pytest.approx(want)
+    assert paired.loc["lcmd", f"final_{CM.TEST_RMSE}_diff"] == pytest.approx(1.5 * want)
+    # per seed: lcmd reaches random's 5,000-label MAE (0.0626 + 0.001 seed) between 3,000
+    # and 4,000 labels in every seed; the Δ arm is below it from its first round
+    assert paired.loc["lcmd", "ref_seed_reached"] == 3
+    assert 3000 < paired.loc["lcmd", "ref_seed_n"] < 4000
+    assert paired.loc["xtb_random", "ref_seed_n"] == 1000.0
+    assert paired.loc["xtb_random", "ref_seed_at_start"]
+    shown = build.paired_display(report.grids[0].paired).set_index("arm")
+    assert shown.loc["xtb_random", "labels to baseline's final MAE, per seed [CI]"].startswith(
+        "≤ 1000"
+    )

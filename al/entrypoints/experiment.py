@@ -141,6 +141,9 @@ def load_grid(path: str | Path) -> Grid:
                 raise ConfigError(f"{where}: cell {cname!r}: {err}") from None
             own = {k: v for k, v in cell.items() if k != "name"}
             expanded.append(Cell(cname, seed, {**settings, "seed": seed}, own))
+    # Seed-major order: an interrupted grid leaves whole seeds done, so its arms stay paired.
+    order = {seed: i for i, seed in enumerate(seeds)}
+    expanded.sort(key=lambda c: order[c.seed])
     return Grid(
         name=name,
         experiment_name=str(raw.get("experiment_name") or f"grid-{name}"),

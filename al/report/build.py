@@ -26,6 +26,7 @@ from al.report.stats import (
     common_range,
     label_savings,
     labels_to_reference_final,
+    labels_to_reference_final_paired,
     learning_curves,
     paired_differences,
     paired_summary,
@@ -100,7 +101,7 @@ def reference_arms(
     cand_settings = {c: _settings(sub, c) for c in cands}
     for arm in arms:
         if arm in cands:
-            refs[arm] = None
+            refs[arm] = _direct_arm(sub, arm, cands, cand_settings)
             continue
         mine = _settings(sub, arm)
         same = [c for c in cands if cand_settings[c] == mine]
@@ -117,6 +118,25 @@ def reference_arms(
                 f"in {where}: not compared; pass --baseline ARM"
             )
     return refs, notes
+
+
+def _direct_arm(
+    runs: pd.DataFrame, arm: str, cands: list[str], cand_settings: dict[str, dict[str, str]]
+) -> str | None:
+    """The reference of a reference arm that learns on a Δ-learning ``baseline``: the one
+    reference arm with the same settings learning directly (``baseline`` none), so that
+    ``xtb_random`` is read against ``random``. ``None`` for every other arm."""
+    mine = cand_settings[arm]
+    if mine.get("baseline", "none") in ("none", ""):
+        return None
+    direct = {**mine, "baseline": "none"}
+    strategy = set(runs.loc[runs["arm"] == arm, "strategy"])
+    same = [
+        c
+        for c in cands
+        if cand_settings[c] == direct and set(runs.loc[runs["arm"] == c, "strategy"]) == strategy
+    ]
+    return same[0] if len(same) == 1 else None
 
 
 @dataclass
@@ -202,6 +222,8 @@ def build_report(
             row = paired_summary(pair, arm, base, common_range(pair), level)
             reach = labels_to_reference_final(curves, arm, base, grid)
             row.update({f"ref_final_{k}": v for k, v in reach.items()})
+            per_seed = labels_to_reference_final_paired(pair, arm, base, level)
+            row.update({f"ref_seed_{k}": v for k, v in per_seed.items()})
             paired.append(row)
             d = paired_differences(hist, arm, base, level=level)
             d.insert(0, "arm", arm)
@@ -404,11 +426,26 @@ def paired_display(paired: pd.DataFrame) -> pd.DataFrame:
                     f"{reach} (baseline: {_labels(r.get('ref_final_n_reference', math.nan))}"
                     f" labels, MAE {_num(r.get('ref_final_target_mae', math.nan))})"
                 ),
+                "labels to baseline's final MAE, per seed [CI]": _seed_reach(r),
                 "verdict (final MAE)": r["verdict"],
                 "verdict (AUC)": r["verdict_auc"],
             }
         )
     return pd.DataFrame(rows)
+
+
+def _seed_reach(r: dict[str, Any]) -> str:
+    """Per-seed labels to the reference run's final MAE: mean [CI] over the seeds that
+    reached it, and how many did (``≤`` when some seed was there from its first round)."""
+    pairs, reached = int(r.get("ref_seed_pairs", 0) or 0), int(r.get("ref_seed_reached", 0) or 0)
+    if not pairs:
+        return "–"
+    if not reached:
+        return f"{NOT_REACHED} (0 of {pairs} seeds)"
+    m, lo, hi = (r.get(f"ref_seed_n{k}", math.nan) for k in ("", "_lo", "_hi"))
+    bound = "≤ " if r.get("ref_seed_at_start") else ""
+    band = f" [{lo:.0f}, {hi:.0f}]" if math.isfinite(lo) and math.isfinite(hi) else ""
+    return f"{bound}{m:.0f}{band} ({reached} of {pairs} seeds)"
 
 
 def paired_final_display(paired: pd.DataFrame) -> pd.DataFrame:

@@ -70,10 +70,12 @@ RUN_COLUMNS: tuple[str, ...] = (
     "uncertainty",
     "acquisition",
     "batch_size",
+    "baseline",
 )
 #: Settings (columns of the *runs* frame) an arm shares with the reference arm it is
-#: compared with: the surrogate (uncertainty method), the labeller, the batch size.
-MATCH_SETTINGS: tuple[str, ...] = ("uncertainty", "oracle", "batch_size")
+#: compared with: the surrogate (uncertainty method), the labeller, the batch size and
+#: what the surrogate learns on top of (``baseline``: ``none`` or a Δ-learning baseline).
+MATCH_SETTINGS: tuple[str, ...] = ("uncertainty", "oracle", "batch_size", "baseline")
 KEY_COLUMNS: tuple[str, ...] = ("run_id", "arm", "grid", "seed")
 
 
@@ -219,6 +221,7 @@ def runs_frame(runs: Sequence[Any]) -> pd.DataFrame:
                 uncertainty=t.get(TAG_UNCERTAINTY, r.data.params.get("resolved_uncertainty", "")),
                 acquisition=t.get(TAG_ACQUISITION, r.data.params.get("resolved_acquisition", "")),
                 batch_size=r.data.params.get("batch_size", ""),
+                baseline=r.data.params.get("baseline") or "none",
             )
         )
     frame = pd.DataFrame(rows, columns=list(RUN_COLUMNS))

@@ -367,13 +367,14 @@ def paired_summary(
     ]
     common = set.intersection(*steps) if steps else set()
     at = max(common) if common else math.nan
-    last = {
-        float(f.dropna(subset=[CM.TEST_MAE])["step"].max()) for _, fa, fb in pairs for f in (fa, fb)
-    }
-    # Arms that end at different label counts (multi-fidelity arms count labels of every
-    # fidelity; grids give arms equal budgets in cost instead) are compared at the end of
-    # each campaign, not at a common label count that is the final one of neither.
-    own_last = bool(pairs) and last != {at}
+    last_a = {float(fa.dropna(subset=[CM.TEST_MAE])["step"].max()) for _, fa, _ in pairs}
+    last_b = {float(fb.dropna(subset=[CM.TEST_MAE])["step"].max()) for _, _, fb in pairs}
+    # Arms that end at different label counts are compared at the largest label count both
+    # reached when that is where one arm ends (an arm run to fewer labels than its
+    # reference); otherwise (multi-fidelity arms count labels of every fidelity and grids
+    # give them equal budgets in cost) at the end of each campaign, not at a common label
+    # count that is the final one of neither.
+    own_last = bool(pairs) and (last_a | last_b) != {at} and {at} not in (last_a, last_b)
     abs_d, rel_d, rel_auc, abs_auc = [], [], [], []
     sub = histories[histories["arm"].isin([arm, baseline])]
     lo, hi = auc_range if auc_range is not None else common_range(sub)
@@ -408,26 +409,63 @@ def paired_summary(
         verdict=verdict(d) if len(pairs) >= 2 else TOO_FEW,
         verdict_auc=auc_note or (verdict(da) if len(pairs) >= 2 else TOO_FEW),
     )
+    step = math.nan if own_last or not common else at
     for metric in (*FINAL_ERRORS[1:], *FINAL_UNCERTAINTY):
-        ci = paired_final(histories, arm, baseline, metric, level)
+        ci = paired_final(histories, arm, baseline, metric, level, step)
         out.update(_ci_fields(f"final_{metric}_diff", ci))
     return out
 
 
 def paired_final(
-    histories: pd.DataFrame, arm: str, baseline: str, metric: str, level: float = 0.95
+    histories: pd.DataFrame,
+    arm: str,
+    baseline: str,
+    metric: str,
+    level: float = 0.95,
+    step: float = math.nan,
 ) -> MeanCI:
-    """Seed-paired difference *arm - baseline* of ``metric`` at the end of each run (its
-    last logged value), mean and t-interval over the pairs where both runs logged it
-    (one grid)."""
+    """Seed-paired difference *arm - baseline* of ``metric`` at ``step`` (``n_labelled``),
+    or at the end of each run (its last logged value) when ``step`` is NaN: mean and
+    t-interval over the pairs where both runs logged it (one grid)."""
     diffs = []
     for _, fa, fb in _pairs(histories, arm, baseline):
         if metric not in fa or metric not in fb:
+            continue
+        if math.isfinite(step):
+            va, vb = (_by_step(f, metric) for f in (fa, fb))
+            if step in va.index and step in vb.index:
+                diffs.append(float(va[step]) - float(vb[step]))
             continue
         va, vb = fa[metric].dropna(), fb[metric].dropna()
         if len(va) and len(vb):
             diffs.append(float(va.iloc[-1]) - float(vb.iloc[-1]))
     return mean_ci(diffs, level)
+
+
+def labels_to_reference_final_paired(
+    histories: pd.DataFrame, arm: str, reference: str, level: float = 0.95
+) -> dict[str, Any]:
+    """Per seed, the labels the arm's run needs to reach the final test MAE of the
+    reference's run of the same seed (:func:`labels_to_reach` on that run's curve).
+
+    Returns ``n`` (mean and t-interval over the seeds that reached it: ``n``, ``n_lo``,
+    ``n_hi``), ``reached`` and ``pairs`` (how many seeds reached it, of how many), and
+    ``at_start`` (some seed was at the target from its first point: an upper bound)."""
+    found, at_start, pairs = [], False, _pairs(histories, arm, reference)
+    for _, fa, fb in pairs:
+        vb = _by_step(fb, CM.TEST_MAE)
+        if vb.empty:
+            continue
+        va = _by_step(fa, CM.TEST_MAE)
+        target = float(vb.iloc[-1])
+        n = labels_to_reach(va.index, va.values, target)
+        if math.isfinite(n):
+            found.append(n)
+            at_start |= bool(len(va)) and float(va.iloc[0]) <= target
+    ci = mean_ci(found, level)
+    return dict(
+        n=ci.mean, n_lo=ci.lo, n_hi=ci.hi, reached=len(found), pairs=len(pairs), at_start=at_start
+    )
 
 
 def labels_to_reference_final(
