@@ -265,3 +265,20 @@ def test_tiny_xtb_campaign_pays_its_baseline_and_beats_none(qm9, tmp_path) -> No
     out = model.predict(None, frame)
     expected = campaign.surrogate.predict(qm9, rows).mean.numpy()
     np.testing.assert_allclose(out["mean_ev"].to_numpy(), expected, atol=1e-3)
+
+
+def test_molecules_paid_survive_the_checkpoint_so_a_resume_never_charges_twice(qm9) -> None:
+    """The baseline's charged molecules go into the checkpoint metadata; a baseline rebuilt
+    from it (a resumed campaign) charges only molecules it has not charged before."""
+    base = build_baseline("composition", cost=0.5)
+    base.values(qm9, torch.tensor([3, 7, 11, 200]))
+    meta = base.meta()
+    assert base.n_paid == 4 and isinstance(meta["baseline_paid"], str)
+    again = build_baseline("composition", cost=0.5)
+    again.load_meta(meta)
+    assert again.n_paid == 4 and again.cost_spent == pytest.approx(2.0)
+    again.values(qm9, torch.tensor([3, 7, 11, 200, 12]))
+    assert again.n_paid == 5
+    empty = build_baseline("composition")
+    empty.load_meta(empty.meta())
+    assert empty.n_paid == 0

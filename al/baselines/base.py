@@ -15,6 +15,7 @@ scoring, its residual is just larger. Each such molecule is recorded in
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import logging
 import math
@@ -128,11 +129,21 @@ class Baseline:
         return self._filled(data, np.arange(len(molecules)), cached=False)
 
     def meta(self) -> dict[str, Any]:
-        """What a checkpoint records to rebuild this baseline (:func:`build_baseline`)."""
-        return {"baseline": self.spec}
+        """What a checkpoint records to rebuild this baseline (:func:`build_baseline`) and
+        the molecules charged so far (``baseline_paid``: QM9 indices as a base64 bit set),
+        so that a resumed campaign never charges a molecule twice."""
+        paid = np.flatnonzero(self._paid)
+        bits = np.packbits(self._paid[: int(paid[-1]) + 1]) if paid.size else np.zeros(0, np.uint8)
+        return {"baseline": self.spec, "baseline_paid": base64.b64encode(bits.tobytes()).decode()}
 
     def load_meta(self, meta: dict[str, Any]) -> None:
-        """Take back what :meth:`meta` recorded (fitted state)."""
+        """Take back what :meth:`meta` recorded (fitted state, molecules charged)."""
+        packed = meta.get("baseline_paid")
+        if packed:
+            bits = np.unpackbits(np.frombuffer(base64.b64decode(packed), dtype=np.uint8))
+            paid = np.flatnonzero(bits)
+            self._grow(int(paid[-1]) + 1 if paid.size else 0)
+            self._paid[paid] = True
 
     def describe(self) -> dict[str, Any]:
         """Flat settings for run params and logs."""
@@ -216,6 +227,7 @@ class CompositionBaseline(Baseline):
         return {**super().meta(), "baseline_coefficients_ev": coef}
 
     def load_meta(self, meta: dict[str, Any]) -> None:
+        super().load_meta(meta)
         coef = meta.get("baseline_coefficients_ev")
         if coef:
             self.coef = torch.tensor([float(coef[s]) for s in ELEMENTS], dtype=torch.float64)
