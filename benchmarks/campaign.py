@@ -74,7 +74,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval_every": 100,
         "patience": 8,
         "val_min": 500,
-        "eval_batch_size": 1024,
+        "eval_batch_size": 0,
     },
 }
 
@@ -163,7 +163,9 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=CampaignConfig.lr)
     p.add_argument("--pool-subsample", type=int, default=5000, help="0 = whole pool")
     p.add_argument("--n-test", type=int, default=SplitConfig.n_test, help="test-set size")
-    p.add_argument("--eval-batch-size", type=int, default=512)
+    p.add_argument(
+        "--eval-batch-size", type=int, default=0, help="0 = the surrogate's default for the device"
+    )
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--tracking", action="store_true", help="log rounds to a local MLflow store")
     p.add_argument("--seed", type=int, default=0)

@@ -231,3 +231,22 @@ def test_new_fit_keys_reject_bad_values_in_one_line(key: str, bad: object) -> No
     result = CliRunner().invoke(main, ["train", f"--{key.replace('_', '-')}", str(bad)])
     assert result.exit_code != 0
     assert result.output.strip().splitlines() == [f"Error: {err.value}"]
+
+
+@pytest.mark.parametrize("n_outputs", [1, 2])
+def test_predict_batches_by_size_and_answers_in_the_order_asked(qm9, n_outputs) -> None:
+    """Molecules are scored in batches of similar size, but each answer lands on its row:
+    a shuffled request in batches of 3 equals scoring every molecule on its own."""
+    torch.manual_seed(0)
+    model = EnsembleModel(
+        [build_model("schnet", hidden=16, n_interactions=1, n_outputs=n_outputs) for _ in "ab"]
+    ).eval()
+    rows = torch.randperm(200)[:17]
+    with torch.no_grad():
+        energy, emb = predict(model, qm9, rows, batch_size=3, amp=False, embeddings=True)
+        alone = [predict(model, qm9, r[None], amp=False, embeddings=True) for r in rows]
+    want_e = torch.cat([e for e, _ in alone], dim=-2 if n_outputs > 1 else -1)
+    want_f = torch.cat([f for _, f in alone], dim=-2)
+    assert energy.shape == want_e.shape and emb.shape == want_f.shape
+    torch.testing.assert_close(energy, want_e, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(emb, want_f, rtol=1e-5, atol=1e-5)

@@ -86,7 +86,7 @@ class ResidualSurrogate(Surrogate):
         """Calibrate the inner surrogate's std on the residual of ``rows`` (``[n]``)."""
         return self.inner.calibrate(self.residual_data(data, rows), rows)
 
-    def predict(self, data: MolecularData, rows: Tensor, batch_size: int = 512) -> Prediction:
+    def predict(self, data: MolecularData, rows: Tensor, batch_size: int = 0) -> Prediction:
         """The inner prediction for ``rows`` (``[n]``) plus the baseline (mean, members
         ``[K, n]``, fidelity members ``[K, n, D]``); std and embedding unchanged."""
         pred = self.inner.predict(data, rows, batch_size)
