@@ -116,7 +116,7 @@ def plot_curves(
 def plot_paired(steps: pd.DataFrame, baseline: str, title: str, path: Path) -> Path:
     """Paired difference arm - baseline of test MAE vs labels, with its band; PNG at ``path``.
 
-    ``steps``: columns ``arm, step, mean, lo, hi`` (:func:`al.report.stats.paired_differences`
+    ``steps``: columns ``arm, step, mean, lo, hi`` (:func:`al.report.paired.paired_differences`
     of each arm, stacked).
     """
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)

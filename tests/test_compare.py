@@ -21,7 +21,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from al.cli import main
-from al.report import build, read, render, stats
+from al.report import build, paired, read, render, stats
 from al.tracking import CampaignMetrics as CM  # noqa: N817 - used in every metric key
 
 MAE = CM.TEST_MAE
@@ -89,15 +89,15 @@ def test_label_savings_of_a_20_percent_lower_power_law() -> None:
     )
     curves = stats.learning_curves(hist)
     targets = [a / math.sqrt(900), a / math.sqrt(700), a / math.sqrt(400)]
-    sav = stats.label_savings(curves, "ensemble", "random", targets)
+    sav = paired.label_savings(curves, "ensemble", "random", targets)
     assert sav["n_baseline"].to_numpy() == pytest.approx([900, 700, 400], rel=1e-9)
     assert sav["n_arm"].to_numpy() == pytest.approx([576, 448, 256], rel=0.01)
     assert sav["savings"].to_numpy() == pytest.approx([0.36] * 3, abs=0.006)
     # a target the baseline never reaches (but the arm does) is reported, not invented
-    low = stats.label_savings(curves, "ensemble", "random", [0.8 * a / math.sqrt(1000) * 1.01])
+    low = paired.label_savings(curves, "ensemble", "random", [0.8 * a / math.sqrt(1000) * 1.01])
     assert math.isnan(low["n_baseline"][0]) and "baseline not reached" in low["note"][0]
     # a target the arm meets from its first step gives a bound, and says so
-    high = stats.label_savings(curves, "ensemble", "random", [a / math.sqrt(150)])
+    high = paired.label_savings(curves, "ensemble", "random", [a / math.sqrt(150)])
     assert high["n_arm"][0] == 100 and high["savings"][0] == pytest.approx(1 / 3)
     assert "first step: savings ≥ 33%" in high["note"][0]
 
@@ -147,12 +147,12 @@ def test_paired_constant_offset(offset: float, expected: str) -> None:
         return (1 + 0.3 * s) * n**-0.3  # seeds differ a lot: only pairing sees the offset
 
     hist = histories({"random": base, "other": lambda n, s: base(n, s) + offset})
-    d = stats.paired_differences(hist, "other", "random")
+    d = paired.paired_differences(hist, "other", "random")
     assert d["step"].tolist() == STEPS
     assert d["mean"].to_numpy() == pytest.approx(offset)
     assert d["hi"].to_numpy() - d["lo"].to_numpy() == pytest.approx(0, abs=1e-12)
     assert (d["verdict"] == expected).all() and (d["n_pairs"] == 3).all()
-    s = stats.paired_summary(hist, "other", "random")
+    s = paired.paired_summary(hist, "other", "random")
     assert s["final_step"] == 1000 and s["final_diff"] == pytest.approx(offset)
     assert s["verdict"] == expected and s["verdict_auc"] == expected
     finals = np.array([base(np.array([1000.0]), k)[0] for k in range(3)])
@@ -163,10 +163,10 @@ def test_paired_noise_and_too_few_seeds() -> None:
     rng = np.random.default_rng(0)
     noise = rng.normal(0, 0.05, size=3)
     hist = histories({"random": lambda n, s: 0.5 + 0 * n, "b": lambda n, s: 0.5 + noise[s] + 0 * n})
-    assert stats.paired_summary(hist, "b", "random")["verdict"] == stats.NO_DIFFERENCE
+    assert paired.paired_summary(hist, "b", "random")["verdict"] == stats.NO_DIFFERENCE
     one = histories({"random": lambda n, s: 0.5 + 0 * n, "b": lambda n, s: 0.4 + 0 * n}, seeds=(7,))
-    assert stats.paired_summary(one, "b", "random")["verdict"] == stats.TOO_FEW
-    assert (stats.paired_differences(one, "b", "random")["verdict"] == stats.TOO_FEW).all()
+    assert paired.paired_summary(one, "b", "random")["verdict"] == stats.TOO_FEW
+    assert (paired.paired_differences(one, "b", "random")["verdict"] == stats.TOO_FEW).all()
 
 
 def test_arms_baseline_and_summary() -> None:

@@ -20,6 +20,14 @@ from al.report.build import (
     savings_display,
     summary_display,
 )
+from al.report.paired import (
+    label_savings,
+    labels_to_reference_final,
+    labels_to_reference_final_paired,
+    paired_differences,
+    paired_final,
+    paired_summary,
+)
 from al.report.read import (
     KEY_COLUMNS,
     MATCH_SETTINGS,
@@ -65,14 +73,9 @@ from al.report.stats import (
     curve_auc,
     final_values,
     interpolate_curve,
-    label_savings,
     labels_to_reach,
-    labels_to_reference_final,
     learning_curves,
     mean_ci,
-    paired_differences,
-    paired_final,
-    paired_summary,
     reached_at_start,
     run_aucs,
     seed_key,

@@ -16,6 +16,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from al.report.paired import (
+    label_savings,
+    labels_to_reference_final,
+    labels_to_reference_final_paired,
+    paired_differences,
+    paired_summary,
+)
 from al.report.read import MATCH_SETTINGS
 from al.report.stats import (
     COST_FROM_PREFIX,
@@ -24,12 +31,7 @@ from al.report.stats import (
     NOT_REACHED,
     ONE_SEED,
     common_range,
-    label_savings,
-    labels_to_reference_final,
-    labels_to_reference_final_paired,
     learning_curves,
-    paired_differences,
-    paired_summary,
     seed_key,
     summary_table,
 )
