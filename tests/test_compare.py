@@ -595,6 +595,10 @@ def test_delta_arm_is_read_against_direct_learning_and_shorter_arms_at_their_end
     runs = runs_of(hist, strategy={"xtb_random": "random"}, baseline={"xtb_random": "xtb"})
     refs, notes = build.reference_arms(runs, "random")
     assert refs == {"lcmd": "random", "random": None, "xtb_random": "random"} and not notes
+    # a random arm on another labeller's labels is read against random on DFT labels
+    labels = runs[runs["arm"] == "random"].assign(arm="pretrained_labels", oracle="pretrained")
+    refs, notes = build.reference_arms(pd.concat([runs, labels]), "random")
+    assert refs["pretrained_labels"] == "random" and refs["random"] is None and not notes
     report = build.build_report(runs, hist, experiment_name="synthetic")
     paired = report.grids[0].paired.set_index("arm")
     # lcmd ends at 4,000 labels: compared there with random at 4,000, not at 5,000

@@ -125,13 +125,19 @@ def reference_arms(
 def _direct_arm(
     runs: pd.DataFrame, arm: str, cands: list[str], cand_settings: dict[str, dict[str, str]]
 ) -> str | None:
-    """The reference of a reference arm that learns on a Δ-learning ``baseline``: the one
-    reference arm with the same settings learning directly (``baseline`` none), so that
-    ``xtb_random`` is read against ``random``. ``None`` for every other arm."""
+    """The reference of a reference arm that learns on a Δ-learning ``baseline`` or from a
+    labeller other than DFT: the one reference arm with the same settings that learns DFT
+    labels directly (``baseline`` none, ``oracle`` dft), so that ``xtb_random`` and a
+    random arm on pretrained-model labels are read against ``random``. ``None`` for every
+    other arm."""
     mine = cand_settings[arm]
-    if mine.get("baseline", "none") in ("none", ""):
+    direct = dict(mine)
+    if "baseline" in direct:
+        direct["baseline"] = "none"
+    if "oracle" in direct:
+        direct["oracle"] = "dft"
+    if direct == mine or (mine.get("baseline", "none") in ("none", "") and "oracle" not in mine):
         return None
-    direct = {**mine, "baseline": "none"}
     strategy = set(runs.loc[runs["arm"] == arm, "strategy"])
     same = [
         c
