@@ -133,7 +133,7 @@ class Baseline:
         the molecules charged so far (``baseline_paid``: QM9 indices as a base64 bit set),
         so that a resumed campaign never charges a molecule twice."""
         paid = np.flatnonzero(self._paid)
-        bits = np.packbits(self._paid[: int(paid[-1]) + 1]) if paid.size else np.zeros(0, np.uint8)
+        bits = np.packbits(self._paid[: int(paid[-1]) + 1 if paid.size else 0])
         return {"baseline": self.spec, "baseline_paid": base64.b64encode(bits.tobytes()).decode()}
 
     def load_meta(self, meta: dict[str, Any]) -> None:

@@ -131,12 +131,8 @@ def _direct_arm(
     random arm on pretrained-model labels are read against ``random``. ``None`` for every
     other arm."""
     mine = cand_settings[arm]
-    direct = dict(mine)
-    if "baseline" in direct:
-        direct["baseline"] = "none"
-    if "oracle" in direct:
-        direct["oracle"] = "dft"
-    if direct == mine or (mine.get("baseline", "none") in ("none", "") and "oracle" not in mine):
+    direct = {k: {"baseline": "none", "oracle": "dft"}.get(k, v) for k, v in mine.items()}
+    if direct == mine:
         return None
     strategy = set(runs.loc[runs["arm"] == arm, "strategy"])
     same = [

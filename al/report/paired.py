@@ -87,8 +87,11 @@ def paired_summary(
 
     * final MAE difference *arm - baseline* at the last ``n_labelled`` common to all pairs
       (each pair's last common step when there is none), mean and t-CI, and its verdict;
-      when the runs do not all end at that step (arms with equal cost but different label
-      counts), at the end of each run instead (``final_step`` NaN);
+      that step is where one arm ends when it was run to fewer labels; when it is the
+      last step of neither arm (equal cost but different label counts), at the end of
+      each run instead (``final_step`` NaN);
+    * the other errors and the uncertainty of the final model at that same step
+      (:func:`paired_final`);
     * relative difference of that final MAE, ``arm / baseline - 1`` per pair;
     * relative difference of the AUC (mean MAE over ``auc_range``, by default the range
       every run of both arms covers), and its verdict.
@@ -195,7 +198,7 @@ def labels_to_reference_final_paired(
         n = labels_to_reach(va.index, va.values, target)
         if math.isfinite(n):
             found.append(n)
-            at_start |= bool(len(va)) and float(va.iloc[0]) <= target
+            at_start |= float(va.iloc[0]) <= target
     ci = mean_ci(found, level)
     return dict(
         n=ci.mean, n_lo=ci.lo, n_hi=ci.hi, reached=len(found), pairs=len(pairs), at_start=at_start
