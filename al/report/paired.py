@@ -126,9 +126,7 @@ def paired_summary(
             step = at if common else (max(own) if own else math.nan)
             if not math.isfinite(step):
                 continue
-            ya, yb = (
-                float(f.loc[f["step"] == step, CM.TEST_MAE].dropna().iloc[-1]) for f in (fa, fb)
-            )
+            ya, yb = (float(_by_step(f, CM.TEST_MAE)[step]) for f in (fa, fb))
         abs_d.append(ya - yb)
         rel_d.append(ya / yb - 1 if yb else math.nan)
         if auc_note:
