@@ -1,5 +1,6 @@
 """Experiment grids: every shipped file validates; the smoke grid runs, resumes and reports."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -71,6 +72,8 @@ def test_smoke_grid_runs_resumes_and_reports(subprocess_env, tmp_path: Path) -> 
     res = _al("experiment", "--grid", str(grid), "--workers", "2",
               "--log-dir", str(tmp_path / "logs"), env=subprocess_env)  # fmt: skip
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    # one line per campaign as it ends, counted (no terminal here, so no bar is drawn)
+    assert sorted(re.findall(r"\[(\d)/4\] \S+: done", res.stdout)) == ["1", "2", "3", "4"]
     exp = client.get_experiment_by_name(spec.experiment_name)
     parents = client.search_runs([exp.experiment_id], "tags.`al.kind` = 'experiment'")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"

@@ -84,3 +84,29 @@ def test_predict_rejects_bad_frames(tracking, model_uri) -> None:
     model = mlflow.pyfunc.load_model(model_uri)
     with pytest.raises(Exception, match="2 atomic numbers but 1 positions"):
         model.predict(pd.DataFrame({"z": [[6, 1]], "pos": [[[0.0, 0.0, 0.0]]]}))
+
+
+def test_predict_molecules_batches_by_size_and_answers_in_the_order_given(qm9) -> None:
+    import torch
+
+    from al.models import build_model
+    from al.tracking.pyfunc import predict_molecules
+
+    torch.manual_seed(0)
+    models = [build_model("schnet", hidden=16, filter_groups=4, n_interactions=1) for _ in "ab"]
+    rows = torch.randperm(len(qm9), generator=torch.Generator().manual_seed(1))[:23].tolist()
+    spans = [slice(int(qm9.ptr[r]), int(qm9.ptr[r + 1])) for r in rows]
+    mols = [(qm9.z[s], qm9.pos[s]) for s in spans]
+    sizes = [len(z) for z, _ in mols]
+    assert sizes != sorted(sizes)  # the order given is not the order of size
+    frame = molecules_frame(mols)
+    together = predict_molecules(models, frame, batch_size=5)
+    alone = pd.concat([predict_molecules(models, frame.iloc[[i]]) for i in range(len(frame))])
+    np.testing.assert_allclose(together["mean_ev"], alone["mean_ev"], rtol=0, atol=1e-4)
+    np.testing.assert_allclose(together["std_ev"], alone["std_ev"], rtol=0, atol=1e-4)
+    assert together["std_ev"].gt(0).all()
+    # a malformed molecule is named by its row in the frame, not its place in a batch
+    bad = frame.copy()
+    bad.at[17, "pos"] = bad.at[17, "pos"][:-1]
+    with pytest.raises(ValueError, match=r"^molecule 17: "):
+        predict_molecules(models, bad, batch_size=5)

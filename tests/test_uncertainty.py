@@ -31,8 +31,9 @@ def test_every_surrogate_predicts_what_it_provides(name: str, qm9, rows) -> None
     pred = s.predict(qm9, rows[2], batch_size=16)
     assert pred.provides() == s.provides
     assert pred.mean.shape == (40,) and pred.std.shape == (40,) and pred.std_raw.shape == (40,)
-    # shallow: the features its heads are linear in (the readout's last hidden layer)
-    assert pred.embedding.shape == (40, 16 if name == "shallow" else 32)
+    # the features the energy is linear in (the readout's last hidden layer, 32 // 2 wide);
+    # a deep ensemble's members side by side
+    assert pred.embedding.shape == (40, 16 * 3 if name == "ensemble" else 16)
     assert (pred.std > 0).all()
     assert torch.allclose(pred.mean, pred.members.mean(0))
     torch.testing.assert_close(pred.std, pred.std_raw * s.std_scale)
@@ -157,3 +158,34 @@ def test_a_warm_fit_continues_from_the_weights_on_a_shorter_schedule(name: str, 
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
     again = s.fit(qm9, rows[0], rows[1])  # warm=0: from scratch, a new model
     assert not again.warm and s.model is not model and again.steps == cold.steps
+
+
+@pytest.mark.parametrize("name", ["ensemble", "mc_dropout", "shallow"])
+def test_embedding_is_the_last_layer_features_the_mean_energy_is_linear_in(
+    name: str, qm9, rows
+) -> None:
+    """Mean energy = embedding @ w + per-molecule terms of composition only: a least-squares
+    fit of the mean energy on [embedding, element counts] is exact (to float rounding)."""
+    s = build_surrogate(name, SMALL, FIT, torch.device("cpu"), ensemble_size=3, mc_samples=4)
+    s.fit(qm9, rows[0], rows[1])
+    test = torch.cat([rows[2], rows[1]])  # 70 molecules > the 16 * 3 + 5 unknowns
+    pred = s.predict(qm9, test, batch_size=16)
+    counts = torch.stack([qm9.z[qm9.ptr[i] : qm9.ptr[i + 1]].bincount(minlength=10)[[1, 6, 7, 8, 9]]
+                          for i in test.tolist()]).double()  # fmt: skip
+    x = torch.cat([pred.embedding.double(), counts], dim=1)
+    mean = pred.mean if name != "mc_dropout" else _deterministic_mean(s, qm9, test)
+    assert x.shape[1] < len(test)  # overdetermined: an exact fit is not automatic
+
+    def worst_residual(features):
+        coef = torch.linalg.lstsq(features, mean[:, None]).solution
+        return ((features @ coef).squeeze(1) - mean).abs().max()
+
+    # what composition leaves unexplained, the embedding explains to float32 rounding
+    assert worst_residual(x) < 1e-3 * worst_residual(counts)
+
+
+def _deterministic_mean(s, qm9, rows):
+    from al.training.fit import predict
+
+    s.model.eval()
+    return predict(s.model, qm9, rows, 16, amp=False)[0]

@@ -279,21 +279,23 @@ class AtomisticModel(nn.Module):
         num_graphs: int | None = None,
         geo: DenseGeometry | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Energies ``[B]`` (or ``[B, n_outputs]``) in eV and molecule embeddings ``[B, F]``
-        (mean of atom features)."""
+        """Energies ``[B]`` (or ``[B, n_outputs]``) in eV and molecule embeddings
+        ``[B, F_last]``: the last-layer features, the inputs of the readout's last linear
+        layer summed over each molecule's atoms, so that the energy is linear in them (up to
+        the per-atom bias and reference energies). Batch acquisitions (``lcmd``, ``bait``,
+        ``k_center``) measure distances in this space, as bmdal_reg's last-layer kernel."""
         if num_graphs is None:
             num_graphs = int(batch.max()) + 1
         if geo is None:
             geo = DenseGeometry.build(pos, batch, num_graphs, self.cutoff)
-        h = self.atom_features(z, geo)
-        out = self.readout(h)  # [N, D]
+        phi = self.readout_features(self.atom_features(z, geo))  # [N, F_last]
+        out = self.readout[-1](phi)  # [N, D]
         if self.n_outputs == 1:
             out = out.squeeze(-1)
         energy = self.molecule_energy(out, z, batch, num_graphs)
-        emb = h.new_zeros(num_graphs, h.shape[-1]).index_add(0, batch, h)
-        # counted with index_add, not bincount, so that vmap can batch it over members
-        counts = h.new_zeros(num_graphs).index_add(0, batch, h.new_ones(batch.shape))
-        return energy, emb / counts.clamp(min=1)[:, None]
+        # index_add, not scatter helpers, so that vmap can batch it over ensemble members
+        emb = phi.new_zeros(num_graphs, phi.shape[-1]).index_add(0, batch, phi)
+        return energy, emb
 
     def molecule_energy(self, out: Tensor, z: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
         """Network outputs ``[N, *D]`` (units of ``scale``) -> energies ``[B, *D]`` in eV:

@@ -14,6 +14,7 @@ from al.baselines import Baseline, build_baseline
 from al.data.molecules import molecules_frame
 from al.models.base import set_mc_dropout
 from al.models.checkpoint import load_checkpoint
+from al.uncertainty.surrogates import SCORE_BATCH
 
 INPUT_COLUMNS = ("z", "pos")
 
@@ -22,14 +23,17 @@ def predict_molecules(
     models: list,
     frame: pd.DataFrame,
     mc_samples: int = 20,
-    batch_size: int = 256,
+    batch_size: int = 0,
     std_scale: float = 1.0,
 ) -> pd.DataFrame:
-    """Mean and std (eV) per molecule.
+    """Mean and std (eV) per molecule, one row per row of ``frame``, in its order.
 
     The std is the spread of an ensemble (several models), else of ``mc_samples`` MC-dropout
     passes (a model with dropout), else NaN: a single deterministic model has no uncertainty.
-    A multi-fidelity model answers with its highest fidelity (its last output).
+    A multi-fidelity model answers with its highest fidelity (its last output). Molecules
+    are batched in order of size (``batch_size`` a batch, 0: the scoring batch of the
+    device), as in :func:`al.training.fit.predict`: the models pad each molecule of a batch
+    to the largest one.
     """
     missing = [c for c in INPUT_COLUMNS if c not in frame.columns]
     if missing:
@@ -38,15 +42,19 @@ def predict_molecules(
             "and 'pos' (positions in Angstrom, n x 3)"
         )
     device = next(models[0].parameters()).device
+    batch_size = batch_size or SCORE_BATCH.get(device.type, SCORE_BATCH["cpu"])
+    sizes = np.array([np.size(z) for z in frame["z"]], dtype=np.int64)
+    order = np.argsort(sizes, kind="stable")
     means, stds = [], []
     for start in range(0, len(frame), batch_size):
-        chunk = frame.iloc[start : start + batch_size]
+        which = order[start : start + batch_size]
+        chunk = frame.iloc[which]
         zs = [torch.as_tensor(np.asarray(z, dtype=np.int64).reshape(-1)) for z in chunk["z"]]
         ps = [torch.as_tensor(np.asarray(p, dtype=np.float32).reshape(-1, 3)) for p in chunk["pos"]]
         for k, (z, p) in enumerate(zip(zs, ps, strict=True)):
             if z.numel() != p.shape[0]:
                 raise ValueError(
-                    f"molecule {start + k}: {z.numel()} atomic numbers but {p.shape[0]} positions"
+                    f"molecule {which[k]}: {z.numel()} atomic numbers but {p.shape[0]} positions"
                 )
         z = torch.cat(zs).to(device)
         pos = torch.cat(ps).to(device)
@@ -73,8 +81,9 @@ def predict_molecules(
             if samples.shape[0] > 1
             else torch.full((len(zs),), float("nan"), dtype=torch.float64)
         )
-    mean = torch.cat(means).numpy() if means else np.zeros(0)
-    std = torch.cat(stds).numpy() if stds else np.zeros(0)
+    back = np.argsort(order, kind="stable")  # sorted position of each row of ``frame``
+    mean = torch.cat(means).numpy()[back] if means else np.zeros(0)
+    std = torch.cat(stds).numpy()[back] if stds else np.zeros(0)
     return pd.DataFrame({"mean_ev": mean, "std_ev": std})
 
 

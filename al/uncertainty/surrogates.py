@@ -203,7 +203,10 @@ class EnsembleSurrogate(Surrogate):
         energies, emb = predict(
             self.model, data, rows, batch_size, self.fit_config.amp, embeddings=True
         )
-        return energies, emb.mean(0)
+        assert emb is not None
+        # [K, n, F] -> [n, K * F] / sqrt(K): dot products of these are the mean of the members'
+        # last-layer kernels, and the ensemble's mean energy is linear in them
+        return energies, emb.permute(1, 0, 2).flatten(1) / math.sqrt(self.size)
 
     def members(self) -> list[torch.nn.Module]:
         assert isinstance(self.model, EnsembleModel), "fit or load the surrogate first"
