@@ -203,8 +203,7 @@ def run_worker(
                 "failed trial runs"
             )
         if counts["waiting"] or counts["finished"] + counts["running"] < config.n_trials:
-            study.optimize(objective, n_trials=1, catch=(SurplusTrialError,), callbacks=[progress])
-            ran += 1
+            ran += optimize_one(study, objective, [progress], worker_index)
         else:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -214,6 +213,54 @@ def run_worker(
     if progress.bar is not None:
         progress.bar.close()
     return ran
+
+
+def optimize_one(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    callbacks: list[Any],
+    worker_index: int = 0,
+) -> int:
+    """Run one trial of ``objective``; returns 1, or 0 when another worker took it over.
+
+    A worker that misses its heartbeats for ``grace_period`` (a machine under heavy load)
+    has its trial failed by another worker, which queues a retry of the same parameters;
+    when the slow worker then reports or finishes, Optuna refuses the update. That trial's
+    result is dropped (the retry stands for it) and the worker goes on, instead of dying.
+    """
+    numbers: list[int] = []
+
+    def guarded(trial: optuna.Trial) -> float:
+        numbers.append(trial.number)
+        value = objective(trial)
+        if _state(study, trial.number).is_finished():  # failed meanwhile by another worker
+            raise optuna.exceptions.UpdateFinishedTrialError(
+                f"trial {trial.number} was failed by another worker"
+            )
+        return value
+
+    try:
+        study.optimize(guarded, n_trials=1, catch=(SurplusTrialError,), callbacks=callbacks)
+    except (ValueError, optuna.exceptions.UpdateFinishedTrialError) as err:
+        # Optuna refuses to tell a finished trial with a ValueError "Cannot tell a FAIL
+        # trial."; any other error (the objective's own) stays fatal
+        refused = isinstance(err, optuna.exceptions.UpdateFinishedTrialError) or str(
+            err
+        ).startswith("Cannot tell a ")
+        if not (refused and numbers and _state(study, numbers[0]).is_finished()):
+            raise
+        log.warning(
+            "event=trial_taken_over worker=%d trial=%d: another worker failed this trial for "
+            "missed heartbeats and queued its retry; its result here is dropped",
+            worker_index, numbers[0],
+        )  # fmt: skip
+        return 0
+    return 1
+
+
+def _state(study: optuna.Study, number: int) -> TrialState:
+    """The stored state of trial ``number`` of ``study``."""
+    return next(t.state for t in study.get_trials(deepcopy=False) if t.number == number)
 
 
 def trials_bar(config: HPOConfig, study: optuna.Study) -> tqdm:

@@ -184,7 +184,10 @@ def test_study_logs_parent_trials_and_reusable_best_params(tmp_path: Path) -> No
 
 def check_parallel_study(storage: str, name: str) -> str:
     """3 worker processes, 6 trials: exactly 6 finished, one MLflow run per trial."""
-    cfg = tiny(storage, study_name=name, n_trials=6, n_workers=3, experiment_name=name)
+    # no worker dies here: a grace period long enough that a loaded machine's late
+    # heartbeats do not fail a live trial (that case: test_a_trial_taken_over_...)
+    cfg = tiny(storage, study_name=name, n_trials=6, n_workers=3, experiment_name=name,
+               heartbeat_interval=2, grace_period=60)  # fmt: skip
     parent_id = run_study(cfg)
     study = optuna.load_study(study_name=name, storage=storage_url(storage))
     trials = study.get_trials()
@@ -332,3 +335,32 @@ def test_killed_worker_trial_is_retried(tmp_path: Path, subprocess_env: dict) ->
     retry_run = client.get_run(retries[0].user_attrs[ATTR_RUN_ID])
     assert retry_run.data.tags[tracking.TAG_TRIAL_STATE] == tracking.TRIAL_COMPLETE
     assert len(tracking.trial_runs(parent_id)) == 3
+
+
+def test_a_trial_taken_over_by_another_worker_is_dropped_not_fatal(tmp_path: Path) -> None:
+    """A worker whose trial another worker failed (missed heartbeats) goes on; the
+    objective's own errors stay fatal."""
+    from hpo.study import optimize_one
+
+    study = optuna.create_study(storage=storage_url(sqlite_storage(tmp_path)), study_name="t")
+
+    def taken_over(trial: optuna.Trial) -> float:
+        study.tell(trial.number, state=TrialState.FAIL)  # what fail_stale_trials does
+        return 1.0
+
+    def reports_after_being_taken_over(trial: optuna.Trial) -> float:
+        study.tell(trial.number, state=TrialState.FAIL)
+        trial.report(1.0, 0)  # Optuna refuses: UpdateFinishedTrialError
+        return 1.0
+
+    def broken(trial: optuna.Trial) -> float:
+        raise ValueError("bad input")
+
+    assert optimize_one(study, taken_over, []) == 0
+    assert optimize_one(study, reports_after_being_taken_over, []) == 0
+    assert optimize_one(study, lambda trial: 2.0, []) == 1
+    with pytest.raises(ValueError, match="bad input"):
+        optimize_one(study, broken, [])
+    states = [t.state for t in study.get_trials()]
+    assert states == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE, TrialState.FAIL]
+    assert study.best_value == 2.0

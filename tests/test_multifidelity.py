@@ -85,7 +85,7 @@ def test_two_output_model_shapes_and_masked_fit(qm9) -> None:
     assert energy.shape == (10, 2)
     ens = EnsembleModel([model, model])
     energy, emb = predict(ens, data, rows[:10], batch_size=4, embeddings=True)
-    assert energy.shape == (2, 10, 2) and emb.shape == (2, 10, 16)
+    assert energy.shape == (2, 10, 2) and emb.shape == (2, 10, 8)  # the last hidden layer, 16 // 2
 
 
 def test_single_output_loss_unchanged(qm9) -> None:
