@@ -573,6 +573,41 @@ def test_runs_settings_and_cost_per_fidelity_from_the_server(tracking: str, tmp_
     assert costs.iloc[0]["cost on xtb"] == "29" and costs.iloc[0]["labels from dft"] == "120"
 
 
+@pytest.mark.slow
+def test_a_baselines_cost_is_a_column_of_its_own(tracking: str) -> None:
+    """A Δ-learning run's cost_spent = DFT labels + its baseline's cheap labels: the report
+    shows them apart (cost on dft, cost on <baseline> (baseline)) and adds them up."""
+    from mlflow.entities import Param
+
+    client = MlflowClient()
+    exp_id = client.create_experiment(f"compare-baseline-{uuid.uuid4().hex[:8]}")
+    tags = {"al.kind": "campaign", "al.strategy": "random", "al.oracle": "dft", "al.seed": "0"}
+    run_id = client.create_run(exp_id, tags=tags).info.run_id
+    ts = int(time.time() * 1000)
+    metrics = [
+        Metric(k, float(v), ts, n)
+        for r, n in enumerate((100, 150))
+        for k, v in {
+            MAE: 0.1 / (r + 1),
+            CM.N_LABELLED: n,
+            CM.ROUND: r,
+            CM.COST_SPENT: n + 0.001 * (n + 20),
+            CM.COST_BASELINE: 0.001 * (n + 20),
+            CM.labels_from("dft"): n,
+        }.items()
+    ]
+    client.log_batch(run_id, metrics=metrics, params=[Param("baseline", "xtb")], synchronous=True)
+    client.set_terminated(run_id, "FINISHED")
+    sel = read.find_campaign_runs(client, client.get_experiment(exp_id).name)
+    runs = read.runs_frame(sel.runs)
+    hist = read.join_histories(runs, read.fetch_histories(client, sel.runs))
+    assert hist[stats.COST_FROM_PREFIX + "dft"].tolist() == pytest.approx([100.0, 150.0])
+    assert hist[stats.COST_FROM_PREFIX + "xtb (baseline)"].tolist() == pytest.approx([0.12, 0.17])
+    costs = build.fidelity_display(build.build_report(runs, hist).grids[0].summary).iloc[0]
+    assert costs["cost on dft"] == "150" and costs["cost on xtb (baseline)"] == "0.17"
+    assert costs["total cost"] == "150.2" and "labels from xtb (baseline)" not in costs
+
+
 def test_delta_arm_is_read_against_direct_learning_and_shorter_arms_at_their_end() -> None:
     """A Δ-learning random arm is compared with the direct random arm of the same settings;
     an arm run to fewer labels than its reference is compared where it ends (equal labels),

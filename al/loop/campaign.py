@@ -391,7 +391,7 @@ class Campaign:
             metrics[CM.labels_from(str(oracle))] = int(n)
         metrics["round_cost"] = float(this_round["cost"].sum())
         if hasattr(self.surrogate, "baseline_cost"):  # the cheap labels of a Δ-learning baseline
-            metrics["cost_baseline"] = self.baseline_cost()
+            metrics[CM.COST_BASELINE] = self.baseline_cost()
         self.tracker.log_round_metrics(len(self.labelled.ok), metrics)
         self.tracker.complete_round(round_)
 

@@ -396,7 +396,12 @@ def fidelity_display(summary: pd.DataFrame) -> pd.DataFrame:
             row[f"cost on {o}"] = _num(r.get(COST_FROM_PREFIX + o, math.nan))
         row["total cost"] = _num(r["final_cost"])
         rows.append(row)
-    return pd.DataFrame(rows) if oracles else pd.DataFrame()
+    if not oracles:
+        return pd.DataFrame()
+    table = pd.DataFrame(rows)
+    # a baseline's cheap labels are a cost, not labels the surrogate learns: no count
+    empty = [c for c in table if c.startswith("labels from") and (table[c] == "–").all()]
+    return table.drop(columns=empty)
 
 
 def paired_display(paired: pd.DataFrame) -> pd.DataFrame:

@@ -244,7 +244,7 @@ def fetch_histories(
     (``cost_from.<oracle>``, cumulative) is the whole ``cost_spent`` of a single-oracle run,
     and is summed from the queried tables of a run with several (:func:`fidelity_costs`).
     """
-    names = set(metrics)
+    names = {*metrics, CM.COST_BASELINE}
     jobs = [
         (r.info.run_id, m)
         for r in runs
@@ -271,6 +271,7 @@ def fetch_histories(
         if m not in wide:
             wide[m] = np.nan
     extra = sorted(c for c in wide if c.startswith(CM.LABELS_FROM_PREFIX))
+    extra += [CM.COST_BASELINE] if CM.COST_BASELINE in wide else []
     wide = wide[["run_id", "step", *metrics, *extra]]
     return _with_fidelity_costs(client, runs, wide)
 
@@ -303,13 +304,23 @@ def fidelity_costs(client: Any, run_id: str) -> pd.DataFrame:
 
 
 def _with_fidelity_costs(client: Any, runs: Sequence[Any], wide: pd.DataFrame) -> pd.DataFrame:
-    """``wide`` with a ``cost_from.<oracle>`` column per oracle (NaN where unknown)."""
+    """``wide`` with a ``cost_from.<oracle>`` column per oracle (NaN where unknown), and a
+    ``cost_from.<spec> (baseline)`` column for the cheap labels of a Δ-learning baseline
+    (its ``cost_baseline`` metric, the part of ``cost_spent`` no oracle was paid)."""
     out = wide.copy()
+    if CM.COST_BASELINE not in out:
+        out[CM.COST_BASELINE] = np.nan
     for r in runs:
         rid, oracles = r.info.run_id, [o for o in r.data.tags.get(TAG_ORACLE, "").split(",") if o]
         mine = out["run_id"] == rid
+        paid_baseline = out.loc[mine, CM.COST_BASELINE]
+        if paid_baseline.notna().any():
+            spec = r.data.params.get("baseline", "baseline")
+            out.loc[mine, f"{COST_FROM_PREFIX}{spec} (baseline)"] = paid_baseline
         if len(oracles) == 1:
-            out.loc[mine, COST_FROM_PREFIX + oracles[0]] = out.loc[mine, CM.COST_SPENT]
+            out.loc[mine, COST_FROM_PREFIX + oracles[0]] = out.loc[mine, CM.COST_SPENT] - (
+                paid_baseline.fillna(0.0)
+            )
             continue
         costs = fidelity_costs(client, rid) if len(oracles) > 1 else pd.DataFrame()
         for oracle, f in costs.groupby("oracle") if len(costs) else ():

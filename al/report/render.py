@@ -71,7 +71,9 @@ METHODS = (
     "last round on the test set; paired differences of these at the label count of the "
     "paired final MAE (at the end of each run when that is each run's last round). "
     "Cost per fidelity: labels from each oracle (successful ones) and the cost spent on "
-    "it, failed requests included (from the queried tables of multi-fidelity runs). "
+    "it, failed requests included (from the queried tables of multi-fidelity runs); the "
+    "cheap labels of a Δ-learning baseline in a column of their own (its cost_baseline "
+    "metric), counted in the total. "
     "Label savings = 1 − labels(arm) / labels(baseline) to reach the same mean MAE."
 )
 

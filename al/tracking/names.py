@@ -94,6 +94,8 @@ class CampaignMetrics:
     N_LABELLED = "n_labelled"
     ROUND = "round"
     COST_SPENT = "cost_spent"
+    #: what a Δ-learning baseline's cheap labels cost so far (included in ``cost_spent``)
+    COST_BASELINE = "cost_baseline"
     N_REQUESTED = "n_requested"
     N_FAILED = "n_failed"
     POOL_SCORED = "pool_scored"
