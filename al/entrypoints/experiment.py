@@ -307,16 +307,17 @@ class GridRunner:
         t0 = time.perf_counter()
         cells = progress.bar(total=len(todo), desc=f"grid {self.grid.name}", unit="campaign")
         lock = threading.Lock()
-        ended = [0]  # counted here: a bar that is not drawn (no terminal) does not count
+        ended = 0  # counted here: a bar that is not drawn (no terminal) does not count
 
         def one(state: CellState) -> CellState:
+            nonlocal ended
             result = self._run_cell(state, log_dir)
             with lock:
-                ended[0] += 1
+                ended += 1
                 cells.update(1)
                 progress.note(
                     cells,
-                    f"[{ended[0]}/{len(todo)}] {state.cell.key}: {result.status} "
+                    f"[{ended}/{len(todo)}] {state.cell.key}: {result.status} "
                     f"(run {result.run_id}, {time.perf_counter() - t0:.0f} s since start)",
                     self.echo,
                 )

@@ -392,16 +392,13 @@ def fidelity_display(summary: pd.DataFrame) -> pd.DataFrame:
     for r in summary.to_dict("records"):
         row: dict[str, Any] = {"arm": r["arm"]}
         for o in oracles:
-            row[f"labels from {o}"] = _num(r.get(CM.LABELS_FROM_PREFIX + o, math.nan))
+            # a Δ-learning baseline's cheap labels have a cost but no label count
+            if CM.LABELS_FROM_PREFIX + o in summary:
+                row[f"labels from {o}"] = _num(r.get(CM.LABELS_FROM_PREFIX + o, math.nan))
             row[f"cost on {o}"] = _num(r.get(COST_FROM_PREFIX + o, math.nan))
         row["total cost"] = _num(r["final_cost"])
         rows.append(row)
-    if not oracles:
-        return pd.DataFrame()
-    table = pd.DataFrame(rows)
-    # a baseline's cheap labels are a cost, not labels the surrogate learns: no count
-    empty = [c for c in table if c.startswith("labels from") and (table[c] == "–").all()]
-    return table.drop(columns=empty)
+    return pd.DataFrame(rows) if oracles else pd.DataFrame()
 
 
 def paired_display(paired: pd.DataFrame) -> pd.DataFrame:

@@ -244,7 +244,7 @@ def fetch_histories(
     (``cost_from.<oracle>``, cumulative) is the whole ``cost_spent`` of a single-oracle run,
     and is summed from the queried tables of a run with several (:func:`fidelity_costs`).
     """
-    names = {*metrics, CM.COST_BASELINE}
+    names = {*metrics, CM.COST_BASELINE}  # a Δ-learning baseline's cost, for the cost table
     jobs = [
         (r.info.run_id, m)
         for r in runs
@@ -267,12 +267,11 @@ def fetch_histories(
     )
     wide = long.pivot(index=["run_id", "step"], columns="metric", values="value").reset_index()
     wide.columns.name = None
-    for m in metrics:
+    for m in (*metrics, CM.COST_BASELINE):
         if m not in wide:
             wide[m] = np.nan
     extra = sorted(c for c in wide if c.startswith(CM.LABELS_FROM_PREFIX))
-    extra += [CM.COST_BASELINE] if CM.COST_BASELINE in wide else []
-    wide = wide[["run_id", "step", *metrics, *extra]]
+    wide = wide[["run_id", "step", *metrics, CM.COST_BASELINE, *extra]]
     return _with_fidelity_costs(client, runs, wide)
 
 
@@ -308,8 +307,6 @@ def _with_fidelity_costs(client: Any, runs: Sequence[Any], wide: pd.DataFrame) -
     ``cost_from.<spec> (baseline)`` column for the cheap labels of a Δ-learning baseline
     (its ``cost_baseline`` metric, the part of ``cost_spent`` no oracle was paid)."""
     out = wide.copy()
-    if CM.COST_BASELINE not in out:
-        out[CM.COST_BASELINE] = np.nan
     for r in runs:
         rid, oracles = r.info.run_id, [o for o in r.data.tags.get(TAG_ORACLE, "").split(",") if o]
         mine = out["run_id"] == rid
