@@ -404,7 +404,9 @@ def data_get(source: str, root: str | None, indices: tuple[str, ...]) -> None:
 @click.option("--parent-run", default="", help="compare the campaign runs nested under this run")
 @click.option("--output-dir", default="report", show_default=True, help="where the report goes")
 @click.option("--baseline", default="random", show_default=True,
-              help="arm (al.cell) or strategy the others are paired with")  # fmt: skip
+              help="arm (al.cell) or strategy the others are paired with, each arm with "
+              "the one of its settings; arm:NAME pairs every arm with the arm NAME, "
+              "whatever its settings")  # fmt: skip
 @click.option("--mae-targets", default="", help="target MAEs in eV, e.g. 0.3,0.2 "
               "(default: the baseline's final MAE and 1.25 times it)")  # fmt: skip
 @click.option("--log/--no-log", default=True, show_default=True,

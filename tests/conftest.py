@@ -41,6 +41,12 @@ def qm9():
     return load_qm9()
 
 
+#: MLflow's server-side job runner (a pool of huey workers for its GenAI jobs, which `al`
+#: does not use) takes ~29 s of CPU to start and then about one core while idle on these
+#: two-core machines; the tests' servers run without it.
+SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
 def start_mlflow_server(root: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
     """Start ``mlflow server`` on 127.0.0.1 (SQLite backend ``root/mlflow.db``, served
     artifacts below ``root``) in its own process group; wait until it answers ``/health``.
@@ -59,6 +65,7 @@ def start_mlflow_server(root: Path, port: int | None = None) -> tuple[subprocess
             "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
         ],
         stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True,
+        env={**os.environ, **SERVER_ENV},
     )  # fmt: skip
     log.close()
     uri = f"http://127.0.0.1:{port}"
@@ -77,10 +84,14 @@ def start_mlflow_server(root: Path, port: int | None = None) -> tuple[subprocess
 
 
 def stop_mlflow_server(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
-    """Stop a server of :func:`start_mlflow_server` and its workers (its process group)."""
+    """Stop a server of :func:`start_mlflow_server` and its workers (its process group).
+
+    After SIGTERM uvicorn waits for open keep-alive connections (this process's MLflow
+    client keeps some) before it exits; 3 s later the group gets SIGKILL.
+    """
     try:
         os.killpg(proc.pid, sig)
-        proc.wait(10)
+        proc.wait(3)
     except ProcessLookupError:
         return
     except subprocess.TimeoutExpired:

@@ -336,6 +336,28 @@ def test_each_arm_is_compared_with_random_of_its_own_surrogate(tmp_path: Path) -
     assert refs["random_mcd"] is None
 
 
+def test_arm_prefix_pairs_every_arm_with_one_arm_whatever_its_settings(tmp_path: Path) -> None:
+    """Batch sizes at an equal budget: arms of another batch size have no reference of
+    their own; ``arm:NAME`` reads them against NAME, and the notes say what differs."""
+    hist = histories({"lcmd": lambda n, s: n**-0.5, "lcmd_b250": lambda n, s: 0.9 * n**-0.5})
+    runs = _with_settings(runs_of(hist), {
+        "lcmd": {"strategy": "lcmd", "acquisition": "lcmd", "batch_size": "1000"},
+        "lcmd_b250": {"strategy": "lcmd", "acquisition": "lcmd", "batch_size": "250"},
+    })  # fmt: skip
+    refs, _ = build.reference_arms(runs, "lcmd")
+    assert refs == {"lcmd": None, "lcmd_b250": None}  # both are lcmd candidates
+    refs, notes = build.reference_arms(runs, "arm:lcmd")
+    assert refs == {"lcmd": None, "lcmd_b250": "lcmd"}
+    assert notes == ["lcmd_b250 is read against lcmd with other settings: batch_size 250 vs 1000"]
+    g = build.build_report(runs, hist, baseline="arm:lcmd").grids[0]
+    assert g.baseline == "lcmd" and g.paired["arm"].tolist() == ["lcmd_b250"]
+    assert g.paired.set_index("arm").loc["lcmd_b250", "verdict"] == stats.BETTER
+    md, _ = render.write_report(build.build_report(runs, hist, baseline="arm:lcmd"), tmp_path)
+    assert "Paired comparison with lcmd (arm − baseline" in md.read_text()
+    refs, notes = build.reference_arms(runs, "arm:nope")
+    assert set(refs.values()) == {None} and notes[0].startswith("no arm 'nope' in")
+
+
 def test_degenerate_auc_range_and_one_seed_are_said_not_computed() -> None:
     """Multi-fidelity grid: dft_only ends at 200 labels, the multi-fidelity arm starts there
     (round 0 labels every initial molecule at both fidelities), one seed each."""

@@ -1,5 +1,8 @@
 """The logged MLflow model and `al predict`, on a model trained against a real server."""
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -78,6 +81,37 @@ def test_predict_reports_bad_files(tracking, model_uri, tmp_path: Path) -> None:
     assert "cl.xyz:4:" in result.output and "'Cl'" in result.output
     result = CliRunner().invoke(main, ["predict", "--model", model_uri, str(tmp_path / "no.xyz")])
     assert result.exit_code != 0 and "no.xyz: no such file" in result.output
+
+
+def test_a_logged_model_runs_on_the_package_stored_with_it(tracking, model_uri, qm9) -> None:
+    """The model carries the package as one file, ``code/al.zip``; a process that has not
+    imported ``al`` loads and predicts with that copy, the shipped oracle checkpoint
+    included."""
+    local = Path(mlflow.artifacts.download_artifacts(model_uri))
+    assert sorted(p.name for p in (local / "code").iterdir()) == ["al.zip"]
+    frame = molecules_frame([(m.z, m.pos) for m in _molecules(qm9, [1, 2, 3])])
+    frame_file = local.parent / "frame.json"
+    frame.to_json(frame_file, orient="split")
+    script = f"""
+import json, sys
+import mlflow, pandas as pd
+assert "al" not in sys.modules
+model = mlflow.pyfunc.load_model({str(local)!r})
+out = model.predict(pd.read_json({str(frame_file)!r}, orient="split"))
+from al.oracles.pretrained import packaged_checkpoint
+ckpt = packaged_checkpoint()
+print(json.dumps({{"mean_ev": out["mean_ev"].tolist(), "al": sys.modules["al"].__file__,
+                  "checkpoint": ckpt.is_file() and ckpt.with_suffix(".json").is_file()}}))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=local
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["al"] == str(local / "code" / "al.zip" / "al" / "__init__.py")
+    assert got["checkpoint"]
+    here = mlflow.pyfunc.load_model(model_uri).predict(frame)["mean_ev"].to_numpy()
+    np.testing.assert_allclose(got["mean_ev"], here, rtol=1e-6)
 
 
 def test_predict_rejects_bad_frames(tracking, model_uri) -> None:

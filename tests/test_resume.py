@@ -75,7 +75,7 @@ def queried_tables(run_id: str) -> pd.DataFrame:
 ARGS = [
     "--initial-size", "150", "--batch-size", "40", "--rounds", "3", "--epochs", "4",
     "--min-steps", "0", "--val-min", "0",
-    "--ensemble-size", "2", "--pool-subsample", "20000", "--n-test", "200", "--hidden", "32",
+    "--ensemble-size", "2", "--pool-subsample", "2000", "--n-test", "200", "--hidden", "32",
     "--filter-groups", "8", "--n-interactions", "2", "--progress", "false",
     "--experiment-name", "resume-test", "--seed", "7",
 ]  # fmt: skip

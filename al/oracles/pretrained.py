@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import logging
+import shutil
+import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -21,8 +24,25 @@ PRETRAINED_CHECKPOINT = "qm9_oracle.pt"
 
 
 def packaged_checkpoint() -> Path:
-    """Path of the shipped oracle checkpoint, ``al/data/pretrained/qm9_oracle.pt``."""
-    return Path(str(resources.files("al.data").joinpath(PRETRAINED_DIR, PRETRAINED_CHECKPOINT)))
+    """Path of the shipped oracle checkpoint, ``al/data/pretrained/qm9_oracle.pt``.
+
+    When the package runs from a zip (the copy stored with a logged model), the checkpoint
+    and its ``.json`` are extracted once to a temporary folder removed at exit.
+    """
+    folder = resources.files("al.data").joinpath(PRETRAINED_DIR)
+    if isinstance(folder, Path):
+        return folder / PRETRAINED_CHECKPOINT
+    global _EXTRACTED
+    if _EXTRACTED is None:
+        out = Path(tempfile.mkdtemp(prefix="al-pretrained-"))
+        atexit.register(shutil.rmtree, out, True)
+        for name in (PRETRAINED_CHECKPOINT, Path(PRETRAINED_CHECKPOINT).with_suffix(".json").name):
+            (out / name).write_bytes(folder.joinpath(name).read_bytes())
+        _EXTRACTED = out
+    return _EXTRACTED / PRETRAINED_CHECKPOINT
+
+
+_EXTRACTED: Path | None = None
 
 
 class PretrainedOracle(Oracle):

@@ -37,6 +37,10 @@ from al.report.stats import (
 )
 from al.tracking import CampaignMetrics as CM  # noqa: N817 - used in every metric key
 
+#: ``--baseline arm:NAME``: the arm ``NAME`` is every other arm's reference, whatever the
+#: settings (:func:`reference_arms`).
+ARM_PREFIX = "arm:"
+
 
 def resolve_baseline(
     runs: pd.DataFrame, baseline: str, grid: str | None = None
@@ -81,15 +85,19 @@ def reference_arms(
     uncertainty method, the oracle(s), the batch size), never across them: with no such
     candidate, or several, it gets ``None`` and a note says so. A ``baseline`` that names
     one arm of another strategy (``--baseline ARM``) is the reference of every arm, as
-    asked. Candidates themselves are not compared.
+    asked. Candidates themselves are not compared. ``arm:NAME`` makes the arm ``NAME`` the
+    reference of every other arm whatever their settings (batch sizes at an equal budget,
+    say); a note names the settings that differ.
     """
     sub = runs if grid is None else runs[runs["grid"] == grid]
     arms = sorted(sub["arm"].unique())
+    where = f"grid {grid!r}" if grid is not None else "the selection"
+    if baseline.startswith(ARM_PREFIX):
+        return _named_reference(sub, baseline[len(ARM_PREFIX) :], arms, where)
     by_what = sub["strategy"] == baseline
     if "acquisition" in sub:
         by_what |= sub["acquisition"].fillna("") == baseline
     cands = sorted(set(sub.loc[by_what, "arm"]) | ({baseline} & set(arms)))
-    where = f"grid {grid!r}" if grid is not None else "the selection"
     if not cands:
         note = (
             f"no baseline arm {baseline!r} in {where} (arms: {', '.join(arms)}): "
@@ -120,6 +128,25 @@ def reference_arms(
                 f"in {where}: not compared; pass --baseline ARM"
             )
     return refs, notes
+
+
+def _named_reference(
+    runs: pd.DataFrame, ref: str, arms: list[str], where: str
+) -> tuple[dict[str, str | None], list[str]]:
+    """:func:`reference_arms` for ``arm:NAME``: ``NAME`` is every other arm's reference."""
+    if ref not in arms:
+        note = f"no arm {ref!r} in {where} (arms: {', '.join(arms)}): paired comparison skipped"
+        return dict.fromkeys(arms), [note]
+    theirs = _settings(runs, ref)
+    notes = []
+    for arm in (a for a in arms if a != ref):
+        mine = _settings(runs, arm)
+        differ = [
+            f"{k} {v or '–'} vs {theirs[k] or '–'}" for k, v in mine.items() if v != theirs[k]
+        ]
+        if differ:
+            notes.append(f"{arm} is read against {ref} with other settings: {', '.join(differ)}")
+    return {a: (None if a == ref else ref) for a in arms}, notes
 
 
 def _direct_arm(
@@ -159,6 +186,8 @@ class GridReport:
     notes: list[str] = field(default_factory=list)
     #: the reference arm of each arm (``None``: not compared; see :func:`reference_arms`)
     references: dict[str, str | None] = field(default_factory=dict)
+    #: the reference was named with ``arm:NAME``, whatever the arms' settings
+    named: bool = False
 
 
 @dataclass
@@ -240,13 +269,14 @@ def build_report(
                 summary=summary_table(hist, curves, tg, level),
                 curves_labels=curves,
                 curves_cost=cost,
-                baseline=baseline if used else None,
+                baseline=baseline.removeprefix(ARM_PREFIX) if used else None,
                 paired=pd.DataFrame(paired),
                 paired_steps=pd.concat(steps, ignore_index=True) if steps else pd.DataFrame(),
                 savings=pd.concat(savings, ignore_index=True) if savings else pd.DataFrame(),
                 targets=tg,
                 notes=notes,
                 references=refs,
+                named=baseline.startswith(ARM_PREFIX),
             )
         )
     return Report(

@@ -50,7 +50,9 @@ METHODS = (
     "Reference arm: each arm is compared with the baseline arm (e.g. random acquisition) "
     "that has the same surrogate (uncertainty method, tag `al.uncertainty`), oracle(s), "
     "batch size and Δ-learning baseline, never with one of another surrogate; an arm "
-    "without one is not compared, and the grid's notes say so. A baseline arm that learns "
+    "without one is not compared, and the grid's notes say so (with --baseline arm:NAME, "
+    "the arm NAME is every other arm's reference, whatever its settings). A baseline arm "
+    "that learns "
     "on a Δ-learning baseline (e.g. random acquisition on DFT − xTB) or from another "
     "labeller's labels is compared with the baseline arm of the same settings that learns "
     "DFT labels directly. "
@@ -177,16 +179,14 @@ def _grid_sections(g: GridReport, level: float, figures: list[Figure]) -> list[S
     fidelities = fidelity_display(g.summary)
     if not fidelities.empty:
         out.append(Section("Labels and cost per fidelity", 3, table=Table.of(fidelities)))
+    same = "" if g.named else " of the same surrogate"
     if g.baseline is not None and not g.paired.empty:
-        head = (
-            f"Paired comparison with {g.baseline} of the same surrogate "
-            f"(arm − baseline, {pct} CI over seeds)"
-        )
+        head = f"Paired comparison with {g.baseline}{same} (arm − baseline, {pct} CI over seeds)"
         out.append(Section(head, 3, table=Table.of(paired_display(g.paired))))
         head = f"Paired differences of the final model (arm − baseline, {pct} CI over seeds)"
         out.append(Section(head, 3, table=Table.of(paired_final_display(g.paired))))
     if not g.savings.empty:
-        head = f"Label savings against {g.baseline} of the same surrogate"
+        head = f"Label savings against {g.baseline}{same}"
         out.append(Section(head, 3, table=Table.of(savings_display(g.savings))))
     if figures:
         out.append(Section("Plots", 3, figures=figures))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -153,9 +154,32 @@ def pip_requirements(baseline: str = "none") -> list[str]:
     return reqs
 
 
-def _model_arguments(checkpoint: Path) -> dict[str, Any]:
+def zip_package(dst: Path) -> Path:
+    """The ``al`` package (sources and data, no bytecode) as one zip file ``dst/al.zip``,
+    importable with the zip on ``sys.path`` (``al.zip/al/...``).
+
+    A logged model carries this one file rather than the package's ~90: an artifact
+    server takes one request per file, so this is what makes a round's model cheap to log
+    over HTTP (``benchmarks/round_logging.py``). The entry file ``al/mlflow_model.py`` puts
+    the zip on ``sys.path`` when it loads the model in a process without ``al``.
+    """
+    import zipfile
+
+    import al
+
+    root = Path(al.__file__).parent
+    out = dst / "al.zip"
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(root.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
+                zf.write(path, Path("al") / path.relative_to(root))
+    return out
+
+
+def _model_arguments(checkpoint: Path, code_dir: Path) -> dict[str, Any]:
     """The arguments of ``mlflow.pyfunc.log_model`` / ``save_model`` for ``checkpoint``: the
-    ``al`` package's code and requirements, and methane as the input example."""
+    ``al`` package's code (zipped into ``code_dir``) and requirements, and methane as the
+    input example."""
     import al
 
     example = molecules_frame(
@@ -175,7 +199,7 @@ def _model_arguments(checkpoint: Path) -> dict[str, Any]:
     return {
         "python_model": str(Path(al.__file__).parent / "mlflow_model.py"),
         "artifacts": {"checkpoint": str(checkpoint)},
-        "code_paths": [str(Path(al.__file__).parent)],
+        "code_paths": [str(zip_package(code_dir))],
         "pip_requirements": pip_requirements(_baseline_of(checkpoint)),
         "input_example": example,
     }
@@ -192,10 +216,12 @@ def log_pyfunc_model(checkpoint: Path, name: str = "model") -> Any:
 
     Returns the ``ModelInfo`` (its ``model_uri`` is ``models:/m-...``).
     """
-    return mlflow.pyfunc.log_model(name=name, **_model_arguments(checkpoint))
+    with tempfile.TemporaryDirectory(prefix="al-code-") as code_dir:
+        return mlflow.pyfunc.log_model(name=name, **_model_arguments(checkpoint, Path(code_dir)))
 
 
 def save_pyfunc_model(checkpoint: Path, dst: Path) -> None:
     """Save ``checkpoint`` as the same model as :func:`log_pyfunc_model` to the local folder
     ``dst``, without a run."""
-    mlflow.pyfunc.save_model(path=str(dst), **_model_arguments(checkpoint))
+    with tempfile.TemporaryDirectory(prefix="al-code-") as code_dir:
+        mlflow.pyfunc.save_model(path=str(dst), **_model_arguments(checkpoint, Path(code_dir)))
