@@ -18,6 +18,8 @@ from typing import Any
 import mlflow
 import pandas as pd
 import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import BAD_REQUEST
 from mlflow.tracking import MlflowClient
 
 from al.tracking import TAG_COMPLETED_ROUND, TAG_LEASE, queried_path
@@ -204,6 +206,36 @@ def test_a_live_lease_refuses_a_second_owner(bare_run: str) -> None:
     assert msg.endswith("; wait, or take it over after 30 s without heartbeat")
     tag = MlflowClient().get_run(bare_run).data.tags[TAG_LEASE]
     assert LeaseRecord.parse(tag).owner == "elsewhere:12:abc"  # untouched
+
+
+def test_a_lease_insert_refused_by_a_concurrent_one_is_a_refusal(bare_run: str) -> None:
+    """Two processes set the lease tag of a run without one at the same moment: the store
+    inserts one and refuses the other with an IntegrityError (seen with two resumes at
+    once). The refused process reads the winner back and says who holds the run, not that
+    the server cannot be reached."""
+    winners: list[CampaignLease] = []
+
+    class Refusing(MlflowClient):  # the real server, except that it refuses our insert
+        def __init__(self, message: str, race: bool) -> None:
+            super().__init__()
+            self.message, self.race = message, race
+
+        def set_tag(self, run_id: str, key: str, value: str, **kw: Any) -> None:
+            if self.race:  # the other process's insert lands first
+                winners.append(CampaignLease(run_id, ttl=30).acquire())
+            raise MlflowException(self.message, BAD_REQUEST)
+
+    with pytest.raises(MlflowException, match="disk I/O error"):  # other errors still raise
+        CampaignLease(bare_run, ttl=30, client=Refusing("disk I/O error", False)).acquire()
+    race = "(sqlite3.IntegrityError) UNIQUE constraint failed: tags.key, tags.run_uuid"
+    try:
+        with pytest.raises(LeaseHeldError) as err:
+            CampaignLease(bare_run, ttl=30, client=Refusing(race, True)).acquire()
+        (winner,) = winners
+        assert str(err.value).startswith(f"run {bare_run} is being run by {winner.owner} since")
+    finally:
+        for w in winners:
+            w.release()
 
 
 def test_a_stale_lease_is_taken_over_heartbeats_and_released(

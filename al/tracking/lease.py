@@ -37,6 +37,7 @@ from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
 
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from al.tracking.names import TAG_LEASE
@@ -164,7 +165,15 @@ class CampaignLease:
                 self.run_id, current.owner, _stamp(current.heartbeat),
             )  # fmt: skip
         self.since = now
-        self._write(now)
+        try:
+            self._write(now)
+        except MlflowException as err:
+            if not _insert_race(err):
+                raise
+            # Another process set the tag of a run that had none at the same moment: the
+            # store inserted theirs and refused ours (its UNIQUE constraint on run and key).
+            # Who won is read back below, as after any concurrent write.
+            log.info("event=lease_write_raced run_id=%s owner=%s", self.run_id, self.owner)
         try:
             time.sleep(self.settle)  # no compare-and-swap: let a concurrent write land, re-read
             winner = self.read()
@@ -259,3 +268,11 @@ def interrupt_signal(err: BaseException) -> signal.Signals:
 def exit_code(sig: signal.Signals) -> int:
     """The conventional exit status of a process ended by ``sig`` (130 SIGINT, 143 SIGTERM)."""
     return 128 + int(sig)
+
+
+def _insert_race(err: MlflowException) -> bool:
+    """Whether ``err`` is the store refusing a second insert of the same run tag (SQLite:
+    "UNIQUE constraint failed", PostgreSQL: "duplicate key value violates unique
+    constraint"; both sent back by the server as an ``IntegrityError``)."""
+    text = str(err)
+    return "IntegrityError" in text or "UNIQUE constraint" in text or "unique constraint" in text
