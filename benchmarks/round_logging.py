@@ -76,10 +76,11 @@ def main() -> None:
 
     from al.loop.tracker import ModelArtifacts
     from al.models.checkpoint import load_checkpoint
+    from al.oracles.pretrained import packaged_checkpoint
     from al.tracking.pyfunc import log_pyfunc_model
     from al.training.fit import EpochStats
 
-    ckpt = Path(__file__).resolve().parents[1] / "al/data/pretrained/qm9_oracle.pt"
+    ckpt = packaged_checkpoint()
     members, meta = load_checkpoint(ckpt)
     rng = np.random.default_rng(0)
     target = rng.normal(-70.0, 10.0, args.n_test)
