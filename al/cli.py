@@ -409,6 +409,8 @@ def data_get(source: str, root: str | None, indices: tuple[str, ...]) -> None:
               "whatever its settings")  # fmt: skip
 @click.option("--mae-targets", default="", help="target MAEs in eV, e.g. 0.3,0.2 "
               "(default: the baseline's final MAE and 1.25 times it)")  # fmt: skip
+@click.option("--arms", default="", help="only these arms (al.cell), e.g. lcmd,lcmd_b250 "
+              "(default: every arm)")  # fmt: skip
 @click.option("--log/--no-log", default=True, show_default=True,
               help="log the report as a run tagged al.kind=report")  # fmt: skip
 def compare(
@@ -417,6 +419,7 @@ def compare(
     output_dir: str,
     baseline: str,
     mae_targets: str,
+    arms: str,
     log: bool,
 ) -> None:
     """Compare finished campaign runs (learning curves, paired tests) and write a report."""
@@ -426,6 +429,7 @@ def compare(
         result = run_compare(
             experiment_name, parent_run, output_dir or "report", baseline or "random",
             parse_targets(mae_targets), log=log, echo=click.echo,
+            arms=[a.strip() for a in arms.split(",") if a.strip()],
         )  # fmt: skip
     except CompareError as err:
         raise click.ClickException(str(err)) from None

@@ -527,6 +527,20 @@ def test_compare_cli_end_to_end(tracking: str, tmp_path: Path) -> None:
     assert "report run:" not in result.output
     assert len(client.search_runs([exp_id], filter_string="tags.`al.kind` = 'report'")) == 1
 
+    # only some arms, read against one arm whatever its settings
+    out3 = tmp_path / "arms"
+    args = ["compare", "--experiment-name", name, "--output-dir", str(out3), "--no-log",
+            "--arms", "coreset,ensemble", "--baseline", "arm:ensemble"]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    md = (out3 / "report.md").read_text()
+    assert "| tiny | ensemble | 3 |" in md and "| tiny | coreset | 1 |" in md
+    assert "| tiny | random |" not in md and "--arms coreset,ensemble" in md
+    assert "| coreset | ensemble | 1 |" in md  # coreset paired with ensemble
+    args[-3] = "coreset,nope"
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code != 0 and "--arms: no finished campaign of arm(s) nope" in result.output
+
 
 @pytest.mark.slow
 def test_compare_cli_errors(tracking: str, tmp_path: Path) -> None:

@@ -44,6 +44,7 @@ def reproduce_command(
     output_dir: str,
     baseline: str,
     mae_targets: Sequence[float] | None,
+    arms: Sequence[str] = (),
 ) -> str:
     """The ``al compare`` command line that rebuilds this report (and the MLflow form)."""
     args = ["al", "compare"]
@@ -54,6 +55,8 @@ def reproduce_command(
     args += ["--output-dir", output_dir, "--baseline", baseline]
     if mae_targets:
         args += ["--mae-targets", ",".join(f"{t:g}" for t in mae_targets)]
+    if arms:
+        args += ["--arms", ",".join(arms)]
     project = ["mlflow", "run", ".", "-e", "compare", "--env-manager", "local"]
     for k, v in (
         ("experiment_name", experiment_name),
@@ -66,6 +69,8 @@ def reproduce_command(
         project += ["-P", f"baseline={baseline}"]
     if mae_targets:
         project += ["-P", "mae_targets=" + ",".join(f"{t:g}" for t in mae_targets)]
+    if arms:
+        project += ["-P", "arms=" + ",".join(arms)]
     uri = f"MLFLOW_TRACKING_URI={shlex.quote(tracking_uri())} "
     return f"{uri}{shlex.join(args)}\n# or: {uri}{shlex.join(project)}"
 
@@ -101,8 +106,11 @@ def run_compare(
     log: bool = True,
     level: float = 0.95,
     echo: Callable[[str], None] = print,
+    arms: Sequence[str] = (),
 ) -> CompareResult:
-    """Select, read, compare, write, and (with ``log``) log the report back to MLflow."""
+    """Select, read, compare, write, and (with ``log``) log the report back to MLflow.
+
+    ``arms``: only these arms (all when empty); an arm that is not there is an error."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
@@ -110,6 +118,14 @@ def run_compare(
     if sel.n_unfinished:
         echo(f"skipped {sel.n_unfinished} unfinished campaign run(s) (status not FINISHED)")
     runs, notes = dedupe_runs(runs_frame(sel.runs))
+    if arms:
+        missing = sorted(set(arms) - set(runs["arm"]))
+        if missing:
+            raise CompareError(
+                f"--arms: no finished campaign of arm(s) {', '.join(missing)} among the "
+                f"{sel.source} (arms: {', '.join(sorted(set(runs['arm'])))})"
+            )
+        runs = runs[runs["arm"].isin(arms)].reset_index(drop=True)
     kept = [r for r in sel.runs if r.info.run_id in set(runs["run_id"])]
     histories = join_histories(runs, fetch_histories(client, kept))
     empty = sorted(set(runs["run_id"]) - set(histories.dropna(subset=[CM.TEST_MAE])["run_id"]))
@@ -124,7 +140,7 @@ def run_compare(
     if sel.n_unfinished:
         notes.insert(0, f"{sel.n_unfinished} unfinished campaign run(s) skipped")
     name = experiment_name if parent_run else sel.experiment_name
-    command = reproduce_command(name, parent_run, str(output_dir), baseline, mae_targets)
+    command = reproduce_command(name, parent_run, str(output_dir), baseline, mae_targets, arms)
     report = build_report(
         runs,
         histories,
@@ -143,6 +159,7 @@ def run_compare(
             experiment_name=sel.experiment_name,
             parent_run=parent_run or "",
             baseline=baseline,
+            arms=",".join(arms),
             resolved_mae_targets=_targets_param(report),
             n_runs=len(runs),
             n_unfinished=sel.n_unfinished,
