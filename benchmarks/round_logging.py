@@ -1,10 +1,10 @@
 """What recording one round costs: the figures and the pyfunc model a round's child run gets.
 
-Starts a real ``mlflow server`` (SQLite backend, served artifacts, as a team would run it)
-unless ``MLFLOW_TRACKING_URI`` names one, then times, per round, building the figures,
-logging them, and logging the checkpoint and the pyfunc model (the shipped pretrained
-model, ``--n-test`` test molecules in the plots). Prints the median of ``--repeat`` rounds
-with the load average::
+Starts a real ``mlflow server`` (the tests' own: SQLite backend, served artifacts, as a
+team would run it) unless ``MLFLOW_TRACKING_URI`` names one, then times, per round,
+building the figures, logging them, and logging the checkpoint and the pyfunc model (the
+shipped pretrained model, ``--n-test`` test molecules in the plots). Prints the median of
+``--repeat`` rounds with the load average::
 
     python benchmarks/round_logging.py --repeat 5
 """
@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from statistics import median
 
@@ -27,33 +24,9 @@ import mlflow
 import numpy as np
 import torch
 
-
-def start_server(root: Path) -> tuple[subprocess.Popen, str]:
-    """``mlflow server`` on a free port of 127.0.0.1; waits for ``/health``."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mlflow_bin = shutil.which("mlflow") or str(Path(sys.executable).parent / "mlflow")
-    proc = subprocess.Popen(
-        [
-            mlflow_bin, "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-            "--artifacts-destination", str(root / "artifacts"),
-            "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-        ],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # as README says
-    )  # fmt: skip
-    uri = f"http://127.0.0.1:{port}"
-    for _ in range(240):
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2):
-                return proc, uri
-        except OSError:
-            time.sleep(0.5)
-    proc.kill()
-    raise SystemExit("mlflow server did not answer /health in 2 minutes")
+# the tests' server: SQLite backend, served artifacts, MLflow's job runner off
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from conftest import start_mlflow_server, stop_mlflow_server
 
 
 def server_cpu(server: subprocess.Popen | None) -> float:
@@ -94,7 +67,7 @@ def main() -> None:
     server = None
     tmp = tempfile.TemporaryDirectory(prefix="al-bench-")
     if not os.environ.get("MLFLOW_TRACKING_URI", "").startswith("http"):
-        server, uri = start_server(Path(tmp.name))
+        server, uri = start_mlflow_server(Path(tmp.name))
         mlflow.set_tracking_uri(uri)
     from al.tracking.log import log_figure
 
@@ -120,14 +93,7 @@ def main() -> None:
                 times[k].append(tuple(y - x for x, y in zip(a, b, strict=True)))
     finally:
         if server is not None:
-            t = time.perf_counter()
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
-            print(f"server stopped in {time.perf_counter() - t:.1f} s after SIGTERM")
+            stop_mlflow_server(server)
         tmp.cleanup()
     print(
         f"per round, median of {args.repeat} rounds, {len(figs)} figures "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import functools
 import hashlib
 import json
 import logging
@@ -32,17 +33,18 @@ def packaged_checkpoint() -> Path:
     folder = resources.files("al.data").joinpath(PRETRAINED_DIR)
     if isinstance(folder, Path):
         return folder / PRETRAINED_CHECKPOINT
-    global _EXTRACTED
-    if _EXTRACTED is None:
-        out = Path(tempfile.mkdtemp(prefix="al-pretrained-"))
-        atexit.register(shutil.rmtree, out, True)
-        for name in (PRETRAINED_CHECKPOINT, Path(PRETRAINED_CHECKPOINT).with_suffix(".json").name):
-            (out / name).write_bytes(folder.joinpath(name).read_bytes())
-        _EXTRACTED = out
-    return _EXTRACTED / PRETRAINED_CHECKPOINT
+    return _extracted(folder) / PRETRAINED_CHECKPOINT
 
 
-_EXTRACTED: Path | None = None
+@functools.cache
+def _extracted(folder: Any) -> Path:
+    """A temporary copy of the checkpoint and its ``.json`` from ``folder`` (a resource
+    inside a zip), made once per process and removed at exit."""
+    out = Path(tempfile.mkdtemp(prefix="al-pretrained-"))
+    atexit.register(shutil.rmtree, out, True)
+    for name in (PRETRAINED_CHECKPOINT, Path(PRETRAINED_CHECKPOINT).with_suffix(".json").name):
+        (out / name).write_bytes(folder.joinpath(name).read_bytes())
+    return out
 
 
 class PretrainedOracle(Oracle):
