@@ -342,3 +342,13 @@ def test_stream_with_two_oracles_is_refused(tracking) -> None:
 def test_dft_oracle_is_a_fidelity(qm9) -> None:
     # the registry's dft oracle keeps its default cost when costs are not given
     assert DFTOracle(qm9).cost_per_label == 1.0
+
+
+def test_an_oracle_key_keeps_only_what_a_metric_name_may_hold() -> None:
+    """Label counts and the report's cost columns are keyed by the same name, in which a
+    registry alias's "@" (refused by MLflow in a metric name), ":" and "/" are "_"."""
+    assert CampaignMetrics.oracle_key("dft") == "dft"
+    assert CampaignMetrics.oracle_key("model:models:/qm9-oracle@hifi") == (
+        "model_models__qm9-oracle_hifi"
+    )
+    assert CampaignMetrics.labels_from("model:runs:/abc/model") == "n_labels.model_runs__abc_model"

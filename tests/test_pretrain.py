@@ -26,6 +26,7 @@ from torch import nn
 from al.config import ConfigError
 from al.data.elements import ATOM_REF_H298_HA
 from al.data.splits import SplitConfig, make_splits
+from al.entrypoints.al_loop import run_campaign
 from al.entrypoints.label import run_label
 from al.entrypoints.pretrain import (
     PRESETS,
@@ -34,6 +35,7 @@ from al.entrypoints.pretrain import (
     resolve_pretrain_config,
     run_pretrain,
 )
+from al.loop.config import CampaignConfig
 from al.models.checkpoint import load_checkpoint
 from al.oracles import (
     ORACLES,
@@ -49,7 +51,7 @@ from al.oracles import (
     network_problem,
     packaged_checkpoint,
 )
-from al.tracking import registry
+from al.tracking import CampaignMetrics, registry
 from al.tracking.registry import (
     PRETRAINED_ALIAS,
     PRETRAINED_REGISTERED_NAME,
@@ -151,6 +153,22 @@ def test_pretrain_registers_an_oracle_trained_on_the_oracle_split(
     assert list(labels.status) == ["ok"] * len(SMALL) + ["unknown_molecule"]
     direct = _direct_prediction(result.export, qm9, SMALL)
     np.testing.assert_allclose(labels.value[:-1], direct, atol=1e-4)
+
+    # ... and a campaign's cheap fidelity by its alias: MLflow refuses "@" in a metric name,
+    # so its label count is logged under the oracle's key
+    spec = f"model:models:/{name}@lofi"
+    run_id = run_campaign(
+        CampaignConfig(
+            oracles=f"{spec},dft", costs="0.001,1.0", initial_size=40, batch_size=5, rounds=1,
+            epochs=1, ensemble_size=2, min_steps=0, val_min=0, pool_subsample=60, n_test=50,
+            hidden=16, filter_groups=8, n_interactions=1, progress=False,
+            experiment_name="pretrain-tests",
+        )
+    )  # fmt: skip
+    metrics = client.get_run(run_id).data.metrics
+    assert CampaignMetrics.labels_from(spec) == f"n_labels.model_models__{name}_lofi"
+    assert metrics[CampaignMetrics.labels_from(spec)] >= 40
+    assert metrics[CampaignMetrics.labels_from("dft")] >= 40
 
 
 # --- the shipped oracle -------------------------------------------------------------------------

@@ -315,14 +315,14 @@ def _with_fidelity_costs(client: Any, runs: Sequence[Any], wide: pd.DataFrame) -
             spec = r.data.params.get("baseline", "baseline")
             out.loc[mine, f"{COST_FROM_PREFIX}{spec} (baseline)"] = paid_baseline
         if len(oracles) == 1:
-            out.loc[mine, COST_FROM_PREFIX + oracles[0]] = out.loc[mine, CM.COST_SPENT] - (
-                paid_baseline.fillna(0.0)
-            )
+            spent = out.loc[mine, CM.COST_SPENT] - paid_baseline.fillna(0.0)
+            out.loc[mine, COST_FROM_PREFIX + CM.oracle_key(oracles[0])] = spent
             continue
         costs = fidelity_costs(client, rid) if len(oracles) > 1 else pd.DataFrame()
         for oracle, f in costs.groupby("oracle") if len(costs) else ():
             by_round = dict(zip(f["round"].astype(float), f["cost"], strict=True))
-            out.loc[mine, COST_FROM_PREFIX + str(oracle)] = out.loc[mine, CM.ROUND].map(by_round)
+            column = COST_FROM_PREFIX + CM.oracle_key(str(oracle))
+            out.loc[mine, column] = out.loc[mine, CM.ROUND].map(by_round)
     return out
 
 

@@ -5,6 +5,8 @@ Nothing else in the project spells a tag, a metric key or an artifact path.
 
 from __future__ import annotations
 
+import re
+
 # --- tags -------------------------------------------------------------------------------
 TAG_KIND = "al.kind"
 KIND_TRAIN = "train"
@@ -88,6 +90,11 @@ TAG_LEASE = "al.lease"
 KIND_ROUND = "round"
 
 
+#: characters that an oracle's name keeps in a metric name (MLflow allows these, and ``:``
+#: and ``/``, which are replaced all the same so that a key never looks like a path)
+_NOT_IN_KEY = re.compile(r"[^A-Za-z0-9_.\- ]")
+
+
 class CampaignMetrics:
     """Per-round metric names on the campaign run (``step = n_labelled``)."""
 
@@ -137,9 +144,17 @@ class CampaignMetrics:
     LABELS_FROM_PREFIX = "n_labels."
 
     @staticmethod
+    def oracle_key(oracle: str) -> str:
+        """``oracle`` as it appears in metric and column names: every character MLflow
+        refuses in a metric name (``@`` of a registry alias, for one) and ``:`` and ``/``
+        become ``_``: ``model:models:/qm9-oracle@hifi`` -> ``model_models__qm9-oracle_hifi``.
+        """
+        return _NOT_IN_KEY.sub("_", oracle)
+
+    @staticmethod
     def labels_from(oracle: str) -> str:
         """Successful labels bought from ``oracle`` so far (one metric per fidelity)."""
-        return CampaignMetrics.LABELS_FROM_PREFIX + oracle.replace(":", "_").replace("/", "_")
+        return CampaignMetrics.LABELS_FROM_PREFIX + CampaignMetrics.oracle_key(oracle)
 
 
 QUERIED_COLUMNS = (
