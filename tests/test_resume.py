@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -208,7 +209,7 @@ def test_outage_keeps_paid_labels_and_resume_uses_the_campaign_settings(
     run_id = err.value.run_id
     message = str(err.value)
     assert "\n" not in message and str(journal_path(run_id)) in message
-    assert f"al al-loop --resume {run_id}" in message
+    assert f"al al-loop --resume {run_id}" in message and "once the server is back" in message
     assert len(paid) == 28  # round 0 and round 1 paid; round 1 is only in the journal
 
     monkeypatch.setattr(MlflowTracker, "log_queried", log_queried)  # the server is back
@@ -338,3 +339,16 @@ def test_server_killed_and_restarted_loses_no_label(tmp_path, tracking: str) -> 
     finally:
         mlflow.set_tracking_uri(tracking)
         stop_mlflow_server(proc)
+
+
+def test_a_refused_write_is_not_called_an_outage(tmp_path: Path) -> None:
+    """A server that answers "invalid value" is up: the line says it refused, not that it is
+    gone, and still where the paid labels are and how to resume."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    cause = MlflowException('Invalid value "a@b" for metric name', INVALID_PARAMETER_VALUE)
+    message = str(LabelsNotRecordedError("r1", tmp_path / "r1.jsonl", cause, round_=0))
+    assert message.startswith("the tracking server refused a value of campaign r1 round 0")
+    assert "once what it refused is fixed" in message and "server is back" not in message
+    assert str(tmp_path / "r1.jsonl") in message and "al al-loop --resume r1" in message

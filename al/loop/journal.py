@@ -162,6 +162,11 @@ def error_summary(cause: BaseException) -> str:
     return first.split(" with exception ")[0][:200]
 
 
+#: MLflow error codes of a server that answered and refused what was written (a name or
+#: value it does not accept), as opposed to one that could not be reached
+REFUSED_CODES = frozenset({"INVALID_PARAMETER_VALUE", "BAD_REQUEST", "RESOURCE_ALREADY_EXISTS"})
+
+
 class LabelsNotRecordedError(RuntimeError):
     """The tracking server did not take what the campaign wrote (e.g. it is down for longer
     than the client's retries); the message, one line, says where the paid labels are and
@@ -179,9 +184,12 @@ class LabelsNotRecordedError(RuntimeError):
     ) -> None:
         first = error_summary(cause)
         where = f" round {round_}" if round_ is not None else ""
+        if getattr(cause, "error_code", "") in REFUSED_CODES:  # reachable, but said no
+            what, when = "refused a value of", "once what it refused is fixed"
+        else:
+            what, when = "did not record", "once the server is back"
         super().__init__(
-            f"the tracking server did not record campaign {run_id}{where} ({first}); the paid "
-            f"labels are kept in {path}; once the server is back, continue with: "
-            f"al al-loop --resume {run_id}"
+            f"the tracking server {what} campaign {run_id}{where} ({first}); the paid "
+            f"labels are kept in {path}; {when}, continue with: al al-loop --resume {run_id}"
         )
         self.run_id, self.path = run_id, path
