@@ -182,7 +182,7 @@ def tiny_campaign(qm9, tracker: MemoryTracker, **kw) -> Campaign:
 @pytest.mark.slow
 def test_tiny_campaign_in_memory_and_resumed(qm9, no_mlflow, tmp_path) -> None:
     tracker = MemoryTracker(tmp_path)
-    campaign = tiny_campaign(qm9, tracker, final_refit=True)
+    campaign = tiny_campaign(qm9, tracker, final_refit=True, final_refit_steps=5)
     assert campaign.execute() == "rounds: 1 of 1 done"
 
     assert tracker.queried_rounds() == [0, 1] and tracker.completed_round() == 1
@@ -205,7 +205,8 @@ def test_tiny_campaign_in_memory_and_resumed(qm9, no_mlflow, tmp_path) -> None:
     # then refitted from scratch, its evaluation kept beside the warm one at the same step
     assert steps[CM.WARM_START].tolist() == [0, 1]
     assert steps[CM.final_refit(CM.TEST_MAE)].isna().tolist() == [True, False]
-    assert steps[CM.final_refit(CM.FIT_STEPS)].iloc[1] > steps[CM.FIT_STEPS].iloc[1]
+    assert steps[CM.FIT_STEPS].tolist() == [2, 2]  # 2 epochs of 1 step; 0.3 x 2 x 2 steps
+    assert steps[CM.final_refit(CM.FIT_STEPS)].iloc[1] == 5  # final_refit_steps, all run
     assert campaign.mae_history == steps[CM.TEST_MAE].tolist()
 
     # a new campaign with the same tracker continues after the last completed round

@@ -160,6 +160,18 @@ def test_a_warm_fit_continues_from_the_weights_on_a_shorter_schedule(name: str, 
     assert not again.warm and s.model is not model and again.steps == cold.steps
 
 
+def test_a_fit_of_given_steps_runs_them_all(qm9, rows) -> None:
+    """``steps`` (the final refit's) runs its whole schedule: lr 0 never improves, so patience
+    1 alone would stop at the second evaluation."""
+    fit = replace(FIT, epochs=50, lr=0.0, patience=1, eval_every=2, nll_warmup=0.0)
+    s = build_surrogate("shallow", SMALL, fit, torch.device("cpu"), ensemble_size=2)
+    assert s.fit(qm9, rows[0], rows[1]).steps == 4  # stopped early
+    result = s.fit(qm9, rows[0], rows[1], steps=9)
+    assert not result.stopped_early and result.steps == result.step_budget == 9
+    with pytest.raises(ValueError, match="from scratch"):
+        s.fit(qm9, rows[0], rows[1], warm=0.5, steps=9)
+
+
 @pytest.mark.parametrize("name", ["ensemble", "mc_dropout", "shallow"])
 def test_embedding_is_the_last_layer_features_the_mean_energy_is_linear_in(
     name: str, qm9, rows

@@ -72,15 +72,19 @@ class ResidualSurrogate(Surrogate):
         val_rows: Tensor,
         on_epoch: Callable[[EpochStats], None] | None = None,
         warm: float = 0.0,
+        steps: int = 0,
     ) -> FitResult:
         """Fit the baseline (if it adapts) on ``train_rows`` (``[n_train]``), then the inner
-        surrogate on the residual of ``train_rows`` and ``val_rows`` (``[n_val]``)."""
+        surrogate on the residual of ``train_rows`` and ``val_rows`` (``[n_val]``); ``warm``
+        and ``steps`` as in :meth:`al.uncertainty.surrogates.Surrogate.fit`."""
         target = data.y[train_rows]
         target = target[:, -1] if target.dim() == 2 else target  # the highest fidelity
         self.baseline.fit(data.composition(train_rows), target)
         rows = torch.cat([train_rows, val_rows])
         residual = self.residual_data(data, rows)
-        return self.inner.fit(residual, train_rows, val_rows, on_epoch=on_epoch, warm=warm)
+        return self.inner.fit(
+            residual, train_rows, val_rows, on_epoch=on_epoch, warm=warm, steps=steps
+        )
 
     def calibrate(self, data: MolecularData, rows: Tensor) -> float:
         """Calibrate the inner surrogate's std on the residual of ``rows`` (``[n]``)."""

@@ -243,7 +243,10 @@ class Campaign:
             return
         train_data, train_rows, val_rows = self.training_set(round_)
         log.info("event=phase phase=final_refit round=%d n_train=%d", round_, train_rows.numel())
-        result = self.timed("final_refit", self.surrogate.fit, train_data, train_rows, val_rows)
+        result = self.timed(
+            "final_refit", self.surrogate.fit, train_data, train_rows, val_rows,
+            steps=self.config.final_refit_steps,
+        )  # fmt: skip
         pred = self.test_pred = self.surrogate.predict(self.data, self.test)
         report = regression_report(pred.mean, self.data.y[self.test], pred.std, pred.std_raw)
         metrics = {CM.final_refit(metric): report.get(key, float("nan"))

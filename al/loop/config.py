@@ -113,6 +113,10 @@ class CampaignConfig(ModelConfig, FitConfig, DataConfig):
     final_refit: bool = option(
         False, "after warm starts, refit the last round from scratch for the final model"
     )
+    final_refit_steps: int = option(
+        0, "final_refit: optimizer steps of the refit, all of them run (no early stopping; "
+        "the best validation weights are kept); 0 = a fit from scratch's budget", min=0,
+    )  # fmt: skip
     ensemble_size: int = option(5, "deep-ensemble members (shallow: heads)", min=2)
     bootstrap: bool = option(False, "Poisson bootstrap per ensemble member")
     mc_samples: int = option(20, "MC-dropout passes", min=2)

@@ -455,7 +455,10 @@ def fit(
             if score < best_mae:
                 best_mae, best_epoch, best_step = score, stats.epoch, step
                 best_state = copy.deepcopy(model.state_dict())
-            elif stats.epoch - best_epoch >= config.patience and step >= config.min_steps:
+            elif (
+                stats.epoch - best_epoch >= config.patience
+                and config.min_steps <= step < total  # the last step ends the fit anyway
+            ):
                 stopped_early = True
                 log.info("event=early_stop step=%d best_step=%d", step, best_step)
                 break

@@ -56,15 +56,22 @@ class Surrogate:
         val_rows: Tensor,
         on_epoch: Callable[[EpochStats], None] | None = None,
         warm: float = 0.0,
+        steps: int = 0,
     ) -> FitResult:
         """Train on ``train_rows`` (``[n_train]``), early-stopping on ``val_rows``
         (``[n_val]``), then calibrate ``std_scale`` on the validation rows.
 
         ``warm`` > 0 continues from the current weights (when there are any) with a schedule
         of that share of a fit from scratch's steps (:func:`~al.training.config.step_budget`
-        on ``n_train``, ``min_steps`` scaled alike); 0 trains from scratch.
+        on ``n_train``, ``min_steps`` scaled alike); 0 trains from scratch. ``steps`` > 0
+        (from scratch only) runs exactly that many steps, to the end of the schedule: early
+        stopping would end a long schedule while its learning rate is still high.
         """
         config, warm_fit = self.fit_config, warm > 0 and self.model is not None
+        if steps > 0 and warm_fit:
+            raise ValueError("steps sizes a fit from scratch; a warm fit gets warm x its steps")
+        if steps > 0:
+            config = replace(config, max_steps=steps, min_steps=steps)
         if warm_fit:
             cold = step_budget(config, train_rows.numel())
             config = replace(
