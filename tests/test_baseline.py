@@ -168,7 +168,7 @@ class Fixed(Surrogate):
         self.seen: torch.Tensor | None = None
         self.std_scale, self.n_outputs = 1.0, 1
 
-    def fit(self, data, train_rows, val_rows, on_epoch=None, warm=0.0):
+    def fit(self, data, train_rows, val_rows, on_epoch=None, warm=0.0, steps=0):
         self.seen = data.y[torch.cat([train_rows, val_rows])].clone()
         return SimpleNamespace(std_scale=1.0)
 
