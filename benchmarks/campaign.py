@@ -191,7 +191,7 @@ def main() -> None:
         help="refit the last round from scratch (the mission preset does, for 10,000 steps)",
     )  # fmt: skip
     p.add_argument(
-        "--final-refit-steps", type=int, default=0,
+        "--final-refit-steps", type=int, default=CampaignConfig.final_refit_steps,
         help="steps of the final refit, all run (0 = a cold fit's budget, early stopping)",
     )  # fmt: skip
     p.add_argument("--nll-warmup", type=float, default=CampaignConfig.nll_warmup)

@@ -205,7 +205,7 @@ def test_tiny_campaign_in_memory_and_resumed(qm9, no_mlflow, tmp_path) -> None:
     # then refitted from scratch, its evaluation kept beside the warm one at the same step
     assert steps[CM.WARM_START].tolist() == [0, 1]
     assert steps[CM.final_refit(CM.TEST_MAE)].isna().tolist() == [True, False]
-    assert steps[CM.FIT_STEPS].tolist() == [2, 2]  # 2 epochs of 1 step; 0.3 x 2 x 2 steps
+    assert steps[CM.FIT_STEPS].tolist() == [2, 2]  # 2 epochs x 1 step; warm: ceil(0.3 x 2 x 2)
     assert steps[CM.final_refit(CM.FIT_STEPS)].iloc[1] == 5  # final_refit_steps, all run
     assert campaign.mae_history == steps[CM.TEST_MAE].tolist()
 
