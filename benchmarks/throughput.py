@@ -1,11 +1,23 @@
 """Training and inference throughput (molecules/s) of our models against PyG's SchNet.
 
-Every model sees the same QM9 molecules (a seeded random permutation cut into fixed
-batches), in the same process, at the same width and depth. PyG's SchNet gets its radius
-graph precomputed outside the timed region (with :func:`al.data.radius_graph`, cutoff
-5 Angstrom), whereas our models build their own pair geometry inside it: that is part of
-their cost. A training step is forward, MSE loss against the target, backward and an AdamW
-step; inference runs under ``torch.inference_mode()``.
+Every model sees the same QM9 molecules in the same batches, in the same process, at the
+same width and depth. PyG's SchNet gets its radius graph precomputed outside the timed
+region (with :func:`al.data.radius_graph`, cutoff 5 Angstrom), whereas our models build
+their own pair geometry inside it: that is part of their cost. A training step is forward,
+MSE loss against the target, backward and an AdamW step; inference runs under
+``torch.inference_mode()``.
+
+Batches are formed as the product forms them (``--batching fit``, the default): training
+batches as :func:`al.training.fit.fit` draws them (random molecules, cut by size within
+chunks of ``size_buckets`` batches), inference batches in order of size as
+:func:`al.training.fit.predict` scores a pool. ``--batching random`` gives every batch
+random molecules, as before. PyG's SchNet works on edge lists and pays no padding, so the
+batching does not change its cost.
+
+Beside molecules/s, the table gives the floating-point operations of a molecule
+(``torch.utils.flop_counter``: matrix products and convolutions, counted on the timed
+batches) and the rate they were done at (GFLOP/s), so that a change can be read as fewer
+operations or faster ones.
 
 Usage::
 
@@ -29,12 +41,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
 from torch_geometric.nn.models import SchNet as PyGSchNet
 
 from al.data.graph import radius_graph
 from al.data.load import load_qm9
 from al.data.molecules import MolecularData
 from al.models import MODELS, build_model, count_parameters
+from al.training.config import FitConfig
+from al.training.fit import member_batches
 
 CUTOFF = 5.0
 PYG_NAME = "pyg-schnet"
@@ -63,6 +78,10 @@ class Row:
     infer_mol_s: float | None
     train_vs_pyg: float | None = None
     infer_vs_pyg: float | None = None
+    train_mflop_mol: float | None = None
+    infer_mflop_mol: float | None = None
+    train_gflop_s: float | None = None
+    infer_gflop_s: float | None = None
     error: str | None = None
 
 
@@ -98,20 +117,48 @@ class PyGAdapter(nn.Module):
         return self.net(b.z, b.pos, b.batch).view(-1)
 
 
-def make_batches(
-    n: int, batch_size: int, device: torch.device, seed: int, data_file: Path | None = None
-) -> list[Batch]:
-    """``n`` fixed batches of random QM9 molecules, already on ``device``."""
-    data = (MolecularData.load(data_file) if data_file else load_qm9()).to(device)
+def batch_rows(
+    n: int, batch_size: int, seed: int, sizes: Tensor, batching: str
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Rows of ``n`` training and ``n`` inference batches of ``batch_size`` molecules.
+
+    ``batching='fit'``: training batches as ``fit`` draws them (random rows cut by size
+    within chunks of ``FitConfig.size_buckets`` batches), inference batches of the same rows
+    in order of size (as ``predict`` scores them), their order shuffled so that warm-up and
+    timed batches span all sizes. ``'random'``: the same random batches for both.
+    """
     gen = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(len(data), generator=gen)[: n * batch_size].to(device)
-    out = []
-    for rows in perm.view(n, batch_size):
-        z, pos, batch, y = data.batch(rows)
+    perm = torch.randperm(sizes.numel(), generator=gen)[: n * batch_size]
+    if batching == "random":
+        batches = list(perm.view(n, batch_size))
+        return batches, batches
+    draw = member_batches(perm.numel(), batch_size, 1, gen, sizes[perm], FitConfig.size_buckets)
+    train = [perm[next(draw)[0]] for _ in range(n)]
+    ordered = list(perm[torch.argsort(sizes[perm], stable=True)].view(n, batch_size))
+    infer = [ordered[k] for k in torch.randperm(n, generator=gen).tolist()]
+    return train, infer
+
+
+def make_batches(
+    n: int,
+    batch_size: int,
+    device: torch.device,
+    seed: int,
+    data_file: Path | None = None,
+    batching: str = "fit",
+) -> tuple[list[Batch], list[Batch]]:
+    """``n`` fixed training and ``n`` inference batches of QM9 molecules, on ``device``."""
+    data = MolecularData.load(data_file) if data_file else load_qm9()
+    train_rows, infer_rows = batch_rows(n, batch_size, seed, data.n_atoms, batching)
+    data = data.to(device)
+
+    def one(rows: Tensor) -> Batch:
+        z, pos, batch, y = data.batch(rows.to(device))
         edge_index = radius_graph(pos, batch, CUTOFF, batch_size)
         edge_weight = (pos[edge_index[0]] - pos[edge_index[1]]).norm(dim=-1)
-        out.append(Batch(z, pos, batch, y.float(), batch_size, edge_index, edge_weight))
-    return out
+        return Batch(z, pos, batch, y.float(), batch_size, edge_index, edge_weight)
+
+    return [one(r) for r in train_rows], [one(r) for r in infer_rows]
 
 
 def device_name(device: torch.device) -> str:
@@ -148,12 +195,13 @@ def throughput(
 def measure(
     model: nn.Module,
     call: Callable[[nn.Module, Batch], Tensor],
-    warmup: list[Batch],
-    timed: list[Batch],
+    train_batches: tuple[list[Batch], list[Batch]],
+    infer_batches: tuple[list[Batch], list[Batch]],
     device: torch.device,
     autocast: bool,
-) -> tuple[float, float]:
-    """``(train mol/s, inference mol/s)`` of one model at one precision."""
+) -> tuple[float, float, float, float]:
+    """``(train mol/s, inference mol/s, train FLOP/mol, inference FLOP/mol)`` of one model
+    at one precision; each pair is ``(warm-up batches, timed batches)``."""
     amp = (
         (lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16))
         if autocast
@@ -174,10 +222,23 @@ def measure(
             call(model, b)
 
     model.train()
-    train = throughput(train_step, warmup, timed, device)
+    train = throughput(train_step, *train_batches, device)
+    train_flop = flops_per_molecule(train_step, train_batches[1])
     model.eval()
-    infer = throughput(infer_step, warmup, timed, device)
-    return train, infer
+    infer = throughput(infer_step, *infer_batches, device)
+    infer_flop = flops_per_molecule(infer_step, infer_batches[1])
+    return train, infer, train_flop, infer_flop
+
+
+def flops_per_molecule(step: Callable[[Batch], None], batches: list[Batch]) -> float:
+    """Floating-point operations of ``step`` per molecule over ``batches`` (matrix products
+    and convolutions, as ``torch.utils.flop_counter`` counts them; element-wise work and
+    gathers are not counted)."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        for b in batches:
+            step(b)
+    return counter.get_total_flops() / sum(b.num_graphs for b in batches)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -190,6 +251,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=None, help="untimed batches (CPU 3, CUDA 10)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["schnet", "painn"])
+    p.add_argument(
+        "--batching", choices=["fit", "random"], default="fit",
+        help="fit: batches as training and scoring form them (default); random: random batches",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", type=Path, default=None, help="MolecularData .pt file to use")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -204,7 +269,8 @@ def fmt(x: float | None, spec: str) -> str:
 def print_table(rows: list[Row]) -> None:
     head = (
         f"{'model':<12} {'device':<6} {'precision':<10} {'params':>9} "
-        f"{'train mol/s':>12} {'infer mol/s':>12} {'train/PyG':>10} {'infer/PyG':>10}"
+        f"{'train mol/s':>12} {'infer mol/s':>12} {'train/PyG':>10} {'infer/PyG':>10} "
+        f"{'MFLOP/mol':>17} {'GFLOP/s':>13}"
     )
     print(head)
     print("-" * len(head))
@@ -217,8 +283,11 @@ def print_table(rows: list[Row]) -> None:
         print(
             f"{r.model:<12} {r.device:<6} {r.precision:<10} {r.params:>9,} "
             f"{fmt(r.train_mol_s, '12.0f')} {fmt(r.infer_mol_s, '12.0f')} "
-            f"{fmt(r.train_vs_pyg, '10.2f')} {fmt(r.infer_vs_pyg, '10.2f')}"
+            f"{fmt(r.train_vs_pyg, '10.2f')} {fmt(r.infer_vs_pyg, '10.2f')} "
+            f"{fmt(r.train_mflop_mol, '8.1f')} {fmt(r.infer_mflop_mol, '8.1f')} "
+            f"{fmt(r.train_gflop_s, '6.1f')} {fmt(r.infer_gflop_s, '6.1f')}"
         )
+    print("(MFLOP/mol and GFLOP/s: training, then inference)")
 
 
 def main(argv: list[str] | None = None) -> list[Row]:
@@ -245,7 +314,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     print(f"threads {torch.get_num_threads()}, flush denormals {flush}")
     print(
         f"batch size {args.batch_size}, hidden {args.hidden}, interactions {args.interactions}, "
-        f"{n_timed} timed + {n_warm} warm-up batches"
+        f"{n_timed} timed + {n_warm} warm-up batches, batching {args.batching}"
     )
     if device.type == "cpu":
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -257,8 +326,14 @@ def main(argv: list[str] | None = None) -> list[Row]:
             "radial basis never produces them."
         )
 
-    batches = make_batches(n_warm + n_timed, args.batch_size, device, args.seed, args.data)
-    warmup, timed = batches[:n_warm], batches[n_warm:]
+    train_b, infer_b = make_batches(
+        n_warm + n_timed, args.batch_size, device, args.seed, args.data, args.batching
+    )
+    train_batches, infer_batches = (
+        (train_b[:n_warm], train_b[n_warm:]),
+        (infer_b[:n_warm], infer_b[n_warm:]),
+    )
+    timed = train_b[n_warm:]
     atoms = sum(b.z.numel() for b in timed) / sum(b.num_graphs for b in timed)
     edges = sum(b.edge_index.shape[1] for b in timed) / sum(b.num_graphs for b in timed)
     print(f"mean atoms per molecule {atoms:.1f}, directed edges within {CUTOFF} A {edges:.0f}")
@@ -285,8 +360,15 @@ def main(argv: list[str] | None = None) -> list[Row]:
             call = pyg_call if name == PYG_NAME else ours_call
             row = Row(name, device.type, precision, count_parameters(model), None, None)
             try:
-                row.train_mol_s, row.infer_mol_s = measure(
-                    model, call, warmup, timed, device, autocast=precision == "bf16-amp"
+                train, infer, train_flop, infer_flop = measure(
+                    model, call, train_batches, infer_batches, device,
+                    autocast=precision == "bf16-amp",
+                )  # fmt: skip
+                row.train_mol_s, row.infer_mol_s = train, infer
+                row.train_mflop_mol, row.infer_mflop_mol = train_flop / 1e6, infer_flop / 1e6
+                row.train_gflop_s, row.infer_gflop_s = (
+                    train * train_flop / 1e9,
+                    infer * infer_flop / 1e9,
                 )
             except RuntimeError as err:  # e.g. an op without a bf16 kernel
                 row.error = str(err).splitlines()[0][:120]
@@ -316,6 +398,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
             "timed_batches": n_timed,
             "warmup_batches": n_warm,
             "seed": args.seed,
+            "batching": args.batching,
+            "size_buckets": FitConfig.size_buckets,
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(

@@ -318,6 +318,21 @@ def test_fit_reference_gives_absent_elements_a_fallback(name: str) -> None:
 # ---------------------------------------------------------------------------- factory
 
 
+def test_radial_filters_are_the_linear_map_of_the_basis_times_the_cutoff(name: str) -> None:
+    from al.models.base import DenseGeometry, radial_filters
+
+    model = make_model(name)
+    gen = torch.Generator().manual_seed(1)
+    mols = [random_molecule(n, gen) for n in (3, 6, 5)]
+    pos = torch.cat([p for _, p in mols])
+    batch = torch.cat([torch.full((len(z),), k) for k, (z, _) in enumerate(mols)])
+    geo = DenseGeometry.build(pos, batch, 3, model.cutoff)
+    got = radial_filters(model.filter_net, model.rbf, geo)  # [O, B, n, n]
+    want = model.filter_net(model.rbf(geo.dist)) * geo.fcut[..., None]  # [B, n, n, O]
+    assert torch.allclose(got, want.permute(3, 0, 1, 2), atol=1e-12)
+    assert got.shape[1:] == (3, 6, 6) and bool((got[:, 0, 3:, :] == 0).all())  # padding
+
+
 def test_build_model_rejects_unknown_names() -> None:
     with pytest.raises(ValueError, match="unknown model") as err:
         build_model("no-such-model")

@@ -73,6 +73,11 @@ class GaussianRBF(nn.Module):
         arg = self.coeff * (d[..., None] - self.centers).square()
         return torch.exp(arg.clamp_min_(-30.0))
 
+    def channels_first(self, d: Tensor) -> Tensor:
+        """``d [P] -> [n_rbf, P]``: the same Gaussians, one row per centre."""
+        arg = self.coeff * (d[None] - self.centers[:, None]).square()
+        return torch.exp(arg.clamp_min_(-30.0))
+
 
 @dataclass
 class DenseGeometry:
@@ -135,6 +140,22 @@ class DenseGeometry:
         return x.reshape(self.num_graphs * self.n, *x.shape[2:])[self.index]
 
 
+def radial_filters(linear: nn.Linear, rbf: GaussianRBF, geo: DenseGeometry) -> Tensor:
+    """``linear(rbf(d_ij)) * fcut_ij`` for every pair, channel-major: ``[O, B, n, n]``.
+
+    The same function as applying ``linear`` to ``[B, n, n, n_rbf]`` features and
+    multiplying by the cutoff, computed as one ``[O, R + 1] @ [R + 1, pairs]`` product on a
+    basis that already carries the cutoff (its last row is the cutoff itself, which takes
+    the bias): the result comes out in the layout the convolutions read, so neither an
+    ``[pairs, O]`` product with the cutoff nor a permuted copy of it is made, in the forward
+    or the backward pass (they were a fifth of a training step on CPU).
+    """
+    fcut = geo.fcut.reshape(1, -1)  # [1, P]
+    basis = torch.cat([rbf.channels_first(geo.dist.reshape(-1)) * fcut, fcut])  # [R + 1, P]
+    weight = torch.cat([linear.weight, linear.bias[:, None]], 1)  # [O, R + 1]
+    return torch.matmul(weight, basis).view(-1, *geo.dist.shape)
+
+
 def filter_conv(edge: Tensor, x: Tensor, geo: DenseGeometry) -> Tensor:
     """Continuous-filter convolution with one radial filter per channel group.
 
@@ -143,19 +164,20 @@ def filter_conv(edge: Tensor, x: Tensor, geo: DenseGeometry) -> Tensor:
     product per group and no ``[pairs, F]`` tensor is ever formed (it was the bottleneck).
 
     Args:
-        edge: pair weights (already times the cutoff), ``[B, H, n * C, n]``, rows ``i``-major
-            and component ``c``-minor (``C = 1`` for scalar filters, 3 for directional ones).
+        edge: pair weights (already times the cutoff), ``[H, B, n * C, n]``, rows
+            ``i``-major and component ``c``-minor (``C = 1`` for scalar filters, 3 for
+            directional ones); group-major, as :func:`radial_filters` makes them.
         x: source features, ``[N, S, F]`` (``S`` = 1 for scalars, 3 for vectors).
 
     Returns:
         ``[N, C * S, F]``.
     """
-    B, H, n = geo.num_graphs, edge.shape[1], geo.n
+    H, B, n = edge.shape[0], geo.num_graphs, geo.n
     S, F = x.shape[1:]
     C = edge.shape[2] // n
-    xg = geo.to_dense(x).view(B, n, S, H, F // H).permute(0, 3, 1, 2, 4)
-    out = torch.matmul(edge, xg.reshape(B, H, n, S * F // H))  # [B, H, n * C, S * F/H]
-    out = out.view(B, H, n, C * S, F // H).permute(0, 2, 3, 1, 4).reshape(B, n, C * S, F)
+    xg = geo.to_dense(x).view(B, n, S, H, F // H).permute(3, 0, 1, 2, 4)
+    out = torch.matmul(edge, xg.reshape(H, B, n, S * F // H))  # [H, B, n * C, S * F/H]
+    out = out.view(H, B, n, C * S, F // H).permute(1, 2, 3, 0, 4).reshape(B, n, C * S, F)
     return geo.to_flat(out)
 
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from al.models.base import AtomisticModel, DenseGeometry, MCDropout, filter_conv
+from al.models.base import AtomisticModel, DenseGeometry, MCDropout, filter_conv, radial_filters
 
 
 class PaiNNMessage(nn.Module):
     """Messages from neighbours: scalar ``ds [N, F]`` and vector ``dv [N, 3, F]`` updates.
 
-    ``forward(s [N, F], v [N, 3, F], edge [B, 3H, n, n], geo) -> (s + ds, v + dv)``.
+    ``forward(s [N, F], v [N, 3, F], edge [3H, B, n, n], geo) -> (s + ds, v + dv)``.
     """
 
     def __init__(self, hidden: int, groups: int) -> None:
@@ -26,11 +26,11 @@ class PaiNNMessage(nn.Module):
         self, s: Tensor, v: Tensor, edge: Tensor, geo: DenseGeometry
     ) -> tuple[Tensor, Tensor]:
         a, b, c = self.phi(s).split(self.hidden, -1)
-        e_s, e_v, e_r = edge.split(self.groups, 1)  # each [B, H, n, n]
+        e_s, e_v, e_r = edge.split(self.groups, 0)  # each [H, B, n, n]
         B, H, n = geo.num_graphs, self.groups, geo.n
         # directional filter: rows (i, component), e_ij * unit_ij
-        e_dir = (e_r[:, :, :, None, :] * geo.unit.permute(0, 1, 3, 2)[:, None]).reshape(
-            B, H, 3 * n, n
+        e_dir = (e_r[:, :, :, None, :] * geo.unit.permute(0, 1, 3, 2)[None]).reshape(
+            H, B, 3 * n, n
         )
         ds = filter_conv(e_s, a[:, None], geo)[:, 0]
         dv = filter_conv(e_v, v * b[:, None], geo) + filter_conv(e_dir, c[:, None], geo)
@@ -119,9 +119,8 @@ class PaiNN(AtomisticModel):
 
     def atom_features(self, z: Tensor, geo: DenseGeometry) -> Tensor:
         """``z [N]`` -> scalar atom features ``[N, F]``."""
-        B, n, K = geo.num_graphs, geo.n, self.n_interactions
-        edge = self.filter_net(self.rbf(geo.dist)) * geo.fcut[..., None]  # [B, n, n, K*3H]
-        edge = edge.view(B, n, n, K, 3 * self.filter_groups).permute(3, 0, 4, 1, 2).contiguous()
+        edge = radial_filters(self.filter_net, self.rbf, geo)  # [K * 3H, B, n, n]
+        edge = edge.view(self.n_interactions, 3 * self.filter_groups, *edge.shape[1:])
         s = self.embedding(z)
         v = s.new_zeros(s.shape[0], 3, self.hidden)
         for block, e in zip(self.interactions, edge, strict=True):

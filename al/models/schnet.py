@@ -10,13 +10,14 @@ from al.models.base import (
     MCDropout,
     ShiftedSoftplus,
     filter_conv,
+    radial_filters,
 )
 
 
 class CFConvBlock(nn.Module):
     """One interaction: ``x + lin2(drop(act(lin_out(sum_j W_ij * lin_in(x_j)))))``.
 
-    ``forward(x [N, F], edge [B, H, n, n], geo) -> [N, F]``, ``W_ij`` one filter per group.
+    ``forward(x [N, F], edge [H, B, n, n], geo) -> [N, F]``, ``W_ij`` one filter per group.
     """
 
     def __init__(self, hidden: int, dropout: float) -> None:
@@ -78,10 +79,9 @@ class SchNet(AtomisticModel):
 
     def atom_features(self, z: Tensor, geo: DenseGeometry) -> Tensor:
         """``z [N]`` -> atom features ``[N, F]``."""
-        edge = self.filter_net(self.rbf(geo.dist)) * geo.fcut[..., None]  # [B, n, n, K * H]
-        B, n = geo.num_graphs, geo.n
-        edge = edge.view(B, n, n, self.n_interactions, self.filter_groups).permute(3, 0, 4, 1, 2)
+        edge = radial_filters(self.filter_net, self.rbf, geo)  # [K * H, B, n, n]
+        edge = edge.view(self.n_interactions, self.filter_groups, *edge.shape[1:])
         x = self.embedding(z)
-        for block, e in zip(self.interactions, edge.contiguous(), strict=True):
+        for block, e in zip(self.interactions, edge, strict=True):
             x = block(x, e, geo)
         return x
