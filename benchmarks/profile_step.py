@@ -2,9 +2,10 @@
 
 Runs the torch profiler over training steps (forward, MSE loss, backward, AdamW step) and
 inference passes of one model on QM9 batches formed as the product forms them (training:
-size-bucketed random batches, as ``fit`` draws them; inference: molecules in order of size,
-as ``predict`` scores a pool), and prints the operations by self CPU time, then the same
-time in groups: matrix products, element-wise, copies and indexing, the optimizer, the rest.
+random batches put in order of size, as ``fit`` hands them to the model; inference:
+molecules in order of size, as ``predict`` scores a pool), and prints the operations by
+self CPU time, then the same time in groups: matrix products, element-wise, copies and
+indexing, the optimizer, the rest.
 
 Example::
 
@@ -22,8 +23,6 @@ import torch.nn.functional as F
 
 from al.data.load import load_qm9
 from al.models import MODELS, build_model
-from al.training.config import FitConfig
-from al.training.fit import member_batches
 
 GROUPS = {
     "matrix products": ("aten::mm", "aten::bmm", "aten::addmm", "aten::matmul", "aten::linear"),
@@ -105,9 +104,11 @@ def main(argv: list[str] | None = None) -> None:
     n = (args.batches + 3) * args.batch_size
     perm = torch.randperm(len(data), generator=gen)[:n]
     sizes = data.n_atoms[perm]
-    buckets = FitConfig.size_buckets if args.batching == "fit" else 1
-    draw = member_batches(n, args.batch_size, 1, gen, sizes, buckets)
-    train = [data.batch(perm[next(draw)[0]]) for _ in range(args.batches + 3)]
+    train = []
+    for rows in perm.split(args.batch_size)[: args.batches + 3]:
+        if args.batching == "fit":
+            rows = rows[torch.argsort(data.n_atoms[rows], stable=True)]
+        train.append(data.batch(rows))
     ordered = perm[torch.argsort(sizes, stable=True)] if args.batching == "fit" else perm
     infer = [data.batch(rows) for rows in ordered.split(args.batch_size)]
     torch.manual_seed(args.seed)

@@ -1,7 +1,7 @@
 """Cold fits of the mission's surrogate under a training schedule: validation and test MAE.
 
-One call runs one arm (a schedule: batch size, peak learning rate, steps, size buckets,
-early stopping) for the given seeds and label counts. A fit trains a shallow ensemble
+One call runs one arm (a schedule: batch size, peak learning rate, steps, early stopping)
+for the given seeds and label counts. A fit trains a shallow ensemble
 (SchNet width 128, 3 interactions, K heads) on ``n - n_val`` random pool molecules and
 validates on ``n_val`` others, drawn as a campaign draws them (``val_min`` 500, at most a
 quarter of the labels); the weights of the best validation MAE are kept. Schedules are
@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import time
-from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -56,9 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--min-steps", type=int, default=0, help="early stopping waits for these (0 = --steps)"
     )
     p.add_argument("--eval-every", type=int, default=250)
-    p.add_argument("--size-buckets", type=int, default=FitConfig.size_buckets)
     p.add_argument("--nll-warmup", type=float, default=FitConfig.nll_warmup)
-    p.add_argument("--ema-decay", type=float, default=FitConfig.ema_decay)
     p.add_argument("--weight-decay", type=float, default=FitConfig.weight_decay)
     p.add_argument("--heads", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
@@ -95,8 +92,8 @@ def run_fit(args: argparse.Namespace, data, splits, n_labels: int, seed: int) ->
         epochs=10**6, max_steps=args.steps, min_steps=args.min_steps or args.steps,
         patience=args.patience or 10**6, eval_every=args.eval_every,
         batch_size=args.batch_size, lr=args.lr, nll_warmup=args.nll_warmup, seed=seed,
-        ema_decay=args.ema_decay, weight_decay=args.weight_decay,
-        size_buckets=args.size_buckets, device="cpu", progress=False, threads=args.threads,
+        weight_decay=args.weight_decay,
+        device="cpu", progress=False, threads=args.threads,
     )  # fmt: skip
     probe = FitConfig(val_min=500)
     n_val = validation_size(probe, n_labels)
@@ -113,8 +110,8 @@ def run_fit(args: argparse.Namespace, data, splits, n_labels: int, seed: int) ->
         "name": args.name, "labels": n_labels, "seed": seed, "n_train": int(train_rows.numel()),
         "n_val": n_val, "batch_size": args.batch_size, "lr": args.lr, "steps": result.steps,
         "budget": args.steps, "min_steps": args.min_steps or args.steps,
-        "patience": args.patience, "size_buckets": args.size_buckets,
-        "nll_warmup": args.nll_warmup, "ema_decay": args.ema_decay,
+        "patience": args.patience,
+        "nll_warmup": args.nll_warmup,
         "weight_decay": args.weight_decay, "heads": args.heads, "best_step": result.best_step,
         "val_mae": result.best_val_mae, "test_mae": test_mae, "fit_s": fit_s,
         "threads": torch.get_num_threads(), "load_before": load,
@@ -131,9 +128,6 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not args.name:
         raise SystemExit("--name: every arm needs a name in the store")
-    known = {f.name for f in fields(FitConfig)}
-    if "size_buckets" not in known:
-        raise SystemExit("this code has no size_buckets; run the arm with the current code")
     torch.set_num_threads(args.threads)
     data = load_qm9()
     splits = make_splits(data.qm9_index.numpy(), SplitConfig(n_test=10_000))

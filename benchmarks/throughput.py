@@ -8,11 +8,11 @@ MSE loss against the target, backward and an AdamW step; inference runs under
 ``torch.inference_mode()``.
 
 Batches are formed as the product forms them (``--batching fit``, the default): training
-batches as :func:`al.training.fit.fit` draws them (random molecules, cut by size within
-chunks of ``size_buckets`` batches), inference batches in order of size as
-:func:`al.training.fit.predict` scores a pool. ``--batching random`` gives every batch
-random molecules, as before. PyG's SchNet works on edge lists and pays no padding, so the
-batching does not change its cost.
+batches of random molecules put in order of size, as :func:`al.training.fit.fit` hands
+them to the model (which then cuts them into dense blocks of similar size), inference
+batches of molecules in order of size, as :func:`al.training.fit.predict` scores a pool.
+``--batching random`` leaves both in random order, as before (one dense block each). PyG's
+SchNet works on edge lists and pays no padding, so the order does not change its cost.
 
 Beside molecules/s, the table gives the floating-point operations of a molecule
 (``torch.utils.flop_counter``: matrix products and convolutions, counted on the timed
@@ -48,8 +48,6 @@ from al.data.graph import radius_graph
 from al.data.load import load_qm9
 from al.data.molecules import MolecularData
 from al.models import MODELS, build_model, count_parameters
-from al.training.config import FitConfig
-from al.training.fit import member_batches
 
 CUTOFF = 5.0
 PYG_NAME = "pyg-schnet"
@@ -122,18 +120,17 @@ def batch_rows(
 ) -> tuple[list[Tensor], list[Tensor]]:
     """Rows of ``n`` training and ``n`` inference batches of ``batch_size`` molecules.
 
-    ``batching='fit'``: training batches as ``fit`` draws them (random rows cut by size
-    within chunks of ``FitConfig.size_buckets`` batches), inference batches of the same rows
-    in order of size (as ``predict`` scores them), their order shuffled so that warm-up and
-    timed batches span all sizes. ``'random'``: the same random batches for both.
+    ``batching='fit'``: training batches of random rows, each in order of size (as ``fit``
+    gives them), inference batches of the same rows in order of size (as ``predict`` scores
+    them), their order shuffled so that warm-up and timed batches span all sizes.
+    ``'random'``: the same random batches for both.
     """
     gen = torch.Generator().manual_seed(seed)
     perm = torch.randperm(sizes.numel(), generator=gen)[: n * batch_size]
+    batches = list(perm.view(n, batch_size))
     if batching == "random":
-        batches = list(perm.view(n, batch_size))
         return batches, batches
-    draw = member_batches(perm.numel(), batch_size, 1, gen, sizes[perm], FitConfig.size_buckets)
-    train = [perm[next(draw)[0]] for _ in range(n)]
+    train = [rows[torch.argsort(sizes[rows], stable=True)] for rows in batches]
     ordered = list(perm[torch.argsort(sizes[perm], stable=True)].view(n, batch_size))
     infer = [ordered[k] for k in torch.randperm(n, generator=gen).tolist()]
     return train, infer
@@ -399,7 +396,6 @@ def main(argv: list[str] | None = None) -> list[Row]:
             "warmup_batches": n_warm,
             "seed": args.seed,
             "batching": args.batching,
-            "size_buckets": FitConfig.size_buckets,
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(

@@ -17,6 +17,13 @@ from al.models import MODELS, AtomisticModel, build_model, count_parameters, set
 from al.models.base import COMPOSITION_Z
 from al.models.checkpoint import load_checkpoint, save_checkpoint
 from al.models.ensemble import EnsembleModel
+from al.models.geometry import (
+    MIN_BLOCK,
+    BatchGeometry,
+    DenseGeometry,
+    block_cuts,
+    radial_filters,
+)
 from al.models.shallow import ShallowEnsembleModel
 
 #: Small settings that every registered model accepts; keeps the suite fast.
@@ -318,19 +325,73 @@ def test_fit_reference_gives_absent_elements_a_fallback(name: str) -> None:
 # ---------------------------------------------------------------------------- factory
 
 
-def test_radial_filters_are_the_linear_map_of_the_basis_times_the_cutoff(name: str) -> None:
-    from al.models.base import DenseGeometry, radial_filters
+def _sorted_batch(sizes: list[int], seed: int = 1) -> tuple:
+    """``z``, ``pos`` (float64) and ``batch`` of random molecules with these atom counts."""
+    gen = torch.Generator().manual_seed(seed)
+    mols = [random_molecule(n, gen) for n in sizes]
+    z = torch.cat([m[0] for m in mols])
+    pos = torch.cat([m[1] for m in mols])
+    batch = torch.cat([torch.full((n,), k) for k, n in enumerate(sizes)])
+    return z, pos, batch
 
+
+def test_radial_filters_are_the_linear_map_of_the_basis_times_the_cutoff(name: str) -> None:
     model = make_model(name)
-    gen = torch.Generator().manual_seed(1)
-    mols = [random_molecule(n, gen) for n in (3, 6, 5)]
-    pos = torch.cat([p for _, p in mols])
-    batch = torch.cat([torch.full((len(z),), k) for k, (z, _) in enumerate(mols)])
+    _, pos, batch = _sorted_batch([3, 6, 5])
     geo = DenseGeometry.build(pos, batch, 3, model.cutoff)
-    got = radial_filters(model.filter_net, model.rbf, geo)  # [O, B, n, n]
+    (got,) = radial_filters(model.filter_net, model.rbf, BatchGeometry.single(geo))
     want = model.filter_net(model.rbf(geo.dist)) * geo.fcut[..., None]  # [B, n, n, O]
-    assert torch.allclose(got, want.permute(3, 0, 1, 2), atol=1e-12)
+    assert torch.allclose(got, want.permute(3, 0, 1, 2), atol=1e-12)  # [O, B, n, n]
     assert got.shape[1:] == (3, 6, 6) and bool((got[:, 0, 3:, :] == 0).all())  # padding
+
+
+def test_block_cuts_minimise_the_padded_pair_work() -> None:
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        counts = torch.randint(3, 30, (int(torch.randint(16, 70, (1,), generator=gen)),),
+                               generator=gen).sort().values  # fmt: skip
+        B = counts.numel()
+
+        def work(cuts: list[int], counts: torch.Tensor = counts) -> int:
+            starts = [0, *cuts[:-1]]
+            return sum((e - s) * int(counts[e - 1]) ** 2 for s, e in zip(starts, cuts, strict=True))
+
+        options = [[B]]
+        options += [[i, B] for i in range(MIN_BLOCK, B - MIN_BLOCK + 1)]
+        for i in range(MIN_BLOCK, B):
+            options += [[i, j, B] for j in range(i + MIN_BLOCK, B - MIN_BLOCK + 1)]
+        cuts = block_cuts(counts)
+        assert cuts[-1] == B and all(
+            b - a >= MIN_BLOCK for a, b in zip([0, *cuts[:-1]], cuts, strict=True)
+        )
+        assert work(cuts) == min(work(c) for c in options)
+
+
+def test_a_batch_in_order_of_size_is_cut_into_blocks_that_give_the_same_energies(
+    name: str,
+) -> None:
+    model = make_model(name)
+    sizes = sorted(
+        int(n) for n in torch.randint(2, 12, (40,), generator=torch.Generator().manual_seed(3))
+    )
+    z, pos, batch = _sorted_batch(sizes)
+    geo = BatchGeometry.build(pos, batch, len(sizes), model.cutoff)
+    assert len(geo.blocks) > 1 and sum(g.num_graphs for g in geo.blocks) == len(sizes)
+    assert [g.n for g in geo.blocks] == sorted(g.n for g in geo.blocks) and geo.blocks[
+        -1
+    ].n == sizes[-1]
+    one = BatchGeometry.single(DenseGeometry.build(pos, batch, len(sizes), model.cutoff))
+    e_blocks, emb_blocks = model(z, pos, batch, len(sizes), embedding=True, geo=geo)
+    e_one, emb_one = model(z, pos, batch, len(sizes), embedding=True, geo=one)
+    assert torch.allclose(e_blocks, e_one, atol=1e-10)
+    assert torch.allclose(emb_blocks, emb_one, atol=1e-10)
+    # a batch not in order of size stays one block, and gives the same energies too
+    order = torch.randperm(len(sizes), generator=torch.Generator().manual_seed(0))
+    parts = [(z[batch == k], pos[batch == k]) for k in order.tolist()]
+    zs, ps = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    bs = torch.cat([torch.full((len(p[0]),), k) for k, p in enumerate(parts)])
+    assert len(BatchGeometry.build(ps, bs, len(sizes), model.cutoff).blocks) == 1
+    assert torch.allclose(model(zs, ps, bs, len(sizes)), e_one[order], atol=1e-10)
 
 
 def test_build_model_rejects_unknown_names() -> None:

@@ -54,25 +54,6 @@ def test_fit_is_deterministic(qm9, small_rows) -> None:
     assert [h.train_loss for h in a.history] == [h.train_loss for h in b.history]
 
 
-def test_weight_average_is_validated_kept_and_leaves_training_untouched(qm9, small_rows) -> None:
-    plain_model, plain = _fit(qm9, small_rows, epochs=3)
-    ema_model, ema = _fit(qm9, small_rows, epochs=3, ema_decay=0.9)
-    # the same batches and steps: the trained weights follow the same path, so the training
-    # losses agree; what is validated and kept is the average, which differs
-    assert [h.train_loss for h in ema.history] == pytest.approx(
-        [h.train_loss for h in plain.history], rel=1e-5
-    )
-    assert [h.val_mae for h in ema.history] != [h.val_mae for h in plain.history]
-    pred, _ = predict(ema_model, qm9, small_rows[1])
-    assert regression_report(pred, qm9.y[small_rows[1]])["mae"] == pytest.approx(
-        ema.best_val_mae, rel=1e-4
-    )
-    assert any(
-        not torch.equal(a, b)
-        for a, b in zip(ema_model.parameters(), plain_model.parameters(), strict=True)
-    )
-
-
 def test_early_stopping(qm9, small_rows) -> None:
     # lr 0 never improves on epoch 0, so patience 2 stops after epoch 2
     torch.manual_seed(0)
@@ -169,36 +150,6 @@ def test_member_batches_give_each_member_its_own_order() -> None:
     assert not torch.equal(epoch[0], epoch[1]) and not torch.equal(epoch[1], epoch[2])
     again = torch.cat([next(stream) for _ in range(5)], dim=1)
     assert not torch.equal(again, epoch)  # a new permutation every epoch
-
-
-def test_size_buckets_keep_each_row_once_per_epoch_and_cut_batches_by_size() -> None:
-    gen = torch.Generator().manual_seed(0)
-    sizes = torch.randint(3, 30, (103,), generator=gen)
-    stream = member_batches(103, 10, 2, gen, sizes, buckets=4)
-    # 103 rows in chunks of 40: 4 + 4 + 3 batches, the last one of 3 rows
-    epoch = [next(stream) for _ in range(11)]
-    assert sorted(b.shape[1] for b in epoch) == [3] + [10] * 10
-    rows = torch.cat(epoch, dim=1)  # [2, 103]
-    for k in range(2):
-        assert sorted(rows[k].tolist()) == list(range(103))  # each row once per epoch
-    assert not torch.equal(rows[0], rows[1])  # each member its own order
-    # within a chunk, batches are strata of size: they do not overlap in size
-    first = epoch[:4]
-    spans = sorted((int(sizes[b[0]].min()), int(sizes[b[0]].max())) for b in first)
-    assert all(hi <= lo for (_, hi), (lo, _) in zip(spans, spans[1:], strict=False))
-    # and pad less than random batches of the same rows
-    padded = sum(b.shape[1] * int(sizes[b[0]].max()) ** 2 for b in epoch)
-    plain = member_batches(103, 10, 1, torch.Generator().manual_seed(0))
-    padded_plain = sum(b.shape[1] * int(sizes[b[0]].max()) ** 2 for b in
-                       (next(plain) for _ in range(11)))  # fmt: skip
-    assert padded < padded_plain
-
-
-def test_size_buckets_of_one_are_plain_random_batches() -> None:
-    sizes = torch.arange(50)
-    a = member_batches(50, 10, 1, torch.Generator().manual_seed(3), sizes, buckets=1)
-    b = iterate_batches(50, 10, torch.Generator().manual_seed(3))
-    assert all(torch.equal(next(a)[0], x) for x in b)
 
 
 def test_ensemble_members_with_equal_weights_diverge_through_their_batch_order(

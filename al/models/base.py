@@ -1,15 +1,16 @@
-"""Pieces shared by the models: radial basis, cutoff, MC dropout, reference energies."""
+"""Pieces shared by the models: the base class (reference energies, readout, energy), MC
+dropout, the shifted softplus. The pair geometry is in :mod:`al.models.geometry`."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from al.data.reference import fit_composition
+from al.models.geometry import BatchGeometry, DenseGeometry, GaussianRBF
 
 #: Columns of the composition matrix: H, C, N, O, F.
 COMPOSITION_Z = (1, 6, 7, 8, 9)
@@ -47,138 +48,6 @@ def set_mc_dropout(model: nn.Module, on: bool) -> int:
             m.always_on = on
             n += int(m.p > 0)
     return n
-
-
-def cosine_cutoff(d: Tensor, cutoff: float) -> Tensor:
-    """``[E] -> [E]``: 1 at d = 0, smoothly 0 at and beyond ``cutoff``.
-
-    Multiplying every filter by it keeps the energy continuous when atoms cross the cutoff.
-    """
-    return 0.5 * (torch.cos(d * (math.pi / cutoff)) + 1.0) * (d < cutoff)
-
-
-class GaussianRBF(nn.Module):
-    """Gaussians on distances: ``forward(d [*S]) -> [*S, n_rbf]``."""
-
-    def __init__(self, n_rbf: int, cutoff: float) -> None:
-        super().__init__()
-        self.cutoff = cutoff
-        self.register_buffer("centers", torch.linspace(0.0, cutoff, n_rbf))
-        width = cutoff / max(n_rbf - 1, 1)
-        self.coeff = -0.5 / width**2
-
-    def forward(self, d: Tensor) -> Tensor:
-        # The floor keeps far tails at exp(-30) instead of underflowing: subnormal floats
-        # made exp, and every product downstream, up to ten times slower on CPU.
-        arg = self.coeff * (d[..., None] - self.centers).square()
-        return torch.exp(arg.clamp_min_(-30.0))
-
-    def channels_first(self, d: Tensor) -> Tensor:
-        """``d [P] -> [n_rbf, P]``: the same Gaussians, one row per centre."""
-        arg = self.coeff * (d[None] - self.centers[:, None]).square()
-        return torch.exp(arg.clamp_min_(-30.0))
-
-
-@dataclass
-class DenseGeometry:
-    """Molecules of a flat batch laid out as padded blocks ``[B, n, ...]``.
-
-    QM9 graphs are nearly complete (89 % of atom pairs lie within 5 Angstrom), so the models
-    compute every within-molecule pair densely and mask by the cutoff instead of building a
-    sparse edge list: messages then become batched matrix products instead of gathers and
-    scatters over ``E x F`` tensors, which were the bottleneck on CPU and GPU alike.
-
-    Attributes:
-        index: flat position of each atom in the padded ``[B * n]`` layout, ``[N]``.
-        n: padded size (atoms of the largest molecule in the batch).
-        dist: pair distances, ``[B, n, n]`` (0 where no pair).
-        unit: unit vectors from ``i`` to ``j``, ``[B, n, n, 3]``.
-        fcut: cosine cutoff times the pair mask, ``[B, n, n]``; zero for ``i == j``,
-            padding and pairs beyond the cutoff.
-    """
-
-    index: Tensor
-    n: int
-    num_graphs: int
-    dist: Tensor
-    unit: Tensor
-    fcut: Tensor
-
-    @classmethod
-    def build(
-        cls, pos: Tensor, batch: Tensor, num_graphs: int, cutoff: float, n: int | None = None
-    ) -> DenseGeometry:
-        """The geometry of ``pos [N, 3]`` grouped by ``batch [N]``; ``n`` pads every block to
-        that many atoms (default: the largest molecule), so that blocks of several batches
-        can be stacked."""
-        counts = torch.bincount(batch, minlength=num_graphs)
-        if n is None:
-            n = int(counts.max()) if counts.numel() else 0
-        first = torch.cumsum(counts, 0) - counts
-        local = torch.arange(batch.numel(), device=pos.device) - first[batch]
-        index = batch * n + local
-        P = pos.new_zeros(num_graphs * n, 3).index_copy_(0, index, pos).view(num_graphs, n, 3)
-        mask = torch.zeros(num_graphs * n, dtype=torch.bool, device=pos.device)
-        mask[index] = True
-        mask = mask.view(num_graphs, n)
-        vec = P[:, None, :, :] - P[:, :, None, :]  # [B, i, j, 3] = r_j - r_i
-        pair = mask[:, :, None] & mask[:, None, :]
-        pair &= ~torch.eye(n, dtype=torch.bool, device=pos.device)
-        # clamp: the gradient of sqrt at 0 (diagonal, padding) would be NaN
-        dist = vec.square().sum(-1).clamp_min(1e-12).sqrt()
-        fcut = cosine_cutoff(dist, cutoff) * pair
-        return cls(index, n, num_graphs, dist, vec / dist[..., None], fcut)
-
-    def to_dense(self, x: Tensor) -> Tensor:
-        """``[N, *S] -> [B, n, *S]``, zero-padded."""
-        out = x.new_zeros((self.num_graphs * self.n, *x.shape[1:]))
-        # out of place, so that torch.func.vmap can batch it over ensemble members
-        return out.index_copy(0, self.index, x).view(self.num_graphs, self.n, *x.shape[1:])
-
-    def to_flat(self, x: Tensor) -> Tensor:
-        """``[B, n, *S] -> [N, *S]``."""
-        return x.reshape(self.num_graphs * self.n, *x.shape[2:])[self.index]
-
-
-def radial_filters(linear: nn.Linear, rbf: GaussianRBF, geo: DenseGeometry) -> Tensor:
-    """``linear(rbf(d_ij)) * fcut_ij`` for every pair, channel-major: ``[O, B, n, n]``.
-
-    The same function as applying ``linear`` to ``[B, n, n, n_rbf]`` features and
-    multiplying by the cutoff, computed as one ``[O, R + 1] @ [R + 1, pairs]`` product on a
-    basis that already carries the cutoff (its last row is the cutoff itself, which takes
-    the bias): the result comes out in the layout the convolutions read, so neither an
-    ``[pairs, O]`` product with the cutoff nor a permuted copy of it is made, in the forward
-    or the backward pass (they were a fifth of a training step on CPU).
-    """
-    fcut = geo.fcut.reshape(1, -1)  # [1, P]
-    basis = torch.cat([rbf.channels_first(geo.dist.reshape(-1)) * fcut, fcut])  # [R + 1, P]
-    weight = torch.cat([linear.weight, linear.bias[:, None]], 1)  # [O, R + 1]
-    return torch.matmul(weight, basis).view(-1, *geo.dist.shape)
-
-
-def filter_conv(edge: Tensor, x: Tensor, geo: DenseGeometry) -> Tensor:
-    """Continuous-filter convolution with one radial filter per channel group.
-
-    Computes ``out_i,c,s,f = sum_j edge_h(f),i,c,j * x_j,s,f``: the ``F`` channels fall into
-    ``H`` groups that share a filter, so the sum over neighbours is one batched matrix
-    product per group and no ``[pairs, F]`` tensor is ever formed (it was the bottleneck).
-
-    Args:
-        edge: pair weights (already times the cutoff), ``[H, B, n * C, n]``, rows
-            ``i``-major and component ``c``-minor (``C = 1`` for scalar filters, 3 for
-            directional ones); group-major, as :func:`radial_filters` makes them.
-        x: source features, ``[N, S, F]`` (``S`` = 1 for scalars, 3 for vectors).
-
-    Returns:
-        ``[N, C * S, F]``.
-    """
-    H, B, n = edge.shape[0], geo.num_graphs, geo.n
-    S, F = x.shape[1:]
-    C = edge.shape[2] // n
-    xg = geo.to_dense(x).view(B, n, S, H, F // H).permute(3, 0, 1, 2, 4)
-    out = torch.matmul(edge, xg.reshape(H, B, n, S * F // H))  # [H, B, n * C, S * F/H]
-    out = out.view(H, B, n, C * S, F // H).permute(1, 2, 3, 0, 4).reshape(B, n, C * S, F)
-    return geo.to_flat(out)
 
 
 class AtomisticModel(nn.Module):
@@ -263,7 +132,7 @@ class AtomisticModel(nn.Module):
         self.scale.copy_(torch.tensor(scales).reshape(self.scale.shape))
         return {"baseline_mae": maes[-1], "scale": scales[-1]}
 
-    def atom_features(self, z: Tensor, geo: DenseGeometry) -> Tensor:  # pragma: no cover
+    def atom_features(self, z: Tensor, geo: BatchGeometry) -> Tensor:  # pragma: no cover
         """``z [N]`` and the batch geometry -> atom features ``[N, F]``."""
         raise NotImplementedError
 
@@ -274,7 +143,7 @@ class AtomisticModel(nn.Module):
         batch: Tensor,
         num_graphs: int | None = None,
         embedding: bool = False,
-        geo: DenseGeometry | None = None,
+        geo: BatchGeometry | DenseGeometry | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Energies in eV.
 
@@ -299,7 +168,7 @@ class AtomisticModel(nn.Module):
         pos: Tensor,
         batch: Tensor,
         num_graphs: int | None = None,
-        geo: DenseGeometry | None = None,
+        geo: BatchGeometry | DenseGeometry | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Energies ``[B]`` (or ``[B, n_outputs]``) in eV and molecule embeddings
         ``[B, F_last]``: the last-layer features, the inputs of the readout's last linear
@@ -309,7 +178,9 @@ class AtomisticModel(nn.Module):
         if num_graphs is None:
             num_graphs = int(batch.max()) + 1
         if geo is None:
-            geo = DenseGeometry.build(pos, batch, num_graphs, self.cutoff)
+            geo = BatchGeometry.build(pos, batch, num_graphs, self.cutoff)
+        elif isinstance(geo, DenseGeometry):
+            geo = BatchGeometry.single(geo)
         phi = self.readout_features(self.atom_features(z, geo))  # [N, F_last]
         out = self.readout[-1](phi)  # [N, D]
         if self.n_outputs == 1:

@@ -8,7 +8,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from al.models.base import AtomisticModel, DenseGeometry
+from al.models.base import AtomisticModel
+from al.models.geometry import BatchGeometry, DenseGeometry
 
 
 class EnsembleModel(nn.Module):
@@ -71,7 +72,7 @@ class EnsembleModel(nn.Module):
         if num_graphs is None:
             num_graphs = int(batch.max()) + 1
 
-        geo = DenseGeometry.build(pos, batch, num_graphs, self.cutoff)
+        geo = BatchGeometry.build(pos, batch, num_graphs, self.cutoff)
         kwargs = {"embedding": True, "geo": geo}
         params, buffers = self._params_dict(), self._buffers_dict()
         args = (z, pos, batch, num_graphs)
@@ -115,18 +116,18 @@ class EnsembleModel(nn.Module):
             n, graphs = geo.n, geo.num_graphs
 
             def one(p: dict, z: Tensor, pos: Tensor, batch: Tensor, index: Tensor,
-                    dist: Tensor, unit: Tensor, fcut: Tensor) -> Tensor:  # fmt: skip
-                g = DenseGeometry(index, n, graphs, dist, unit, fcut)
+                    dist: Tensor, vec: Tensor, fcut: Tensor) -> Tensor:  # fmt: skip
+                g = DenseGeometry(index, n, graphs, dist, vec, fcut)
                 return functional_call(self._template, (p, buffers), (z, pos, batch, graphs),
                                        {"geo": g})  # fmt: skip
 
             out = vmap(one, randomness="different")(
-                params, z, pos, batch, geo.index, geo.dist, geo.unit, geo.fcut
+                params, z, pos, batch, geo.index, geo.dist, geo.vec, geo.fcut
             )
             return out[:, :num_graphs]
         outs = []
         for k, (z, pos, batch) in enumerate(inputs):
-            geo = DenseGeometry.build(pos, batch, num_graphs, self.cutoff)
+            geo = BatchGeometry.build(pos, batch, num_graphs, self.cutoff)
             p = {n: t[k] for n, t in params.items()}
             outs.append(functional_call(self._template, (p, buffers), (z, pos, batch, num_graphs),
                                         {"geo": geo}))  # fmt: skip
@@ -163,7 +164,7 @@ class EnsembleModel(nn.Module):
             geos.append(DenseGeometry.build(pos, batch, graphs, self.cutoff, n=n))
         geo = DenseGeometry(
             torch.stack([g.index for g in geos]), n, graphs,
-            torch.stack([g.dist for g in geos]), torch.stack([g.unit for g in geos]),
+            torch.stack([g.dist for g in geos]), torch.stack([g.vec for g in geos]),
             torch.stack([g.fcut for g in geos]),
         )  # fmt: skip
         return torch.stack(zs), torch.stack(ps), torch.stack(bs), geo

@@ -6,13 +6,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from al.models.base import AtomisticModel, DenseGeometry, MCDropout, filter_conv, radial_filters
+from al.models.base import AtomisticModel, MCDropout
+from al.models.geometry import BatchGeometry, filter_conv, radial_filters
 
 
 class PaiNNMessage(nn.Module):
     """Messages from neighbours: scalar ``ds [N, F]`` and vector ``dv [N, 3, F]`` updates.
 
-    ``forward(s [N, F], v [N, 3, F], edge [3H, B, n, n], geo) -> (s + ds, v + dv)``.
+    ``forward(s [N, F], v [N, 3, F], edges, geo) -> (s + ds, v + dv)``, ``edges`` one
+    ``[3H, B_g, n_g, n_g]`` per block of the geometry.
     """
 
     def __init__(self, hidden: int, groups: int) -> None:
@@ -23,15 +25,19 @@ class PaiNNMessage(nn.Module):
         )
 
     def forward(
-        self, s: Tensor, v: Tensor, edge: Tensor, geo: DenseGeometry
+        self, s: Tensor, v: Tensor, edges: list[Tensor], geo: BatchGeometry
     ) -> tuple[Tensor, Tensor]:
         a, b, c = self.phi(s).split(self.hidden, -1)
-        e_s, e_v, e_r = edge.split(self.groups, 0)  # each [H, B, n, n]
-        B, H, n = geo.num_graphs, self.groups, geo.n
-        # directional filter: rows (i, component), e_ij * unit_ij
-        e_dir = (e_r[:, :, :, None, :] * geo.unit.permute(0, 1, 3, 2)[None]).reshape(
-            H, B, 3 * n, n
-        )
+        H = self.groups
+        e_s, e_v, e_dir = [], [], []
+        for edge, block in zip(edges, geo.blocks, strict=True):
+            es, ev, er = edge.split(H, 0)  # each [H, B, n, n]
+            B, n = block.num_graphs, block.n
+            e_s.append(es)
+            e_v.append(ev)
+            # directional filter: rows (i, component), e_ij * unit_ij
+            unit = block.unit.permute(0, 1, 3, 2)[None]  # [1, B, i, 3, j]
+            e_dir.append((er[:, :, :, None, :] * unit).reshape(H, B, 3 * n, n))
         ds = filter_conv(e_s, a[:, None], geo)[:, 0]
         dv = filter_conv(e_v, v * b[:, None], geo) + filter_conv(e_dir, c[:, None], geo)
         return s + ds, v + dv
@@ -71,9 +77,9 @@ class PaiNNBlock(nn.Module):
         self.update = PaiNNUpdate(hidden, dropout)
 
     def forward(
-        self, s: Tensor, v: Tensor, edge: Tensor, geo: DenseGeometry
+        self, s: Tensor, v: Tensor, edges: list[Tensor], geo: BatchGeometry
     ) -> tuple[Tensor, Tensor]:
-        return self.update(*self.message(s, v, edge, geo))
+        return self.update(*self.message(s, v, edges, geo))
 
 
 class PaiNN(AtomisticModel):
@@ -117,12 +123,15 @@ class PaiNN(AtomisticModel):
         )
         self.reset_parameters()
 
-    def atom_features(self, z: Tensor, geo: DenseGeometry) -> Tensor:
+    def atom_features(self, z: Tensor, geo: BatchGeometry) -> Tensor:
         """``z [N]`` -> scalar atom features ``[N, F]``."""
-        edge = radial_filters(self.filter_net, self.rbf, geo)  # [K * 3H, B, n, n]
-        edge = edge.view(self.n_interactions, 3 * self.filter_groups, *edge.shape[1:])
+        K, H3 = self.n_interactions, 3 * self.filter_groups
+        # per block [K * 3H, B, n, n] -> [K, 3H, B, n, n]
+        edges = [
+            e.view(K, H3, *e.shape[1:]) for e in radial_filters(self.filter_net, self.rbf, geo)
+        ]
         s = self.embedding(z)
         v = s.new_zeros(s.shape[0], 3, self.hidden)
-        for block, e in zip(self.interactions, edge, strict=True):
-            s, v = block(s, v, e, geo)
+        for k, block in enumerate(self.interactions):
+            s, v = block(s, v, [e[k] for e in edges], geo)
         return s

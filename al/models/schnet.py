@@ -4,20 +4,15 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from al.models.base import (
-    AtomisticModel,
-    DenseGeometry,
-    MCDropout,
-    ShiftedSoftplus,
-    filter_conv,
-    radial_filters,
-)
+from al.models.base import AtomisticModel, MCDropout, ShiftedSoftplus
+from al.models.geometry import BatchGeometry, filter_conv, radial_filters
 
 
 class CFConvBlock(nn.Module):
     """One interaction: ``x + lin2(drop(act(lin_out(sum_j W_ij * lin_in(x_j)))))``.
 
-    ``forward(x [N, F], edge [H, B, n, n], geo) -> [N, F]``, ``W_ij`` one filter per group.
+    ``forward(x [N, F], edges, geo) -> [N, F]``, ``W_ij`` one filter per group; ``edges``
+    holds one ``[H, B_g, n_g, n_g]`` per block of the geometry.
     """
 
     def __init__(self, hidden: int, dropout: float) -> None:
@@ -28,8 +23,8 @@ class CFConvBlock(nn.Module):
         self.dropout = MCDropout(dropout)
         self.lin2 = nn.Linear(hidden, hidden)
 
-    def forward(self, x: Tensor, edge: Tensor, geo: DenseGeometry) -> Tensor:
-        agg = filter_conv(edge, self.lin_in(x)[:, None], geo)[:, 0]
+    def forward(self, x: Tensor, edges: list[Tensor], geo: BatchGeometry) -> Tensor:
+        agg = filter_conv(edges, self.lin_in(x)[:, None], geo)[:, 0]
         return x + self.lin2(self.dropout(self.act(self.lin_out(agg))))
 
 
@@ -40,7 +35,7 @@ class SchNet(AtomisticModel):
     linear map of the radial basis (the original's is a two-layer MLP on every atom pair),
     shared by groups of ``F / filter_groups`` channels (as heads are in attention), and
     messages are batched matrix products over dense per-molecule blocks (see
-    :class:`~al.models.base.DenseGeometry`).
+    :mod:`~al.models.geometry`).
 
     Args:
         hidden: feature width F.
@@ -77,11 +72,12 @@ class SchNet(AtomisticModel):
         )
         self.reset_parameters()
 
-    def atom_features(self, z: Tensor, geo: DenseGeometry) -> Tensor:
+    def atom_features(self, z: Tensor, geo: BatchGeometry) -> Tensor:
         """``z [N]`` -> atom features ``[N, F]``."""
-        edge = radial_filters(self.filter_net, self.rbf, geo)  # [K * H, B, n, n]
-        edge = edge.view(self.n_interactions, self.filter_groups, *edge.shape[1:])
+        K, H = self.n_interactions, self.filter_groups
+        # per block [K * H, B, n, n] -> [K, H, B, n, n]
+        edges = [e.view(K, H, *e.shape[1:]) for e in radial_filters(self.filter_net, self.rbf, geo)]
         x = self.embedding(z)
-        for block, e in zip(self.interactions, edge, strict=True):
-            x = block(x, e, geo)
+        for k, block in enumerate(self.interactions):
+            x = block(x, [e[k] for e in edges], geo)
         return x

@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from al.models.base import AtomisticModel, DenseGeometry
+from al.models.base import AtomisticModel
+from al.models.geometry import BatchGeometry
 from al.models.registry import build_model
 
 
@@ -85,7 +86,7 @@ class ShallowEnsembleModel(nn.Module):
         if num_graphs is None:
             num_graphs = int(batch.max()) + 1
         trunk = self.trunk
-        geo = DenseGeometry.build(pos, batch, num_graphs, self.cutoff)
+        geo = BatchGeometry.build(pos, batch, num_graphs, self.cutoff)
         phi = trunk.readout_features(trunk.atom_features(z, geo))  # [N, F']
         out = trunk.readout[-1](phi)  # [N, K * D]
         energy = trunk.molecule_energy(out, z, batch, num_graphs)  # [B, K * D]

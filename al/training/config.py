@@ -30,16 +30,8 @@ class FitConfig:
         0, "optimizer steps between validation evaluations (0 = once per epoch)", min=0
     )
     batch_size: int = option(64, "molecules per batch", min=1)
-    size_buckets: int = option(
-        8, "training batches drawn together and cut by molecule size, so that a batch pads "
-        "less (1 = plain random batches)", min=1,
-    )  # fmt: skip
     lr: float = option(1e-3, "peak learning rate (AdamW; warm-up + cosine over the steps)", min=0.0)
     weight_decay: float = option(0.0, "AdamW weight decay", min=0.0)
-    ema_decay: float = option(
-        0.0, "exponential moving average of the weights, validated and kept instead of the "
-        "last ones (0 = off; e.g. 0.99)", min=0.0, max=0.9999,
-    )  # fmt: skip
     patience: int = option(30, "early stopping: validation evaluations without improvement", min=1)
     grad_clip: float = option(10.0, "gradient norm clip, per ensemble member (0 = off)", min=0.0)
     val_fraction: float = option(0.1, "share of the labelled set held out", min=0.0, max=0.5)

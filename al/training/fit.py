@@ -52,41 +52,19 @@ def iterate_batches(
 
 
 def member_batches(
-    n: int,
-    batch_size: int,
-    members: int,
-    generator: torch.Generator,
-    sizes: Tensor | None = None,
-    buckets: int = 1,
+    n: int, batch_size: int, members: int, generator: torch.Generator
 ) -> Iterator[Tensor]:
     """Endless index batches ``[members, b]`` over ``range(n)``, epoch after epoch.
 
     Every epoch each member draws its own permutation, so ensemble members see the data in
     independent orders; each member still sees every row once per epoch. With one member
-    and ``buckets = 1`` the batches are those of :func:`iterate_batches` with the same
-    generator.
-
-    With ``sizes`` (atoms of each row, ``[n]``) and ``buckets > 1``, each permutation is cut
-    into chunks of ``buckets`` batches; a chunk is sorted by molecule size, cut into batches
-    and its batches are shuffled. A batch is then still a random draw, but from one size
-    stratum of its chunk, so it is padded to a largest molecule close to its others: the
-    models compute every within-molecule pair of a batch padded to its largest molecule, and
-    random batches of 64 QM9 molecules spend 1.9x the pair work of their molecules on
-    padding, chunks of 8 batches 1.13x (molecules/s of a training step up by 1.3-1.4x).
+    the batches are those of :func:`iterate_batches` with the same generator.
     """
     if n < 1:
         raise ValueError("no rows to draw batches from")
-    chunk = batch_size * buckets
     while True:
         perms = torch.stack([torch.randperm(n, generator=generator) for _ in range(members)])
-        if sizes is None or buckets <= 1:
-            yield from perms.split(batch_size, dim=1)
-            continue
-        for part in perms.split(chunk, dim=1):  # [members, <= chunk]
-            order = torch.argsort(sizes[part], dim=1, stable=True)
-            batches = torch.gather(part, 1, order).split(batch_size, dim=1)
-            for k in torch.randperm(len(batches), generator=generator).tolist():
-                yield batches[k]
+        yield from perms.split(batch_size, dim=1)
 
 
 @dataclass
@@ -339,7 +317,6 @@ def fit(
     if config.compile and device.type == "cuda" and members == 1:
         step_model = torch.compile(model, dynamic=True)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    ema = _WeightAverage(model, config.ema_decay) if config.ema_decay > 0 else None
     per_epoch = math.ceil(n_train / config.batch_size)
     total = step_budget(config, n_train)
     sched = _schedule(opt, config.lr, total, per_epoch)
@@ -348,11 +325,13 @@ def fit(
     track_from = min(nll_from, total)  # best weights are looked for from this step on
     groups = model.layer_groups()
     monitor = _ActivationMonitor(model)
-    sizes = data.n_atoms[train_rows].cpu()
     batches = member_batches(
-        n_train, config.batch_size, members, torch.Generator().manual_seed(config.seed),
-        sizes, config.size_buckets,
-    )  # fmt: skip
+        n_train, config.batch_size, members, torch.Generator().manual_seed(config.seed)
+    )
+    # Each batch's molecules in order of size: the same batch (the loss is a mean over its
+    # molecules), which the models then cut into dense blocks of similar size
+    # (al.models.geometry.BatchGeometry) instead of padding all to the largest.
+    sizes = data.n_atoms[train_rows]
     val_target = _val_target(data.y[val_rows].cpu()) if val_rows.numel() else None
 
     best_state, best_mae, best_epoch, best_step = None, math.inf, -1, 0
@@ -378,6 +357,7 @@ def fit(
         model.train()
         while step < total:
             idx = next(batches).to(device)  # [members, b]
+            idx = torch.gather(idx, 1, torch.argsort(sizes[idx], dim=1, stable=True))
             t0 = time.perf_counter()
             if members > 1:
                 parts = [data.batch(train_rows[i]) for i in idx]
@@ -425,8 +405,6 @@ def fit(
                     torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             opt.step()
             sched.step()
-            if ema is not None:
-                ema.update()
             step += 1
             b = idx.shape[1]
             win["loss"] += report_loss * b
@@ -448,8 +426,6 @@ def fit(
 
             # --- evaluation ---------------------------------------------------------------
             elapsed = time.perf_counter() - win["t0"]
-            if ema is not None:
-                ema.swap()  # validate, and keep, the averaged weights
             val_mae = _val_mae(model, data, val_rows, val_target, config.amp)
             with torch.no_grad():
                 wnorm = {
@@ -478,10 +454,10 @@ def fit(
                 bar.set_postfix(val_mae=f"{val_mae:.4f}", loss=f"{stats.train_loss:.4f}")
             win = window()
             model.train()
-            score = val_mae if val_target is not None else stats.train_loss
             if step < track_from:
-                pass
-            elif score < best_mae:
+                continue
+            score = val_mae if val_target is not None else stats.train_loss
+            if score < best_mae:
                 best_mae, best_epoch, best_step = score, stats.epoch, step
                 best_state = copy.deepcopy(model.state_dict())
             elif (
@@ -490,9 +466,6 @@ def fit(
             ):
                 stopped_early = True
                 log.info("event=early_stop step=%d best_step=%d", step, best_step)
-            if ema is not None:
-                ema.swap()  # back to the weights being trained
-            if stopped_early:
                 break
     finally:
         monitor.remove()
@@ -515,34 +488,6 @@ def fit(
         n_train=n_train,
         val_rows=val_rows.cpu(),
     )
-
-
-class _WeightAverage:
-    """An exponential moving average of a model's parameters (Polyak averaging).
-
-    ``update()`` after each optimizer step; ``swap()`` exchanges the averaged and the
-    trained weights in place (twice restores them). The decay ramps up as
-    ``min(decay, (1 + t) / (10 + t))`` over the updates ``t``, so that the average does not
-    carry the random initial weights.
-    """
-
-    def __init__(self, model: torch.nn.Module, decay: float) -> None:
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.average = [p.detach().clone() for p in self.params]
-        self.decay, self.updates = decay, 0
-
-    @torch.no_grad()
-    def update(self) -> None:
-        self.updates += 1
-        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        torch._foreach_lerp_(self.average, [p.detach() for p in self.params], 1.0 - decay)
-
-    @torch.no_grad()
-    def swap(self) -> None:
-        for p, a in zip(self.params, self.average, strict=True):
-            held = p.detach().clone()
-            p.copy_(a)
-            a.copy_(held)
 
 
 def _val_mae(
