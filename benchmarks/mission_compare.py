@@ -1,15 +1,22 @@
-"""The mission preset on two versions of the code, side by side on one machine: the ratio.
+"""A campaign on two versions of the code on one machine: the ratio of their wall times.
 
-Checks the baseline revision out into a temporary git worktree and runs
-``benchmarks/campaign.py --preset mission`` there and in this checkout at the same time, one
-process per version with the same threads each, so that both see the same machine and the
-same load. Prints each version's wall time, phase shares, fit steps and final test MAE, and
-the ratio of the wall times; writes both campaigns' JSON and logs to ``--out``.
+Checks the baseline revision out into a temporary git worktree and runs the same job there
+and in this checkout:
 
-Example (the code before the fast model and schedule against this checkout, one thread
-each on a 2-core machine)::
+- ``--job mission`` (default): ``benchmarks/campaign.py --preset mission``, both versions
+  at the same time, one process each with the same threads, so that both see the same
+  machine and the same load. Prints each version's wall time, phases, fit steps and final
+  test MAE.
+- ``--job main``: the README's main job (``mlflow run . -e al_loop --env-manager local``,
+  a local SQLite store each), one version after the other, each with the whole machine.
+
+Writes the logs (and the mission's JSON) to ``--out`` and prints the ratio.
+
+Example (the code before the fast model against this checkout, one thread each on a
+2-core machine)::
 
     python benchmarks/mission_compare.py --baseline 969c7d5 --out reports/speed/mission
+    python benchmarks/mission_compare.py --job main --out reports/speed/main_job
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ DEFAULT_BASELINE = "969c7d5"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--baseline", default=DEFAULT_BASELINE, help="git revision to compare with")
+    p.add_argument("--job", choices=["mission", "main"], default="mission")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="threads of each campaign")
     p.add_argument("--uncertainty", default="shallow")
@@ -41,6 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def campaign_command(args: argparse.Namespace, json_path: Path) -> list[str]:
+    if args.job == "main":
+        return ["mlflow", "run", ".", "-e", "al_loop", "--env-manager", "local"]
     return [
         sys.executable, "benchmarks/campaign.py", "--preset", "mission",
         "--uncertainty", args.uncertainty, "--threads", str(args.threads),
@@ -71,6 +81,15 @@ def summarise(path: Path) -> dict:
     }
 
 
+def wait(name: str, run: tuple, walls: dict[str, float], out: Path) -> None:
+    """Wait for one version's process; its wall time goes to ``walls``."""
+    proc, _, log, t0 = run
+    if proc.wait() != 0:
+        raise SystemExit(f"the {name} run failed; see {out / (name + '.log')}")
+    walls[name] = time.perf_counter() - t0
+    log.close()
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -82,33 +101,41 @@ def main(argv: list[str] | None = None) -> dict:
             check=True, capture_output=True,
         )  # fmt: skip
         try:
-            runs = {}
+            runs, walls = {}, {}
             for name, root in (("baseline", tree), ("current", REPO)):
                 json_path = (args.out / f"{name}.json").resolve()
                 env = {**os.environ, "PYTHONPATH": str(root), "AL_PROGRESS": "0"}
+                if args.job == "main":
+                    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(tmp) / name}.db"
                 log = (args.out / f"{name}.log").open("w")
                 cmd = campaign_command(args, json_path)
-                print(
-                    f"{name} ({root if name == 'current' else args.baseline}): {' '.join(cmd[1:])}"
+                label = root if name == "current" else args.baseline
+                print(f"{name} ({label}): {' '.join(cmd)}", flush=True)
+                proc = subprocess.Popen(
+                    cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT
                 )
-                runs[name] = (
-                    subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT),
-                    json_path, log, time.perf_counter(),
-                )  # fmt: skip
-            walls = {}
-            for name, (proc, _, log, t0) in runs.items():
-                if proc.wait() != 0:
-                    raise SystemExit(
-                        f"the {name} campaign failed; see {args.out / (name + '.log')}"
-                    )
-                walls[name] = time.perf_counter() - t0
-                log.close()
+                runs[name] = (proc, json_path, log, time.perf_counter())
+                if args.job == "main":  # one after the other, each with the whole machine
+                    wait(name, runs[name], walls, args.out)
+            for name, run in runs.items():
+                if name not in walls:
+                    wait(name, run, walls, args.out)
         finally:
             subprocess.run(
                 ["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)],
                 check=False, capture_output=True,
             )  # fmt: skip
     load_after = os.getloadavg()
+    if args.job == "main":
+        ratio = walls["current"] / walls["baseline"]
+        print(f"\nload average (1, 5, 15 min) before {load_before}, after {load_after}")
+        for name, wall in walls.items():
+            print(f"{name:<9} {wall:>8.0f} s ({wall / 60:.2f} min)")
+        print(f"\ncurrent / baseline wall time: {ratio:.3f}")
+        summary = {"job": "main", "baseline": args.baseline, "walls_s": walls, "ratio": ratio,
+                   "load_before": load_before, "load_after": load_after}  # fmt: skip
+        (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
     result = {name: summarise(json_path) for name, (_, json_path, _, _) in runs.items()}
     ratio = result["current"]["total_s"] / result["baseline"]["total_s"]
     print(f"\nload average (1, 5, 15 min) before {load_before}, after {load_after}")
@@ -121,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
     summary = {
         "baseline": args.baseline, "seed": args.seed, "threads": args.threads,
         "load_before": load_before, "load_after": load_after, "ratio": ratio,
-        "walls_s": walls, **result,
+        "job": "mission", "walls_s": walls, **result,
     }  # fmt: skip
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
