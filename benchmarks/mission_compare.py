@@ -68,13 +68,15 @@ def summarise(path: Path) -> dict:
         for key, value in row.items():
             if key.endswith("_s") and not key.endswith("per_s") and value == value:
                 phases[key[:-2]] = phases.get(key[:-2], 0.0) + float(value)
-    refit_s = next((v for k, v in final.items() if k.endswith("time_fit")), None)
+    refit_s = next((v for k, v in final.items() if k.endswith("time_fit_s")), None)
     if refit_s is not None:
         phases["final_refit"] = float(refit_s)
+    refit_steps = int(next((v for k, v in final.items() if k.endswith("fit_steps")), 0))
     test_mae = next((v for k, v in final.items() if k.endswith("test_mae")), None)
     return {
         "total_s": rec["total_s"],
-        "steps": sum(int(r["steps"]) for r in rounds if r.get("steps") == r.get("steps")),
+        "steps": sum(int(r["steps"]) for r in rounds if r.get("steps") == r.get("steps"))
+        + refit_steps,
         "phases_s": phases,
         "last_round_test_mae": rounds[-1]["test_mae"],
         "final_test_mae": test_mae,

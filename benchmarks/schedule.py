@@ -70,13 +70,15 @@ def done_keys(store: Path) -> set[tuple[str, int, int]]:
 
 
 def summary(store: Path) -> pd.DataFrame:
-    """Per arm and label count: seeds, mean and per-seed validation and test MAE (eV)."""
+    """Per arm and label count: seeds, mean and per-seed validation and test MAE (eV), mean
+    fit seconds."""
     rows = [json.loads(line) for line in store.read_text().splitlines() if line.strip()]
     df = pd.DataFrame(rows)
     out = df.groupby(["name", "labels"]).agg(
         seeds=("seed", "count"),
         steps=("steps", "first"),
         val_mae=("val_mae", "mean"),
+        val_per_seed=("val_mae", lambda v: " ".join(f"{x:.4f}" for x in v)),
         test_mae=("test_mae", "mean"),
         test_per_seed=("test_mae", lambda v: " ".join(f"{x:.4f}" for x in v)),
         fit_s=("fit_s", "mean"),
