@@ -8,7 +8,8 @@ and in this checkout:
   machine and the same load. Prints each version's wall time, phases, fit steps and final
   test MAE.
 - ``--job main``: the README's main job (``mlflow run . -e al_loop --env-manager local``,
-  a local SQLite store each), one version after the other, each with the whole machine.
+  a local SQLite store each), one version after the other, each with the whole machine, or
+  with ``--at-once`` both at the same time, each pinned to a core of its own.
 
 Writes the logs (and the mission's JSON) to ``--out`` and prints the ratio.
 
@@ -40,6 +41,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--baseline", default=DEFAULT_BASELINE, help="git revision to compare with")
     p.add_argument("--job", choices=["mission", "main"], default="mission")
+    p.add_argument(
+        "--at-once", action="store_true",
+        help="main job: both versions at the same time, each pinned to a core of its own",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="threads of each campaign")
     p.add_argument("--uncertainty", default="shallow")
@@ -111,13 +116,15 @@ def main(argv: list[str] | None = None) -> dict:
                     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(tmp) / name}.db"
                 log = (args.out / f"{name}.log").open("w")
                 cmd = campaign_command(args, json_path)
+                if args.job == "main" and args.at_once:  # one core each: threads follow
+                    cmd = ["taskset", "-c", str(len(runs)), *cmd]
                 label = root if name == "current" else args.baseline
                 print(f"{name} ({label}): {' '.join(cmd)}", flush=True)
                 proc = subprocess.Popen(
                     cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT
                 )
                 runs[name] = (proc, json_path, log, time.perf_counter())
-                if args.job == "main":  # one after the other, each with the whole machine
+                if args.job == "main" and not args.at_once:  # one after the other
                     wait(name, runs[name], walls, args.out)
             for name, run in runs.items():
                 if name not in walls:
@@ -134,7 +141,8 @@ def main(argv: list[str] | None = None) -> dict:
         for name, wall in walls.items():
             print(f"{name:<9} {wall:>8.0f} s ({wall / 60:.2f} min)")
         print(f"\ncurrent / baseline wall time: {ratio:.3f}")
-        summary = {"job": "main", "baseline": args.baseline, "walls_s": walls, "ratio": ratio,
+        summary = {"job": "main", "at_once": args.at_once, "baseline": args.baseline,
+                   "walls_s": walls, "ratio": ratio,
                    "load_before": load_before, "load_after": load_after}  # fmt: skip
         (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
