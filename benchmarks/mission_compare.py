@@ -126,9 +126,11 @@ def main(argv: list[str] | None = None) -> dict:
                 runs[name] = (proc, json_path, log, time.perf_counter())
                 if args.job == "main" and not args.at_once:  # one after the other
                     wait(name, runs[name], walls, args.out)
-            for name, run in runs.items():
-                if name not in walls:
-                    wait(name, run, walls, args.out)
+            while len(walls) < len(runs):  # each run's wall time ends when it does
+                for name, run in runs.items():
+                    if name not in walls and run[0].poll() is not None:
+                        wait(name, run, walls, args.out)
+                time.sleep(0.5)
         finally:
             subprocess.run(
                 ["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)],
