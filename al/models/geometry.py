@@ -137,15 +137,13 @@ def block_cuts(counts: Tensor, max_blocks: int = MAX_BLOCKS) -> list[int]:
         return [B]
     sq = counts.double().square()
     # a block ending at c (exclusive) pads to counts[c - 1]
-    ends = torch.arange(1, B + 1, dtype=torch.float64)
-    top = float(sq[-1]) * B
-    best, cuts = top, [B]
+    best, cuts = float(sq[-1]) * B, [B]
     first = torch.arange(MIN_BLOCK, B - MIN_BLOCK + 1)  # end of block 1
-    two = ends[first - 1] * sq[first - 1] + (B - ends[first - 1]) * sq[-1]
+    two = first * sq[first - 1] + (B - first) * sq[-1]
     k = int(torch.argmin(two))
     if float(two[k]) < best:
         best, cuts = float(two[k]), [int(first[k]), B]
-    if blocks >= 3 and B >= 3 * MIN_BLOCK:
+    if blocks >= 3:  # B >= 3 * MIN_BLOCK
         i = first[:, None]  # end of block 1
         j = torch.arange(B + 1)[None, :]  # end of block 2
         valid = (j - i >= MIN_BLOCK) & (B - j >= MIN_BLOCK)
