@@ -20,6 +20,7 @@ import os
 
 import torch
 import torch.nn.functional as F
+from throughput import batch_rows  # the benchmark beside this one
 
 from al.data.load import load_qm9
 from al.models import MODELS, build_model
@@ -100,17 +101,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     data = load_qm9()
-    gen = torch.Generator().manual_seed(args.seed)
-    n = (args.batches + 3) * args.batch_size
-    perm = torch.randperm(len(data), generator=gen)[:n]
-    sizes = data.n_atoms[perm]
-    train = []
-    for rows in perm.split(args.batch_size)[: args.batches + 3]:
-        if args.batching == "fit":
-            rows = rows[torch.argsort(data.n_atoms[rows], stable=True)]
-        train.append(data.batch(rows))
-    ordered = perm[torch.argsort(sizes, stable=True)] if args.batching == "fit" else perm
-    infer = [data.batch(rows) for rows in ordered.split(args.batch_size)]
+    train_rows, infer_rows = batch_rows(
+        args.batches + 3, args.batch_size, args.seed, data.n_atoms, args.batching
+    )
+    train = [data.batch(rows) for rows in train_rows]
+    infer = [data.batch(rows) for rows in infer_rows]
     torch.manual_seed(args.seed)
     model = build_model(args.model, hidden=args.hidden, n_interactions=args.interactions)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
