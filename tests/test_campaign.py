@@ -30,7 +30,7 @@ from al.uncertainty import Prediction, build_surrogate
 
 TINY = dict(
     initial_size=30, batch_size=10, rounds=1, hidden=16, n_interactions=1, epochs=2,
-    min_steps=0, val_min=0,
+    min_steps=0, val_min=0, val_size=10,
     ensemble_size=2, pool_subsample=200, n_test=100, progress=False, train_batch_size=32,
 )  # fmt: skip
 CHEAP = SimpleNamespace(name="cheap", cost_per_label=0.1)
@@ -43,6 +43,7 @@ def queried(rows: list[tuple[int, str, str]], round_: int = 0) -> pd.DataFrame:
     frame["label"] = np.where(frame["status"] == "ok", frame["qm9_index"] / 10, np.nan)
     frame["round"], frame["cost"] = round_, 1.0
     frame["score"] = frame["pred_mean"] = frame["pred_std"] = np.nan
+    frame["role"] = "train"
     return frame[list(QUERIED_COLUMNS)]
 
 
@@ -98,7 +99,9 @@ def test_single_fidelity_requests_closed_and_targets(qm9) -> None:
     sel = SingleFidelity(qm9, [HIGH], CampaignConfig(batch_size=3, seed=1), "max_std")
     rows = qm9.rows_of([5, 3, 9])
     first = sel.initial_request(rows)
-    assert list(first.columns) == ["qm9_index", "fidelity", "score", "pred_mean", "pred_std"]
+    assert list(first.columns) == [
+        "qm9_index", "fidelity", "score", "pred_mean", "pred_std", "role",
+    ]  # fmt: skip
     assert first["qm9_index"].tolist() == [5, 3, 9] and (first["fidelity"] == 0).all()
     assert first[["score", "pred_mean", "pred_std"]].isna().all().all()
 
@@ -188,14 +191,17 @@ def test_tiny_campaign_in_memory_and_resumed(qm9, no_mlflow, tmp_path) -> None:
     assert tracker.queried_rounds() == [0, 1] and tracker.completed_round() == 1
     q = pd.concat([tracker.read_queried(r) for r in (0, 1)], ignore_index=True)
     assert list(q.columns) == list(QUERIED_COLUMNS)
-    assert q.groupby("round").size().tolist() == [30, 10]
+    assert q.groupby(["round", "role"]).size().to_dict() == {
+        (0, "train"): 30, (0, "validation"): 10, (1, "train"): 10,
+    }  # fmt: skip
     assert q["qm9_index"].is_unique  # never asked twice
     assert set(q["qm9_index"]) <= set(campaign.splits.pool.tolist())
     assert q.loc[q["round"] == 1, "pred_std"].notna().all()
     steps = tracker.metrics_frame()
     assert steps.index.tolist() == [30, 40]
     assert steps[CM.N_LABELLED].tolist() == [30, 40]
-    assert steps[CM.COST_SPENT].tolist() == [30.0, 40.0]
+    assert steps[CM.COST_SPENT].tolist() == [40.0, 50.0]  # the validation set is paid for
+    assert steps[CM.N_VALIDATION].tolist() == [10, 10]
     assert steps[CM.RETRAINED].tolist() == [1, 1] and steps[CM.TEST_MAE].notna().all()
     assert steps[CM.TIME_SCORE].isna().tolist() == [True, False]  # scoring from round 1
     assert steps[CM.TIME_LOG].notna().all()
@@ -213,7 +219,7 @@ def test_tiny_campaign_in_memory_and_resumed(qm9, no_mlflow, tmp_path) -> None:
     again = tiny_campaign(qm9, tracker, rounds=2)
     assert again.execute() == "rounds: 2 of 2 done"
     q2 = pd.concat([tracker.read_queried(r) for r in (0, 1, 2)], ignore_index=True)
-    assert q2["qm9_index"].is_unique and q2.groupby("round").size().tolist() == [30, 10, 10]
+    assert q2["qm9_index"].is_unique and q2.groupby("round").size().tolist() == [40, 10, 10]
     assert tracker.metric_history(CM.N_LABELLED) == [30, 40, 50]
     assert len(tracker.fits) == 3  # rounds 0 and 1 were not fitted again
 
@@ -235,7 +241,7 @@ def test_random_acquisition_scores_only_the_chosen(qm9, no_mlflow, tmp_path) -> 
     """``random`` needs no prediction: the pool is not scored, only the chosen molecules
     are predicted (for the queried table's ``pred_mean``/``pred_std``)."""
     tracker = MemoryTracker(tmp_path)
-    campaign = tiny_campaign(qm9, tracker)
+    campaign = tiny_campaign(qm9, tracker, val_size=12)  # not the batch's 10
     campaign.selection = build_selection(qm9, campaign.oracles, campaign.config, "random",
                                          campaign.surrogate)  # fmt: skip
     predicted: list[int] = []
@@ -256,3 +262,58 @@ def test_random_acquisition_scores_only_the_chosen(qm9, no_mlflow, tmp_path) -> 
     q = tracker.read_queried(1)
     assert q["pred_mean"].notna().all() and q["pred_std"].notna().all()
     assert q["score"].isna().all()
+
+
+class RecordingSurrogate:
+    """The real surrogate, every fit's training and validation rows recorded on the way."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.fits = inner, []
+
+    def fit(self, data, train_rows, val_rows, **kw):
+        self.fits.append((train_rows.clone(), val_rows.clone(), kw.get("steps", 0)))
+        return self.inner.fit(data, train_rows, val_rows, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+@pytest.mark.slow
+def test_validation_set_is_never_trained_on(qm9, no_mlflow, tmp_path) -> None:
+    """Every fit of a campaign (warm rounds, converged checkpoints, the final refit)
+    validates on the same molecules, drawn from the pool in round 0, and trains on none of
+    them; the converged checkpoint leaves the campaign's own model and figures as they were."""
+    tracker = MemoryTracker(tmp_path / "a")
+    campaign = tiny_campaign(
+        qm9, tracker, rounds=3, checkpoints="40,50", converged_steps=3, final_refit=True,
+        final_refit_steps=4,
+    )  # fmt: skip
+    campaign.surrogate = spy = RecordingSurrogate(campaign.surrogate)
+    assert campaign.execute() == "rounds: 3 of 3 done"
+    validation = tracker.validation
+    assert validation is not None and len(validation) == 10
+    val_idx = set(validation["qm9_index"])
+    assert val_idx <= set(campaign.splits.pool.tolist())
+    assert len(spy.fits) == 4 + 2 + 1  # rounds 0-3, checkpoints at 40 and 50, final refit
+    for train_rows, val_rows, _ in spy.fits:
+        trained = set(qm9.qm9_index[train_rows].tolist())
+        assert not trained & val_idx  # 0 validation molecules ever trained on
+        assert set(qm9.qm9_index[val_rows].tolist()) == val_idx  # the same set every fit
+    steps = tracker.metrics_frame()
+    assert steps.index.tolist() == [30, 40, 50, 60]
+    converged = steps[CM.converged(CM.TEST_MAE)]
+    assert converged.notna().tolist() == [False, True, True, False]
+    assert steps.loc[40, CM.converged(CM.FIT_STEPS)] == 3  # converged_steps, all run
+    for n in (40, 50):
+        table = tracker.tables[f"converged/labels_{n:05d}/test.csv"]
+        assert len(table) == campaign.test.numel()
+        mae = (table["mean"] - table["target"]).abs().mean()
+        assert mae == pytest.approx(steps.loc[n, CM.converged(CM.TEST_MAE)], rel=1e-5)
+
+    # without checkpoints the campaign asks for the same molecules and sees the same MAEs
+    plain = tiny_campaign(qm9, MemoryTracker(tmp_path / "b"), rounds=3)
+    assert plain.execute() == "rounds: 3 of 3 done"
+    assert plain.mae_history == pytest.approx(campaign.mae_history, rel=1e-6)
+    assert plain.labelled.table["qm9_index"].tolist() == campaign.labelled.table[
+        "qm9_index"
+    ].tolist()

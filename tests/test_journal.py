@@ -118,10 +118,17 @@ def test_steps_per_round_counts_every_round() -> None:
         labelled.add(pd.DataFrame({
             "qm9_index": range(10 * r, 10 * r + len(statuses)), "round": r, "oracle": "dft",
             "label": 1.0, "status": statuses, "cost": 1.0, "score": np.nan,
-            "pred_mean": np.nan, "pred_std": np.nan,
+            "pred_mean": np.nan, "pred_std": np.nan, "role": "train",
         })[list(QUERIED_COLUMNS)])  # fmt: skip
     assert labelled.steps_per_round() == {0: 2, 1: 2, 2: 3}
     assert labelled.counts_per_round() == [2, 2, 3]  # a round of failures keeps its place
+    labelled.add(pd.DataFrame({
+        "qm9_index": [100, 101], "round": 0, "oracle": "dft", "label": 1.0, "status": "ok",
+        "cost": 1.0, "role": "validation",
+    }))  # fmt: skip
+    assert labelled.steps_per_round() == {0: 2, 1: 2, 2: 3}  # validation labels: no step
+    assert len(labelled.ok) == 3 and len(labelled.validation_ok) == 2
+    assert labelled.cost_spent == 6.0  # but they are paid for
 
 
 def test_memory_tracker_history_by_step_latest_wins(tmp_path) -> None:

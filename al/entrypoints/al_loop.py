@@ -207,7 +207,9 @@ def resumed_settings(
     if stored.config is None:
         return config, splits
     names = [f.name for f in fields(CampaignConfig) if f.name != "resume"]
-    own = build_config(CampaignConfig, {k: v for k, v in stored.config.items() if k in names})
+    own_values = {k: v for k, v in stored.config.items() if k in names}
+    own_values.setdefault("val_size", 0)  # a campaign from before the validation set
+    own = build_config(CampaignConfig, own_values)
     defaults = CampaignConfig()
     given = {k: getattr(config, k) for k in names if getattr(config, k) != getattr(defaults, k)}
     differ = [k for k, v in given.items() if k not in RESUME_EXTENSIONS and v != getattr(own, k)]

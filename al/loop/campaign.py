@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import tempfile
 import time
@@ -41,11 +42,17 @@ from al.loop.ledger import Labelled
 from al.loop.schemes import DataScheme
 from al.loop.seeds import round_generator
 from al.loop.selection import Selection
-from al.loop.stopping import CampaignProgress, StoppingRule, first_reason, remaining
+from al.loop.stopping import (
+    Allowance,
+    CampaignProgress,
+    StoppingRule,
+    first_reason,
+    remaining,
+)
 from al.loop.tracker import CampaignTracker, ModelArtifacts
 from al.models.checkpoint import load_checkpoint
 from al.oracles import FRAME_COLUMNS, Oracle
-from al.tracking.names import QUERIED_COLUMNS
+from al.tracking.names import QUERIED_COLUMNS, ROLE_VALIDATION, converged_predictions_path
 from al.tracking.names import CampaignMetrics as CM  # noqa: N817 - used in every metric key
 from al.training.fit import EpochStats, FitResult
 from al.training.metrics import regression_report
@@ -145,15 +152,18 @@ class Campaign:
         if round_ < 0:
             round_ = 0
             left = remaining(self.rules, self.progress(0))
+            validation = self.selection.validation_request(self.validation_rows())
+            left = self.after_validation(left, len(validation))
             request = self.selection.initial_request(self.initial_rows(), left)
             if request.empty:
                 raise ConfigError(
                     f"budget_labels={self.config.budget_labels} and budget_cost="
                     f"{self.config.budget_cost:g} pay for no initial molecule; expected at least "
                     f"{self.selection.n_fidelities} label(s) and a cost of "
-                    f"{float(self.selection.costs.sum()):g}"
+                    f"{float(self.selection.costs.sum()):g} beyond the validation set's "
+                    f"{len(validation)} label(s)"
                 )
-            self.label(0, request)
+            self.label(0, pd.concat([request, validation], ignore_index=True))
         while True:
             if not fitted:
                 self.fit_and_evaluate(round_)
@@ -229,6 +239,7 @@ class Campaign:
             "event=round_done round=%d n_labelled=%d test_mae=%.4f fit_s=%.1f",
             round_, n_labelled, report["mae"], self.timings["fit"],
         )  # fmt: skip
+        self.converge(round_)
 
     def warm_share(self) -> float:
         """The share of a full schedule a round's fit gets when it continues from the last
@@ -260,12 +271,99 @@ class Campaign:
             report["mae"], self.mae_history[-1], self.timings["final_refit"],
         )  # fmt: skip
 
+    def converge(self, round_: int) -> None:
+        """At a converged checkpoint (``checkpoints``): the first round whose labelled set
+        reaches a checkpoint's count not yet evaluated is refitted from scratch for
+        ``converged_steps`` (all run, the best validation weights kept), evaluated on the
+        test set and logged as ``converged.*`` at the round's step, with its test
+        predictions; the campaign's own model is then put back, so the campaign goes on
+        exactly as without checkpoints."""
+        n_labelled = len(self.labelled.ok)
+        due = [c for c in self.config.checkpoint_counts() if c <= n_labelled]
+        if not due or self.converged_at(due[-1]):
+            return
+        train_data, train_rows, val_rows = self.training_set(round_)
+        members = [copy.deepcopy(m) for m in self.surrogate.members()]
+        meta = self.surrogate.checkpoint_meta()
+        log.info("event=phase phase=converge round=%d n_train=%d", round_, train_rows.numel())
+        self.bar.set_description("campaign: converge")
+        t0 = time.perf_counter()
+        result = self.surrogate.fit(
+            train_data, train_rows, val_rows, steps=self.config.converged_steps
+        )
+        pred = self.surrogate.predict(self.data, self.test)
+        seconds = time.perf_counter() - t0
+        report = regression_report(pred.mean, self.data.y[self.test], pred.std, pred.std_raw)
+        metrics = {CM.converged(metric): report.get(key, float("nan"))
+                   for key, metric in REPORT_METRICS.items()}  # fmt: skip
+        metrics.update({
+            CM.converged(CM.VAL_MAE): validation_mae(result),
+            CM.converged(CM.STD_SCALE): result.std_scale,
+            CM.converged(CM.FIT_STEPS): result.steps,
+            CM.converged("best_step"): result.best_step,
+            CM.converged(CM.TIME_FIT): seconds,
+        })  # fmt: skip
+        self.tracker.log_predictions(
+            converged_predictions_path(n_labelled), self.prediction_table(pred)
+        )
+        self.tracker.log_round_metrics(n_labelled, metrics)
+        self.surrogate.load_members(members, meta)  # the campaign's own model again
+        log.info(
+            "event=converged n_labelled=%d test_mae=%.4f val_mae=%.4f warm_test_mae=%.4f "
+            "fit_s=%.1f", n_labelled, report["mae"], validation_mae(result),
+            self.mae_history[-1], seconds,
+        )  # fmt: skip
+
+    def converged_at(self, n_labelled: int) -> bool:
+        """Whether a converged checkpoint was logged at a step >= ``n_labelled``."""
+        done = self.tracker.metric_by_step(CM.converged(CM.TEST_MAE))
+        return any(step >= n_labelled for step in done)
+
+    def prediction_table(self, pred: Prediction) -> pd.DataFrame:
+        """The test-set prediction ``pred`` (``[n_test]``) as a table of
+        :data:`~al.tracking.names.PREDICTION_COLUMNS`."""
+        nan = np.full(self.test.numel(), np.nan)
+        return pd.DataFrame({
+            "qm9_index": self.data.qm9_index[self.test].numpy(),
+            "target": self.data.y[self.test].double().numpy(),
+            "mean": pred.mean.double().numpy(),
+            "std": pred.std.double().numpy() if pred.std is not None else nan,
+            "std_raw": pred.std_raw.double().numpy() if pred.std_raw is not None else nan,
+        })  # fmt: skip
+
     # --- steps -------------------------------------------------------------------------------
-    def initial_rows(self) -> Tensor:
-        """Round 0: ``min(initial_size, n_pool)`` random pool rows, ``[n]``."""
-        gen = round_generator(self.config.seed, 0, "initial")
-        k = min(self.config.initial_size, self.pool.numel())
+    def validation_rows(self) -> Tensor:
+        """Round 0: the validation set, ``min(val_size, n_pool - 1)`` random pool rows
+        (``[v]``; none when ``val_size`` is 0), drawn once per campaign from its own seeded
+        stream, so every arm of a seed validates on the same molecules."""
+        if self.config.val_size <= 0:
+            return self.pool[:0]
+        gen = round_generator(self.config.seed, 0, "validation set")
+        k = min(self.config.val_size, self.pool.numel() - 1)
         return self.pool[torch.randperm(self.pool.numel(), generator=gen)[:k]]
+
+    def initial_rows(self) -> Tensor:
+        """Round 0: ``min(initial_size, n_pool - n_validation)`` random pool rows outside
+        the validation set, ``[n]``."""
+        pool = self.pool[~torch.isin(self.pool, self.validation_rows())]
+        gen = round_generator(self.config.seed, 0, "initial")
+        k = min(self.config.initial_size, pool.numel())
+        return pool[torch.randperm(pool.numel(), generator=gen)[:k]]
+
+    def after_validation(self, left: Allowance, n_validation: int) -> Allowance:
+        """What is ``left`` of the budgets once the validation set's ``n_validation`` labels
+        are paid; one error line when the budgets do not pay for them."""
+        cost = float(self.selection.costs[-1])
+        if n_validation == 0:
+            return left
+        if left.count(cost) < n_validation:
+            raise ConfigError(
+                f"budget_labels={self.config.budget_labels} and budget_cost="
+                f"{self.config.budget_cost:g} do not pay for the validation set "
+                f"(val_size={self.config.val_size}: {n_validation} labels at {cost:g}); "
+                "expected budgets above it, or a smaller val_size"
+            )
+        return Allowance(left.labels - n_validation, left.cost - n_validation * cost)
 
     def closed(self) -> Tensor:
         """``[c]`` QM9 indices never offered again (see :meth:`Selection.closed`)."""
@@ -311,7 +409,7 @@ class Campaign:
         self.timings["label"] = time.perf_counter() - t0
         frame = pd.concat(parts).sort_index()
         frame["round"] = round_
-        for col in ("score", "pred_mean", "pred_std"):
+        for col in ("score", "pred_mean", "pred_std", "role"):
             frame[col] = request[col].to_numpy()
         if len(paid):
             log.info(
@@ -323,14 +421,25 @@ class Campaign:
             raise LabelsNotRecordedError(self.tracker.run_id, journal.path, err, round_) from None
         log.info("event=labels_paid round=%d n=%d cost=%g", round_, len(frame), frame["cost"].sum())
         self.labelled.add(frame[list(QUERIED_COLUMNS)])
+        if (frame["role"] == ROLE_VALIDATION).any():  # anyone can check it was never trained on
+            self.tracker.log_validation(self.labelled.validation)
         n_failed = int((frame["status"] != "ok").sum())
         if n_failed:
             log.warning("event=labels_failed round=%d n_failed=%d", round_, n_failed)
 
     def training_set(self, round_: int) -> tuple[MolecularData, Tensor, Tensor]:
         """The data with oracle labels in ``y`` (layout from the selection: ``[n_mol]``, or
-        ``[n_mol, D]`` with NaN), and a seeded train/validation split of the labelled rows."""
+        ``[n_mol, D]`` with NaN), the training rows ``[m]`` and the validation rows ``[v]``.
+
+        With a validation set (``val_size``) these are every training label and the
+        validation set, the same every round; without one (``val_size=0``), a seeded
+        split of the labelled rows redrawn each round (``val_fraction`` of them).
+        """
         y, rows = self.selection.training_targets(self.labelled)
+        if self.config.val_size > 0:
+            y = y.clone()
+            val_rows = self.selection.validation_targets(self.labelled, y)
+            return replace(self.data, y=y), rows, val_rows
         gen = round_generator(self.config.seed, round_, "validation")
         rows = rows[torch.randperm(rows.numel(), generator=gen)]
         n_val = round(self.config.val_fraction * rows.numel())
@@ -393,6 +502,10 @@ class Campaign:
         for oracle, n in table.loc[table["status"] == "ok", "oracle"].value_counts().items():
             metrics[CM.labels_from(str(oracle))] = int(n)
         metrics["round_cost"] = float(this_round["cost"].sum())
+        validation = self.labelled.validation
+        if len(validation):
+            metrics[CM.N_VALIDATION] = int((validation["status"] == "ok").sum())
+            metrics[CM.COST_VALIDATION] = float(validation["cost"].sum())
         if hasattr(self.surrogate, "baseline_cost"):  # the cheap labels of a Δ-learning baseline
             metrics[CM.COST_BASELINE] = self.baseline_cost()
         self.tracker.log_round_metrics(len(self.labelled.ok), metrics)
@@ -425,6 +538,7 @@ class Campaign:
             test_std=None if pred.std is None else pred.std.numpy(),
             test_target=self.data.y[self.test].numpy(),
             history=list(history),
+            predictions=self.prediction_table(pred),
         )
 
     def final_artifacts(self) -> ModelArtifacts:

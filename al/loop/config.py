@@ -25,6 +25,29 @@ def oracle_list_problem(value: str) -> str | None:
     return None
 
 
+def parse_checkpoints(value: str) -> list[int]:
+    """The label counts of ``checkpoints`` (``"2000, 3000"``), sorted; ValueError if any
+    is not a whole number > 0."""
+    out = []
+    for part in (p.strip() for p in value.split(",") if p.strip()):
+        if not part.isdigit() or int(part) <= 0:
+            raise ValueError(
+                f"{value!r} is not a list of label counts; expected whole numbers > 0 "
+                "separated by commas, e.g. 2000,3000"
+            )
+        out.append(int(part))
+    return sorted(set(out))
+
+
+def checkpoints_problem(value: str) -> str | None:
+    """None for a valid ``checkpoints`` value, else why not."""
+    try:
+        parse_checkpoints(value)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
 def oracle_cost_problem(value: float) -> str | None:
     """None for a cost per label > 0 or the sentinel -1 (the oracle's default), else why."""
     if value == -1 or value > 0:
@@ -101,8 +124,24 @@ class CampaignConfig(ModelConfig, FitConfig, DataConfig):
         "size (a warm fit: warm_fraction of them); early stopping waits for them too", min=0,
     )  # fmt: skip
     val_min: int = option(
-        100, "validation floor in molecules: at least this many labels are held out, at "
-        "most val_max_fraction of them (0 = off)", min=0,
+        100, "val_size=0 only: validation floor in molecules, at least this many labels are "
+        "held out each round, at most val_max_fraction of them (0 = off)", min=0,
+    )  # fmt: skip
+    val_size: int = option(
+        500, "validation set: random pool molecules labelled in round 0 at the target "
+        "fidelity, paid like any label and never trained on; they drive early stopping, the "
+        "kept weights, std_scale and the stopping rules (0 = the older per-round split of "
+        "the labelled set, val_fraction of it, which validates on molecules that earlier "
+        "rounds trained on)", min=0,
+    )  # fmt: skip
+    checkpoints: str = option(
+        "", "label counts (comma-separated, e.g. 2000,3000) at which the labelled set is "
+        "also refitted from scratch to convergence (converged_steps) and evaluated, beside "
+        "the campaign's own fit", check=checkpoints_problem,
+    )  # fmt: skip
+    converged_steps: int = option(
+        10000, "checkpoints: optimizer steps of a converged refit, all of them run, the best "
+        "validation weights kept", min=1,
     )  # fmt: skip
     warm_start: bool = option(
         True, "a round's fit continues from the previous round's weights (shorter schedule)"
@@ -165,9 +204,17 @@ class CampaignConfig(ModelConfig, FitConfig, DataConfig):
         return list(zip(specs, costs, strict=True))
 
     def fit_config(self) -> FitConfig:
+        """The settings of every fit; with a validation set (``val_size``) no fit moves
+        training rows into validation (``val_min`` off)."""
         values = {f.name: getattr(self, f.name) for f in fields(FitConfig)}
         values["batch_size"] = self.train_batch_size
+        if self.val_size > 0:
+            values["val_min"] = 0
         return FitConfig(**values)
+
+    def checkpoint_counts(self) -> list[int]:
+        """The converged checkpoints' label counts, sorted (none when not set)."""
+        return parse_checkpoints(self.checkpoints)
 
     def stopping_settings(self) -> dict[str, float]:
         """The values of the stopping-rule keys (:data:`al.loop.stopping.STOPPING_RULES`)."""

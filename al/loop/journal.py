@@ -13,7 +13,7 @@ campaign. A resume elsewhere without that file still works, from the server alon
 Format: JSON lines, one record per line:
 
 ``{"kind": "request", "round": r, "rows": [{position, qm9_index, fidelity, score,
-pred_mean, pred_std}, ...]}``
+pred_mean, pred_std, role}, ...]}``
     What round ``r`` asks for, in request order (``position`` = row of the request).
 ``{"kind": "labels", "round": r, "rows": [{position, qm9_index, oracle, label, status,
 cost}, ...]}``
@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from al.tracking.names import ROLE_TRAIN
+
 log = logging.getLogger(__name__)
 
 #: Oracle answers journalled per record: a kill in the middle of a batch loses (and pays
@@ -42,7 +44,7 @@ log = logging.getLogger(__name__)
 CHUNK = 64
 #: Environment variable naming the journal folder.
 JOURNAL_DIR_ENV = "AL_JOURNAL_DIR"
-REQUEST_FIELDS = ("qm9_index", "fidelity", "score", "pred_mean", "pred_std")
+REQUEST_FIELDS = ("qm9_index", "fidelity", "score", "pred_mean", "pred_std", "role")
 LABEL_FIELDS = ("qm9_index", "oracle", "label", "status", "cost")
 
 
@@ -127,7 +129,9 @@ class LabelJournal:
                 found = rec["rows"]
         if found is None:
             return None
-        return pd.DataFrame(found, columns=["position", *REQUEST_FIELDS]).set_index("position")
+        frame = pd.DataFrame(found, columns=["position", *REQUEST_FIELDS]).set_index("position")
+        frame["role"] = frame["role"].fillna(ROLE_TRAIN)  # a request journalled before roles
+        return frame
 
     def paid(self, round_: int) -> pd.DataFrame:
         """The answers paid for ``round_``'s last request (``position`` as index, the first

@@ -8,12 +8,18 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from al.tracking.names import QUERIED_COLUMNS
+from al.tracking.names import QUERIED_COLUMNS, ROLE_TRAIN, ROLE_VALIDATION
 
 
 @dataclass
 class Labelled:
-    """Every label asked for so far: one row per request, failures included."""
+    """Every label asked for so far: one row per request, failures included.
+
+    A row's ``role`` says what the label is for: training (``train``; also a table written
+    before roles existed), or the campaign's validation set (``validation``), which no fit
+    ever trains on. :attr:`ok` and the per-round steps count training labels only; the
+    cost and the requests count every row.
+    """
 
     table: pd.DataFrame
 
@@ -22,24 +28,43 @@ class Labelled:
         return cls(pd.DataFrame(columns=list(QUERIED_COLUMNS)))
 
     def add(self, frame: pd.DataFrame) -> None:
+        frame = frame.copy()
+        if "role" not in frame.columns:
+            frame["role"] = ROLE_TRAIN
+        frame["role"] = frame["role"].fillna(ROLE_TRAIN)
         frames = [f for f in (self.table, frame) if len(f)]
         self.table = pd.concat(frames, ignore_index=True) if frames else frame
 
+    def _validation_mask(self) -> pd.Series:
+        return self.table["role"] == ROLE_VALIDATION
+
     @property
     def ok(self) -> pd.DataFrame:
-        return self.table[self.table["status"] == "ok"]
+        """Successful training labels."""
+        return self.table[(self.table["status"] == "ok") & ~self._validation_mask()]
+
+    @property
+    def validation(self) -> pd.DataFrame:
+        """Every request of the validation set, failures included."""
+        return self.table[self._validation_mask()]
+
+    @property
+    def validation_ok(self) -> pd.DataFrame:
+        """Successful validation labels."""
+        return self.table[(self.table["status"] == "ok") & self._validation_mask()]
 
     @property
     def cost_spent(self) -> float:
         return float(self.table["cost"].sum()) if len(self.table) else 0.0
 
     def steps_per_round(self) -> dict[int, int]:
-        """Round -> successful labels up to and including it (the round's metric step,
+        """Round -> successful training labels up to and including it (the round's metric step,
         ``n_labelled``), for every round in the table, a round of failures included."""
         t = self.table
         if not len(t):
             return {}
-        ok = (t["status"] == "ok").groupby(t["round"].astype(int)).sum().sort_index().cumsum()
+        train_ok = (t["status"] == "ok") & ~self._validation_mask()
+        ok = train_ok.groupby(t["round"].astype(int)).sum().sort_index().cumsum()
         return {int(r): int(n) for r, n in ok.items()}
 
     def counts_per_round(self) -> list[int]:
@@ -48,7 +73,11 @@ class Labelled:
         return list(self.steps_per_round().values())
 
     def digest(self) -> str:
-        """Data version of the labelled set (which molecules, which labels)."""
+        """Data version of the labelled set (which molecules, which labels; the validation
+        set's after the training labels, when there is one)."""
         ok = self.ok.sort_values("qm9_index")
         payload = ok[["qm9_index", "label"]].to_csv(index=False).encode()
+        val = self.validation_ok.sort_values("qm9_index")
+        if len(val):
+            payload += b"validation\n" + val[["qm9_index", "label"]].to_csv(index=False).encode()
         return hashlib.sha256(payload).hexdigest()[:16]

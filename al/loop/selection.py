@@ -14,7 +14,9 @@ Chosen once, from the number of oracles (:func:`build_selection`):
     molecule lacks a fidelity.
 
 Both write request frames: one row per label request with columns ``qm9_index, fidelity,
-score, pred_mean, pred_std`` (``fidelity`` indexes the oracle list).
+score, pred_mean, pred_std, role`` (``fidelity`` indexes the oracle list; ``role`` is
+``train``, or ``validation`` for the campaign's validation set, asked for in round 0 at the
+target fidelity and never trained on).
 
 Both keep within an :class:`~al.loop.stopping.Allowance`, what is left of the label and cost
 budgets: the initial set and every round are clipped to it, so that a campaign never
@@ -38,6 +40,7 @@ from al.loop.ledger import Labelled
 from al.loop.seeds import round_generator
 from al.loop.stopping import UNLIMITED, Allowance
 from al.oracles import Oracle
+from al.tracking.names import ROLE_TRAIN, ROLE_VALIDATION
 from al.uncertainty import Prediction, Surrogate
 
 
@@ -104,6 +107,7 @@ class Selection:
             frame["pred_std"] = std
         else:
             frame["pred_mean"], frame["pred_std"] = nan, nan
+        frame["role"] = ROLE_TRAIN
         return frame
 
     def bought(self, candidates: Tensor, labelled: Labelled) -> Tensor:
@@ -123,6 +127,25 @@ class Selection:
             if i is not None:
                 out[i, self.fidelity_of[name]] = True
         return out
+
+    def validation_request(self, rows: Tensor) -> pd.DataFrame:
+        """Round 0's requests for the validation rows ``rows`` (``[v]``): the target (last)
+        fidelity, role ``validation``."""
+        frame = self.request_frame(rows)
+        frame["role"] = ROLE_VALIDATION
+        return frame
+
+    def validation_targets(self, labelled: Labelled, y: Tensor) -> Tensor:
+        """The validation rows ``[v]`` (successful labels), their labels written into ``y``
+        (``[n_mol]``, or the target column of ``[n_mol, D]``) in place."""
+        val = labelled.validation_ok
+        rows = self.data.rows_of(val["qm9_index"].to_numpy(np.int64))
+        label = torch.tensor(val["label"].to_numpy(np.float64)).to(y.dtype)
+        if y.dim() > 1:
+            y[rows, -1] = label
+        else:
+            y[rows] = label
+        return rows
 
     def nothing_fits(self, left: Allowance) -> str | None:
         """A reason to stop when not even the cheapest label fits what is ``left`` of the

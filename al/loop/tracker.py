@@ -41,6 +41,7 @@ from al.tracking import (
     TAG_KIND,
     TAG_MODEL_URI,
     TAG_ROUND,
+    VALIDATION_TABLE,
     Artifacts,
     CampaignRun,
     EpochLogger,
@@ -78,6 +79,8 @@ class ModelArtifacts:
     test_std: np.ndarray | None
     test_target: np.ndarray
     history: list[EpochStats] = field(default_factory=list)
+    #: the test prediction as a table (:data:`~al.tracking.names.PREDICTION_COLUMNS`)
+    predictions: pd.DataFrame | None = None
 
     def figures(self) -> list[tuple[str, Any]]:
         """``(artifact path, figure)``: learning curve, parity, std vs error (and the
@@ -114,6 +117,14 @@ class CampaignTracker(Protocol):
 
     def log_queried(self, round_: int, frame: pd.DataFrame) -> None:
         """The round's requests, in the ``QUERIED_COLUMNS`` layout."""
+        ...
+
+    def log_validation(self, frame: pd.DataFrame) -> None:
+        """The validation set's rows of the queried tables (``validation.csv``)."""
+        ...
+
+    def log_predictions(self, path: str, frame: pd.DataFrame) -> None:
+        """A table of test predictions at ``path`` on the campaign run."""
         ...
 
     def complete_round(self, round_: int) -> None:
@@ -176,6 +187,8 @@ class MlflowTracker(CampaignRun):
         if self._epochs is not None:
             self._epochs.flush()
         _log_figures(artifacts)
+        if artifacts.predictions is not None:
+            mlflow.log_text(artifacts.predictions.to_csv(index=False), Artifacts.PREDICTIONS)
         with tempfile.TemporaryDirectory(prefix="al-") as tmp:
             ckpt = _save(artifacts, Path(tmp))
             mlflow.log_artifact(str(ckpt), Path(ROUND_CHECKPOINT).parent.as_posix())
@@ -183,6 +196,14 @@ class MlflowTracker(CampaignRun):
 
     def log_round_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
         log_metrics(metrics, step=step, run_id=self.run_id)
+
+    def log_validation(self, frame: pd.DataFrame) -> None:
+        self.client.log_text(
+            self.run_id, frame[list(QUERIED_COLUMNS)].to_csv(index=False), VALIDATION_TABLE
+        )
+
+    def log_predictions(self, path: str, frame: pd.DataFrame) -> None:
+        self.client.log_text(self.run_id, frame.to_csv(index=False), path)
 
     def log_final_model(self, artifacts: ModelArtifacts, labelled: pd.DataFrame) -> str:
         """The final surrogate as the campaign's MLflow model (its URI in the tag
@@ -240,6 +261,9 @@ class MemoryTracker:
         self.metrics: dict[str, list[tuple[int, float]]] = {}
         self.fits: list[FitRecord] = []
         self.completed = -1
+        #: the validation set's queried rows, and logged tables by artifact path
+        self.validation: pd.DataFrame | None = None
+        self.tables: dict[str, pd.DataFrame] = {}
 
     @contextmanager
     def fit_run(self, round_: int, data_version: str) -> Iterator[EpochCallback]:
@@ -278,6 +302,12 @@ class MemoryTracker:
 
     def complete_round(self, round_: int) -> None:
         self.completed = round_
+
+    def log_validation(self, frame: pd.DataFrame) -> None:
+        self.validation = frame[list(QUERIED_COLUMNS)].reset_index(drop=True).copy()
+
+    def log_predictions(self, path: str, frame: pd.DataFrame) -> None:
+        self.tables[path] = frame.copy()
 
     # --- reading back -------------------------------------------------------------------
     def queried_rounds(self) -> list[int]:

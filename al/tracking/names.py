@@ -135,10 +135,26 @@ class CampaignMetrics:
     RETRAINED = "retrained"
     TRAINED_ON = "trained_on_labels"
 
+    #: labels of the campaign's validation set (paid once, in round 0, never trained on)
+    #: and what they cost (included in ``cost_spent``)
+    N_VALIDATION = "n_validation"
+    COST_VALIDATION = "cost_validation"
+    #: what the labels that trained an oracle or baseline model cost (its training run's
+    #: lineage), counted once; ``cost_spent`` does not include it, ``cost_total`` does
+    COST_PRIOR = "cost_prior"
+    N_PRIOR_LABELS = "n_prior_labels"
+    COST_TOTAL = "cost_total"
+
     @staticmethod
     def final_refit(metric: str) -> str:
         """The same metric of the last round refitted from scratch (``final_refit``)."""
         return f"final_refit.{metric}"
+
+    @staticmethod
+    def converged(metric: str) -> str:
+        """The same metric of a converged checkpoint: the labelled set refitted from scratch
+        to convergence (``checkpoints``), logged at the checkpoint's step."""
+        return f"converged.{metric}"
 
     #: prefix of the per-oracle label counts (:meth:`labels_from`)
     LABELS_FROM_PREFIX = "n_labels."
@@ -159,7 +175,19 @@ class CampaignMetrics:
 
 QUERIED_COLUMNS = (
     "qm9_index", "round", "oracle", "label", "status", "cost", "score", "pred_mean", "pred_std",
+    "role",
 )  # fmt: skip
+#: ``role`` of a queried row: a training label, or one of the campaign's validation set
+ROLE_TRAIN, ROLE_VALIDATION = "train", "validation"
+#: the campaign's validation set (its rows of the queried tables), on the campaign run
+VALIDATION_TABLE = "validation.csv"
+#: columns of every test-set prediction table (a round's, a converged checkpoint's)
+PREDICTION_COLUMNS = ("qm9_index", "target", "mean", "std", "std_raw")
+
+
+def converged_predictions_path(n_labelled: int) -> str:
+    """The test-set predictions of the converged checkpoint at ``n_labelled`` (campaign run)."""
+    return f"converged/labels_{n_labelled:05d}/test.csv"
 
 
 def queried_path(round_: int) -> str:

@@ -18,6 +18,7 @@ from al.tracking.lease import CampaignLease, catch_sigterm, restore_sigterm
 from al.tracking.names import (
     KIND_TRIAL,
     QUERIED_COLUMNS,
+    ROLE_TRAIN,
     ROUND_CHECKPOINT,
     TAG_COMPLETED_ROUND,
     TAG_KIND,
@@ -171,7 +172,10 @@ class CampaignRun:
         path = mlflow.artifacts.download_artifacts(
             run_id=self.run_id, artifact_path=queried_path(round_)
         )
-        return pd.read_csv(path)
+        frame = pd.read_csv(path)
+        if "role" not in frame.columns:  # a table written before roles: training labels
+            frame["role"] = ROLE_TRAIN
+        return frame
 
     def completed_round(self) -> int:
         tag = self.client.get_run(self.run_id).data.tags.get(TAG_COMPLETED_ROUND)
