@@ -196,7 +196,7 @@ def test_residual_surrogate_learns_target_minus_baseline_and_adds_it_back(qm9, t
 # --- a tiny campaign, and its model -----------------------------------------------------------
 TINY = dict(
     initial_size=30, batch_size=10, rounds=1, hidden=16, n_interactions=1, epochs=2,
-    min_steps=0, val_min=0,
+    min_steps=0, val_min=0, val_size=20,
     ensemble_size=2, pool_subsample=200, n_test=100, progress=False, train_batch_size=32,
     seed=0,
 )  # fmt: skip
@@ -245,10 +245,10 @@ def test_tiny_xtb_campaign_pays_its_baseline_and_beats_none(qm9, tmp_path) -> No
     none, xtb = runs["none"][1], runs["xtb"][1]
     assert xtb[CM.N_LABELLED].tolist() == none[CM.N_LABELLED].tolist() == [30, 40]
     assert "cost_baseline" not in none.columns
-    # round 0 paid the 30 training molecules; round 1 also the 200 scored pool molecules
-    # (the 10 chosen among them), never the test set
-    assert xtb["cost_baseline"].tolist() == pytest.approx([30e-4, 230e-4])
-    assert (xtb[CM.COST_SPENT] - xtb["cost_baseline"]).tolist() == pytest.approx([30.0, 40.0])
+    # round 0 paid the 30 training and 20 validation molecules; round 1 also the 200 scored
+    # pool molecules (the 10 chosen among them), never the test set
+    assert xtb["cost_baseline"].tolist() == pytest.approx([50e-4, 250e-4])
+    assert (xtb[CM.COST_SPENT] - xtb["cost_baseline"]).tolist() == pytest.approx([50.0, 60.0])
     assert xtb[CM.TEST_MAE].iloc[-1] < 0.7 * none[CM.TEST_MAE].iloc[-1]
 
     # the checkpoint records the baseline; the logged model's predict adds it back

@@ -24,8 +24,8 @@ from al.uncertainty import build_surrogate
 #: fits of a couple of optimizer steps: the budgets, not the model, are under test
 TINY = dict(
     initial_size=40, batch_size=20, rounds=4, hidden=16, n_interactions=1, epochs=1,
-    min_steps=0, val_min=0, warm_start=False, ensemble_size=2, pool_subsample=100, n_test=50,
-    progress=False, train_batch_size=32,
+    min_steps=0, val_min=0, val_size=0, warm_start=False, ensemble_size=2, pool_subsample=100,
+    n_test=50, progress=False, train_batch_size=32,
 )  # fmt: skip
 
 
@@ -136,5 +136,29 @@ def test_two_oracles_round_cost_is_clipped_for_any_acquisition(qm9, tmp_path) ->
 def test_a_budget_that_pays_for_nothing_is_refused(qm9, tmp_path) -> None:
     run, tracker = campaign(qm9, tmp_path, two_oracles=True, budget_cost=1.0)
     with pytest.raises(ConfigError, match="pay for no initial molecule; expected at least 2"):
+        run.execute()
+    assert tracker.queried_rounds() == []  # nothing was paid for
+
+
+def test_the_validation_set_is_paid_within_the_budgets(qm9, tmp_path) -> None:
+    """The validation set is bought first, at the target fidelity, and counted; the initial
+    set gets what is left; a budget below the validation set is refused before any label."""
+    run, tracker = campaign(qm9, tmp_path / "a", val_size=10, budget_labels=45)
+    assert run.execute().startswith("label budget: 45 of 45 spent")
+    q = spent(tracker)
+    assert q.groupby("role").size().to_dict() == {"train": 35, "validation": 10}
+    assert tracker.metric_history("cost_spent") == [45.0]
+    assert tracker.metric_history("n_labelled") == [35]
+
+    run, tracker = campaign(qm9, tmp_path / "b", two_oracles=True, val_size=10, budget_cost=40.0)
+    run.execute()
+    q = spent(tracker)
+    val = q[q["role"] == "validation"]
+    assert len(val) == 10 and (val["oracle"] == "dft").all()  # the target fidelity only
+    first = q[(q["round"] == 0) & (q["role"] == "train")]
+    assert first.groupby("oracle").size().tolist() == [20, 20]  # (40 - 10) / 1.5 molecules
+
+    run, tracker = campaign(qm9, tmp_path / "c", val_size=10, budget_labels=8)
+    with pytest.raises(ConfigError, match="do not pay for the validation set"):
         run.execute()
     assert tracker.queried_rounds() == []  # nothing was paid for

@@ -309,11 +309,15 @@ def test_validation_set_is_never_trained_on(qm9, no_mlflow, tmp_path) -> None:
         assert len(table) == campaign.test.numel()
         mae = (table["mean"] - table["target"]).abs().mean()
         assert mae == pytest.approx(steps.loc[n, CM.converged(CM.TEST_MAE)], rel=1e-5)
+        val = tracker.tables[f"converged/labels_{n:05d}/validation.csv"]
+        assert set(val["qm9_index"]) == val_idx  # the weights kept are the best on these
+        val_mae = (val["mean"] - val["target"]).abs().mean()
+        assert val_mae == pytest.approx(steps.loc[n, CM.converged(CM.VAL_MAE)], rel=1e-4)
 
     # without checkpoints the campaign asks for the same molecules and sees the same MAEs
     plain = tiny_campaign(qm9, MemoryTracker(tmp_path / "b"), rounds=3)
     assert plain.execute() == "rounds: 3 of 3 done"
     assert plain.mae_history == pytest.approx(campaign.mae_history, rel=1e-6)
-    assert plain.labelled.table["qm9_index"].tolist() == campaign.labelled.table[
-        "qm9_index"
-    ].tolist()
+    assert (
+        plain.labelled.table["qm9_index"].tolist() == campaign.labelled.table["qm9_index"].tolist()
+    )

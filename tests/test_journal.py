@@ -29,7 +29,7 @@ from al.uncertainty import build_surrogate
 
 TINY = dict(
     initial_size=20, batch_size=8, rounds=2, hidden=8, n_interactions=1, filter_groups=4,
-    epochs=1, min_steps=0, val_min=0, ensemble_size=2, pool_subsample=100, n_test=50,
+    epochs=1, min_steps=0, val_min=0, val_size=20, ensemble_size=2, pool_subsample=100, n_test=50,
     progress=False, train_batch_size=32,
 )  # fmt: skip
 
@@ -157,16 +157,16 @@ def test_killed_before_the_round_was_recorded_pays_nothing_twice(qm9, tmp_path) 
     tracker.log_queried = dies_on_round_1  # type: ignore[method-assign]
     with pytest.raises(Killed):
         campaign(qm9, tracker, first).execute()
-    assert tracker.queried_rounds() == [0] and len(first.paid) == 28  # round 1 paid, unrecorded
+    assert tracker.queried_rounds() == [0] and len(first.paid) == 48  # round 1 paid, unrecorded
 
     tracker.log_queried = log_queried  # type: ignore[method-assign]
     second = Paying()
     assert campaign(qm9, tracker, second).execute() == "rounds: 2 of 2 done"
     table = recorded(tracker)
-    assert table.groupby("round").size().tolist() == [20, 8, 8]
+    assert table.groupby("round").size().tolist() == [40, 8, 8]  # 20 of them validation
     paid = first.paid + second.paid
     assert len(paid) == len(table) == len(set(paid))  # none paid twice, none lost
-    assert sorted(first.paid[20:]) == sorted(tracker.read_queried(1)["qm9_index"])
+    assert sorted(first.paid[40:]) == sorted(tracker.read_queried(1)["qm9_index"])
     assert second.paid == tracker.read_queried(2)["qm9_index"].tolist()
 
 

@@ -27,9 +27,10 @@ from al.tracking import (
 
 SMALL = dict(
     initial_size=200, batch_size=50, rounds=2, epochs=2, ensemble_size=2, mc_samples=4,
-    min_steps=0, val_min=0,
+    min_steps=0, val_min=0, val_size=20,
     pool_subsample=1500, n_test=200, hidden=32, filter_groups=8, n_interactions=2,
     progress=False, train_batch_size=64, stream_chunk=1000, retrain_fraction=0.25,
+    checkpoints="250", converged_steps=3,
 )  # fmt: skip
 
 
@@ -65,16 +66,34 @@ def test_campaign_every_strategy(strategy: str, tracking, qm9) -> None:
     assert [m.step for m in client.get_metric_history(run_id, CampaignMetrics.TIME_SCORE)] == steps[
         1:
     ]
+    # the converged checkpoint at 250 labels: its metrics at that step, its predictions
+    converged = client.get_metric_history(run_id, CampaignMetrics.converged("test_mae"))
+    assert [m.step for m in converged] == [250]
+    table = pd.read_csv(
+        mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path="converged/labels_00250/test.csv"
+        )
+    )
+    assert len(table) == 200
+    assert (table["mean"] - table["target"]).abs().mean() == pytest.approx(converged[0].value)
     cost = client.get_metric_history(run_id, CampaignMetrics.COST_SPENT)
-    assert [m.value for m in cost] == [200.0, 250.0, 300.0]
+    assert [m.value for m in cost] == [220.0, 270.0, 320.0]  # 20 validation labels paid
     retrained = [m.value for m in client.get_metric_history(run_id, CampaignMetrics.RETRAINED)]
     # the stream scheme retrains only after 25 % growth: 200 -> 250 yes, 250 -> 300 no
     assert retrained == ([1, 1, 0] if strategy == "stream" else [1, 1, 1])
 
     queried = read_queried(run_id, 2)
     assert list(queried.columns) == list(QUERIED_COLUMNS)
-    assert queried.groupby("round").size().tolist() == [200, 50, 50]
+    assert queried.groupby("round").size().tolist() == [220, 50, 50]
     assert queried["qm9_index"].is_unique
+    # the validation set: on the run for anyone to check, round 0, never trained on
+    validation = pd.read_csv(
+        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="validation.csv")
+    )
+    assert len(validation) == 20 and (validation["round"] == 0).all()
+    assert set(validation["qm9_index"]) == set(
+        queried.loc[queried["role"] == "validation", "qm9_index"]
+    )
     _, splits = load_data(cfg)
     assert set(queried["qm9_index"]) <= set(splits.pool.tolist())
     assert (queried["status"] == "ok").all()
@@ -165,11 +184,14 @@ def test_campaign_with_live_xtb_labels(tracking, qm9) -> None:
     run_id = run_campaign(cfg)
     queried = read_queried(run_id, 1)
     assert (queried["oracle"] == "xtb").all()
-    assert queried["cost"].sum() == pytest.approx(0.01 * 80)
+    assert queried["cost"].sum() == pytest.approx(0.01 * 100)  # 80 + 20 validation
     ok = queried[queried["status"] == "ok"]
     dft = qm9.y[qm9.rows_of(ok["qm9_index"].to_numpy())].numpy()
     err = np.abs(ok["label"].to_numpy() - dft)
     assert 0.01 < err.mean() < 2.0  # a real, cheaper, less accurate labeller
     run = MlflowClient().get_run(run_id)
     assert run.data.metrics[CampaignMetrics.labels_from("xtb")] == len(ok)
-    assert run.data.metrics[CampaignMetrics.COST_SPENT] == pytest.approx(0.8)
+    assert run.data.metrics[CampaignMetrics.COST_SPENT] == pytest.approx(1.0)
+    # the xTB reference was fitted on DFT labels: counted beside cost_spent, not in it
+    assert run.data.metrics[CampaignMetrics.N_PRIOR_LABELS] == 2500
+    assert run.data.metrics[CampaignMetrics.COST_TOTAL] == pytest.approx(2501.0)

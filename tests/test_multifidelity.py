@@ -286,7 +286,7 @@ def test_multi_fidelity_campaign(mf_acquisition: str, tracking, qm9, monkeypatch
     cfg = CampaignConfig(
         oracles="noisy,dft", costs="0.05,1.0", mf_acquisition=mf_acquisition,
         initial_size=100, batch_size=10, rounds=2, epochs=2, ensemble_size=2,
-        min_steps=0, val_min=0,
+        min_steps=0, val_min=0, val_size=20,
         pool_subsample=400, n_test=200, hidden=32, filter_groups=8, n_interactions=1,
         progress=False, experiment_name="multi-fidelity",
     )  # fmt: skip
@@ -304,8 +304,10 @@ def test_multi_fidelity_campaign(mf_acquisition: str, tracking, qm9, monkeypatch
     assert not q.duplicated(["qm9_index", "oracle"]).any()
     assert set(q["oracle"]) == {"noisy", "dft"}
     # round 0: every initial molecule at both fidelities
-    r0 = q[q["round"] == 0]
+    r0 = q[(q["round"] == 0) & (q["role"] == "train")]
     assert r0.groupby("oracle").size().to_dict() == {"noisy": 100, "dft": 100}
+    validation = q[q["role"] == "validation"]  # at the target fidelity only
+    assert len(validation) == 20 and (validation["oracle"] == "dft").all()
     # a round spends at most batch_size x the high cost, and no molecule gets two labels
     for r in (1, 2):
         rq = q[q["round"] == r]

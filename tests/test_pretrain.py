@@ -160,7 +160,8 @@ def test_pretrain_registers_an_oracle_trained_on_the_oracle_split(
     run_id = run_campaign(
         CampaignConfig(
             oracles=f"{spec},dft", costs="0.001,1.0", initial_size=40, batch_size=5, rounds=1,
-            epochs=1, ensemble_size=2, min_steps=0, val_min=0, pool_subsample=60, n_test=50,
+            epochs=1, ensemble_size=2, min_steps=0, val_min=0, val_size=20, pool_subsample=60,
+            n_test=50,
             hidden=16, filter_groups=8, n_interactions=1, progress=False,
             experiment_name="pretrain-tests",
         )
@@ -169,6 +170,11 @@ def test_pretrain_registers_an_oracle_trained_on_the_oracle_split(
     assert CampaignMetrics.labels_from(spec) == f"n_labels.model_models__{name}_lofi"
     assert metrics[CampaignMetrics.labels_from(spec)] >= 40
     assert metrics[CampaignMetrics.labels_from("dft")] >= 40
+    # its 64 DFT training labels, read from its lineage, are a cost of their own
+    assert metrics[CampaignMetrics.N_PRIOR_LABELS] == 64
+    assert metrics[CampaignMetrics.COST_TOTAL] == pytest.approx(
+        metrics[CampaignMetrics.COST_SPENT] + 64.0
+    )
 
 
 # --- the shipped oracle -------------------------------------------------------------------------

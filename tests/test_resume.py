@@ -39,7 +39,7 @@ from al.tracking import (
 
 TINY = dict(
     initial_size=20, batch_size=8, rounds=2, hidden=8, n_interactions=1, filter_groups=4,
-    epochs=1, min_steps=0, val_min=0, ensemble_size=2, pool_subsample=100, n_test=50,
+    epochs=1, min_steps=0, val_min=0, val_size=20, ensemble_size=2, pool_subsample=100, n_test=50,
     progress=False, train_batch_size=32, threads=1, experiment_name="resume-inproc",
 )  # fmt: skip
 
@@ -74,7 +74,8 @@ def queried_tables(run_id: str) -> pd.DataFrame:
 
 
 ARGS = [
-    "--initial-size", "150", "--batch-size", "40", "--rounds", "3", "--epochs", "4",
+    "--initial-size", "150", "--val-size", "30", "--batch-size", "40", "--rounds", "3",
+    "--epochs", "4",
     "--min-steps", "0", "--val-min", "0",
     "--ensemble-size", "2", "--pool-subsample", "2000", "--n-test", "200", "--hidden", "32",
     "--filter-groups", "8", "--n-interactions", "2", "--progress", "false",
@@ -145,7 +146,7 @@ def test_kill_and_resume(subprocess_env: dict, tracking: str) -> None:
     ]
     queried = pd.concat(frames, ignore_index=True)
     assert queried["qm9_index"].is_unique  # no molecule labelled twice
-    assert queried.groupby("round").size().tolist() == [150, 40, 40, 40]
+    assert queried.groupby("round").size().tolist() == [180, 40, 40, 40]  # 30 validation
     # the labels paid before the last kill are the ones the campaign used
     pd.testing.assert_frame_equal(frames[2].reset_index(drop=True), paid)
     steps = [m.step for m in client.get_metric_history(run_id, CampaignMetrics.N_LABELLED)]
@@ -210,7 +211,8 @@ def test_outage_keeps_paid_labels_and_resume_uses_the_campaign_settings(
     message = str(err.value)
     assert "\n" not in message and str(journal_path(run_id)) in message
     assert f"al al-loop --resume {run_id}" in message and "once the server is back" in message
-    assert len(paid) == 28  # round 0 and round 1 paid; round 1 is only in the journal
+    assert len(paid) == 48  # round 0 (20 + 20 validation) and round 1 paid; round 1 is only
+    # in the journal
 
     monkeypatch.setattr(MlflowTracker, "log_queried", log_queried)  # the server is back
     mlflow.set_tracking_uri(tracking)
@@ -221,7 +223,7 @@ def test_outage_keeps_paid_labels_and_resume_uses_the_campaign_settings(
     assert run_campaign(CampaignConfig(resume=run_id, progress=False)) == run_id
 
     table = queried_tables(run_id)
-    assert table.groupby("round").size().tolist() == [20, 8, 8]  # the campaign's own sizes
+    assert table.groupby("round").size().tolist() == [40, 8, 8]  # the campaign's own sizes
     everything = paid_before + paid
     assert len(everything) == len(table) == len(set(everything))  # none lost, none twice
     journalled = LabelJournal(journal_path(run_id)).paid(1)
@@ -276,7 +278,7 @@ def test_killed_right_after_the_run_was_created(
     files = {a.path for a in MlflowClient().list_artifacts(run_id)}
     files |= {a.path for a in MlflowClient().list_artifacts(run_id, "splits")}
     assert {Artifacts.CONFIG, Artifacts.SPLITS} <= files
-    assert len(paid) == len(queried_tables(run_id)) == 28
+    assert len(paid) == len(queried_tables(run_id)) == 48
     assert al_loop.read_stored_campaign(run_id).config["initial_size"] == 20
 
 
@@ -331,7 +333,7 @@ def test_server_killed_and_restarted_loses_no_label(tmp_path, tracking: str) -> 
         assert "event=journal_resume round=1 requested=40 paid=40" in log
         mlflow.set_tracking_uri(uri)
         queried = queried_tables(run_id)
-        assert queried.groupby("round").size().tolist() == [150, 40, 40]
+        assert queried.groupby("round").size().tolist() == [180, 40, 40]
         assert queried["qm9_index"].is_unique  # no molecule bought twice
         round1 = queried.loc[queried["round"] == 1].sort_values("qm9_index")
         assert round1["qm9_index"].tolist() == sorted(journalled["qm9_index"].tolist())

@@ -27,7 +27,7 @@ from al.tracking.lease import CampaignLease, LeaseHeldError, LeaseRecord
 
 ARGS = [
     "--initial-size", "30", "--batch-size", "10", "--rounds", "2", "--epochs", "2",
-    "--min-steps", "0", "--val-min", "0",
+    "--min-steps", "0", "--val-min", "0", "--val-size", "20",
     "--ensemble-size", "2", "--pool-subsample", "200", "--n-test", "100", "--hidden", "16",
     "--filter-groups", "8", "--n-interactions", "1", "--train-batch-size", "32",
     "--progress", "false", "--seed", "3",
@@ -142,7 +142,7 @@ def test_signals_kill_the_run_and_one_of_two_resumes_proceeds(subprocess_env: di
         ignore_index=True,
     )
     assert queried["qm9_index"].is_unique  # no label paid twice
-    assert queried.groupby("round").size().tolist() == [30, 10, 10]
+    assert queried.groupby("round").size().tolist() == [50, 10, 10]  # 20 validation labels
     assert all("RUNNING" not in v for v in children(client, run).values())
 
 
@@ -164,7 +164,7 @@ def test_an_exception_fails_the_run_and_its_open_child(
     monkeypatch.setattr(MlflowTracker, "log_round_artifacts", broken)
     settings = {
         "initial_size": 30, "batch_size": 10, "rounds": 2, "epochs": 1, "ensemble_size": 2,
-        "min_steps": 0, "val_min": 0,
+        "min_steps": 0, "val_min": 0, "val_size": 20,
         "pool_subsample": 200, "n_test": 100, "hidden": 16, "filter_groups": 8,
         "n_interactions": 1, "train_batch_size": 32, "progress": False, "threads": 1,
         "experiment_name": "state-exception",

@@ -90,7 +90,7 @@ def test_campaign_logs_val_mae_and_stops_on_it_not_on_test(qm9, tmp_path) -> Non
     below it: the campaign goes on; round 1's (0.01 eV) stops it."""
     cfg = CampaignConfig(
         initial_size=30, batch_size=10, rounds=3, target_mae=50.0, hidden=16,
-        n_interactions=1, epochs=1, min_steps=0, val_min=0, ensemble_size=2,
+        n_interactions=1, epochs=1, min_steps=0, val_min=0, val_size=20, ensemble_size=2,
         pool_subsample=100, n_test=50, progress=False, train_batch_size=32,
     )  # fmt: skip
     splits = make_splits(qm9.qm9_index.numpy(), SplitConfig(cfg.split_seed, cfg.n_test))

@@ -34,7 +34,14 @@ from al.data.elements import ELEMENTS, HARTREE_TO_EV
 from al.data.load import cache_dir
 from al.data.molecules import MAX_QM9_INDEX, MolecularData
 from al.data.reference import composition_prior, fit_composition
-from al.oracles import ORACLES, Oracle, build_oracle, failure_status, load_xtb_reference
+from al.oracles import (
+    ORACLES,
+    Oracle,
+    PriorLabels,
+    build_oracle,
+    failure_status,
+    load_xtb_reference,
+)
 from al.oracles import xtb_energy_hartree as _xtb_energy_hartree
 
 log = logging.getLogger(__name__)
@@ -148,6 +155,11 @@ class Baseline:
     def describe(self) -> dict[str, Any]:
         """Flat settings for run params and logs."""
         return {"baseline": self.spec, "baseline_cost_per_molecule": self.cost_per_molecule}
+
+    def prior_labels(self, data: MolecularData) -> PriorLabels | None:
+        """The DFT labels this baseline was built from before the campaign (None: none;
+        ``data``: the molecules, for a baseline that needs them to be built)."""
+        return None
 
     # --- what a baseline defines --------------------------------------------------------------
     def _compute(
@@ -354,6 +366,10 @@ class XTBBaseline(Baseline):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "baseline_cache": str(self.path)}
 
+    def prior_labels(self, data: MolecularData) -> PriorLabels:
+        """The DFT labels its per-element reference was fitted and checked on."""
+        return self.reference.prior_labels()
+
 
 class OracleBaseline(Baseline):
     """A model oracle's label as the baseline: ``pretrained`` (the shipped oracle model) or
@@ -373,6 +389,13 @@ class OracleBaseline(Baseline):
         self._oracle: Oracle | None = None
 
     def _compute(self, data: MolecularData, rows: np.ndarray, cached: bool = True) -> np.ndarray:
+        return self._built(data).label(data.qm9_index[rows].numpy()).value
+
+    def _built(self, data: MolecularData) -> Oracle:
         if self._oracle is None or self._oracle.data.z is not data.z:
             self._oracle = build_oracle(self.spec, data=data)
-        return self._oracle.label(data.qm9_index[rows].numpy()).value
+        return self._oracle
+
+    def prior_labels(self, data: MolecularData) -> PriorLabels | None:
+        """The DFT labels its model was trained on (the oracle's lineage)."""
+        return self._built(data).prior_labels()

@@ -16,10 +16,11 @@ from requests import RequestException
 
 from al import tracking
 from al.acquisition import ACQUISITIONS, resolve_strategy
-from al.baselines import ResidualSurrogate, build_baseline
+from al.baselines import Baseline, ResidualSurrogate, build_baseline
 from al.config import ConfigError, build_config, mask_secrets, subset, to_dict
 from al.data.config import DataConfig
 from al.data.load import load_data
+from al.data.molecules import MolecularData
 from al.data.splits import Splits
 from al.loop.campaign import Campaign
 from al.loop.config import CampaignConfig
@@ -29,7 +30,7 @@ from al.loop.selection import build_selection
 from al.loop.stopping import build_rules
 from al.loop.tracker import MlflowTracker
 from al.models.config import ModelConfig
-from al.oracles import build_oracle
+from al.oracles import DFTOracle, Oracle, PriorLabels, build_oracle
 from al.runtime import configure_threads
 from al.tracking.lease import CampaignInterrupted, interrupt_signal
 from al.tracking.registry import register_oracles
@@ -109,6 +110,8 @@ def run_campaign(config: CampaignConfig, echo: Callable[[str], None] | None = No
         check = getattr(oracle, "check_split", None)
         if check is not None:
             check(splits.digest())
+    priors = prior_labels(oracles, baseline, data)
+    prior_n = float(sum(p.n for p in priors))
     acquisition = config.mf_acquisition if len(oracles) > 1 else strategy.acquisition
     oracle_tag = ",".join(o.name for o in oracles)
     rules = build_rules(config.stopping_settings())
@@ -133,6 +136,8 @@ def run_campaign(config: CampaignConfig, echo: Callable[[str], None] | None = No
             "resolved_costs": ",".join(f"{o.cost_per_label:g}" for o in oracles),
             "device_resolved": str(device),
             "resolved_baseline_cost": baseline.cost_per_molecule if baseline else 0.0,
+            "prior_labels": prior_n,
+            "prior_labels_sources": "; ".join(f"{p.source}: {p.n:g}" for p in priors),
         }  # fmt: skip
         tags = {
             tracking.TAG_KIND: tracking.KIND_CAMPAIGN, tracking.TAG_STRATEGY: config.strategy,
@@ -145,6 +150,7 @@ def run_campaign(config: CampaignConfig, echo: Callable[[str], None] | None = No
         campaign = Campaign(
             config, data, splits, surrogate, oracles, rules,
             scheme=scheme, selection=selection, tracker=run,
+            prior_labels=prior_n, prior_cost=prior_n * DFTOracle.default_cost,
         )  # fmt: skip
         reason = campaign.execute()
         mlflow.set_tag(tracking.TAG_STOP_REASON, reason)
@@ -164,6 +170,18 @@ def run_campaign(config: CampaignConfig, echo: Callable[[str], None] | None = No
     finally:
         run.end(status)
     return run.run_id
+
+
+def prior_labels(
+    oracles: list[Oracle], baseline: Baseline | None, data: MolecularData
+) -> list[PriorLabels]:
+    """The DFT labels that built the oracles and the baseline (each source once: an xTB
+    oracle and an xTB baseline share one reference)."""
+    found = [o.prior_labels() for o in oracles]
+    if baseline is not None:
+        found.append(baseline.prior_labels(data))
+    unique = {p.source: p for p in found if p is not None}
+    return list(unique.values())
 
 
 def log_final_model(campaign: Campaign, tracker: MlflowTracker) -> str:

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 import tempfile
 import time
@@ -31,6 +30,7 @@ from al.config import ConfigError
 from al.data.molecules import MolecularData
 from al.data.splits import Splits
 from al.loop.config import CampaignConfig
+from al.loop.converged import REPORT_METRICS, converged_fit, prediction_table, validation_mae
 from al.loop.journal import (
     CHUNK,
     LabelJournal,
@@ -54,7 +54,7 @@ from al.models.checkpoint import load_checkpoint
 from al.oracles import FRAME_COLUMNS, Oracle
 from al.tracking.names import QUERIED_COLUMNS, ROLE_VALIDATION, converged_predictions_path
 from al.tracking.names import CampaignMetrics as CM  # noqa: N817 - used in every metric key
-from al.training.fit import EpochStats, FitResult
+from al.training.fit import EpochStats
 from al.training.metrics import regression_report
 from al.uncertainty import Prediction, Surrogate
 
@@ -62,23 +62,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 __all__ = ["Campaign", "Labelled", "round_generator"]
-
-#: report key -> campaign metric of the test-set evaluation (resume reads them back)
-REPORT_METRICS = {
-    "mae": CM.TEST_MAE, "rmse": CM.TEST_RMSE, "max_ae": CM.TEST_MAX_AE, "nll": CM.TEST_NLL,
-    "p95_ae": CM.TEST_P95_AE, "p99_ae": CM.TEST_P99_AE,
-    "spearman_std_err": CM.TEST_SPEARMAN, "miscalibration_area": CM.TEST_MISCALIBRATION,
-    "mean_std": CM.TEST_MEAN_STD, "nll_raw": CM.TEST_NLL_RAW,
-    "miscalibration_area_raw": CM.TEST_MISCALIBRATION_RAW,
-}  # fmt: skip
-
-
-def validation_mae(result: FitResult) -> float:
-    """The validation MAE (eV) of the weights a fit kept (its best evaluation); NaN when the
-    fit had no validation set."""
-    if 0 <= result.best_epoch < len(result.history):
-        return float(result.history[result.best_epoch].val_mae)
-    return float("nan")
 
 
 class Campaign:
@@ -95,6 +78,9 @@ class Campaign:
         selection: what a round asks the oracles for (it holds the acquisition function),
             and the training targets.
         tracker: where the rounds go, and where resume reads them back.
+        prior_labels, prior_cost: the DFT labels that trained an oracle or a baseline model
+            (their lineage) and what they cost: logged beside ``cost_spent`` (which does
+            not include them) and in ``cost_total`` (which does).
     """
 
     def __init__(
@@ -108,8 +94,13 @@ class Campaign:
         scheme: DataScheme,
         selection: Selection,
         tracker: CampaignTracker,
+        prior_labels: float = 0.0,
+        prior_cost: float = 0.0,
     ) -> None:
         self.config, self.data, self.splits = config, data, splits
+        #: DFT labels (and their cost) that built an oracle or baseline model before the
+        #: campaign; NaN when its lineage cannot be read
+        self.prior_labels, self.prior_cost = prior_labels, prior_cost
         self.surrogate, self.oracles = surrogate, list(oracles)
         self.rules, self.scheme, self.selection = list(rules), scheme, selection
         self.tracker = tracker
@@ -207,6 +198,7 @@ class Campaign:
             self.bar.update(1)
             self.record_round(round_, self.last_report, 0, retrained=False)
             log.info("event=round_done round=%d retrained=0", round_)
+            self.converge(round_)
             return
         train_data, train_rows, val_rows = self.training_set(round_)
         with self.tracker.fit_run(round_, self.labelled.digest()) as on_epoch:
@@ -273,63 +265,32 @@ class Campaign:
 
     def converge(self, round_: int) -> None:
         """At a converged checkpoint (``checkpoints``): the first round whose labelled set
-        reaches a checkpoint's count not yet evaluated is refitted from scratch for
-        ``converged_steps`` (all run, the best validation weights kept), evaluated on the
-        test set and logged as ``converged.*`` at the round's step, with its test
-        predictions; the campaign's own model is then put back, so the campaign goes on
-        exactly as without checkpoints."""
+        reaches a checkpoint's count not yet evaluated is refitted from scratch
+        (:func:`~al.loop.converged.converged_fit`, ``converged_steps``), logged as
+        ``converged.*`` at the round's step with its test and validation predictions; the
+        campaign's own model is kept, so the campaign goes on exactly as without."""
         n_labelled = len(self.labelled.ok)
         due = [c for c in self.config.checkpoint_counts() if c <= n_labelled]
-        if not due or self.converged_at(due[-1]):
+        done = self.tracker.metric_by_step(CM.converged(CM.TEST_MAE))
+        if not due or any(step >= due[-1] for step in done):
             return
         train_data, train_rows, val_rows = self.training_set(round_)
-        members = [copy.deepcopy(m) for m in self.surrogate.members()]
-        meta = self.surrogate.checkpoint_meta()
         log.info("event=phase phase=converge round=%d n_train=%d", round_, train_rows.numel())
         self.bar.set_description("campaign: converge")
-        t0 = time.perf_counter()
-        result = self.surrogate.fit(
-            train_data, train_rows, val_rows, steps=self.config.converged_steps
-        )
-        pred = self.surrogate.predict(self.data, self.test)
-        seconds = time.perf_counter() - t0
-        report = regression_report(pred.mean, self.data.y[self.test], pred.std, pred.std_raw)
-        metrics = {CM.converged(metric): report.get(key, float("nan"))
-                   for key, metric in REPORT_METRICS.items()}  # fmt: skip
-        metrics.update({
-            CM.converged(CM.VAL_MAE): validation_mae(result),
-            CM.converged(CM.STD_SCALE): result.std_scale,
-            CM.converged(CM.FIT_STEPS): result.steps,
-            CM.converged("best_step"): result.best_step,
-            CM.converged(CM.TIME_FIT): seconds,
-        })  # fmt: skip
-        self.tracker.log_predictions(
-            converged_predictions_path(n_labelled), self.prediction_table(pred)
-        )
-        self.tracker.log_round_metrics(n_labelled, metrics)
-        self.surrogate.load_members(members, meta)  # the campaign's own model again
+        out = converged_fit(
+            self.surrogate, self.data, train_data, train_rows, val_rows, self.test,
+            self.config.converged_steps,
+        )  # fmt: skip
+        path = converged_predictions_path(n_labelled)
+        self.tracker.log_predictions(path, out.test)
+        self.tracker.log_predictions(path.replace("test.csv", "validation.csv"), out.validation)
+        self.tracker.log_round_metrics(n_labelled, out.metrics)
         log.info(
             "event=converged n_labelled=%d test_mae=%.4f val_mae=%.4f warm_test_mae=%.4f "
-            "fit_s=%.1f", n_labelled, report["mae"], validation_mae(result),
-            self.mae_history[-1], seconds,
+            "fit_s=%.1f", n_labelled, out.metrics[CM.converged(CM.TEST_MAE)],
+            out.metrics[CM.converged(CM.VAL_MAE)], self.mae_history[-1],
+            out.metrics[CM.converged(CM.TIME_FIT)],
         )  # fmt: skip
-
-    def converged_at(self, n_labelled: int) -> bool:
-        """Whether a converged checkpoint was logged at a step >= ``n_labelled``."""
-        done = self.tracker.metric_by_step(CM.converged(CM.TEST_MAE))
-        return any(step >= n_labelled for step in done)
-
-    def prediction_table(self, pred: Prediction) -> pd.DataFrame:
-        """The test-set prediction ``pred`` (``[n_test]``) as a table of
-        :data:`~al.tracking.names.PREDICTION_COLUMNS`."""
-        nan = np.full(self.test.numel(), np.nan)
-        return pd.DataFrame({
-            "qm9_index": self.data.qm9_index[self.test].numpy(),
-            "target": self.data.y[self.test].double().numpy(),
-            "mean": pred.mean.double().numpy(),
-            "std": pred.std.double().numpy() if pred.std is not None else nan,
-            "std_raw": pred.std_raw.double().numpy() if pred.std_raw is not None else nan,
-        })  # fmt: skip
 
     # --- steps -------------------------------------------------------------------------------
     def validation_rows(self) -> Tensor:
@@ -502,6 +463,10 @@ class Campaign:
         for oracle, n in table.loc[table["status"] == "ok", "oracle"].value_counts().items():
             metrics[CM.labels_from(str(oracle))] = int(n)
         metrics["round_cost"] = float(this_round["cost"].sum())
+        if self.prior_labels != 0:  # NaN (lineage unknown) is logged as missing
+            metrics[CM.N_PRIOR_LABELS] = self.prior_labels
+            metrics[CM.COST_PRIOR] = self.prior_cost
+            metrics[CM.COST_TOTAL] = metrics[CM.COST_SPENT] + self.prior_cost
         validation = self.labelled.validation
         if len(validation):
             metrics[CM.N_VALIDATION] = int((validation["status"] == "ok").sum())
@@ -538,7 +503,7 @@ class Campaign:
             test_std=None if pred.std is None else pred.std.numpy(),
             test_target=self.data.y[self.test].numpy(),
             history=list(history),
-            predictions=self.prediction_table(pred),
+            predictions=prediction_table(self.data, self.test, pred),
         )
 
     def final_artifacts(self) -> ModelArtifacts:

@@ -17,6 +17,7 @@ from al.oracles.base import (
     LabelResult,
     Oracle,
     OracleError,
+    PriorLabels,
 )
 from al.oracles.dft import DFTOracle
 from al.oracles.model import ModelOracle
@@ -72,6 +73,7 @@ __all__ = [
     "Oracle",
     "OracleError",
     "PretrainedOracle",
+    "PriorLabels",
     "PyGSchNetOracle",
     "XTBOracle",
     "XTBReference",

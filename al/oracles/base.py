@@ -66,6 +66,21 @@ FRAME_COLUMNS = ("qm9_index", "oracle", "label", "status", "cost")
 ORACLES: dict[str, type[Oracle]] = {}
 
 
+@dataclass(frozen=True)
+class PriorLabels:
+    """The DFT labels that built a labeller or a baseline before any campaign used it (a
+    model's training set, a reference's fitting set): a cost of their own, that a fair
+    comparison counts.
+
+    Attributes:
+        n: how many (NaN when its lineage cannot be read).
+        source: what they built and where the count was read, e.g. ``run <id>: train_size``.
+    """
+
+    n: float
+    source: str
+
+
 class OracleError(RuntimeError):
     """An oracle cannot work at all (as opposed to failing on one molecule)."""
 
@@ -244,6 +259,10 @@ class Oracle(ABC):
             value[part] = mean
             status[part] = np.where(np.isfinite(mean), STATUS_OK, STATUS_NON_FINITE)
         return value, status
+
+    def prior_labels(self) -> PriorLabels | None:
+        """The DFT labels this oracle was built from (None: none, e.g. DFT itself)."""
+        return None
 
     def describe(self) -> dict[str, Any]:
         """Flat settings for run params and logs (the caller adds any prefix)."""

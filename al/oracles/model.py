@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any
 
 import numpy as np
 
 from al.data.molecules import MolecularData, molecules_frame
-from al.oracles.base import Oracle, OracleError
+from al.oracles.base import Oracle, OracleError, PriorLabels
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,25 @@ class ModelOracle(Oracle):
             return model.predict(frame)["mean_ev"]
 
         return self._label_in_batches(rows, predict, self.batch_size)
+
+    def prior_labels(self) -> PriorLabels:
+        """The DFT labels the model was trained on, read from its lineage: the run that
+        logged it (``train_size``, training + validation, of ``al pretrain``; else
+        ``train_size`` of ``al train``). NaN, with a warning, when the lineage cannot be read
+        (a model logged elsewhere): its cost is then unknown, not zero."""
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        try:
+            run_id = mlflow.models.get_model_info(self.uri).run_id
+            params = MlflowClient().get_run(run_id).data.params
+            n = float(params["train_size"])
+        except Exception as exc:  # any failure: the count is unknown, and said so
+            log.warning(
+                "event=oracle_lineage_unknown uri=%s message=%r", self.uri, f"{type(exc).__name__}"
+            )
+            return PriorLabels(math.nan, f"{self.uri}: lineage not readable")
+        return PriorLabels(n, f"{self.uri}: run {run_id} train_size")
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "uri": self.uri}

@@ -7,6 +7,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import shutil
 import tempfile
 from importlib import resources
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from al.data.molecules import MolecularData
-from al.oracles.base import Oracle, OracleError
+from al.oracles.base import Oracle, OracleError, PriorLabels
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,12 @@ class PretrainedOracle(Oracle):
         self.registered_uri: str | None = None
         if split_digest is not None:
             self.check_split(split_digest)
+
+    def prior_labels(self) -> PriorLabels:
+        """The DFT labels it was trained on: ``train_size`` (training + validation) of its
+        provenance file."""
+        n = float(self.provenance.get("train_size", math.nan))
+        return PriorLabels(n, f"pretrained oracle {self.sha256[:12]}: train_size")
 
     @property
     def split_digest(self) -> str:

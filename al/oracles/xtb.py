@@ -31,6 +31,7 @@ from al.oracles.base import (
     STATUS_UNSUPPORTED_ELEMENT,
     Oracle,
     OracleError,
+    PriorLabels,
 )
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,13 @@ class XTBReference:
     method: str = XTB_METHOD
     accuracy: float = 1.0
     meta: dict[str, Any] | None = None
+
+    def prior_labels(self) -> PriorLabels:
+        """The DFT labels of the molecules this reference was fitted on and checked on
+        (``n_fit + n_heldout`` of its file; NaN when the file does not say)."""
+        meta = self.meta or {}
+        n = float(meta.get("n_fit", math.nan)) + float(meta.get("n_heldout", 0))
+        return PriorLabels(n, f"xTB per-element reference: n_fit + n_heldout ({self.method})")
 
     def offset_ev(self, z: np.ndarray) -> float:
         """``sum_atoms coefficients_ev[z]`` of one molecule; ``KeyError`` for an unfitted z."""
@@ -154,6 +162,10 @@ class XTBOracle(Oracle):
         )
         self.timeout_s = float(timeout_s)
         self.max_iter = max_iter
+
+    def prior_labels(self) -> PriorLabels:
+        """The DFT labels its per-element reference was fitted and checked on."""
+        return self.reference.prior_labels()
 
     def _label_one(self, row: int) -> tuple[float, str]:
         z, pos = self.molecule(row)
