@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -136,3 +138,117 @@ def _finish(fig: Any, ax: Any, title: str, path: Path, which: str) -> None:
     ax.legend(fontsize=8)
     fig.savefig(path)
     plt.close(fig)
+
+
+# --- arm colours and the uncertainty figures of the comparison report -------------------------
+def arm_colours(arms: Iterable[str]) -> dict[str, str]:
+    """A fixed colour per arm name, the same in every figure of a report: the sorted unique
+    names take the colours of ``tab10`` in turn (``tab20`` beyond 10 arms, cycling beyond
+    20), so an arm's colour does not depend on which arms a figure shows."""
+    names = sorted({str(a) for a in arms})
+    cmap = matplotlib.colormaps["tab10" if len(names) <= 10 else "tab20"]
+    n = cmap.N
+    return {a: matplotlib.colors.to_hex(cmap(i % n)) for i, a in enumerate(names)}
+
+
+def colour_cycle(colours: Sequence[str]) -> Any:
+    """A context in which new axes draw their lines in ``colours``, in order (a plot that
+    draws one line per arm in sorted order then gives each arm its colour)."""
+    from cycler import cycler
+
+    return matplotlib.rc_context({"axes.prop_cycle": cycler(color=list(colours))})
+
+
+def _panels(n: int, width: float = 3.4, height: float = 3.1) -> tuple[Any, list[Any]]:
+    """A figure of ``n`` panels, at most 3 a row; the unused axes are hidden."""
+    ncols = max(1, min(n, 3))
+    nrows = max(1, math.ceil(n / ncols))
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(width * ncols, height * nrows), dpi=110, layout="constrained",
+        squeeze=False,
+    )  # fmt: skip
+    flat = list(axes.ravel())
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
+def plot_reliability(
+    panels: Sequence[tuple[str, np.ndarray, np.ndarray]],
+    colours: Mapping[str, str],
+    title: str,
+    path: Path,
+) -> Path:
+    """Reliability diagram, one panel per arm: RMSE of the test errors against the root
+    mean predicted variance (RMV) of equal-count bins of predicted std, log-log, with the
+    y = x line of a calibrated model; PNG at ``path``.
+
+    ``panels``: ``(arm, rmv, rmse)`` per arm, ``rmv`` and ``rmse`` ``[n_bins]`` each (as
+    :func:`al.report.uncertainty.reliability_bins` gives them); ``colours``: arm -> colour.
+    """
+    fig, axes = _panels(len(panels))
+    for ax, (arm, rmv, rmse) in zip(axes, panels, strict=True):
+        x, y = np.asarray(rmv, dtype=float), np.asarray(rmse, dtype=float)
+        ok = (x > 0) & (y > 0)
+        if ok.any():
+            lo, hi = float(min(x[ok].min(), y[ok].min())), float(max(x[ok].max(), y[ok].max()))
+            ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="y = x")
+            ax.plot(x[ok], y[ok], "o-", ms=3, color=colours.get(arm), label=arm)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            for axis in (ax.xaxis, ax.yaxis):  # decades only: minor labels overlap
+                axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "no bins", transform=ax.transAxes, ha="center", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.set_title(arm, fontsize=9)
+        ax.set_xlabel("RMV: root mean predicted variance (eV)", fontsize=8)
+        ax.set_ylabel("RMSE of the errors (eV)", fontsize=8)
+        ax.grid(True, which="both", alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_z_histograms(
+    panels: Sequence[tuple[str, np.ndarray]],
+    colours: Mapping[str, str],
+    title: str,
+    path: Path,
+    limit: float = 5.0,
+) -> Path:
+    """Histogram (density) of the z-scores ``(target - mean) / std``, one panel per arm,
+    with the standard normal density overlaid; PNG at ``path``.
+
+    ``panels``: ``(arm, z)`` per arm, ``z`` ``[n]``; values beyond ``±limit`` are counted
+    in the panel's text, not drawn. ``colours``: arm -> colour.
+    """
+    fig, axes = _panels(len(panels))
+    grid = np.linspace(-limit, limit, 201)
+    normal = np.exp(-(grid**2) / 2) / math.sqrt(2 * math.pi)
+    for ax, (arm, z) in zip(axes, panels, strict=True):
+        z = np.asarray(z, dtype=float)
+        z = z[np.isfinite(z)]
+        inside = z[np.abs(z) <= limit]
+        # densities of all z: the bars of the drawn part sum to the share within ±limit
+        weights = np.full(inside.size, 1.0 / max(z.size, 1))
+        width = 2 * limit / 50
+        ax.hist(inside, bins=np.linspace(-limit, limit, 51), weights=weights / width,
+                color=colours.get(arm), alpha=0.6, label=arm)  # fmt: skip
+        ax.plot(grid, normal, "k-", lw=1, label="N(0, 1)")
+        if z.size:
+            sd = float(z.std(ddof=1)) if z.size > 1 else math.nan
+            text = f"n = {z.size}\nmean {z.mean():.2f}, sd {sd:.2f}"
+            if z.size > inside.size:
+                text += f"\n{z.size - inside.size} beyond ±{limit:g}"
+            ax.text(0.02, 0.97, text, transform=ax.transAxes, va="top", fontsize=7)
+        ax.set_title(arm, fontsize=9)
+        ax.set_xlabel("z = (target − mean) / std", fontsize=8)
+        ax.set_ylabel("density", fontsize=8)
+        ax.legend(fontsize=7, loc="upper right")
+    fig.suptitle(title, fontsize=10)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -21,7 +21,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from al.cli import main
-from al.report import build, paired, read, render, stats
+from al.report import build, display, paired, read, render, stats
 from al.tracking import CampaignMetrics as CM  # noqa: N817 - used in every metric key
 
 MAE = CM.TEST_MAE
@@ -378,17 +378,18 @@ def test_degenerate_auc_range_and_one_seed_are_said_not_computed() -> None:
     sections = render.report_sections(report, generated="now", server="here")
     md = render.render_sections(sections, report.title, "md")
     assert "200–200" not in md and "no AUC: the curves share only one label count" in md
-    paired = build.paired_display(g.paired).iloc[0]
-    assert paired["Δ final MAE (eV) [CI]"].endswith(f"[{stats.ONE_SEED}]")
-    assert paired["relative Δ final MAE [CI]"].endswith(f"[{stats.ONE_SEED}]")
-    assert paired["relative Δ AUC [CI]"].startswith("no AUC")
-    summary = build.summary_display(g.summary, g.targets, 0.95)
-    assert summary.iloc[0]["final MAE (eV, ± 95% CI)"].endswith(f"± {stats.ONE_SEED}")
-    final = build.paired_final_display(g.paired).iloc[0]
-    assert final["Δ RMSE (eV) [CI]"] == f"+0.0000 [{stats.ONE_SEED}]"
+    paired = display.paired_display(g.paired).iloc[0]
+    assert paired["Δ final MAE (eV, ± CI)"].endswith(f"± {stats.ONE_SEED}")
+    assert paired["relative Δ final MAE (± CI)"].endswith(f"± {stats.ONE_SEED}")
+    assert paired["relative Δ AUC (± CI)"].startswith("no AUC")
+    assert paired["p (final MAE)"] == "–" and paired["verdict (final MAE, Holm)"] == stats.TOO_FEW
+    summary = display.summary_display(g.summary, g.targets, 0.95)
+    assert summary.iloc[0]["final MAE (eV, ± CI)"].endswith(f"± {stats.ONE_SEED}")
+    final = display.paired_final_display(g.paired).iloc[0]
+    assert final["Δ RMSE (eV) (± CI)"] == f"+0.0000 ± {stats.ONE_SEED}"
     assert all(stats.ONE_SEED in c or c == "–" for c in final.iloc[3:])
-    # a zero-width interval is never printed for a single seed
-    assert not re.search(r"\[([-+][\d.]+%?), \1\]", md)
+    # a zero half-width is never printed for a single seed
+    assert not re.search(r"± 0(\.0+)?%?( |$)", md)
 
 
 def test_final_model_errors_labels_to_random_and_cost_per_fidelity() -> None:
@@ -415,10 +416,10 @@ def test_final_model_errors_labels_to_random_and_cost_per_fidelity() -> None:
     assert lo < 5 * fin + 0.01 < hi and s.loc["ens", f"final_{CM.TEST_MAX_AE}_n"] == 3
     assert s.loc["ens", stats.COST_FROM_PREFIX + "xtb"] == pytest.approx(400)
     assert s.loc["ens", CM.labels_from("dft")] == 1000
-    table = build.final_model_display(g.summary).set_index("arm")
-    assert list(table.columns) == list(build.METRIC_TITLES.values())
+    table = display.final_model_display(g.summary).set_index("arm")
+    assert list(table.columns) == ["seeds", *build.METRIC_TITLES.values()]
     assert table.loc["ens", "RMSE (eV)"].startswith(f"{1.5 * fin + 0.01:.4g} ± ")
-    costs = build.fidelity_display(g.summary).set_index("arm")
+    costs = display.fidelity_display(g.summary).set_index("arm")
     assert (
         costs.loc["ens", "cost on xtb"] == "400" and costs.loc["ens", "labels from dft"] == "1000"
     )
@@ -431,7 +432,7 @@ def test_final_model_errors_labels_to_random_and_cost_per_fidelity() -> None:
     assert p.loc["ens", "ref_final_target_mae"] == pytest.approx(a / math.sqrt(1000))
     assert p.loc["ens", "ref_final_n_arm"] == pytest.approx(640, rel=0.01)
     assert math.isnan(p.loc["bad", "ref_final_n_arm"])
-    shown = build.paired_display(g.paired).set_index("arm")["labels to baseline's final MAE"]
+    shown = display.paired_display(g.paired).set_index("arm")["labels to baseline's final MAE"]
     assert shown["ens"].startswith("6") and shown["bad"].startswith(stats.NOT_REACHED)
     assert "(baseline: 1,000 labels" in shown["bad"]
 
@@ -500,7 +501,7 @@ def test_compare_cli_end_to_end(tracking: str, tmp_path: Path) -> None:
         assert stats.BETTER in text and "al compare --experiment-name" in text
         assert running not in text
     assert "| tiny | ensemble | 3 | 0, 1, 2 |" in md and "| tiny | coreset | 1 | 0 |" in md
-    one_pair = f"| coreset | random | 1 | 250 | {-2 / math.sqrt(250):+.4f} [{stats.ONE_SEED}] |"
+    one_pair = f"| coreset | random | 1 | 250 | {-2 / math.sqrt(250):+.4f} ± {stats.ONE_SEED} |"
     assert one_pair in md  # 1 pair: no CI
     assert stats.TOO_FEW in md
     assert "data:image/png;base64," in page
@@ -605,7 +606,7 @@ def test_runs_settings_and_cost_per_fidelity_from_the_server(tracking: str, tmp_
     assert last[stats.COST_FROM_PREFIX + "dft"] == pytest.approx(109.0)
     assert hist[stats.COST_FROM_PREFIX + "dft"].tolist() == pytest.approx([100.0, 109.0])
     assert last[CM.labels_from("xtb")] == 140
-    costs = build.fidelity_display(build.build_report(runs, hist).grids[0].summary)
+    costs = display.fidelity_display(build.build_report(runs, hist).grids[0].summary)
     assert costs.iloc[0]["cost on xtb"] == "29" and costs.iloc[0]["labels from dft"] == "120"
 
 
@@ -639,7 +640,7 @@ def test_a_baselines_cost_is_a_column_of_its_own(tracking: str) -> None:
     hist = read.join_histories(runs, read.fetch_histories(client, sel.runs))
     assert hist[stats.COST_FROM_PREFIX + "dft"].tolist() == pytest.approx([100.0, 150.0])
     assert hist[stats.COST_FROM_PREFIX + "xtb (baseline)"].tolist() == pytest.approx([0.12, 0.17])
-    costs = build.fidelity_display(build.build_report(runs, hist).grids[0].summary).iloc[0]
+    costs = display.fidelity_display(build.build_report(runs, hist).grids[0].summary).iloc[0]
     assert costs["cost on dft"] == "150" and costs["cost on xtb (baseline)"] == "0.17"
     assert costs["total cost"] == "150.2" and "labels from xtb (baseline)" not in costs
 
@@ -683,7 +684,7 @@ def test_delta_arm_is_read_against_direct_learning_and_shorter_arms_at_their_end
     assert 3000 < paired.loc["lcmd", "ref_seed_n"] < 4000
     assert paired.loc["xtb_random", "ref_seed_n"] == 1000.0
     assert paired.loc["xtb_random", "ref_seed_at_start"]
-    shown = build.paired_display(report.grids[0].paired).set_index("arm")
-    assert shown.loc["xtb_random", "labels to baseline's final MAE, per seed [CI]"].startswith(
+    shown = display.paired_display(report.grids[0].paired).set_index("arm")
+    assert shown.loc["xtb_random", "labels to baseline's final MAE, per seed (± CI)"].startswith(
         "≤ 1000"
     )

@@ -10,11 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from al.report import (
+    BOOTSTRAP_SEED,
+    N_RESAMPLES,
     CompareError,
     Report,
     build_report,
     dedupe_runs,
     fetch_histories,
+    fetch_predictions,
     find_campaign_runs,
     join_histories,
     log_report,
@@ -107,10 +110,15 @@ def run_compare(
     level: float = 0.95,
     echo: Callable[[str], None] = print,
     arms: Sequence[str] = (),
+    n_resamples: int = N_RESAMPLES,
+    bootstrap_seed: int = BOOTSTRAP_SEED,
 ) -> CompareResult:
     """Select, read, compare, write, and (with ``log``) log the report back to MLflow.
 
-    ``arms``: only these arms (all when empty); an arm that is not there is an error."""
+    ``arms``: only these arms (all when empty); an arm that is not there is an error.
+    The test-set prediction tables of the runs (converged checkpoints, else final rounds)
+    are read too, for the paired bootstrap (``n_resamples`` resamples, seeded with
+    ``bootstrap_seed``) and the uncertainty figures."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
@@ -139,6 +147,9 @@ def run_compare(
         )
     if sel.n_unfinished:
         notes.insert(0, f"{sel.n_unfinished} unfinished campaign run(s) skipped")
+    kept = [r for r in kept if r.info.run_id in set(runs["run_id"])]
+    predictions, missing = fetch_predictions(client, kept, runs, histories)
+    notes += missing
     name = experiment_name if parent_run else sel.experiment_name
     command = reproduce_command(name, parent_run, str(output_dir), baseline, mae_targets, arms)
     report = build_report(
@@ -150,6 +161,9 @@ def run_compare(
         experiment_name=sel.experiment_name,
         source=sel.source,
         command=command,
+        predictions=predictions,
+        n_resamples=n_resamples,
+        bootstrap_seed=bootstrap_seed,
     )
     report.notes = notes
     md, page = write_report(report, Path(output_dir))

@@ -1,22 +1,39 @@
 """The comparison report: read campaigns back from the tracking server (:mod:`.read`),
-statistics on their histories (:mod:`.stats`), the report model (:mod:`.build`), and
+statistics on their histories (:mod:`.stats`, :mod:`.paired`), the paired bootstrap of
+test predictions (:mod:`.bootstrap`), the calibration of the predicted std
+(:mod:`.uncertainty`), the report model (:mod:`.build`), and
 Markdown/HTML rendered from one section list by Jinja2 templates (:mod:`.render`).
 
 The command that ties them together is :func:`al.entrypoints.compare.run_compare`.
 """
 
+from al.report.bootstrap import (
+    BOOTSTRAP_SEED,
+    N_RESAMPLES,
+    BootstrapCI,
+    aligned_errors,
+    paired_bootstrap,
+)
 from al.report.build import (
     GridReport,
     Report,
-    arms_display,
+    adjust_primary,
     build_report,
+    converged_comparisons,
     default_targets,
+    reference_arms,
+    resolve_baseline,
+)
+from al.report.display import (
+    arms_display,
+    calibration_display,
+    checkpoint_display,
+    converged_errors_display,
+    converged_paired_display,
     fidelity_display,
     final_model_display,
     paired_display,
     paired_final_display,
-    reference_arms,
-    resolve_baseline,
     savings_display,
     summary_display,
 )
@@ -24,6 +41,7 @@ from al.report.paired import (
     label_savings,
     labels_to_reference_final,
     labels_to_reference_final_paired,
+    paired_checkpoints,
     paired_differences,
     paired_final,
     paired_summary,
@@ -31,13 +49,19 @@ from al.report.paired import (
 from al.report.read import (
     KEY_COLUMNS,
     MATCH_SETTINGS,
+    PREDICTION_FRAME_COLUMNS,
     REPORT_METRICS,
     RUN_COLUMNS,
+    SOURCE_CONVERGED,
+    SOURCE_FINAL_ROUND,
     CompareError,
     Selection,
     assign_arms,
     dedupe_runs,
+    fetch_converged_predictions,
+    fetch_final_round_predictions,
     fetch_histories,
+    fetch_predictions,
     fidelity_costs,
     find_campaign_runs,
     join_histories,
@@ -46,10 +70,13 @@ from al.report.read import (
 )
 from al.report.render import (
     METHODS,
+    PER_SEED_TABLE,
+    WARM,
     Figure,
     Section,
     Table,
     draw_figures,
+    draw_uncertainty_figures,
     log_report,
     render_sections,
     report_sections,
@@ -58,7 +85,11 @@ from al.report.render import (
 )
 from al.report.stats import (
     BETTER,
+    CONVERGED_ERRORS,
+    CONVERGED_METRICS,
+    CONVERGED_PREFIX,
     COST_FROM_PREFIX,
+    COST_METRICS,
     FINAL_ERRORS,
     FINAL_UNCERTAINTY,
     NO_DIFFERENCE,
@@ -69,9 +100,12 @@ from al.report.stats import (
     WORSE,
     MeanCI,
     auc_range_note,
+    checkpoint_steps,
+    checkpoint_table,
     common_range,
     curve_auc,
     final_values,
+    holm,
     interpolate_curve,
     labels_to_reach,
     learning_curves,
@@ -81,6 +115,14 @@ from al.report.stats import (
     seed_key,
     summary_table,
     t_quantile,
+    t_test,
     time_per_round,
     verdict,
+    verdict_p,
+)
+from al.report.uncertainty import (
+    calibration,
+    reliability_bins,
+    uncertainty_tables,
+    z_scores,
 )

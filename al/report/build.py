@@ -1,6 +1,6 @@
 """The report model: per-grid tables built from the *runs* and *histories* frames
 (:mod:`al.report.read`) with the statistics of :mod:`al.report.stats`, and their display
-forms (text cells, as the report shows them).
+forms (:mod:`al.report.display`).
 
 :func:`build_report` is pure (frames in, :class:`Report` out), so a report can be built
 from synthetic frames; :mod:`al.report.render` writes it.
@@ -11,30 +11,32 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from al.report.bootstrap import BOOTSTRAP_SEED, N_RESAMPLES, aligned_errors, paired_bootstrap
 from al.report.paired import (
+    CHECKPOINT_COLUMNS,
     label_savings,
     labels_to_reference_final,
     labels_to_reference_final_paired,
+    paired_checkpoints,
     paired_differences,
     paired_summary,
 )
-from al.report.read import MATCH_SETTINGS
+from al.report.read import MATCH_SETTINGS, PREDICTION_FRAME_COLUMNS, SOURCE_CONVERGED
 from al.report.stats import (
-    COST_FROM_PREFIX,
-    FINAL_ERRORS,
-    FINAL_UNCERTAINTY,
-    NOT_REACHED,
-    ONE_SEED,
+    CONVERGED_ERRORS,
+    checkpoint_table,
     common_range,
+    holm,
     learning_curves,
     seed_key,
     summary_table,
+    verdict_p,
 )
+from al.report.uncertainty import uncertainty_tables
 from al.tracking import CampaignMetrics as CM  # noqa: N817 - used in every metric key
 
 #: ``--baseline arm:NAME``: the arm ``NAME`` is every other arm's reference, whatever the
@@ -188,11 +190,22 @@ class GridReport:
     references: dict[str, str | None] = field(default_factory=dict)
     #: the reference was named with ``arm:NAME``, whatever the arms' settings
     named: bool = False
+    #: per (arm, converged checkpoint): the converged errors over seeds (checkpoint_table)
+    converged: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: per (arm, checkpoint, converged error): paired_checkpoints, with ``p_holm`` (the
+    #: primary endpoint's rows) and the bootstrap of the MAE rows (``boot_*``)
+    converged_paired: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: per (arm, step, source): calibration of the predicted std (uncertainty_tables)
+    calibration: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: per (arm, step, source, bin): the reliability diagram's bins (uncertainty_tables)
+    reliability: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 @dataclass
 class Report:
-    """Everything written to report.md / report.html; ``runs`` is the *runs* frame."""
+    """Everything written to report.md / report.html; ``runs`` is the *runs* frame,
+    ``histories`` the *histories* frame every statistic is computed from (written out as
+    ``tables/per_seed.csv``), ``predictions`` the *predictions* frame (may be empty)."""
 
     title: str
     experiment_name: str
@@ -202,6 +215,17 @@ class Report:
     level: float
     command: str
     notes: list[str] = field(default_factory=list)
+    histories: pd.DataFrame = field(default_factory=pd.DataFrame)
+    predictions: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=list(PREDICTION_FRAME_COLUMNS))
+    )
+    #: the primary endpoint, in words, and how many comparisons its Holm family holds
+    primary: str = ""
+    n_primary: int = 0
+    #: whether some run has converged checkpoints (then they are the primary endpoint)
+    has_converged: bool = False
+    n_resamples: int = N_RESAMPLES
+    bootstrap_seed: int = BOOTSTRAP_SEED
 
 
 def default_targets(curves: pd.DataFrame, baseline: str | Sequence[str] | None) -> list[float]:
@@ -236,8 +260,25 @@ def build_report(
     experiment_name: str = "",
     source: str = "",
     command: str = "",
+    predictions: pd.DataFrame | None = None,
+    n_resamples: int = N_RESAMPLES,
+    bootstrap_seed: int = BOOTSTRAP_SEED,
 ) -> Report:
-    """All tables and curves, per grid (pure: frames in, :class:`Report` out)."""
+    """All tables and curves, per grid (pure: frames in, :class:`Report` out).
+
+    With converged checkpoints (``converged.*`` metrics in ``histories``), each compared
+    arm is paired with its reference at every checkpoint (:func:`converged_comparisons`),
+    and the converged test MAE there is the primary endpoint; otherwise the final test MAE
+    of the paired comparison is. The p-values of the primary endpoint's comparisons, over
+    every grid of the report, are Holm-adjusted and its verdicts read the adjusted values.
+    ``predictions`` (the *predictions* frame) feed the paired bootstrap of the converged
+    MAE and the uncertainty tables.
+    """
+    pred = (
+        predictions
+        if predictions is not None
+        else pd.DataFrame(columns=list(PREDICTION_FRAME_COLUMNS))
+    )
     grids = []
     for grid in sorted(runs["grid"].unique()):
         g_runs = runs[runs["grid"] == grid]
@@ -263,6 +304,11 @@ def build_report(
             d.insert(1, "baseline", base)
             steps.append(d)
             savings.append(label_savings(curves, arm, base, tg, grid))
+        compared = {a: r for a, r in refs.items() if r is not None}
+        conv, conv_notes = converged_comparisons(
+            hist, compared, pred, level, n_resamples, bootstrap_seed
+        )
+        calibration, reliability = uncertainty_tables(pred, g_runs)
         grids.append(
             GridReport(
                 grid=grid,
@@ -274,11 +320,17 @@ def build_report(
                 paired_steps=pd.concat(steps, ignore_index=True) if steps else pd.DataFrame(),
                 savings=pd.concat(savings, ignore_index=True) if savings else pd.DataFrame(),
                 targets=tg,
-                notes=notes,
+                notes=notes + conv_notes,
                 references=refs,
                 named=baseline.startswith(ARM_PREFIX),
+                converged=checkpoint_table(hist, level),
+                converged_paired=conv,
+                calibration=calibration,
+                reliability=reliability,
             )
         )
+    has_converged = any(not g.converged.empty for g in grids)
+    primary, n_primary = adjust_primary(grids, has_converged, 1 - level)
     return Report(
         title=title or f"Campaign comparison: {experiment_name}",
         experiment_name=experiment_name,
@@ -287,243 +339,123 @@ def build_report(
         grids=grids,
         level=level,
         command=command,
+        histories=histories,
+        predictions=pred,
+        primary=primary,
+        n_primary=n_primary,
+        has_converged=has_converged,
+        n_resamples=n_resamples,
+        bootstrap_seed=bootstrap_seed,
     )
 
 
-def arms_display(runs: pd.DataFrame) -> pd.DataFrame:
-    """The *runs* frame summed up per (grid, arm): runs, seeds, strategies, oracles, run ids."""
-
-    def joined(values: pd.Series) -> str:
-        return ", ".join(sorted(set(values)))
-
-    arms = (
-        runs.groupby(["grid", "arm"], sort=True)
-        .agg(
-            runs=("run_id", "size"),
-            seeds=("seed", lambda s: ", ".join(sorted(map(str, s), key=seed_key))),
-            strategy=("strategy", joined),
-            oracle=("oracle", joined),
-            run_ids=("run_id", " ".join),
-        )
-        .reset_index()
-    )
-    arms["grid"] = arms["grid"].replace("", "–")
-    return arms
+#: Bootstrap columns of the primary rows of :attr:`GridReport.converged_paired`.
+BOOT_COLUMNS: tuple[str, ...] = (
+    "boot_mean", "boot_lo", "boot_hi", "boot_rel", "boot_rel_lo", "boot_rel_hi",
+    "boot_n_pairs", "boot_n_molecules", "boot_n_resamples",
+)  # fmt: skip
 
 
-def _num(v: Any, digits: int = 4) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "–"
-    if isinstance(v, (int, np.integer)):
-        return str(int(v))
-    v = float(v)
-    if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
-        return f"{v:.{digits - 1}e}"
-    return f"{v:.{digits}g}" if abs(v) < 1 else f"{v:.{max(digits, len(str(int(abs(v)))))}g}"
+def _seed_runs(histories: pd.DataFrame, arm: str, step: float, metric: str) -> dict[str, str]:
+    """seed -> run_id of the runs of ``arm`` that logged ``metric`` at ``step``."""
+    at = histories[(histories["arm"] == arm) & (histories["step"] == step)]
+    at = at.dropna(subset=[metric]) if metric in at else at.iloc[:0]
+    return dict(zip(at["seed"].astype(str), at["run_id"].astype(str), strict=True))
 
 
-def _ci(m: float, lo: float, hi: float, n: int | None = None) -> str:
-    if not math.isfinite(m):
-        return "–"
-    if n is not None and n < 2:
-        return f"{_num(m)} ± {ONE_SEED}"
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        return _num(m)
-    return f"{_num(m)} ± {_num((hi - lo) / 2, 2)}"
+def converged_comparisons(
+    histories: pd.DataFrame,
+    references: dict[str, str],
+    predictions: pd.DataFrame,
+    level: float = 0.95,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> tuple[pd.DataFrame, list[str]]:
+    """Every compared arm against its reference at each converged checkpoint (one grid).
+
+    ``references``: arm -> reference arm. Per (arm, checkpoint, converged error): the
+    seed-paired difference, its t-test and relative difference
+    (:func:`~al.report.paired.paired_checkpoints`); on the converged test MAE, the paired
+    bootstrap over seeds and test molecules (:func:`~al.report.bootstrap.paired_bootstrap`,
+    columns :data:`BOOT_COLUMNS`) from the converged prediction tables of the pairs' runs,
+    skipped with a note when a table is missing or there is a single pair. Returns the
+    frame (columns :data:`~al.report.paired.CHECKPOINT_COLUMNS`, ``p_holm`` NaN until
+    :func:`adjust_primary`, the bootstrap columns) and the notes.
+    """
+    key = CONVERGED_ERRORS[0]
+    frames, notes = [], []
+    conv = predictions[predictions["source"] == SOURCE_CONVERGED]
+    for arm in sorted(references):
+        ref = references[arm]
+        d = paired_checkpoints(histories[histories["arm"].isin([arm, ref])], arm, ref, level=level)
+        if d.empty:
+            continue
+        d = d.assign(p_holm=math.nan, **dict.fromkeys(BOOT_COLUMNS, math.nan))
+        for i in d.index[d["metric"] == key]:
+            step = float(d.at[i, "step"])
+            a, b = _seed_runs(histories, arm, step, key), _seed_runs(histories, ref, step, key)
+            pairs = [(a[s], b[s]) for s in sorted(set(a) & set(b), key=seed_key)]
+            where = f"{arm} vs {ref} at {step:,.0f} labels"
+            if len(pairs) < 2:
+                continue  # one pair: no interval, as for the t-interval
+            abs_arm, abs_ref, largest = aligned_errors(conv, pairs, step)
+            if abs_arm.size == 0:
+                notes.append(f"bootstrap of {where} skipped: converged test predictions missing")
+                continue
+            if abs_arm.shape[1] < largest:
+                notes.append(
+                    f"bootstrap of {where} on the {abs_arm.shape[1]:,} test molecules every "
+                    f"run predicted (up to {largest:,} per run)"
+                )
+            ci = paired_bootstrap(abs_arm, abs_ref, n_resamples, level, seed)
+            for col, v in zip(BOOT_COLUMNS, ci, strict=True):
+                d.at[i, col] = v
+        frames.append(d)
+    columns = [*CHECKPOINT_COLUMNS, "p_holm", *BOOT_COLUMNS]
+    return (
+        pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+    ), notes
 
 
-def _pct(v: float, lo: float = math.nan, hi: float = math.nan, n: int | None = None) -> str:
-    if not math.isfinite(v):
-        return "–"
-    s = f"{v:+.1%}"
-    if n is not None and n < 2:
-        return f"{s} [{ONE_SEED}]"
-    return s + (f" [{lo:+.1%}, {hi:+.1%}]" if math.isfinite(lo) and math.isfinite(hi) else "")
+def adjust_primary(grids: list[GridReport], converged: bool, alpha: float) -> tuple[str, int]:
+    """Holm-adjust the p-values of the report's primary endpoint over all its grids and
+    base its verdicts on them (in place); returns the endpoint in words and the number of
+    comparisons in the family.
 
-
-def _labels(v: float) -> str:
-    return NOT_REACHED if not math.isfinite(v) else f"{v:,.0f}"
-
-
-def summary_display(summary: pd.DataFrame, targets: Sequence[float], level: float) -> pd.DataFrame:
-    """The summary table as text cells for the report. Without a common labelled range of
-    positive width, the AUC column says why there is no AUC."""
-    pct = f"{level:.0%}"
-    rows = []
-    for r in summary.to_dict("records"):
-        row = {
-            "arm": r["arm"],
-            "runs": r["n_runs"],
-            "seeds": r["seeds"],
-            "final labels": _num(r["final_labels"]),
-            "final cost": _num(r["final_cost"]),
-            f"final MAE (eV, ± {pct} CI)": _ci(
-                r["final_mae"], r["final_mae_lo"], r["final_mae_hi"], r.get("n_runs")
-            ),
-        }
-        for t in targets:
-            n = _labels(r[f"labels_to_{t:g}"])
-            row[f"labels to MAE {t:g}"] = f"≤ {n}" if r.get(f"labels_to_{t:g}_at_start") else n
-        note = r.get("auc_note") or ""
-        if note:
-            row["AUC: mean MAE over the common labelled range"] = note
-        else:
-            span = f"{_num(r['auc_lo_labels'])}–{_num(r['auc_hi_labels'])}"
-            row[f"AUC: mean MAE over {span} labels"] = _ci(
-                r["auc"], r["auc_ci_lo"], r["auc_ci_hi"], r.get("n_runs")
-            )
-        row["time per round (s)"] = _num(r["time_per_round_s"], 3)
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-#: Column titles of the final model's metrics.
-METRIC_TITLES: dict[str, str] = {
-    CM.TEST_MAE: "MAE (eV)",
-    CM.TEST_RMSE: "RMSE (eV)",
-    CM.TEST_P95_AE: "95th pct |err| (eV)",
-    CM.TEST_P99_AE: "99th pct |err| (eV)",
-    CM.TEST_MAX_AE: "max |err| (eV)",
-    CM.TEST_NLL: "NLL",
-    CM.TEST_SPEARMAN: "Spearman(std, |err|)",
-    CM.TEST_MISCALIBRATION: "miscalibration area",
-}
-
-
-def final_model_display(summary: pd.DataFrame) -> pd.DataFrame:
-    """Per arm, the final model's errors and uncertainty quality on the test set: mean
-    ± half-width of the CI over seeds (``n/a (1 seed)`` with one)."""
-    rows = []
-    for r in summary.to_dict("records"):
-        row: dict[str, Any] = {"arm": r["arm"]}
-        for m in (*FINAL_ERRORS, *FINAL_UNCERTAINTY):
-            key = f"final_{m}"
-            row[METRIC_TITLES[m]] = _ci(
-                r.get(key, math.nan),
-                r.get(f"{key}_lo", math.nan),
-                r.get(f"{key}_hi", math.nan),
-                int(r.get(f"{key}_n", 0) or 0),
-            )
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def fidelity_display(summary: pd.DataFrame) -> pd.DataFrame:
-    """Per arm and oracle, the mean final labels and cost spent on that fidelity (empty
-    when the histories count no oracle)."""
-    oracles = sorted(
-        {
-            c.split(".", 1)[1]
-            for c in summary.columns
-            if c.startswith((CM.LABELS_FROM_PREFIX, COST_FROM_PREFIX))
-        }
-    )
-    rows = []
-    for r in summary.to_dict("records"):
-        row: dict[str, Any] = {"arm": r["arm"]}
-        for o in oracles:
-            # a Δ-learning baseline's cheap labels have a cost but no label count
-            if CM.LABELS_FROM_PREFIX + o in summary:
-                row[f"labels from {o}"] = _num(r.get(CM.LABELS_FROM_PREFIX + o, math.nan))
-            row[f"cost on {o}"] = _num(r.get(COST_FROM_PREFIX + o, math.nan))
-        row["total cost"] = _num(r["final_cost"])
-        rows.append(row)
-    return pd.DataFrame(rows) if oracles else pd.DataFrame()
-
-
-def paired_display(paired: pd.DataFrame) -> pd.DataFrame:
-    """The paired-comparison table as text cells: each arm against its reference arm (same
-    surrogate and settings); intervals read ``n/a (1 seed)`` with a single pair."""
-    rows = []
-    for r in paired.to_dict("records"):
-        n = int(r["n_pairs"])
-        reach = _labels(r.get("ref_final_n_arm", math.nan))
-        if reach != NOT_REACHED and r.get("ref_final_at_start"):
-            reach = f"≤ {reach}"
-        rows.append(
-            {
-                "arm": r["arm"],
-                "baseline": r["baseline"],
-                "pairs (seeds)": n,
-                "at labels": (
-                    _num(r["final_step"])
-                    if math.isfinite(r["final_step"])
-                    else "each run's last round"
-                ),
-                "Δ final MAE (eV) [CI]": _diff(
-                    r["final_diff"], r["final_diff_lo"], r["final_diff_hi"], n
-                ),
-                "relative Δ final MAE [CI]": _pct(
-                    r["final_rel"], r["final_rel_lo"], r["final_rel_hi"], n
-                ),
-                "relative Δ AUC [CI]": r.get("auc_note")
-                or _pct(r["auc_rel"], r["auc_rel_lo"], r["auc_rel_hi"], n),
-                "labels to baseline's final MAE": (
-                    f"{reach} (baseline: {_labels(r.get('ref_final_n_reference', math.nan))}"
-                    f" labels, MAE {_num(r.get('ref_final_target_mae', math.nan))})"
-                ),
-                "labels to baseline's final MAE, per seed [CI]": _seed_reach(r),
-                "verdict (final MAE)": r["verdict"],
-                "verdict (AUC)": r["verdict_auc"],
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-def _seed_reach(r: dict[str, Any]) -> str:
-    """Per-seed labels to the reference run's final MAE: mean [CI] over the seeds that
-    reached it, and how many did (``≤`` when some seed was there from its first round)."""
-    pairs, reached = int(r.get("ref_seed_pairs", 0) or 0), int(r.get("ref_seed_reached", 0) or 0)
-    if not pairs:
-        return "–"
-    if not reached:
-        return f"{NOT_REACHED} (0 of {pairs} seeds)"
-    m, lo, hi = (r.get(f"ref_seed_n{k}", math.nan) for k in ("", "_lo", "_hi"))
-    bound = "≤ " if r.get("ref_seed_at_start") else ""
-    band = f" [{lo:.0f}, {hi:.0f}]" if math.isfinite(lo) and math.isfinite(hi) else ""
-    return f"{bound}{m:.0f}{band} ({reached} of {pairs} seeds)"
-
-
-def paired_final_display(paired: pd.DataFrame) -> pd.DataFrame:
-    """Seed-paired differences *arm − baseline* of the final model's other errors and its
-    uncertainty quality, with their CIs (``n/a (1 seed)`` with a single pair)."""
-    rows = []
-    for r in paired.to_dict("records"):
-        n = int(r["n_pairs"])
-        row: dict[str, Any] = {"arm": r["arm"], "baseline": r["baseline"], "pairs (seeds)": n}
-        for m in (*FINAL_ERRORS[1:], *FINAL_UNCERTAINTY):
-            key = f"final_{m}_diff"
-            row[f"Δ {METRIC_TITLES[m]} [CI]"] = _diff(
-                r.get(key, math.nan), r.get(f"{key}_lo", math.nan), r.get(f"{key}_hi", math.nan), n
-            )
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def _diff(m: float, lo: float, hi: float, n: int | None = None) -> str:
-    if not math.isfinite(m):
-        return "–"
-    s = f"{m:+.4f}"
-    if n is not None and n < 2:
-        return f"{s} [{ONE_SEED}]"
-    return s + (f" [{lo:+.4f}, {hi:+.4f}]" if math.isfinite(lo) and math.isfinite(hi) else "")
-
-
-def savings_display(savings: pd.DataFrame) -> pd.DataFrame:
-    """The label-savings table as text cells."""
-    rows = []
-    for r in savings.to_dict("records"):
-        rows.append(
-            {
-                "arm": r["arm"],
-                "baseline": r["baseline"],
-                "target MAE (eV)": _num(r["target_mae"]),
-                "labels (arm)": _labels(r["n_arm"]),
-                "labels (baseline)": _labels(r["n_baseline"]),
-                "label savings": _pct(r["savings"]).lstrip("+")
-                if math.isfinite(r["savings"])
-                else "–",
-                "note": r["note"],
-            }
-        )
-    return pd.DataFrame(rows)
+    With ``converged``: the rows of the converged test MAE in ``converged_paired`` (one
+    per arm and checkpoint) get ``p_holm`` and their ``verdict`` from it. Otherwise the
+    final MAE of ``paired`` (one per arm): ``final_p_holm`` and ``verdict``. Other
+    comparisons keep their unadjusted verdicts.
+    """
+    key = CONVERGED_ERRORS[0]
+    if converged:
+        parts = [
+            (g, g.converged_paired.index[g.converged_paired["metric"] == key])
+            for g in grids
+            if "metric" in g.converged_paired
+        ]
+        p = [float(g.converged_paired.at[i, "p"]) for g, idx in parts for i in idx]
+        adjusted = iter(holm(p))
+        for g, idx in parts:
+            for i in idx:
+                row = g.converged_paired.loc[i]
+                q = next(adjusted)
+                g.converged_paired.at[i, "p_holm"] = q
+                g.converged_paired.at[i, "verdict"] = verdict_p(
+                    row["mean"], q, int(row["n_pairs"]), alpha
+                )
+        what = "converged test MAE at each checkpoint, arm − reference arm"
+    else:
+        p = [float(v) for g in grids if not g.paired.empty for v in g.paired["final_p"]]
+        adjusted = iter(holm(p))
+        for g in grids:
+            if g.paired.empty:
+                continue
+            q = [next(adjusted) for _ in range(len(g.paired))]
+            g.paired["final_p_holm"] = q
+            g.paired["verdict"] = [
+                verdict_p(m, v, int(n), alpha)
+                for m, v, n in zip(g.paired["final_diff"], q, g.paired["n_pairs"], strict=True)
+            ]
+        what = "final test MAE, arm − reference arm"
+    return what, int(np.isfinite(np.asarray(p, dtype=float)).sum())

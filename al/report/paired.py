@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from al.report.stats import (
+    CONVERGED_ERRORS,
     FINAL_ERRORS,
     FINAL_UNCERTAINTY,
     TOO_FEW,
@@ -26,6 +27,7 @@ from al.report.stats import (
     labels_to_reach,
     mean_ci,
     reached_at_start,
+    t_test,
     verdict,
 )
 from al.tracking import CampaignMetrics as CM  # noqa: N817 - used in every metric key
@@ -60,10 +62,13 @@ def paired_differences(
     runs of a pair logged: mean and t-interval over the pairs that have that step.
 
     ``histories`` should hold one grid. Returns columns
-    ``step, mean, lo, hi, n_pairs, verdict``.
+    ``step, mean, lo, hi, n_pairs, p, verdict`` (``p``: :func:`~al.report.stats.t_test`,
+    unadjusted).
     """
     diffs: dict[float, list[float]] = {}
     for _, fa, fb in _pairs(histories, arm, baseline):
+        if metric not in fa or metric not in fb:
+            continue
         va, vb = _by_step(fa, metric), _by_step(fb, metric)
         for step in va.index.intersection(vb.index):
             diffs.setdefault(float(step), []).append(float(va[step] - vb[step]))
@@ -71,9 +76,64 @@ def paired_differences(
     for step in sorted(diffs):
         ci = mean_ci(diffs[step], level)
         rows.append(
-            dict(step=step, mean=ci.mean, lo=ci.lo, hi=ci.hi, n_pairs=ci.n, verdict=verdict(ci))
+            dict(
+                step=step,
+                mean=ci.mean,
+                lo=ci.lo,
+                hi=ci.hi,
+                n_pairs=ci.n,
+                p=t_test(diffs[step])[1],
+                verdict=verdict(ci),
+            )
         )
-    return pd.DataFrame(rows, columns=["step", "mean", "lo", "hi", "n_pairs", "verdict"])
+    return pd.DataFrame(rows, columns=["step", "mean", "lo", "hi", "n_pairs", "p", "verdict"])
+
+
+#: Columns of :func:`paired_checkpoints`.
+CHECKPOINT_COLUMNS: tuple[str, ...] = (
+    "arm", "baseline", "step", "metric", "mean", "lo", "hi", "n_pairs", "t", "p",
+    "rel", "rel_lo", "rel_hi", "verdict",
+)  # fmt: skip
+
+
+def paired_checkpoints(
+    histories: pd.DataFrame,
+    arm: str,
+    baseline: str,
+    metrics: Sequence[str] = CONVERGED_ERRORS,
+    level: float = 0.95,
+) -> pd.DataFrame:
+    """Seed-paired differences *arm - baseline* of the converged errors at each converged
+    checkpoint (each step where both runs of a pair logged the metric).
+
+    Per (step, metric): mean and t-interval of the differences over the pairs (``mean, lo,
+    hi, n_pairs``), the t-test of mean 0 (``t, p``, unadjusted), the relative difference
+    ``arm / baseline - 1`` per pair (``rel, rel_lo, rel_hi``, mean and t-interval) and the
+    verdict on the interval (:func:`~al.report.stats.verdict`, unadjusted). ``histories``
+    should hold one grid. Returns columns :data:`CHECKPOINT_COLUMNS`, one row per step and
+    metric, in step order.
+    """
+    rows = []
+    for metric in metrics:
+        diffs: dict[float, list[tuple[float, float]]] = {}
+        for _, fa, fb in _pairs(histories, arm, baseline):
+            if metric not in fa or metric not in fb:
+                continue
+            va, vb = _by_step(fa, metric), _by_step(fb, metric)
+            for step in va.index.intersection(vb.index):
+                diffs.setdefault(float(step), []).append((float(va[step]), float(vb[step])))
+        for step, pairs in diffs.items():
+            d = [a - b for a, b in pairs]
+            ci = mean_ci(d, level)
+            rel = mean_ci([a / b - 1 if b else math.nan for a, b in pairs], level)
+            t, p = t_test(d)
+            rows.append(
+                dict(arm=arm, baseline=baseline, step=step, metric=metric, mean=ci.mean,
+                     lo=ci.lo, hi=ci.hi, n_pairs=ci.n, t=t, p=p, rel=rel.mean, rel_lo=rel.lo,
+                     rel_hi=rel.hi, verdict=verdict(ci))
+            )  # fmt: skip
+    out = pd.DataFrame(rows, columns=list(CHECKPOINT_COLUMNS))
+    return out.sort_values(["step"], kind="stable").reset_index(drop=True)
 
 
 def paired_summary(
@@ -86,7 +146,8 @@ def paired_summary(
     """Seed-paired comparison of one arm with the baseline (one grid).
 
     * final MAE difference *arm - baseline* at the last ``n_labelled`` common to all pairs
-      (each pair's last common step when there is none), mean and t-CI, and its verdict;
+      (each pair's last common step when there is none), mean and t-CI, the p-value of
+      its t-test (``final_p``, unadjusted) and its verdict;
       that step is where one arm ends when it was run to fewer labels; when it is the
       last step of neither arm (equal cost but different label counts), at the end of
       each run instead (``final_step`` NaN);
@@ -138,6 +199,7 @@ def paired_summary(
     d, r = mean_ci(abs_d, level), mean_ci(rel_d, level)
     da, ra = mean_ci(abs_auc, level), mean_ci(rel_auc, level)
     out.update(final_step=math.nan if own_last else at, **ci_fields("final_diff", d))
+    out.update(final_p=t_test(abs_d)[1])
     out.update(**ci_fields("final_rel", r), auc_diff=da.mean, **ci_fields("auc_rel", ra))
     out.update(auc_lo_labels=lo, auc_hi_labels=hi, auc_note=auc_note)
     out.update(

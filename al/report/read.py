@@ -13,31 +13,53 @@ Frames:
 * *histories*: one row per (run, step), columns ``run_id, arm, grid, seed, step`` plus
   one column per metric of :data:`REPORT_METRICS` (NaN where the run did not log it), one
   per oracle's label count (``n_labels.<oracle>``) and one per oracle's cumulative cost
-  (``cost_from.<oracle>``, from the queried tables of multi-fidelity runs).
+  (``cost_from.<oracle>``, from the queried tables of multi-fidelity runs); the metrics of
+  converged checkpoints (``converged.<metric>``) at the checkpoints' steps;
+* *predictions*: one row per (run, step, test molecule), columns
+  :data:`PREDICTION_FRAME_COLUMNS` (``run_id, step, source`` and the columns of the
+  logged tables, :data:`~al.tracking.PREDICTION_COLUMNS`): the test-set predictions of
+  each converged checkpoint (``source`` ``converged``) or, for a grid without any, of each
+  run's final round (``final round``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import re
+import tempfile
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from al.report.stats import COST_FROM_PREFIX, TIME_METRICS, seed_key
+from al.report.stats import (
+    CONVERGED_METRICS,
+    CONVERGED_PREFIX,
+    COST_FROM_PREFIX,
+    COST_METRICS,
+    TIME_METRICS,
+    seed_key,
+)
 from al.tracking import (
     KIND_CAMPAIGN,
+    KIND_ROUND,
+    PREDICTION_COLUMNS,
     TAG_ACQUISITION,
     TAG_CELL,
     TAG_GRID,
     TAG_KIND,
     TAG_ORACLE,
     TAG_PARENT,
+    TAG_ROUND,
     TAG_SEED,
     TAG_STRATEGY,
     TAG_UNCERTAINTY,
+    Artifacts,
+    converged_predictions_path,
     queried_path,
 )
 from al.tracking import CampaignMetrics as CM  # noqa: N817 - used in every metric key
@@ -56,6 +78,9 @@ REPORT_METRICS: tuple[str, ...] = (
     CM.TEST_SPEARMAN,
     CM.TEST_MISCALIBRATION,
     *TIME_METRICS,
+    CM.VAL_MAE,
+    *COST_METRICS,
+    *CONVERGED_METRICS,
 )
 RUN_COLUMNS: tuple[str, ...] = (
     "run_id",
@@ -239,17 +264,19 @@ def fetch_histories(
     """Metric histories of ``runs`` as one row per (run_id, step), a column per metric.
 
     One ``get_metric_history`` call per metric the run has (from its latest metrics), in a
-    thread pool; the per-oracle label counts (``n_labels.<oracle>``) come too. A step
+    thread pool; the per-oracle label counts (``n_labels.<oracle>``) and every metric of a
+    converged checkpoint (``converged.<metric>``) come too. A step
     logged twice (a resumed round) keeps its latest value. The cost spent on each oracle
     (``cost_from.<oracle>``, cumulative) is the whole ``cost_spent`` of a single-oracle run,
     and is summed from the queried tables of a run with several (:func:`fidelity_costs`).
     """
     names = {*metrics, CM.COST_BASELINE}  # a Δ-learning baseline's cost, for the cost table
+    prefixes = (CM.LABELS_FROM_PREFIX, CONVERGED_PREFIX)
     jobs = [
         (r.info.run_id, m)
         for r in runs
         for m in r.data.metrics
-        if m in names or m.startswith(CM.LABELS_FROM_PREFIX)
+        if m in names or m.startswith(prefixes)
     ]
 
     def one(job: tuple[str, str]) -> list[tuple[str, str, int, float, int]]:
@@ -270,7 +297,7 @@ def fetch_histories(
     for m in (*metrics, CM.COST_BASELINE):
         if m not in wide:
             wide[m] = np.nan
-    extra = sorted(c for c in wide if c.startswith(CM.LABELS_FROM_PREFIX))
+    extra = sorted(c for c in wide if c.startswith(prefixes) and c not in metrics)
     wide = wide[["run_id", "step", *metrics, CM.COST_BASELINE, *extra]]
     return _with_fidelity_costs(client, runs, wide)
 
@@ -324,6 +351,176 @@ def _with_fidelity_costs(client: Any, runs: Sequence[Any], wide: pd.DataFrame) -
             column = COST_FROM_PREFIX + CM.oracle_key(str(oracle))
             out.loc[mine, column] = out.loc[mine, CM.ROUND].map(by_round)
     return out
+
+
+#: Columns of the *predictions* frame, and the two sources of its tables.
+PREDICTION_FRAME_COLUMNS: tuple[str, ...] = ("run_id", "step", "source", *PREDICTION_COLUMNS)
+SOURCE_CONVERGED, SOURCE_FINAL_ROUND = "converged", "final round"
+_CONVERGED_DIR = re.compile(r"labels_(\d+)$")
+
+
+def _read_predictions(client: Any, run_id: str, path: str) -> pd.DataFrame | None:
+    """The prediction table at ``path`` of a run (:data:`~al.tracking.PREDICTION_COLUMNS`;
+    a missing ``std``/``std_raw`` reads NaN), or None when there is none or it lacks
+    ``qm9_index``, ``target`` or ``mean``."""
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory(prefix="al-report-") as tmp:
+        try:
+            local = client.download_artifacts(run_id, path, tmp)
+            frame = pd.read_csv(local)
+        except (OSError, MlflowException, pd.errors.ParserError, pd.errors.EmptyDataError):
+            return None
+    if not {"qm9_index", "target", "mean"} <= set(frame.columns):
+        return None
+    for c in ("std", "std_raw"):
+        if c not in frame:
+            frame[c] = np.nan
+    frame = frame[list(PREDICTION_COLUMNS)].copy()
+    for c in ("target", "mean", "std", "std_raw"):
+        frame[c] = pd.to_numeric(frame[c], errors="coerce")
+    return frame
+
+
+def _tagged(frame: pd.DataFrame, run_id: str, step: float, source: str) -> pd.DataFrame:
+    out = frame.assign(run_id=run_id, step=float(step), source=source)
+    return out[list(PREDICTION_FRAME_COLUMNS)]
+
+
+def _empty_predictions() -> pd.DataFrame:
+    return pd.DataFrame(columns=list(PREDICTION_FRAME_COLUMNS))
+
+
+def fetch_converged_predictions(
+    client: Any, run_ids: Sequence[str], max_workers: int = 8
+) -> pd.DataFrame:
+    """The *predictions* frame of every converged checkpoint of ``run_ids``: the tables
+    ``converged/labels_NNNNN/test.csv`` (:func:`~al.tracking.converged_predictions_path`)
+    found on each run, ``step = NNNNN``, ``source = converged``."""
+
+    def one(run_id: str) -> list[pd.DataFrame]:
+        out = []
+        for entry in client.list_artifacts(run_id, "converged"):
+            m = _CONVERGED_DIR.search(entry.path)
+            if not (entry.is_dir and m):
+                continue
+            n = int(m.group(1))
+            frame = _read_predictions(client, run_id, converged_predictions_path(n))
+            if frame is not None:
+                out.append(_tagged(frame, run_id, n, SOURCE_CONVERGED))
+        return out
+
+    with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(run_ids) or 1))) as pool:
+        frames = [f for chunk in pool.map(one, run_ids) for f in chunk]
+    return pd.concat(frames, ignore_index=True) if frames else _empty_predictions()
+
+
+def fetch_final_round_predictions(
+    client: Any, runs: Sequence[Any], histories: pd.DataFrame, max_workers: int = 8
+) -> pd.DataFrame:
+    """The *predictions* frame of each run's final round: the ``predictions/test.csv`` of
+    its child run tagged ``al.kind=round`` with the highest ``al.round`` (``source = final
+    round``; nothing for a run whose last fit has no such table), at the step where the
+    run logged that round (its last step with a test MAE when it did not)."""
+
+    def one(run: Any) -> pd.DataFrame | None:
+        rid = run.info.run_id
+        flt = f"tags.{TAG_PARENT} = '{rid}' and tags.`{TAG_KIND}` = '{KIND_ROUND}'"
+        children = _search_all(client, run.info.experiment_id, flt)
+        if not children:
+            return None
+        last = max(children, key=lambda c: _int(c.data.tags.get(TAG_ROUND, "")))
+        frame = _read_predictions(client, last.info.run_id, Artifacts.PREDICTIONS)
+        if frame is None:
+            return None
+        mine = histories[histories["run_id"] == rid]
+        at = mine.loc[mine[CM.ROUND] == _int(last.data.tags.get(TAG_ROUND, "")), "step"]
+        if at.empty:
+            at = mine.dropna(subset=[CM.TEST_MAE])["step"]
+        return _tagged(frame, rid, float(at.max()) if len(at) else np.nan, SOURCE_FINAL_ROUND)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(runs) or 1))) as pool:
+        frames = [f for f in pool.map(one, runs) if f is not None]
+    return pd.concat(frames, ignore_index=True) if frames else _empty_predictions()
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        return -1
+
+
+@contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """MLflow's progress bar per download off (one per table would flood the output)."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    old = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old
+
+
+def fetch_predictions(
+    client: Any, runs: Sequence[Any], runs_table: pd.DataFrame, histories: pd.DataFrame
+) -> tuple[pd.DataFrame, list[str]]:
+    """The *predictions* frame of the compared runs and notes on what is missing.
+
+    The converged checkpoints' tables of every run; for a grid where no run has one, the
+    final round's table of each of its runs (:func:`fetch_final_round_predictions`).
+    ``runs`` are the MLflow runs of ``runs_table`` (the *runs* frame); ``histories`` is
+    the *histories* frame (it says which runs logged converged metrics).
+    """
+    with _no_progress_bars():
+        return _fetch_predictions(client, runs, runs_table, histories)
+
+
+def _fetch_predictions(
+    client: Any, runs: Sequence[Any], runs_table: pd.DataFrame, histories: pd.DataFrame
+) -> tuple[pd.DataFrame, list[str]]:
+    ids = list(runs_table["run_id"])
+    frame = fetch_converged_predictions(client, ids)
+    notes = []
+    have = set(zip(frame["run_id"], frame["step"].astype(float), strict=True))
+    key = CONVERGED_METRICS[0]
+    if key in histories:
+        logged = histories.dropna(subset=[key])
+        missing = sorted(
+            {(r, float(s)) for r, s in zip(logged["run_id"], logged["step"], strict=True)} - have
+        )
+        if missing:
+            shown = ", ".join(f"{r} at {s:,.0f} labels" for r, s in missing[:10])
+            more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+            notes.append(
+                f"{len(missing)} converged checkpoint(s) without a test prediction table "
+                f"({shown}{more}): left out of the bootstrap and the uncertainty plots"
+            )
+    by_id = {r.info.run_id: r for r in runs}
+    frames = [frame]
+    for grid, g in runs_table.groupby("grid", sort=True):
+        if frame["run_id"].isin(g["run_id"]).any():
+            continue
+        final = fetch_final_round_predictions(client, [by_id[i] for i in g["run_id"]], histories)
+        where = f"grid {grid!r}" if grid else "the runs"
+        if final.empty:
+            notes.append(
+                f"{where}: no test prediction tables (converged or final round): "
+                "no uncertainty plots"
+            )
+        else:
+            notes.append(
+                f"{where}: no converged checkpoint predictions; uncertainty read from the "
+                f"final round's predictions of {final['run_id'].nunique()} run(s)"
+            )
+        frames.append(final)
+    frames = [f for f in frames if len(f)]
+    out = pd.concat(frames, ignore_index=True) if frames else _empty_predictions()
+    return out, notes
 
 
 def join_histories(runs: pd.DataFrame, wide: pd.DataFrame) -> pd.DataFrame:

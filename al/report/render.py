@@ -24,7 +24,13 @@ import pandas as pd
 from al.report.build import (
     GridReport,
     Report,
+)
+from al.report.display import (
     arms_display,
+    calibration_display,
+    checkpoint_display,
+    converged_errors_display,
+    converged_paired_display,
     fidelity_display,
     final_model_display,
     paired_display,
@@ -33,6 +39,7 @@ from al.report.build import (
     summary_display,
 )
 from al.report.read import tracking_uri
+from al.report.uncertainty import pooled, z_scores
 from al.tracking import KIND_REPORT, TAG_KIND, TAG_REPORT_OF, TAG_REPORT_RUN
 
 METHODS = (
@@ -61,10 +68,12 @@ METHODS = (
     "(where the shorter arm ends when one arm was run to fewer labels), or each run's last "
     "round when the runs end at different label counts that neither arm ends at (equal "
     "cost, e.g. multi-fidelity arms, whose labels of every fidelity are counted). "
-    "Verdict: 'better' only when the whole CI of the difference is below 0, 'worse' when "
-    "above, else 'no significant difference'; 'too few seeds' with fewer than 2 pairs, and "
-    "every interval then reads 'n/a (1 seed)'. The paired AUC is over the range both arms "
-    "cover. Labels to the baseline's final MAE: first crossing of the arm's mean curve "
+    "Verdict (unadjusted comparisons): 'better' only when the whole CI of the difference "
+    "is below 0, 'worse' when above, else 'no significant difference'; 'too few seeds' with "
+    "fewer than 2 pairs, and every interval then reads 'n/a (1 seed)'; the primary "
+    "endpoint's verdicts read its Holm-adjusted p-values instead (see Multiplicity). "
+    "The paired AUC is over the range both arms cover. "
+    "Labels to the baseline's final MAE: first crossing of the arm's mean curve "
     "of the last point of its reference's mean curve; per seed, the first crossing of each "
     "run's curve of its own seed's reference run's final MAE (mean and interval over the "
     "seeds that reached it). "
@@ -76,7 +85,40 @@ METHODS = (
     "it, failed requests included (from the queried tables of multi-fidelity runs); the "
     "cheap labels of a Δ-learning baseline in a column of their own (its cost_baseline "
     "metric), counted in the total. "
-    "Label savings = 1 − labels(arm) / labels(baseline) to reach the same mean MAE."
+    "Label savings = 1 − labels(arm) / labels(baseline) to reach the same mean MAE. "
+    "p-values: two-sided one-sample t-test of mean 0 on the seed-paired differences "
+    "(scipy.stats.ttest_1samp; p = 0 when every pair differs by the same non-zero amount). "
+    "Multiplicity: the p-values of the primary endpoint's comparisons (every arm and, with "
+    "converged checkpoints, every checkpoint, over all grids of the report) are adjusted "
+    "by Holm-Bonferroni and its verdicts read the adjusted value (better/worse when it is "
+    "below {alpha}); every other p-value and verdict is unadjusted. "
+    "tables/per_seed.csv holds every metric of every run at every step (the histories "
+    "every statistic above is computed from)."
+)
+#: The method of the converged checkpoints (a report with some).
+CONVERGED_METHODS = (
+    "Converged checkpoints: at the label counts the campaign names (`checkpoints`), its "
+    "labelled set is refitted from scratch to convergence and evaluated on the same test "
+    "set (metrics converged.*); the primary endpoint, when a run has them, is the "
+    "converged test MAE at each checkpoint against the reference arm, seed-paired at the "
+    "checkpoint. The warm chain (each round's model as the campaign fitted it, which the "
+    "other sections show) is what the campaign saw. "
+    "Paired bootstrap of the converged MAE: {n_resamples:,} resamples (numpy "
+    "default_rng({boot_seed})); each draws the seed pairs with replacement and, within "
+    "each drawn pair, the test molecules with replacement, the same molecules for both "
+    "arms (they share the fixed test set; on the molecules every run of the comparison "
+    "predicted); statistic: the mean over the drawn pairs of MAE(arm) − MAE(reference), "
+    "and that over the mean MAE(reference) for the relative difference; {pct} percentile "
+    "interval."
+)
+#: The method of the uncertainty section (a report with test prediction tables).
+UNCERTAINTY_METHODS = (
+    "Uncertainty: per arm, the test predictions of the converged checkpoints (else of each "
+    "run's final round) pooled over seeds; std is the predicted std scaled by the factor "
+    "fitted on the campaign's validation set; z = (target − mean) / std; the reliability "
+    "diagram bins the molecules by predicted std into equal-count bins (at most 15, at "
+    "least 20 molecules each) and plots each bin's RMSE against its RMV (root mean "
+    "variance), which agree (y = x) for a calibrated Gaussian model."
 )
 
 
@@ -135,17 +177,24 @@ class Section:
 
 
 # --- what the report says --------------------------------------------------------------------
+#: What the sections of the warm chain are called when a report also has converged
+#: checkpoints.
+WARM = "what the campaign saw (warm chain)"
+
+
 def report_sections(
     report: Report,
     figures: dict[str, list[Figure]] | None = None,
     *,
     generated: str = "",
     server: str = "",
+    uncertainty: dict[str, list[Figure]] | None = None,
 ) -> list[Section]:
-    """The sections of the report: header, runs per arm, per grid (summary, paired
-    comparison, label savings, plots), method. ``figures`` are per grid name
-    (:func:`draw_figures`); ``generated`` and ``server`` default to now and the current
-    tracking URI."""
+    """The sections of the report: header, runs per arm, per grid (converged checkpoints
+    when there are some, uncertainty, summary, paired comparison, label savings, plots),
+    method. ``figures`` (:func:`draw_figures`) and ``uncertainty``
+    (:func:`draw_uncertainty_figures`) are per grid name; ``generated`` and ``server``
+    default to now and the current tracking URI."""
     pct = f"{report.level:.0%}"
     runs = report.runs
     facts = [
@@ -154,24 +203,102 @@ def report_sections(
         ("Tracking server", server or tracking_uri()),
         ("Generated", generated or datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")),
         ("Campaign runs compared", f"{len(runs)} finished, {runs['arm'].nunique()} arm(s)"),
+        (
+            "±",
+            f"mean ± half-width of the two-sided {pct} Student-t interval over seeds "
+            "(paired differences: over seed pairs), t·s/√n with n the seeds or pairs "
+            "column of its table ('(n=k)' where fewer seeds logged the value); "
+            f"[lo, hi] is a {pct} percentile bootstrap interval",
+        ),
     ]
+    if report.primary:
+        facts.append(
+            (
+                "Primary endpoint",
+                f"{report.primary}; {report.n_primary} comparison(s), p-values "
+                f"Holm-Bonferroni adjusted (family-wise α = {1 - report.level:.2g}); other "
+                "p-values and verdicts unadjusted",
+            )
+        )
+    facts.append(("Per-seed values", "tables/per_seed.csv (every metric, run and step)"))
     head = Section(report.title, 1, facts=facts, paragraphs=["Reproduce:"], code=report.command)
     head.notes = list(report.notes)
     out = [head, Section("Runs per arm", table=Table.of(arms_display(runs)))]
+    warm = WARM if report.has_converged else ""
     for g in report.grids:
-        out += _grid_sections(g, report.level, (figures or {}).get(g.grid, []))
-    out.append(Section("Method", paragraphs=[METHODS.format(pct=pct)]))
+        out += _grid_sections(
+            g, report.level, (figures or {}).get(g.grid, []), warm,
+            (uncertainty or {}).get(g.grid, []),
+        )  # fmt: skip
+    values = dict(
+        pct=pct,
+        alpha=f"{1 - report.level:.2g}",
+        n_resamples=report.n_resamples,
+        boot_seed=report.bootstrap_seed,
+    )
+    method = [METHODS.format(**values)]
+    if report.has_converged:
+        method.append(CONVERGED_METHODS.format(**values))
+    if any(not g.calibration.empty for g in report.grids):
+        method.append(UNCERTAINTY_METHODS.format(**values))
+    out.append(Section("Method", paragraphs=method))
     return out
 
 
-def _grid_sections(g: GridReport, level: float, figures: list[Figure]) -> list[Section]:
-    """The sections of one grid."""
+def _converged_sections(g: GridReport, level: float) -> list[Section]:
+    """The converged checkpoints of one grid: the errors per arm, the primary endpoint
+    against the reference, the other errors against it."""
+    if g.converged.empty:
+        return []
     pct = f"{level:.0%}"
     out = [
-        Section(f"Grid: {_grid_name(g)}", quotes=list(g.notes)),
-        Section("Summary", 3, table=Table.of(summary_display(g.summary, g.targets, level))),
         Section(
-            f"Final model on the test set (mean ± {pct} CI over seeds)",
+            "Converged checkpoints: the labelled set refitted from scratch "
+            f"(test set, mean ± {pct} CI over seeds)",
+            3,
+            table=Table.of(checkpoint_display(g.converged)),
+        )
+    ]
+    if g.baseline is not None and not g.converged_paired.empty:
+        same = "" if g.named else " of the same surrogate"
+        head = (
+            f"Primary endpoint: converged test MAE against {g.baseline}{same} "
+            "(arm − baseline, Holm-adjusted p)"
+        )
+        out.append(
+            Section(head, 3, table=Table.of(converged_paired_display(g.converged_paired, level)))
+        )
+        others = converged_errors_display(g.converged_paired)
+        if not others.empty:
+            head = f"Other converged errors against {g.baseline}{same} (arm − baseline, unadjusted)"
+            out.append(Section(head, 3, table=Table.of(others)))
+    return out
+
+
+def _grid_sections(
+    g: GridReport,
+    level: float,
+    figures: list[Figure],
+    warm: str = "",
+    uncertainty: list[Figure] | None = None,
+) -> list[Section]:
+    """The sections of one grid; with ``warm`` (a report with converged checkpoints) the
+    sections of the campaign's own rounds say so in their titles."""
+    pct = f"{level:.0%}"
+    tag = f" — {warm}" if warm else ""
+    out = [Section(f"Grid: {_grid_name(g)}", quotes=list(g.notes))]
+    out += _converged_sections(g, level)
+    if not g.calibration.empty:
+        sources = sorted(set(g.calibration["source"]))
+        head = f"Uncertainty on the test set ({', '.join(sources)} predictions, pooled over seeds)"
+        out.append(
+            Section(head, 3, table=Table.of(calibration_display(g.calibration)),
+                    figures=list(uncertainty or []))
+        )  # fmt: skip
+    out += [
+        Section(f"Summary{tag}", 3, table=Table.of(summary_display(g.summary, g.targets, level))),
+        Section(
+            f"Final model on the test set (mean ± {pct} CI over seeds){tag}",
             3,
             table=Table.of(final_model_display(g.summary)),
         ),
@@ -182,14 +309,14 @@ def _grid_sections(g: GridReport, level: float, figures: list[Figure]) -> list[S
     same = "" if g.named else " of the same surrogate"
     if g.baseline is not None and not g.paired.empty:
         head = f"Paired comparison with {g.baseline}{same} (arm − baseline, {pct} CI over seeds)"
-        out.append(Section(head, 3, table=Table.of(paired_display(g.paired))))
+        out.append(Section(head + tag, 3, table=Table.of(paired_display(g.paired))))
         head = f"Paired differences of the final model (arm − baseline, {pct} CI over seeds)"
-        out.append(Section(head, 3, table=Table.of(paired_final_display(g.paired))))
+        out.append(Section(head + tag, 3, table=Table.of(paired_final_display(g.paired))))
     if not g.savings.empty:
         head = f"Label savings against {g.baseline}{same}"
-        out.append(Section(head, 3, table=Table.of(savings_display(g.savings))))
+        out.append(Section(head + tag, 3, table=Table.of(savings_display(g.savings))))
     if figures:
-        out.append(Section("Plots", 3, figures=figures))
+        out.append(Section(f"Plots{tag}", 3, figures=figures))
     return out
 
 
@@ -202,11 +329,20 @@ def _slug(name: str) -> str:
 
 
 # --- files -----------------------------------------------------------------------------------
+#: The per-seed table: the *histories* frame, every metric of every run at every step.
+PER_SEED_TABLE = "per_seed.csv"
+
+
 def write_tables(report: Report, out: Path) -> None:
-    """The numbers behind the report as CSV files in ``out/tables``: ``runs.csv`` and, per
-    grid, the summary, both learning curves, the paired comparison and the label savings."""
+    """The numbers behind the report as CSV files in ``out/tables``: ``runs.csv``,
+    ``per_seed.csv`` (the *histories* frame: ``run_id, arm, grid, seed, step`` and every
+    metric read, from which every interval and p-value is computed) and, per grid, the
+    summary, both learning curves, the paired comparison, the label savings, and when
+    there are some the converged checkpoints (per arm and paired), the calibration
+    summary and the reliability bins."""
     (out / "tables").mkdir(parents=True, exist_ok=True)
     report.runs.to_csv(out / "tables" / "runs.csv", index=False)
+    report.histories.to_csv(out / "tables" / PER_SEED_TABLE, index=False)
     for g in report.grids:
         paired = g.baseline is not None and not g.paired.empty
         tables = {
@@ -216,6 +352,10 @@ def write_tables(report: Report, out: Path) -> None:
             "paired": (g.paired, paired),
             "paired_steps": (g.paired_steps, paired),
             "savings": (g.savings, not g.savings.empty),
+            "converged": (g.converged, not g.converged.empty),
+            "converged_paired": (g.converged_paired, not g.converged_paired.empty),
+            "calibration": (g.calibration, not g.calibration.empty),
+            "reliability": (g.reliability, not g.reliability.empty),
         }
         for name, (frame, wanted) in tables.items():
             if wanted:
@@ -224,32 +364,97 @@ def write_tables(report: Report, out: Path) -> None:
 
 def draw_figures(report: Report, out: Path) -> dict[str, list[Figure]]:
     """Plot each grid's learning curves (on labels and on cost) and paired differences into
-    ``out/plots``; returns the figures per grid name."""
-    from al.plots import plot_curves, plot_paired  # matplotlib: only when drawing
+    ``out/plots``, each arm in its colour (:func:`al.plots.arm_colours`); returns the
+    figures per grid name."""
+    from al.plots import arm_colours, colour_cycle, plot_curves, plot_paired
 
     (out / "plots").mkdir(parents=True, exist_ok=True)
     pct = f"{report.level:.0%}"
+    colours = arm_colours(report.runs["arm"])
+    warm = f" — {WARM}" if report.has_converged else ""
     figures: dict[str, list[Figure]] = {}
+
+    def cycle(arms: Any) -> Any:  # plot_curves/plot_paired draw the arms in sorted order
+        return colour_cycle([colours[a] for a in sorted(set(arms))])
+
     for g in report.grids:
         slug, name, done = _slug(g.grid), _grid_name(g), figures.setdefault(g.grid, [])
         if not g.curves_labels.empty:
             path = out / "plots" / f"mae_vs_labels_{slug}.png"
-            plot_curves(g.curves_labels, "labels (n_labelled)",
-                        f"{name}: test MAE vs labels ({pct} CI)", path)  # fmt: skip
-            done.append(Figure.of("Test MAE vs labels", path, out))
+            with cycle(g.curves_labels["arm"]):
+                plot_curves(g.curves_labels, "labels (n_labelled)",
+                            f"{name}: test MAE vs labels ({pct} CI)", path)  # fmt: skip
+            done.append(Figure.of(f"Test MAE vs labels{warm}", path, out))
         if not g.curves_cost.empty:
             path = out / "plots" / f"mae_vs_cost_{slug}.png"
-            plot_curves(g.curves_cost, "cumulative cost (cost_spent)",
-                        f"{name}: test MAE vs cost ({pct} CI)", path, log_x=True)  # fmt: skip
-            done.append(Figure.of("Test MAE vs cumulative cost", path, out))
+            with cycle(g.curves_cost["arm"]):
+                plot_curves(g.curves_cost, "cumulative cost (cost_spent)",
+                            f"{name}: test MAE vs cost ({pct} CI)", path, log_x=True)  # fmt: skip
+            done.append(Figure.of(f"Test MAE vs cumulative cost{warm}", path, out))
         if g.baseline is not None and not g.paired_steps.empty:
             path = out / "plots" / f"paired_diff_{slug}.png"
-            steps = g.paired_steps.assign(
-                arm=g.paired_steps["arm"] + " − " + g.paired_steps["baseline"]
+            label = g.paired_steps["arm"] + " − " + g.paired_steps["baseline"]
+            steps = g.paired_steps.assign(arm=label)
+            by_label = dict(zip(label, g.paired_steps["arm"], strict=True))
+            with colour_cycle([colours[by_label[lab]] for lab in sorted(by_label)]):
+                plot_paired(steps, g.baseline,
+                            f"{name}: paired difference with {g.baseline}", path)  # fmt: skip
+            done.append(Figure.of(f"Paired difference with {g.baseline}{warm}", path, out))
+    return figures
+
+
+def draw_uncertainty_figures(report: Report, out: Path) -> dict[str, list[Figure]]:
+    """Per grid and step of its prediction tables (each converged checkpoint, else the
+    final round): a reliability diagram and a z-score histogram, one panel per arm with a
+    predicted std, pooled over its seeds, each arm in its colour; PNGs in ``out/plots``.
+    Returns the figures per grid name."""
+    from al.plots import arm_colours, plot_reliability, plot_z_histograms
+
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    colours = arm_colours(report.runs["arm"])
+    figures: dict[str, list[Figure]] = {}
+    for g in report.grids:
+        if g.calibration.empty:
+            continue
+        slug, name, done = _slug(g.grid), _grid_name(g), figures.setdefault(g.grid, [])
+        runs = report.runs[report.runs["grid"] == g.grid]
+        with_std = g.calibration[g.calibration["has_std"]]
+        for (step, source), cal in with_std.groupby(["step", "source"], sort=True):
+            arms = sorted(cal["arm"])
+            rel = g.reliability[
+                (g.reliability["step"] == step) & (g.reliability["source"] == source)
+            ]
+            panels = [
+                (a, f["rmv"].to_numpy(float), f["rmse"].to_numpy(float))
+                for a, f in rel.groupby("arm", sort=True)
+            ]
+            zs = []
+            for a in arms:
+                p = pooled(report.predictions, list(runs.loc[runs["arm"] == a, "run_id"]), step)
+                zs.append((a, z_scores(p["target"], p["mean"], p["std"])))
+            what = f"{step:,.0f} labels, {source} predictions pooled over seeds"
+            tag = f"{slug}_{source.replace(' ', '_')}_{step:.0f}"
+            path = out / "plots" / f"reliability_{tag}.png"
+            plot_reliability(panels, colours, f"{name}: reliability at {what}", path)
+            done.append(
+                Figure.of(
+                    f"Reliability at {what}: RMSE of the test errors against RMV (root mean "
+                    "predicted variance) in equal-count bins of predicted std; a calibrated "
+                    "model lies on the dashed y = x line",
+                    path,
+                    out,
+                )
             )
-            plot_paired(steps, g.baseline,
-                        f"{name}: paired difference with {g.baseline}", path)  # fmt: skip
-            done.append(Figure.of(f"Paired difference with {g.baseline}", path, out))
+            path = out / "plots" / f"z_scores_{tag}.png"
+            plot_z_histograms(zs, colours, f"{name}: z-scores at {what}", path)
+            done.append(
+                Figure.of(
+                    f"z-scores (target − mean) / std at {what}: histogram (density) against "
+                    "the standard normal density N(0, 1) of a calibrated model",
+                    path,
+                    out,
+                )
+            )
     return figures
 
 
@@ -278,10 +483,13 @@ def render_sections(sections: list[Section], title: str, fmt: str) -> str:
 
 def write_report(report: Report, output_dir: Path) -> tuple[Path, Path]:
     """Write ``report.md``, ``report.html`` (plots inlined as base64), ``plots/*.png`` and
-    ``tables/*.csv`` to ``output_dir``. Returns the two report paths."""
+    ``tables/*.csv`` (``per_seed.csv`` among them) to ``output_dir``. Returns the two
+    report paths."""
     out = Path(output_dir)
     write_tables(report, out)
-    sections = report_sections(report, draw_figures(report, out))
+    sections = report_sections(
+        report, draw_figures(report, out), uncertainty=draw_uncertainty_figures(report, out)
+    )
     md_path, html_path = out / "report.md", out / "report.html"
     md_path.write_text(render_sections(sections, report.title, "md"))
     html_path.write_text(render_sections(sections, report.title, "html"))

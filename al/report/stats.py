@@ -8,7 +8,8 @@ Frames (see :mod:`al.report.read`):
   ``grid, arm, x, mean, lo, hi, n_seeds``.
 
 Intervals are two-sided Student-t intervals over seeds; differences are *arm - baseline*
-of an error, so lower is better.
+of an error, so lower is better. A paired difference has a two-sided one-sample t-test of
+mean 0 (:func:`t_test`); :func:`holm` adjusts the p-values of a family of comparisons.
 """
 
 from __future__ import annotations
@@ -49,6 +50,36 @@ FINAL_ERRORS: tuple[str, ...] = (
 FINAL_UNCERTAINTY: tuple[str, ...] = (CM.TEST_NLL, CM.TEST_SPEARMAN, CM.TEST_MISCALIBRATION)
 #: Prefix of the per-oracle cumulative cost columns of *histories* (:mod:`al.report.read`).
 COST_FROM_PREFIX = "cost_from."
+#: Prefix of the metrics of a converged checkpoint (the labelled set refitted from scratch to
+#: convergence, logged at the checkpoint's step): ``converged.test_mae``, ...
+CONVERGED_PREFIX = CM.converged("")
+#: Errors of a converged checkpoint, paired between arms; the first (MAE) is the primary
+#: endpoint of a report that has converged checkpoints.
+CONVERGED_ERRORS: tuple[str, ...] = tuple(CM.converged(m) for m in FINAL_ERRORS)
+#: Every metric of a converged checkpoint the report reads.
+CONVERGED_METRICS: tuple[str, ...] = (
+    *CONVERGED_ERRORS,
+    *(
+        CM.converged(m)
+        for m in (
+            CM.TEST_NLL,
+            CM.TEST_MISCALIBRATION,
+            CM.TEST_SPEARMAN,
+            CM.VAL_MAE,
+            CM.STD_SCALE,
+            CM.FIT_STEPS,
+        )
+    ),
+)
+#: Labels and cost of the campaign's validation set (in ``cost_spent``) and of the labels
+#: that trained an oracle or baseline model (``cost_prior``, in ``cost_total`` only).
+COST_METRICS: tuple[str, ...] = (
+    CM.N_VALIDATION,
+    CM.COST_VALIDATION,
+    CM.N_PRIOR_LABELS,
+    CM.COST_PRIOR,
+    CM.COST_TOTAL,
+)
 
 
 class MeanCI(NamedTuple):
@@ -86,6 +117,63 @@ def mean_ci(values: Iterable[float], level: float = 0.95) -> MeanCI:
         return MeanCI(m, math.nan, math.nan, 1)
     h = t_quantile(n - 1, level) * float(v.std(ddof=1)) / math.sqrt(n)
     return MeanCI(m, m - h, m + h, n)
+
+
+def t_test(values: Iterable[float]) -> tuple[float, float]:
+    """Two-sided one-sample Student-t test of mean 0 on the finite ``values``: ``(t, p)``.
+
+    ``t = mean / (s / sqrt(n))`` with ``n - 1`` degrees of freedom (what
+    ``scipy.stats.ttest_1samp(values, 0)`` gives). With equal values (``s = 0``) the
+    difference is exact: ``p = 0`` unless they are all 0 (``p = 1``). NaN with fewer than
+    two values.
+    """
+    v = np.asarray([x for x in values if x is not None], dtype=float)
+    v = v[np.isfinite(v)]
+    n = int(v.size)
+    if n < 2:
+        return math.nan, math.nan
+    m, sd = float(v.mean()), float(v.std(ddof=1))
+    if sd == 0 or not math.isfinite(sd):
+        return (math.copysign(math.inf, m), 0.0) if m != 0 else (0.0, 1.0)
+    from scipy import stats
+
+    t = m / (sd / math.sqrt(n))
+    return t, float(2 * stats.t.sf(abs(t), n - 1))
+
+
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values of one family of comparisons, ``[m]`` like
+    ``p_values``; NaN entries are not comparisons (they stay NaN and do not count in m).
+
+    With the finite p-values sorted ascending, ``p_(1) <= ... <= p_(m)``, the adjusted
+    value of the i-th is ``max_{j <= i} min(1, (m - j + 1) p_(j))``; rejecting where the
+    adjusted value is below alpha controls the family-wise error rate at alpha.
+    """
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    m = ok.size
+    if m == 0:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    scaled = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    out[order] = np.maximum.accumulate(scaled)
+    return out
+
+
+def verdict_p(mean: float, p: float, n: int, alpha: float = 0.05, min_pairs: int = 2) -> str:
+    """Verdict on a difference *arm - baseline* of an error (lower is better) from its
+    (adjusted) p-value: ``better``/``worse`` when ``p < alpha`` and the mean is below/above
+    0, ``too few seeds`` with fewer than ``min_pairs`` pairs or no p-value, else no
+    significant difference. With the unadjusted p-value of :func:`t_test` it is the verdict
+    of :func:`verdict` on the ``1 - alpha`` t-interval."""
+    if n < min_pairs or not math.isfinite(p) or not math.isfinite(mean):
+        return TOO_FEW
+    if p < alpha and mean < 0:
+        return BETTER
+    if p < alpha and mean > 0:
+        return WORSE
+    return NO_DIFFERENCE
 
 
 def verdict(ci: MeanCI, min_pairs: int = 2) -> str:
@@ -323,14 +411,16 @@ def summary_table(
     uncertainty quality (:data:`FINAL_UNCERTAINTY`) as ``final_<metric>`` with ``_lo`` /
     ``_hi`` bounds; ``final_nll``, ``final_spearman`` and ``final_miscalibration`` are the
     means of the last three. Per oracle ``o`` that the histories count: ``labels_from.o``
-    and ``cost_from.o``, the mean final labels and cost spent on that fidelity.
+    and ``cost_from.o``, the mean final labels and cost spent on that fidelity; per metric
+    ``m`` of :data:`COST_METRICS` (validation labels, prior labels, ``cost_total``):
+    ``final_m``, its mean final value (NaN where no run logged it).
 
     ``curves`` is :func:`learning_curves` on labels (``x="step"``).
     """
     per_oracle = sorted(
         c for c in histories if c.startswith((CM.LABELS_FROM_PREFIX, COST_FROM_PREFIX))
     )
-    metrics = (CM.COST_SPENT, *FINAL_ERRORS, *FINAL_UNCERTAINTY, *per_oracle)
+    metrics = (CM.COST_SPENT, *FINAL_ERRORS, *FINAL_UNCERTAINTY, *per_oracle, *COST_METRICS)
     finals = {m: final_values(histories, m) for m in metrics if m in histories}
     last_step = histories.dropna(subset=[CM.TEST_MAE]).groupby("run_id")["step"].max()
     times = time_per_round(histories)
@@ -358,6 +448,7 @@ def summary_table(
                 final_labels=float(last_step.reindex(ids).mean()),
                 final_cost=final(CM.COST_SPENT).mean,
                 **ci_fields("final_mae", mae),
+                final_mae_n=mae.n,
             )
             for t in targets:
                 row[f"labels_to_{t:g}"] = labels_to_reach(c["x"], c["mean"], t)
@@ -368,6 +459,7 @@ def summary_table(
                 auc=auc.mean,
                 auc_ci_lo=auc.lo,
                 auc_ci_hi=auc.hi,
+                auc_n=auc.n,
                 auc_note=note,
                 final_nll=final(CM.TEST_NLL).mean,
                 final_spearman=final(CM.TEST_SPEARMAN).mean,
@@ -379,6 +471,38 @@ def summary_table(
                 row.update(ci_fields(f"final_{m}", ci), **{f"final_{m}_n": ci.n})
             for m in per_oracle:
                 row[m] = final(m).mean
+            for m in COST_METRICS:
+                row[f"final_{m}"] = final(m).mean
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def checkpoint_steps(histories: pd.DataFrame) -> list[float]:
+    """The label counts at which some run logged a converged checkpoint (its
+    ``converged.test_mae``), ascending; empty without converged metrics."""
+    key = CONVERGED_ERRORS[0]
+    if key not in histories:
+        return []
+    return sorted(float(s) for s in histories.loc[histories[key].notna(), "step"].unique())
+
+
+def checkpoint_table(histories: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+    """Per (grid, arm, checkpoint): the converged errors (:data:`CONVERGED_ERRORS`), mean and
+    t-interval over the seeds that logged them at that step.
+
+    Returns columns ``grid, arm, step, n_runs`` and per error ``m``: ``m, m_lo, m_hi, m_n``
+    (empty frame without converged metrics)."""
+    rows = []
+    steps = checkpoint_steps(histories)
+    for (grid, arm), frame in histories.groupby(["grid", "arm"], sort=True):
+        for step in steps:
+            at = frame[frame["step"] == step].drop_duplicates("run_id", keep="last")
+            if at[CONVERGED_ERRORS[0]].notna().sum() == 0:
+                continue
+            row: dict[str, Any] = dict(grid=grid, arm=arm, step=step, n_runs=at["run_id"].nunique())
+            for m in CONVERGED_ERRORS:
+                ci = mean_ci(at.get(m, []), level)
+                row.update(ci_fields(m, ci), **{f"{m}_n": ci.n})
             rows.append(row)
     return pd.DataFrame(rows)
 
