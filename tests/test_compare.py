@@ -417,7 +417,7 @@ def test_final_model_errors_labels_to_random_and_cost_per_fidelity() -> None:
     assert s.loc["ens", stats.COST_FROM_PREFIX + "xtb"] == pytest.approx(400)
     assert s.loc["ens", CM.labels_from("dft")] == 1000
     table = display.final_model_display(g.summary).set_index("arm")
-    assert list(table.columns) == ["seeds", *build.METRIC_TITLES.values()]
+    assert list(table.columns) == ["seeds", *display.METRIC_TITLES.values()]
     assert table.loc["ens", "RMSE (eV)"].startswith(f"{1.5 * fin + 0.01:.4g} ± ")
     costs = display.fidelity_display(g.summary).set_index("arm")
     assert (

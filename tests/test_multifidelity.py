@@ -329,7 +329,8 @@ def test_multi_fidelity_campaign(mf_acquisition: str, tracking, qm9, monkeypatch
         hist = client.get_metric_history(run_id, CampaignMetrics.labels_from(name))
         assert max(hist, key=lambda m: m.step).value == ok[name]
     n_lab = client.get_metric_history(run_id, CampaignMetrics.N_LABELLED)
-    assert max(m.value for m in n_lab) == len(q[q["status"] == "ok"])
+    train = q[q["role"] == "train"]  # n_labelled counts training labels, not validation
+    assert max(m.value for m in n_lab) == len(train[train["status"] == "ok"])
     # the ground truth is what dft answered
     data_y = dict(zip(qm9.qm9_index.tolist(), qm9.y.tolist(), strict=True))
     assert np.allclose(high["label"], [data_y[i] for i in high["qm9_index"]])

@@ -13,7 +13,7 @@ import pytest
 from scipy import stats as sps
 
 from al.plots import arm_colours, plot_reliability, plot_z_histograms
-from al.report import bootstrap, build, stats, uncertainty
+from al.report import bootstrap, build, display, stats, uncertainty
 
 
 def test_holm_on_a_hand_example() -> None:
@@ -124,13 +124,13 @@ def test_reliability_bins_and_z_scores_on_hand_examples() -> None:
 def test_plus_minus_is_one_half_width_everywhere() -> None:
     """Every display of a t-interval is "mean ± half-width"; a single seed says so; the
     seeds behind a value are named where they differ from the row's."""
-    assert build._ci(0.5, 0.4, 0.6, 3, 3) == "0.5 ± 0.1"
-    assert build._ci(0.5, 0.4, 0.6, 2, 3) == "0.5 ± 0.1 (n=2)"
-    assert build._diff(-0.012, -0.02, -0.004, 4) == "-0.0120 ± 0.0080"
-    assert build._pct(0.035, -0.039, 0.109, 3) == "+3.5% ± 7.4%"
-    assert build._pct(0.2) == "+20.0%"  # no interval: no ±
-    for shown in (build._ci(0.5, math.nan, math.nan, 1), build._diff(0.1, 0.0, 0.2, 1),
-                  build._pct(0.1, 0.0, 0.2, 1)):  # fmt: skip
+    assert display._ci(0.5, 0.4, 0.6, 3, 3) == "0.5 ± 0.1"
+    assert display._ci(0.5, 0.4, 0.6, 2, 3) == "0.5 ± 0.1 (n=2)"
+    assert display._diff(-0.012, -0.02, -0.004, 4) == "-0.0120 ± 0.0080"
+    assert display._pct(0.035, -0.039, 0.109, 3) == "+3.5% ± 7.4%"
+    assert display._pct(0.2) == "+20.0%"  # no interval: no ±
+    for shown in (display._ci(0.5, math.nan, math.nan, 1), display._diff(0.1, 0.0, 0.2, 1),
+                  display._pct(0.1, 0.0, 0.2, 1)):  # fmt: skip
         assert shown.endswith(f"± {stats.ONE_SEED}")
     assert build._bracket(-0.02, 0.01, lambda v: f"{v:+.4f}") == "[-0.0200, +0.0100]"
     assert build._p(0.00012345) == "0.00012" and build._p(math.nan) == "–"
