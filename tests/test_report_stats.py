@@ -9,6 +9,7 @@ from pathlib import Path
 
 import matplotlib.image
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats as sps
 
@@ -132,8 +133,8 @@ def test_plus_minus_is_one_half_width_everywhere() -> None:
     for shown in (display._ci(0.5, math.nan, math.nan, 1), display._diff(0.1, 0.0, 0.2, 1),
                   display._pct(0.1, 0.0, 0.2, 1)):  # fmt: skip
         assert shown.endswith(f"± {stats.ONE_SEED}")
-    assert build._bracket(-0.02, 0.01, lambda v: f"{v:+.4f}") == "[-0.0200, +0.0100]"
-    assert build._p(0.00012345) == "0.00012" and build._p(math.nan) == "–"
+    assert display._bracket(-0.02, 0.01, lambda v: f"{v:+.4f}") == "[-0.0200, +0.0100]"
+    assert display._p(0.00012345) == "0.00012" and display._p(math.nan) == "–"
 
 
 def test_arm_colours_are_keyed_by_name_and_figures_use_them(tmp_path: Path) -> None:
@@ -160,3 +161,22 @@ def test_arm_colours_are_keyed_by_name_and_figures_use_them(tmp_path: Path) -> N
         blended = 0.6 * want + 0.4 * np.ones(3)
         near |= np.abs(img - blended).max(axis=-1) < 0.02
         assert near.sum() > 20, path
+
+
+def test_cost_curves_count_the_prior_labels() -> None:
+    """An arm whose baseline was built on 2,500 DFT labels is drawn at its full cost; an arm
+    without prior labels at its cost_spent; no cost_total at all: no curve."""
+    rows = []
+    for arm, prior in (("direct", None), ("delta", 2500.0)):
+        for seed in (0, 1):
+            for step, mae in ((1000, 0.1), (2000, 0.08)):
+                total = None if prior is None else step + prior
+                rows.append(dict(grid="g", arm=arm, run_id=f"{arm}{seed}", seed=seed, step=step,
+                                 test_mae=mae + 0.001 * seed, cost_spent=float(step),
+                                 cost_total=total))  # fmt: skip
+    hist = pd.DataFrame(rows)
+    curves = build.total_cost_curves(hist, 0.95)
+    span = curves.groupby("arm")["x"].agg(["min", "max"])
+    assert span.loc["direct"].tolist() == pytest.approx([1000.0, 2000.0])
+    assert span.loc["delta"].tolist() == pytest.approx([3500.0, 4500.0])
+    assert build.total_cost_curves(hist.drop(columns="cost_total"), 0.95).empty

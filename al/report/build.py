@@ -190,6 +190,9 @@ class GridReport:
     references: dict[str, str | None] = field(default_factory=dict)
     #: the reference was named with ``arm:NAME``, whatever the arms' settings
     named: bool = False
+    #: the learning curves on ``cost_total`` (cost_spent + the prior labels of an oracle or
+    #: baseline model), when some run logged prior labels; empty otherwise
+    curves_cost_total: pd.DataFrame = field(default_factory=pd.DataFrame)
     #: per (arm, converged checkpoint): the converged errors over seeds (checkpoint_table)
     converged: pd.DataFrame = field(default_factory=pd.DataFrame)
     #: per (arm, checkpoint, converged error): paired_checkpoints, with ``p_holm`` (the
@@ -226,6 +229,16 @@ class Report:
     has_converged: bool = False
     n_resamples: int = N_RESAMPLES
     bootstrap_seed: int = BOOTSTRAP_SEED
+
+
+def total_cost_curves(hist: pd.DataFrame, level: float) -> pd.DataFrame:
+    """Learning curves on ``cost_total``, every cost counted: ``cost_spent`` plus the DFT
+    labels that built an oracle or baseline model (a run without prior labels: its
+    ``cost_spent``). Empty when no run logged ``cost_total``."""
+    if CM.COST_TOTAL not in hist.columns or hist[CM.COST_TOTAL].isna().all():
+        return pd.DataFrame()
+    total = hist.assign(**{CM.COST_TOTAL: hist[CM.COST_TOTAL].fillna(hist[CM.COST_SPENT])})
+    return learning_curves(total.dropna(subset=[CM.COST_TOTAL]), CM.COST_TOTAL, level=level)
 
 
 def default_targets(curves: pd.DataFrame, baseline: str | Sequence[str] | None) -> list[float]:
@@ -288,6 +301,7 @@ def build_report(
         curves = learning_curves(hist, "step", level=level)
         tg = list(targets) if targets else default_targets(curves, used)
         cost = learning_curves(hist.dropna(subset=[CM.COST_SPENT]), CM.COST_SPENT, level=level)
+        cost_total = total_cost_curves(hist, level)
         paired, steps, savings = [], [], []
         for arm in sorted(a for a, r in refs.items() if r is not None):
             base = refs[arm]
@@ -315,6 +329,7 @@ def build_report(
                 summary=summary_table(hist, curves, tg, level),
                 curves_labels=curves,
                 curves_cost=cost,
+                curves_cost_total=cost_total,
                 baseline=baseline.removeprefix(ARM_PREFIX) if used else None,
                 paired=pd.DataFrame(paired),
                 paired_steps=pd.concat(steps, ignore_index=True) if steps else pd.DataFrame(),

@@ -349,6 +349,7 @@ def write_tables(report: Report, out: Path) -> None:
             "summary": (g.summary, True),
             "curve_labels": (g.curves_labels, True),
             "curve_cost": (g.curves_cost, True),
+            "curve_cost_total": (g.curves_cost_total, not g.curves_cost_total.empty),
             "paired": (g.paired, paired),
             "paired_steps": (g.paired_steps, paired),
             "savings": (g.savings, not g.savings.empty),
@@ -391,6 +392,16 @@ def draw_figures(report: Report, out: Path) -> dict[str, list[Figure]]:
                 plot_curves(g.curves_cost, "cumulative cost (cost_spent)",
                             f"{name}: test MAE vs cost ({pct} CI)", path, log_x=True)  # fmt: skip
             done.append(Figure.of(f"Test MAE vs cumulative cost{warm}", path, out))
+        if not g.curves_cost_total.empty:
+            path = out / "plots" / f"mae_vs_cost_total_{slug}.png"
+            with cycle(g.curves_cost_total["arm"]):
+                plot_curves(g.curves_cost_total, "cost incl. prior labels (cost_total)",
+                            f"{name}: test MAE vs cost, every label counted ({pct} CI)", path,
+                            log_x=True)  # fmt: skip
+            done.append(Figure.of(
+                "Test MAE vs cost with the DFT labels that built an oracle or baseline model "
+                f"(cost_total){warm}", path, out,
+            ))  # fmt: skip
         if g.baseline is not None and not g.paired_steps.empty:
             path = out / "plots" / f"paired_diff_{slug}.png"
             label = g.paired_steps["arm"] + " − " + g.paired_steps["baseline"]
