@@ -318,6 +318,13 @@ def test_validation_set_is_never_trained_on(qm9, no_mlflow, tmp_path) -> None:
     plain = tiny_campaign(qm9, MemoryTracker(tmp_path / "b"), rounds=3)
     assert plain.execute() == "rounds: 3 of 3 done"
     assert plain.mae_history == pytest.approx(campaign.mae_history, rel=1e-6)
+    # checkpoints=all: one converged refit a round, each at its round's step
+    every = tiny_campaign(
+        qm9, tracker := MemoryTracker(tmp_path / "c"), rounds=1, checkpoints="all",
+        converged_steps=2,
+    )  # fmt: skip
+    assert every.execute() == "rounds: 1 of 1 done"
+    assert tracker.metrics_frame()[CM.converged(CM.TEST_MAE)].notna().tolist() == [True, True]
     assert (
         plain.labelled.table["qm9_index"].tolist() == campaign.labelled.table["qm9_index"].tolist()
     )

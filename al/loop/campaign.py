@@ -265,15 +265,20 @@ class Campaign:
 
     def converge(self, round_: int) -> None:
         """At a converged checkpoint (``checkpoints``): the first round whose labelled set
-        reaches a checkpoint's count not yet evaluated is refitted from scratch
+        reaches a checkpoint's count not yet evaluated (``all``: every round) is refitted
+        from scratch
         (:func:`~al.loop.converged.converged_fit`, ``converged_steps``), logged as
         ``converged.*`` at the round's step with its test and validation predictions; the
         campaign's own model is kept, so the campaign goes on exactly as without."""
         n_labelled = len(self.labelled.ok)
-        due = [c for c in self.config.checkpoint_counts() if c <= n_labelled]
         done = self.tracker.metric_by_step(CM.converged(CM.TEST_MAE))
-        if not due or any(step >= due[-1] for step in done):
-            return
+        if self.config.checkpoint_every_round:
+            if n_labelled in done:
+                return
+        else:
+            due = [c for c in self.config.checkpoint_counts() if c <= n_labelled]
+            if not due or any(step >= due[-1] for step in done):
+                return
         train_data, train_rows, val_rows = self.training_set(round_)
         log.info("event=phase phase=converge round=%d n_train=%d", round_, train_rows.numel())
         self.bar.set_description("campaign: converge")

@@ -26,8 +26,10 @@ def oracle_list_problem(value: str) -> str | None:
 
 
 def parse_checkpoints(value: str) -> list[int]:
-    """The label counts of ``checkpoints`` (``"2000, 3000"``), sorted; ValueError if any
-    is not a whole number > 0."""
+    """The label counts of ``checkpoints`` (``"2000, 3000"``), sorted (none for ``all``,
+    every round); ValueError if any is not a whole number > 0."""
+    if value.strip().lower() == "all":
+        return []
     out = []
     for part in (p.strip() for p in value.split(",") if p.strip()):
         if not part.isdigit() or int(part) <= 0:
@@ -135,9 +137,9 @@ class CampaignConfig(ModelConfig, FitConfig, DataConfig):
         "rounds trained on)", min=0,
     )  # fmt: skip
     checkpoints: str = option(
-        "", "label counts (comma-separated, e.g. 2000,3000) at which the labelled set is "
-        "also refitted from scratch to convergence (converged_steps) and evaluated, beside "
-        "the campaign's own fit", check=checkpoints_problem,
+        "", "label counts (comma-separated, e.g. 2000,3000), or all (every round), at which "
+        "the labelled set is also refitted from scratch to convergence (converged_steps) "
+        "and evaluated, beside the campaign's own fit", check=checkpoints_problem,
     )  # fmt: skip
     converged_steps: int = option(
         10000, "checkpoints: optimizer steps of a converged refit, all of them run, the best "
@@ -213,8 +215,14 @@ class CampaignConfig(ModelConfig, FitConfig, DataConfig):
         return FitConfig(**values)
 
     def checkpoint_counts(self) -> list[int]:
-        """The converged checkpoints' label counts, sorted (none when not set)."""
+        """The converged checkpoints' label counts, sorted (none when not set, or ``all``)."""
         return parse_checkpoints(self.checkpoints)
+
+    @property
+    def checkpoint_every_round(self) -> bool:
+        """``checkpoints=all``: a converged refit after every round (multi-fidelity campaigns,
+        read at equal cost rather than at label counts)."""
+        return self.checkpoints.strip().lower() == "all"
 
     def stopping_settings(self) -> dict[str, float]:
         """The values of the stopping-rule keys (:data:`al.loop.stopping.STOPPING_RULES`)."""
