@@ -282,3 +282,38 @@ def test_molecules_paid_survive_the_checkpoint_so_a_resume_never_charges_twice(q
     empty = build_baseline("composition")
     empty.load_meta(empty.meta())
     assert empty.n_paid == 0
+
+
+@pytest.mark.slow
+def test_delta_learning_does_not_depend_on_the_xtb_reference(qm9) -> None:
+    """The surrogate fits per-element reference energies on its own targets, so any
+    per-element offset in the baseline (the packaged xTB reference, fitted on 2,500 DFT
+    labels, or none at all) leaves its predictions unchanged: the reference's DFT labels
+    are not a cost of Δ-learning on xTB."""
+    from al.baselines import ResidualSurrogate, XTBBaseline
+    from al.training.config import FitConfig
+
+    rng = np.random.default_rng(0)
+    rows = torch.as_tensor(rng.choice(len(qm9.ptr) - 1, 300, replace=False))
+    train, val, test = rows[:200], rows[200:250], rows[250:]
+    means = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for zero in (False, True):
+            baseline = XTBBaseline()
+            if zero:  # raw xTB energies: no reference at all
+                baseline.coef = torch.zeros_like(baseline.coef)
+            inner = build_surrogate(
+                "shallow", ModelConfig(hidden=16, n_interactions=1, filter_groups=4),
+                FitConfig(epochs=3, batch_size=32, progress=False, seed=0),
+                torch.device("cpu"), ensemble_size=2,
+            )  # fmt: skip
+            surrogate = ResidualSurrogate(inner, baseline)
+            surrogate.fit(qm9, train, val)
+            means.append(surrogate.predict(qm9, test).mean)
+    finally:
+        torch.set_num_threads(threads)
+    offsets = qm9.composition(test) @ XTBBaseline().coef  # what the reference adds, [100]
+    assert offsets.abs().min() > 1.0  # the two baselines differ by eV per molecule...
+    torch.testing.assert_close(means[0], means[1], atol=2e-4, rtol=0)  # ...the model does not
