@@ -53,8 +53,10 @@ def main() -> None:
             table = pd.read_csv(path)
             err = (table["mean"] - table["target"]).abs().to_numpy()
             tags = run.data.tags
-            row = {"arm": tags.get("al.cell", ""), "seed": tags.get("al.seed"),
-                   "labels": int(match.group(1)), "n_val": err.size, "val_mae": err.mean()}  # fmt: skip
+            row = {
+                "arm": tags.get("al.cell", ""), "seed": tags.get("al.seed"),
+                "labels": int(match.group(1)), "n_val": err.size, "val_mae": err.mean(),
+            }  # fmt: skip
             for n in args.sizes:
                 row[f"se_{n}_pct"] = 100 * standard_error(err, n, rng, args.reps) / err.mean()
             rows.append(row)
