@@ -12,6 +12,7 @@ import mlflow
 import pandas as pd
 import pytest
 from mlflow.entities import LoggedModelStatus
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from al.config import ConfigError
@@ -244,6 +245,15 @@ def test_resume_refuses_a_run_that_is_not_a_campaign(tracking: str) -> None:
         pass
     with pytest.raises(ValueError, match=r"is not a campaign \(al.kind=train\)"):
         run_campaign(CampaignConfig(**{**TINY, "resume": run.info.run_id}))
+    # another tool's run, even one that looks finished: refused, left exactly as it was
+    with mlflow.start_run(tags={"al.stop_reason": "x", "al.model_uri": "y"}) as other:
+        pass
+    before = MlflowClient().get_run(other.info.run_id)
+    with pytest.raises(ValueError, match=r"is not a campaign \(no al.kind tag\)"):
+        run_campaign(CampaignConfig(**{**TINY, "resume": other.info.run_id}))
+    after = MlflowClient().get_run(other.info.run_id)
+    assert after.data.tags == before.data.tags and after.info.status == before.info.status
+    assert not MlflowClient().list_artifacts(other.info.run_id)
 
 
 @pytest.mark.slow
@@ -268,7 +278,8 @@ def test_killed_right_after_the_run_was_created(
         run_campaign(CampaignConfig(**{**TINY, "rounds": 1}))
     monkeypatch.setattr(MlflowTracker, "start", classmethod(start))
     (run_id,) = started
-    assert TAG_KIND not in MlflowClient().get_run(run_id).data.tags
+    tags = MlflowClient().get_run(run_id).data.tags
+    assert tags[TAG_KIND] == "campaign" and TAG_SEED not in tags  # known at once, nothing else
 
     run_campaign(CampaignConfig(**{**TINY, "rounds": 1, "resume": run_id}))
     run = MlflowClient().get_run(run_id)
@@ -354,3 +365,41 @@ def test_a_refused_write_is_not_called_an_outage(tmp_path: Path) -> None:
     assert message.startswith("the tracking server refused a value of campaign r1 round 0")
     assert "once what it refused is fixed" in message and "server is back" not in message
     assert str(tmp_path / "r1.jsonl") in message and "al al-loop --resume r1" in message
+
+
+@pytest.mark.slow
+def test_resume_finds_its_own_journal_and_refuses_to_rebuy_without_it(
+    tracking: str, paid: list[int], monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """Round 1's labels are paid but never recorded (the server refused them). A resume from
+    a shell with another journal setting reads the journal the run names and buys nothing
+    twice; with the journal gone, resume is one line that says where it was and how to go
+    on, and journal_lost=true goes on knowingly."""
+    log_queried = MlflowTracker.log_queried
+
+    def refused(self, round_: int, frame: pd.DataFrame) -> None:
+        if round_ == 1:
+            raise MlflowException("refused", error_code="INVALID_PARAMETER_VALUE")
+        log_queried(self, round_, frame)
+
+    monkeypatch.setattr(MlflowTracker, "log_queried", refused)
+    with pytest.raises(LabelsNotRecordedError) as err:
+        run_campaign(CampaignConfig(**TINY))
+    run_id, first = err.value.run_id, list(paid)
+    journal = journal_path(run_id)
+    assert journal.exists() and len(first) == 48  # 20 + 20 validation, then round 1's 8
+    monkeypatch.setattr(MlflowTracker, "log_queried", log_queried)
+
+    # another shell: AL_JOURNAL_DIR points elsewhere, the run's tag names the journal
+    monkeypatch.setenv("AL_JOURNAL_DIR", str(tmp_path / "elsewhere"))
+    moved = journal.with_name("kept.jsonl")
+    journal.rename(moved)
+    with pytest.raises(ValueError, match="journal_lost=true") as missing:
+        run_campaign(CampaignConfig(resume=run_id, progress=False))
+    assert "\n" not in str(missing.value) and str(journal) in str(missing.value)
+    assert paid == first  # nothing bought
+    moved.rename(journal)
+    assert run_campaign(CampaignConfig(resume=run_id, progress=False)) == run_id
+    table = queried_tables(run_id)
+    assert len(paid) == len(table) == len(set(paid))  # round 1 taken from the journal
+    assert not (tmp_path / "elsewhere").exists() or not any((tmp_path / "elsewhere").iterdir())

@@ -24,7 +24,7 @@ from al.data.molecules import MolecularData
 from al.data.splits import Splits
 from al.loop.campaign import Campaign
 from al.loop.config import CampaignConfig
-from al.loop.journal import LabelsNotRecordedError, error_summary
+from al.loop.journal import JOURNAL_DIR_ENV, LabelsNotRecordedError, error_summary, journal_path
 from al.loop.schemes import build_scheme
 from al.loop.selection import build_selection
 from al.loop.stopping import build_rules
@@ -52,6 +52,8 @@ def run_campaign(config: CampaignConfig, echo: Callable[[str], None] | None = No
     stored_splits = None
     if config.resume:
         stored = read_stored_campaign(config.resume)
+        refuse_other_runs(stored)  # before anything on it changes
+        check_journal(stored, config.journal_lost)
         if stored.finished:
             reason = stored.tags[tracking.TAG_STOP_REASON]
             log.info("event=resume_finished run_id=%s reason=%r", config.resume, reason)
@@ -147,6 +149,8 @@ def run_campaign(config: CampaignConfig, echo: Callable[[str], None] | None = No
             tracking.TAG_JOURNAL: str(run.journal_path),
         }  # fmt: skip
         write_metadata(run.run_id, tags, resolved, splits)
+        run.journal_path.parent.mkdir(parents=True, exist_ok=True)
+        run.journal_path.touch()  # exists from now on: a missing journal means a moved one
         campaign = Campaign(
             config, data, splits, surrogate, oracles, rules,
             scheme=scheme, selection=selection, tracker=run,
@@ -194,8 +198,37 @@ def log_final_model(campaign: Campaign, tracker: MlflowTracker) -> str:
 #: setting given with ``resume`` must equal the campaign's own.
 RESUME_EXTENSIONS = (
     "rounds", "budget_labels", "budget_cost", "target_mae", "plateau_rounds", "device",
-    "threads", "progress", "experiment_name",
+    "threads", "progress", "experiment_name", "journal_lost",
 )  # fmt: skip
+
+
+def check_journal(stored: StoredCampaign, lost: bool) -> None:
+    """ValueError, one line, when the label journal the campaign's ``al.journal`` tag names
+    is neither there nor at ``$AL_JOURNAL_DIR/<run id>.jsonl``: resuming without it could
+    buy again labels it paid after its last recorded round. ``lost`` (``journal_lost``)
+    resumes all the same."""
+    tagged = stored.tags.get(tracking.TAG_JOURNAL)
+    here = journal_path(stored.run_id)
+    if lost or not tagged or here.exists() or Path(tagged).exists():
+        return
+    raise ValueError(
+        f"the label journal of campaign {stored.run_id} is not on this machine (tag "
+        f"{tracking.TAG_JOURNAL}: {tagged}; nor at {here}): labels it paid after its last "
+        f"recorded round would be bought again; copy it to {here}, or set "
+        f"{JOURNAL_DIR_ENV} to the folder that holds it, and resume; if it is lost for good, "
+        "resume with journal_lost=true"
+    )
+
+
+def refuse_other_runs(stored: StoredCampaign) -> None:
+    """ValueError, one line, for a run that is not a campaign (no ``al.kind=campaign``)."""
+    if stored.kind != tracking.KIND_CAMPAIGN:
+        kind = tracking.TAG_KIND
+        what = f"{kind}={stored.kind}" if stored.kind else f"no {kind} tag"
+        raise ValueError(
+            f"run {stored.run_id} is not a campaign ({what}); resume takes the run id of an "
+            "al_loop campaign, and leaves any other run as it is"
+        )
 
 
 def resumed_settings(
@@ -208,14 +241,12 @@ def resumed_settings(
     from the :class:`CampaignConfig` default (so a default value given explicitly counts as
     not given); a given setting outside the extensions must equal the stored one, else one
     error line names the keys that differ. A run killed before its config was written
-    continues with ``config`` as given. Refuses a run that is not a campaign.
+    continues with ``config`` as given. Refuses a run that is not a campaign (a campaign is
+    tagged ``al.kind=campaign`` the moment its run is created), before anything on it
+    changes.
     """
     run_id = config.resume
-    if stored.kind is not None and stored.kind != tracking.KIND_CAMPAIGN:
-        raise ValueError(
-            f"run {run_id} is not a campaign ({tracking.TAG_KIND}={stored.kind}); "
-            "resume takes the run id of an al_loop campaign"
-        )
+    refuse_other_runs(stored)
     splits = None
     if stored.splits_json is not None:
         with tempfile.TemporaryDirectory(prefix="al-") as tmp:

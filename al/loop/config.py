@@ -168,6 +168,9 @@ class CampaignConfig(ModelConfig, FitConfig, DataConfig):
         0.2, "stream scheme: retrain once the labelled set grew by this fraction", min=0.0
     )
     resume: str = option("", "run id of a campaign to continue")
+    journal_lost: bool = option(
+        False, "resume without the campaign's label journal (lost with its machine): labels "
+        "paid after its last recorded round are bought again", )  # fmt: skip
     experiment_name: str = option("al", "MLflow experiment (when not set by mlflow run)")
     surrogate_config: str = option(
         "", "YAML of model and fit settings (e.g. runs:/<id>/best_params.yaml), below config"

@@ -38,6 +38,7 @@ from al.tracking import (
     QUERIED_COLUMNS,
     ROUND_CHECKPOINT,
     TAG_DATA_VERSION,
+    TAG_JOURNAL,
     TAG_KIND,
     TAG_MODEL_URI,
     TAG_ROUND,
@@ -163,11 +164,20 @@ class MlflowTracker(CampaignRun):
     def __init__(self, run_id: str) -> None:
         super().__init__(run_id)
         self._epochs: EpochLogger | None = None
+        self._journal: Path | None = None
 
     @property
     def journal_path(self) -> Path:
-        """``$AL_JOURNAL_DIR/<run id>.jsonl`` (see :func:`al.loop.journal.journal_path`)."""
-        return journal_path(self.run_id)
+        """The campaign's label journal: ``$AL_JOURNAL_DIR/<run id>.jsonl`` (see
+        :func:`al.loop.journal.journal_path`), or, when that file does not exist and the
+        run's ``al.journal`` tag names one that does, that one (a campaign resumed from a
+        shell without its journal setting finds its own journal). Read once."""
+        if self._journal is None:
+            here = journal_path(self.run_id)
+            tagged = self.client.get_run(self.run_id).data.tags.get(TAG_JOURNAL)
+            found = not here.exists() and tagged and Path(tagged).exists()
+            self._journal = Path(tagged) if found else here
+        return self._journal
 
     @contextmanager
     def fit_run(self, round_: int, data_version: str) -> Iterator[EpochCallback]:

@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from al.tracking.lease import CampaignLease, catch_sigterm, restore_sigterm
 from al.tracking.names import (
+    KIND_CAMPAIGN,
     KIND_TRIAL,
     QUERIED_COLUMNS,
     ROLE_TRAIN,
@@ -109,6 +110,8 @@ class CampaignRun:
                 mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or experiment_name)
             run = mlflow.start_run()
             try:
+                # first of all, so that even a campaign killed at once is known for one
+                MlflowClient().set_tag(run.info.run_id, TAG_KIND, KIND_CAMPAIGN)
                 lease = CampaignLease(run.info.run_id).acquire()
             except BaseException as err:
                 mlflow.end_run("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
