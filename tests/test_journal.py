@@ -215,3 +215,38 @@ def test_round_redone_after_a_kill_keeps_the_learning_curve(qm9, tmp_path) -> No
     assert list(by_step) == [20, 28, 36, 44]
     assert resumed.mae_history == list(by_step.values())
     assert resumed.learning_curve() == list(by_step.items())
+
+
+def test_a_polite_kill_waits_until_the_answer_is_journalled(tmp_path) -> None:
+    """SIGTERM arriving between the oracle's answer and its journal record is held until
+    the record is on disk, then unwinds as usual."""
+    import os
+    import signal
+
+    from al.loop.journal import deferred_signals
+
+    class Term(BaseException):
+        pass
+
+    def raise_term(signum, frame):
+        raise Term
+
+    previous = signal.signal(signal.SIGTERM, raise_term)
+    journal = LabelJournal(tmp_path / "j.jsonl")
+    answer = pd.DataFrame({"qm9_index": [7], "oracle": ["xtb"], "label": [1.5],
+                           "status": ["ok"], "cost": [0.01]})  # fmt: skip
+    try:
+        with pytest.raises(Term):
+            with deferred_signals():
+                os.kill(os.getpid(), signal.SIGTERM)  # the kill comes now...
+                journal.log_labels(0, [0], answer)  # ...and waits for this
+            pytest.fail("the signal was not delivered after the block")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert journal.paid(0)["qm9_index"].tolist() == [7]
+
+
+def test_an_oracle_that_labels_one_at_a_time_is_journalled_one_at_a_time() -> None:
+    from al.oracles import DFTOracle, XTBOracle
+
+    assert XTBOracle.journal_chunk == 1 and DFTOracle.journal_chunk == CHUNK

@@ -35,6 +35,7 @@ from al.loop.journal import (
     CHUNK,
     LabelJournal,
     LabelsNotRecordedError,
+    deferred_signals,
     journal_path,
     no_answers,
 )
@@ -344,9 +345,11 @@ class Campaign:
         """Ask the oracles for ``request`` and record every row (failures too).
 
         Nothing paid is lost: the request, then the oracle answers in chunks of
-        :data:`~al.loop.journal.CHUNK` rows, are appended to the label journal and fsynced
-        (:mod:`al.loop.journal`) before anything else, so a kill in the middle of a batch
-        pays again at most the chunk in flight. Answers already journalled for this very
+        :data:`~al.loop.journal.CHUNK` rows (one row for an oracle that labels one molecule
+        at a time, ``journal_chunk = 1``), are appended to the label journal and fsynced
+        (:mod:`al.loop.journal`) before anything else, SIGINT and SIGTERM held until the
+        answer is journalled, so a kill in the middle of a batch pays again at most the
+        chunk in flight. Answers already journalled for this very
         request (a round resumed from the journal) are re-used, never bought again. Then the
         round's table goes to the tracker; if that fails, :class:`LabelsNotRecordedError` says
         where the paid labels are and how to resume.
@@ -364,13 +367,14 @@ class Campaign:
         parts = [paid[list(FRAME_COLUMNS)]] if len(paid) else []
         for d, rows in request.groupby("fidelity", sort=True).groups.items():
             todo = [int(p) for p in rows if int(p) not in paid.index]
-            for i in range(0, len(todo), CHUNK):
-                chunk = todo[i : i + CHUNK]
-                result = self.oracles[int(d)].label(
-                    request.loc[chunk, "qm9_index"].to_numpy(np.int64)
-                )
-                part = result.to_frame().set_axis(chunk)
-                journal.log_labels(round_, chunk, part)
+            oracle = self.oracles[int(d)]
+            step = max(1, int(getattr(oracle, "journal_chunk", CHUNK)))
+            for i in range(0, len(todo), step):
+                chunk = todo[i : i + step]
+                with deferred_signals():  # the answer is journalled before a kill unwinds
+                    result = oracle.label(request.loc[chunk, "qm9_index"].to_numpy(np.int64))
+                    part = result.to_frame().set_axis(chunk)
+                    journal.log_labels(round_, chunk, part)
                 parts.append(part)
         self.timings["label"] = time.perf_counter() - t0
         frame = pd.concat(parts).sort_index()

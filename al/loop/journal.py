@@ -24,11 +24,14 @@ A line cut short by a kill is ignored when reading.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
-from collections.abc import Iterable
+import signal
+import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +43,34 @@ from al.tracking.names import ROLE_TRAIN
 log = logging.getLogger(__name__)
 
 #: Oracle answers journalled per record: a kill in the middle of a batch loses (and pays
-#: again) at most the chunk in flight.
+#: again) at most the chunk in flight. An oracle that computes its labels one at a time
+#: (``journal_chunk = 1``, e.g. xTB) is asked and journalled one label at a time.
 CHUNK = 64
+
+
+@contextlib.contextmanager
+def deferred_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block is done: an oracle's answer in hand is
+    journalled before a polite kill unwinds the campaign. A signal that arrives meanwhile
+    is recorded, and raised again, to the handlers in place before, when the block ends.
+    (Python runs signal handlers in the main thread whichever thread the kernel picks, so
+    the handlers are swapped rather than the thread's signal mask.) Outside the main
+    thread, where handlers cannot be set, a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda signum, _frame: held.append(signum)) for s in signals}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for s in dict.fromkeys(held):
+            signal.raise_signal(s)
+
+
 #: Environment variable naming the journal folder.
 JOURNAL_DIR_ENV = "AL_JOURNAL_DIR"
 REQUEST_FIELDS = ("qm9_index", "fidelity", "score", "pred_mean", "pred_std", "role")

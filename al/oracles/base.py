@@ -149,6 +149,10 @@ class Oracle(ABC):
     default_cost: ClassVar[float] = 1.0
     #: Placeholder of the spec's argument (``"<MLflow model URI>"``), None if it takes none.
     argument: ClassVar[str | None] = None
+    #: Labels a campaign asks for (and journals) per call: batch oracles answer a batch at
+    #: once; an oracle that computes one molecule at a time sets 1, so that a kill re-buys
+    #: at most the one label in flight (:mod:`al.loop.journal`).
+    journal_chunk: ClassVar[int] = 64
 
     def __init__(self, data: MolecularData, *, cost: float | None = None) -> None:
         cost = self.default_cost if cost is None else float(cost)
