@@ -487,5 +487,69 @@ def experiment(
         raise click.ClickException(f"{len(failed)} campaign(s) failed: {', '.join(failed)}")
 
 
+@main.command()
+@click.option("--smiles", "smiles_file", default=None,
+              help=".smi/.txt file (one SMILES per line, optional name) or .csv")  # fmt: skip
+@click.option("--column", default="smiles", show_default=True, help="SMILES column of a CSV")
+@click.option("--qm9", "qm9_n", type=_Optional(click.IntRange(min=1)), default=None,
+              help="the first N QM9 molecules' SMILES instead of a file")  # fmt: skip
+@click.option("--workers", type=_Optional(click.IntRange(min=1)), default=None,
+              help="processes, one thread each (default: the cores)")  # fmt: skip
+@click.option("--fmax", type=_Optional(click.FloatRange(min=0, min_open=True)), default=None,
+              help="force threshold of the xTB optimisation, eV/A (default: 0.05)")  # fmt: skip
+@click.option("--max-steps", "--max_steps", "max_steps", type=_Optional(click.IntRange(min=1)),
+              default=None, help="optimiser steps before not_converged (default: 200)")  # fmt: skip
+@click.option("--seed", type=_Optional(click.IntRange(min=0)), default=None,
+              help="ETKDG random seed (default: 0)")  # fmt: skip
+@click.option("--cache", default=None, help="folder of the geometry store (default: "
+              "<al cache>/geometries)")  # fmt: skip
+@click.option("--out", default=None, help="write an extended XYZ (.xyz) of the geometries "
+              "or a CSV (.csv) of every molecule's status")  # fmt: skip
+def geometry(
+    smiles_file: str | None,
+    column: str,
+    qm9_n: int | None,
+    workers: int | None,
+    fmax: float | None,
+    max_steps: int | None,
+    seed: int | None,
+    cache: str | None,
+    out: str | None,
+) -> None:
+    """GFN2-xTB-optimised geometries from SMILES (RDKit ETKDG, MMFF94, then tblite), each
+    molecule with its status; finished molecules are cached and never computed again."""
+    from al.data.conformers import (
+        GeometrySettings,
+        SmilesInputError,
+        check_output,
+        compute_geometries,
+        qm9_smiles,
+        read_smiles,
+        write_geometries,
+    )
+
+    if (smiles_file is None) == (qm9_n is None):
+        raise click.ClickException("give either --smiles FILE or --qm9 N")
+    given = {"fmax": fmax, "max_steps": max_steps, "seed": seed}
+    try:
+        settings = GeometrySettings(**{k: v for k, v in given.items() if v is not None})
+        if out:
+            check_output(out)
+        rows = read_smiles(smiles_file, column) if smiles_file else qm9_smiles(qm9_n or 0)
+    except (SmilesInputError, ValueError, FileNotFoundError) as err:
+        raise _one_line(err) from None
+    names, inputs = [n for n, _ in rows], [s for _, s in rows]
+    try:
+        run = compute_geometries(inputs, settings, workers=workers, cache=cache, echo=click.echo)
+    except (RuntimeError, OSError) as err:
+        raise _one_line(err) from None
+    click.echo(run.summary())
+    if out:
+        n = write_geometries(out, names, inputs, run.records)
+        left = len(run.records) - n
+        note = f" ({left} without a geometry left out; a .csv lists every status)" if left else ""
+        click.echo(f"wrote {n} molecule(s) to {out}{note}")
+
+
 if __name__ == "__main__":
     main()
