@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 from dataclasses import MISSING, fields
@@ -132,7 +133,7 @@ def _resolve(cls: type, config_file: str | None, overrides: dict[str, Any]) -> A
         base = _surrogate_values(cls, str(surrogate)) if surrogate else {}
         return build_config(cls, {**base, **from_file, **given})
     except ConfigError as err:
-        raise click.ClickException(str(err)) from None
+        raise _masked(err) from None
 
 
 @click.group()
@@ -147,11 +148,20 @@ def main(log_level: str) -> None:
     for handler in logging.getLogger().handlers:  # no password reaches a log line
         if not any(isinstance(f, SecretMaskingFilter) for f in handler.filters):
             handler.addFilter(SecretMaskingFilter())
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if mask_secrets(uri) != uri:  # MLflow prints every run's URL, password and all
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 def _echo_masked(message: str) -> None:
     """``click.echo`` with passwords masked."""
     click.echo(mask_secrets(message))
+
+
+def _masked(err: BaseException) -> click.ClickException:
+    """A user error as it was raised, passwords masked (a tracking URI's, in the client's
+    own message too)."""
+    return click.ClickException(mask_secrets(str(err).strip("'\"")))
 
 
 def _one_line(err: BaseException) -> click.ClickException:
@@ -171,7 +181,7 @@ def train(config_file: str | None, **overrides: Any) -> None:
     try:
         run_train(config, echo=click.echo)
     except (ValueError, KeyError, RuntimeError, FileNotFoundError) as err:
-        raise click.ClickException(str(err).strip("'\"")) from None
+        raise _masked(err) from None
 
 
 @main.command("al-loop")
@@ -183,7 +193,7 @@ def al_loop(config_file: str | None, **overrides: Any) -> None:
 
     config = _resolve(CampaignConfig, config_file, overrides)
     try:
-        run_campaign(config, echo=click.echo)
+        run_campaign(config, echo=_echo_masked)
     except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: the run is KILLED, resumable
         from al.tracking.lease import exit_code, interrupt_signal
 
@@ -195,7 +205,7 @@ def al_loop(config_file: str | None, **overrides: Any) -> None:
             click.echo(f"campaign interrupted by {sig.name} before it started", err=True)
         sys.exit(exit_code(sig))
     except (ValueError, KeyError, RuntimeError, FileNotFoundError) as err:
-        raise click.ClickException(str(err).strip("'\"")) from None
+        raise _masked(err) from None
 
 
 @main.command()
@@ -251,11 +261,11 @@ def pretrain(config_file: str | None, **overrides: Any) -> None:
         config = resolve_pretrain_config({**(read_yaml(config_file) if config_file else {}),
                                           **given})  # fmt: skip
     except ConfigError as err:
-        raise click.ClickException(str(err)) from None
+        raise _masked(err) from None
     try:
         run_pretrain(config, echo=click.echo)
     except (ValueError, KeyError, RuntimeError, FileNotFoundError) as err:
-        raise click.ClickException(str(err).strip("'\"")) from None
+        raise _masked(err) from None
 
 
 @main.command()
@@ -274,7 +284,7 @@ def label(
     try:
         run_label(oracle_spec, input_csv, output or None, cost, experiment_name, echo=click.echo)
     except (ValueError, KeyError, RuntimeError, FileNotFoundError) as err:
-        raise click.ClickException(str(err).strip("'\"")) from None
+        raise _masked(err) from None
 
 
 @main.command()
@@ -300,7 +310,7 @@ def predict(model_uri: str, output: str, qm9_format: bool, files: tuple[str, ...
                 raise click.ClickException(f"{path}: no such file")
             molecules += read_xyz(path, qm9=qm9_format)
     except XYZError as err:
-        raise click.ClickException(str(err)) from None
+        raise _masked(err) from None
     from mlflow.exceptions import MlflowException
 
     try:
@@ -349,7 +359,7 @@ def data_info(source: str, root: str | None, split_seed: int, n_test: int, n_ora
         d = load_qm9(source, root)
         splits = make_splits(d.qm9_index.numpy(), SplitConfig(split_seed, n_test, n_oracle))
     except (ValueError, FileNotFoundError) as err:
-        raise click.ClickException(str(err)) from None
+        raise _masked(err) from None
     n = d.n_atoms.float()
     counts = torch.bincount(d.z, minlength=10)
     click.echo(f"source           {d.source} (digest {d.digest()})")
@@ -432,7 +442,7 @@ def compare(
             arms=[a.strip() for a in arms.split(",") if a.strip()],
         )  # fmt: skip
     except CompareError as err:
-        raise click.ClickException(str(err)) from None
+        raise _masked(err) from None
     click.echo(f"report: {result.markdown} ({result.html.name} beside it)")
     if result.run_id:
         click.echo(f"report run: {result.run_id}")
@@ -471,7 +481,7 @@ def experiment(
             spec = replace(spec, experiment_name=chosen)
         runner = GridRunner(spec, workers=workers or 1, threads=threads or 0, echo=click.echo)
     except (ConfigError, ValueError) as err:
-        raise click.ClickException(str(err)) from None
+        raise _masked(err) from None
     dry = bool(dry_run)
     if dry:
         click.echo(f"grid {spec.name!r} ({spec.path}), experiment {spec.experiment_name!r}:")

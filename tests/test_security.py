@@ -177,3 +177,28 @@ def test_planted_pickle_never_runs_even_with_a_matching_digest(
     assert "\n" not in message and "is not allowed in a weights file" in message
     assert "system" in message
     assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_no_line_a_campaign_prints_holds_the_password(subprocess_env: dict, tmp_path) -> None:
+    """A tracking URI with a literal password: not one line of a passing campaign (MLflow's
+    own "View run ... at" lines included) nor of one whose server cannot be reached holds
+    it."""
+    password = "pw" + secrets.token_hex(6)
+    uri = subprocess_env["MLFLOW_TRACKING_URI"].replace("http://", f"http://alice:{password}@")
+    env = {**subprocess_env, "MLFLOW_TRACKING_URI": uri, "AL_JOURNAL_DIR": str(tmp_path)}
+    args = [
+        sys.executable, "-m", "al.cli", "al-loop", "--initial-size", "20", "--val-size", "10",
+        "--batch-size", "8", "--rounds", "1", "--epochs", "1", "--min-steps", "0",
+        "--ensemble-size", "2", "--pool-subsample", "100", "--n-test", "50", "--hidden", "8",
+        "--n-interactions", "1", "--filter-groups", "4", "--progress", "false",
+        "--threads", "1", "--experiment-name", "secrets-printed",
+    ]  # fmt: skip
+    passing = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    assert passing.returncode == 0, passing.stderr[-2000:]
+    closed = {**env, "MLFLOW_TRACKING_URI": f"http://alice:{password}@127.0.0.1:9",
+              "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}  # fmt: skip
+    failing = subprocess.run(args, env=closed, capture_output=True, text=True, timeout=600)
+    assert failing.returncode != 0 and "alice:***@" in failing.stderr
+    for out in (passing, failing):
+        assert password not in out.stdout + out.stderr
