@@ -403,3 +403,42 @@ def test_resume_finds_its_own_journal_and_refuses_to_rebuy_without_it(
     table = queried_tables(run_id)
     assert len(paid) == len(table) == len(set(paid))  # round 1 taken from the journal
     assert not (tmp_path / "elsewhere").exists() or not any((tmp_path / "elsewhere").iterdir())
+
+
+@pytest.mark.slow
+def test_a_process_that_lost_its_lease_stops_at_once(
+    tracking: str, paid: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While round 1 is being labelled, another process takes the run over (as after this
+    one was paused past the TTL): this one pays no further label, writes nothing more to the
+    run (status, tags, metrics stay as the new owner finds them) and says so in one line."""
+    from al.tracking import TAG_LEASE
+    from al.tracking.lease import CampaignLease, LeaseLostError, LeaseRecord
+
+    monkeypatch.setattr(CampaignLease, "RECHECK_S", 0.0)  # read the tag at every check
+    label = DFTOracle.label
+    calls: list[int] = []
+
+    def taken_over_during_round_1(self, qm9_index):
+        calls.append(len(qm9_index))
+        out = label(self, qm9_index)
+        if len(calls) == 2:  # round 1's labels: another process takes the run now
+            run_id = mlflow.active_run().info.run_id
+            now = time.time()
+            record = LeaseRecord("other-host:1:abc", now, now).to_tag()
+            MlflowClient().set_tag(run_id, TAG_LEASE, record)
+        return out
+
+    monkeypatch.setattr(DFTOracle, "label", taken_over_during_round_1)
+    with pytest.raises(LeaseLostError) as err:
+        run_campaign(CampaignConfig(**{**TINY, "batch_size": 130}))  # round 1: 2 chunks
+    message = str(err.value)
+    assert "\n" not in message and "other-host:1:abc" in message
+    assert calls == [40, 64]  # the second chunk of round 1 was never bought
+    run_id = message.split()[1]
+    run = MlflowClient().get_run(run_id)
+    assert run.info.status == "RUNNING"  # not ours to end
+    assert LeaseRecord.parse(run.data.tags[TAG_LEASE]).owner == "other-host:1:abc"
+    assert CampaignMetrics.N_LABELLED not in run.data.metrics or (
+        run.data.metrics[CampaignMetrics.N_LABELLED] == 20
+    )  # round 1 was never recorded

@@ -202,6 +202,7 @@ class Campaign:
             self.converge(round_)
             return
         train_data, train_rows, val_rows = self.training_set(round_)
+        self.tracker.check_owner()
         with self.tracker.fit_run(round_, self.labelled.digest()) as on_epoch:
             log.info("event=phase phase=fit round=%d n_train=%d", round_, train_rows.numel())
             fit, warm = self.surrogate.fit, self.warm_share()
@@ -371,6 +372,7 @@ class Campaign:
             step = max(1, int(getattr(oracle, "journal_chunk", CHUNK)))
             for i in range(0, len(todo), step):
                 chunk = todo[i : i + step]
+                self.tracker.check_owner()  # a process that lost the run pays nothing more
                 with deferred_signals():  # the answer is journalled before a kill unwinds
                     result = oracle.label(request.loc[chunk, "qm9_index"].to_numpy(np.int64))
                     part = result.to_frame().set_axis(chunk)
@@ -446,6 +448,7 @@ class Campaign:
         self, round_: int, report: dict[str, float], epochs: int, retrained: bool = True
     ) -> None:
         """The round's metrics at ``step = n_labelled``, then mark the round completed."""
+        self.tracker.check_owner()
         table = self.labelled.table
         this_round = table[table["round"] == round_]
         metrics = {

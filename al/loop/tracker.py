@@ -124,6 +124,11 @@ class CampaignTracker(Protocol):
         """The validation set's rows of the queried tables (``validation.csv``)."""
         ...
 
+    def check_owner(self) -> None:
+        """Raise :class:`~al.tracking.lease.LeaseLostError` when another process owns the
+        campaign now; called before every oracle call and every round's record."""
+        ...
+
     def log_predictions(self, path: str, frame: pd.DataFrame) -> None:
         """A table of test predictions at ``path`` on the campaign run."""
         ...
@@ -315,6 +320,9 @@ class MemoryTracker:
 
     def log_validation(self, frame: pd.DataFrame) -> None:
         self.validation = frame[list(QUERIED_COLUMNS)].reset_index(drop=True).copy()
+
+    def check_owner(self) -> None:
+        """Nothing to check: one process holds a memory tracker."""
 
     def log_predictions(self, path: str, frame: pd.DataFrame) -> None:
         self.tables[path] = frame.copy()

@@ -53,6 +53,11 @@ class LeaseHeldError(RuntimeError):
     """Another live process owns the run; the message is the one line for the user."""
 
 
+class LeaseLostError(RuntimeError):
+    """Another process took the run over (this one was paused past the lease's TTL): this
+    process stops at once and writes nothing more to the run; the message is one line."""
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM received while a campaign runs (see :func:`terminate_as_interrupt`)."""
 
@@ -134,6 +139,9 @@ class CampaignLease:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self.since = 0.0
         self.lost = False
+        #: when the tag last said this process owns the run (wall clock, which, unlike a
+        #: monotonic one, also runs while the machine is suspended)
+        self.confirmed = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -187,6 +195,7 @@ class CampaignLease:
                     "try again"
                 )
             raise LeaseHeldError(self.refusal(winner))
+        self.confirmed = time.time()
         log.info(
             "event=lease_acquired run_id=%s owner=%s ttl=%g", self.run_id, self.owner, self.ttl
         )
@@ -206,15 +215,53 @@ class CampaignLease:
             try:
                 current = self.read()
                 if current is not None and current.owner != self.owner:
-                    self.lost = True
-                    log.error(
-                        "event=lease_lost run_id=%s new_owner=%s; this process no longer "
-                        "owns the run", self.run_id, current.owner,
-                    )  # fmt: skip
+                    self._lose(current)
                     return
                 self._write(time.time())
+                self.confirmed = time.time()
             except Exception as err:  # the next beat tries again; the TTL is the margin
                 log.warning("event=lease_heartbeat_failed run_id=%s error=%r", self.run_id, err)
+
+    def _lose(self, current: LeaseRecord | None) -> None:
+        self.lost = True
+        log.error(
+            "event=lease_lost run_id=%s new_owner=%s; this process no longer owns the run",
+            self.run_id, current.owner if current else "none",
+        )  # fmt: skip
+
+    #: seconds a confirmation of ownership is trusted before :meth:`check` reads the tag;
+    #: None: half the TTL (no other process may take the run over before a whole TTL has
+    #: passed without heartbeat, so a confirmation younger than that still holds)
+    RECHECK_S: float | None = None
+
+    def check(self) -> None:
+        """The fence: raises :class:`LeaseLostError` unless this process still owns the run,
+        by the heartbeat's view and, when its last confirmation is older than half the TTL
+        (:attr:`RECHECK_S`), by the tag read now: a process that was paused or suspended
+        past the TTL finds out here, before it pays a label or writes anything. A server
+        that cannot be read then raises its own error (an outage)."""
+        recheck = self.ttl / 2 if self.RECHECK_S is None else self.RECHECK_S
+        if not self.lost and time.time() - self.confirmed > recheck:
+            current = self.read()
+            if current is None or current.owner != self.owner:
+                self._lose(current)
+            else:
+                self.confirmed = time.time()
+        if self.lost:
+            owner = self.read_owner()
+            raise LeaseLostError(
+                f"run {self.run_id} was taken over by {owner} while this process was not "
+                "heartbeating (paused past the lease's TTL); this process stops here and "
+                "pays no more labels: the other one goes on"
+            )
+
+    def read_owner(self) -> str:
+        """The lease's owner as the tag says now ("another process" if unreadable)."""
+        try:
+            current = self.read()
+        except Exception:  # only for the message
+            return "another process"
+        return current.owner if current is not None else "another process"
 
     def release(self) -> None:
         """Stop the heartbeat and delete the tag if this process still owns it (never

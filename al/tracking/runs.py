@@ -127,8 +127,15 @@ class CampaignRun:
         Child runs opened by this process that an interrupt closed as FAILED are marked
         ``status`` as well (an interrupted fit is KILLED, not failed), and the SIGTERM
         handler from before :meth:`start` is restored. Never raises for the tracking server:
-        the run is ending.
+        the run is ending. A process whose lease was lost writes nothing: the run is the
+        new owner's.
         """
+        if self.lease is not None and self.lease.lost:
+            self.lease.release()  # stops the heartbeat; the tag is not ours to delete
+            restore_sigterm(self.previous_sigterm)
+            _forget_active_runs()
+            log.info("event=campaign_left run_id=%s reason=lease_lost", self.run_id)
+            return
         try:
             while (active := mlflow.active_run()) is not None and active.info.run_id != self.run_id:
                 mlflow.end_run(status)  # a nested round run the exception left open
@@ -153,6 +160,12 @@ class CampaignRun:
                 self.lease.release()
             restore_sigterm(self.previous_sigterm)
         log.info("event=campaign_ended run_id=%s status=%s", self.run_id, status)
+
+    def check_owner(self) -> None:
+        """Raise :class:`~al.tracking.lease.LeaseLostError` unless this process still owns
+        the run (the lease's fence); nothing to check without a lease."""
+        if self.lease is not None:
+            self.lease.check()
 
     # --- reading back -------------------------------------------------------------------
     def queried_rounds(self) -> list[int]:
@@ -292,6 +305,17 @@ class StoredCampaign:
     def finished(self) -> bool:
         """Stopped by its rules and its final model logged."""
         return TAG_STOP_REASON in self.tags and TAG_MODEL_URI in self.tags
+
+
+def _forget_active_runs() -> None:
+    """Drop this process's active MLflow runs without ending them on the server, so that
+    nothing (MLflow's own exit handler included) sets the status of a run another process
+    now owns. MLflow has no public call for it: its thread-local run stack is cleared."""
+    from mlflow.tracking import fluent
+
+    stack = getattr(fluent, "_active_run_stack", None)
+    if stack is not None:
+        stack.get().clear()
 
 
 def read_stored_campaign(run_id: str) -> StoredCampaign:
