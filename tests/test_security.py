@@ -179,6 +179,24 @@ def test_planted_pickle_never_runs_even_with_a_matching_digest(
     assert not marker.exists()
 
 
+class _Scripted(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + 1
+
+
+def test_a_torchscript_archive_is_refused_even_with_a_matching_digest(qm9, tmp_path: Path) -> None:
+    """torch.load hands a TorchScript archive to torch.jit.load, past the allow-list: it is
+    refused before it is loaded, by the bytes whose digest was checked."""
+    weights = PyGSchNetOracle.weights_path(tmp_path / "cache")
+    weights.parent.mkdir(parents=True)
+    torch.jit.save(torch.jit.script(_Scripted()), str(weights))
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    oracle = PyGSchNetOracle(qm9, root=tmp_path / "cache", sha256=digest)
+    with pytest.raises(OracleError, match="a TorchScript archive, not a weights file") as err:
+        oracle.load()
+    assert "\n" not in str(err.value) and oracle._net is None
+
+
 @pytest.mark.slow
 def test_no_line_a_campaign_prints_holds_the_password(subprocess_env: dict, tmp_path) -> None:
     """A tracking URI with a literal password: not one line of a passing campaign (MLflow's

@@ -14,6 +14,7 @@ other global (``os.system``, ``builtins.eval``, ...) stops the load.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -86,10 +87,11 @@ def expected_sha256(sha256: str | None = None) -> str:
     return chosen.strip().lower()
 
 
-def digest_problem(path: Path, expected: str) -> str | None:
-    """None when the file at ``path`` has the sha256 ``expected``, else one line naming the
-    expected and the actual digest."""
-    actual = file_sha256(path)
+def digest_problem(path: Path, expected: str, data: bytes | None = None) -> str | None:
+    """None when the file at ``path`` (its bytes ``data`` when given, as read once by the
+    caller) has the sha256 ``expected``, else one line naming the expected and the actual
+    digest."""
+    actual = file_sha256(path) if data is None else hashlib.sha256(data).hexdigest()
     if expected and actual == expected:
         return None
     wanted = expected or f"unknown (set {PYG_SCHNET_SHA256_ENV} to the published file's sha256)"
@@ -99,11 +101,25 @@ def digest_problem(path: Path, expected: str) -> str | None:
     )
 
 
-def check_digest(path: Path, expected: str) -> None:
-    """Raise :class:`OracleError` unless the file at ``path`` has the sha256 ``expected``."""
-    problem = digest_problem(path, expected)
+def check_digest(path: Path, expected: str, data: bytes | None = None) -> None:
+    """Raise :class:`OracleError` unless the file at ``path`` (or its bytes ``data``) has
+    the sha256 ``expected``."""
+    problem = digest_problem(path, expected, data)
     if problem:
         raise OracleError(problem)
+
+
+def is_torchscript(data: bytes) -> bool:
+    """Whether ``data`` is a TorchScript archive (a zip with ``constants.pkl`` or ``code/``),
+    which ``torch.load`` would hand to ``torch.jit.load`` past any ``pickle_module``."""
+    import io
+    import zipfile
+
+    if not zipfile.is_zipfile(io.BytesIO(data)):
+        return False
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        names = archive.namelist()
+    return any(n.endswith("/constants.pkl") or "/code/" in n for n in names)
 
 
 #: Globals a schnetpack model file may name besides ``schnetpack.*`` and ``torch.nn``
@@ -326,12 +342,21 @@ class PyGSchNetOracle(Oracle):
                 ) from exc
             finally:
                 archive.unlink(missing_ok=True)
-        check_digest(weights, self.sha256)  # before anything in the file is read
+        # read once: the digest is of the very bytes loaded (a file swapped in between
+        # is never seen), and nothing in them is read before the digest matches
+        data = weights.read_bytes()
+        check_digest(weights, self.sha256, data)
+        if is_torchscript(data):  # torch.load would run it through torch.jit.load
+            raise OracleError(
+                f"refusing the pyg_schnet weights {weights}: a TorchScript archive, not a "
+                "weights file; delete it to download the published file again, or use "
+                "oracle=pretrained"
+            )
         try:
             # weights_only=True cannot read a pickled schnetpack model; the allow-list of
             # _weights_pickle stands in for it
             state = torch.load(
-                weights,
+                io.BytesIO(data),
                 map_location="cpu",
                 weights_only=False,
                 pickle_module=_weights_pickle(),
