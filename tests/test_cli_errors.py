@@ -91,3 +91,27 @@ def test_tracking_server_unreachable_at_start_is_one_line(tmp_path: Path) -> Non
     assert len(errors) == 1, out.stderr[-3000:]
     assert "cannot reach the tracking server http://127.0.0.1:9" in errors[0]
     assert "no label was paid" in errors[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--initial-size", "200000"], "initial_size 200000 + val_size 500 is more than the pool"),
+        (["--rounds", "0"], "rounds=0 sets no limit, and no budget_labels, budget_cost"),
+        (["--baseline-cost", "-5"], "expected a number >= 0, or -1 for its default"),
+        (["--oracles", "dft,xtb", "--costs", "1.0,0.01"], "is not cheapest first"),
+    ],
+)
+def test_campaign_inputs_refused_before_anything_starts(
+    args: list[str], expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sizes the pool cannot serve, a campaign without any limit, a negative baseline cost
+    and costs out of order: one line each, before any model, oracle or run exists."""
+    import al.entrypoints.al_loop as al_loop
+
+    def went_on(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the campaign went on")
+
+    monkeypatch.setattr(al_loop, "build_surrogate", went_on)
+    line = one_line_error(CliRunner().invoke(main, ["al-loop", *args]))
+    assert expected in line

@@ -85,11 +85,7 @@ def run_campaign(config: CampaignConfig, echo: Callable[[str], None] | None = No
     data, splits = load_data(subset(DataConfig, config))
     if stored_splits is not None:  # a resumed campaign keeps the split it was run on
         splits = stored_splits
-    if config.batch_size > len(splits.pool):
-        raise ValueError(
-            f"batch_size {config.batch_size} is larger than the pool ({len(splits.pool):,} "
-            f"molecules); expected at most {len(splits.pool)} labels per round"
-        )
+    check_sizes(config, len(splits.pool))
     surrogate = build_surrogate(
         strategy.uncertainty, subset(ModelConfig, config), config.fit_config(), device,
         ensemble_size=config.ensemble_size, bootstrap=config.bootstrap,
@@ -200,6 +196,29 @@ RESUME_EXTENSIONS = (
     "rounds", "budget_labels", "budget_cost", "target_mae", "plateau_rounds", "device",
     "threads", "progress", "experiment_name", "journal_lost",
 )  # fmt: skip
+
+
+def check_sizes(config: CampaignConfig, n_pool: int) -> None:
+    """ValueError, one line, for sizes the pool cannot serve, or a campaign without any
+    limit, before anything is paid or any run is created."""
+    if config.batch_size > n_pool:
+        raise ValueError(
+            f"batch_size {config.batch_size} is larger than the pool ({n_pool:,} "
+            f"molecules); expected at most {n_pool} labels per round"
+        )
+    if config.initial_size + config.val_size > n_pool:
+        raise ValueError(
+            f"initial_size {config.initial_size} + val_size {config.val_size} is more than the "
+            f"pool ({n_pool:,} molecules); expected at most {n_pool:,} together"
+        )
+    limits = (config.rounds, config.budget_labels, config.budget_cost, config.target_mae,
+              config.plateau_rounds)  # fmt: skip
+    if not any(limits):
+        raise ValueError(
+            f"rounds=0 sets no limit, and no budget_labels, budget_cost, target_mae or "
+            f"plateau_rounds is set: the campaign would label the whole pool ({n_pool:,} "
+            "molecules); set rounds to the acquisition rounds wanted, or one of those"
+        )
 
 
 def check_journal(stored: StoredCampaign, lost: bool) -> None:

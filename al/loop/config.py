@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
@@ -23,6 +24,13 @@ def oracle_list_problem(value: str) -> str | None:
         if problem:
             return problem
     return None
+
+
+def baseline_cost_problem(value: float) -> str | None:
+    """None for a cost per molecule >= 0 or the sentinel -1 (the baseline's default)."""
+    if value == -1 or value >= 0:
+        return None
+    return f"{value!r} is not a cost per molecule; expected a number >= 0, or -1 for its default"
 
 
 def parse_checkpoints(value: str) -> list[int]:
@@ -91,7 +99,10 @@ class CampaignConfig(ModelConfig, FitConfig, DataConfig):
         "none", "Δ-learning: the surrogate learns target - baseline, every prediction adds it "
         f"back: {', '.join(baseline_choices())}", check=baseline_spec_problem,
     )  # fmt: skip
-    baseline_cost: float = option(-1.0, "cost per molecule of the baseline (-1: its default)")
+    baseline_cost: float = option(
+        -1.0, "cost per molecule of the baseline, >= 0 (-1: its default)",
+        check=baseline_cost_problem,
+    )  # fmt: skip
     mf_acquisition: str = option(
         "variance_reduction", "multi-fidelity: how (molecule, fidelity) pairs are chosen",
         choices=tuple(MF_ACQUISITIONS),
@@ -206,6 +217,11 @@ class CampaignConfig(ModelConfig, FitConfig, DataConfig):
             )
         if any(not c > 0 for c in costs):
             raise ConfigError(f"config key 'costs': every cost must be > 0, got {self.costs!r}")
+        if any(b < a for a, b in itertools.pairwise(costs)):
+            raise ConfigError(
+                f"config key 'costs': {self.costs!r} is not cheapest first; give the oracles "
+                "and their costs from the cheapest to the target (the last one)"
+            )
         return list(zip(specs, costs, strict=True))
 
     def fit_config(self) -> FitConfig:

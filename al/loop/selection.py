@@ -25,6 +25,7 @@ spends more than its budgets.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -42,6 +43,8 @@ from al.loop.stopping import UNLIMITED, Allowance
 from al.oracles import Oracle
 from al.tracking.names import ROLE_TRAIN, ROLE_VALIDATION
 from al.uncertainty import Prediction, Surrogate
+
+log = logging.getLogger(__name__)
 
 
 class Selection:
@@ -227,6 +230,12 @@ class SingleFidelity(Selection):
             ok_rows = self.data.rows_of(labelled.ok["qm9_index"].to_numpy())
             labelled_emb = self.surrogate.predict(self.data, ok_rows).embedding
         k = min(self.config.batch_size, candidates.numel(), left.count(float(self.costs[-1])))
+        if candidates.numel() < self.config.batch_size:
+            log.warning(
+                "event=batch_clipped round=%d batch_size=%d candidates=%d: only the %d "
+                "candidates offered can be asked for", round_, self.config.batch_size,
+                candidates.numel(), candidates.numel(),
+            )  # fmt: skip
         gen = round_generator(self.config.seed, round_, "select")
         # an unscored pool: the acquisition reads only its size (``len(pred)``)
         offered = pred if pred is not None else Prediction(torch.zeros(candidates.numel()))
