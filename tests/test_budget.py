@@ -162,3 +162,21 @@ def test_the_validation_set_is_paid_within_the_budgets(qm9, tmp_path) -> None:
     with pytest.raises(ConfigError, match="do not pay for the validation set"):
         run.execute()
     assert tracker.queried_rounds() == []  # nothing was paid for
+
+
+def test_a_baseline_is_paid_within_the_cost_budget(qm9, tmp_path) -> None:
+    """Δ-learning charges its baseline for every new molecule it scores or labels: the
+    cost budget covers those charges too (the scored pool is cut to what is left), so
+    cost_spent never passes it."""
+    from al.baselines import ResidualSurrogate, XTBBaseline
+
+    run, tracker = campaign(qm9, tmp_path, budget_cost=70.0, pool_subsample=100)
+    baseline = XTBBaseline(cost=0.2)
+    baseline.free(run.splits.test)
+    run.surrogate = ResidualSurrogate(run.surrogate, baseline)
+    run.selection.surrogate = run.surrogate
+    run.execute()
+    spent = tracker.metric_history("cost_spent")
+    assert spent[-1] <= 70.0 + 1e-9 and len(spent) >= 2  # a round after round 0 ran
+    assert tracker.metric_history("cost_baseline")[-1] > 0  # the baseline was charged
+    assert spent == sorted(spent)

@@ -100,6 +100,13 @@ class Baseline:
             self._paid[idx[~self._free[idx]]] = True
         return torch.from_numpy(out)
 
+    def unpaid(self, qm9_index: np.ndarray | Tensor) -> np.ndarray:
+        """``[m]`` bool: which of the molecules ``qm9_index`` a :meth:`values` call would
+        charge now (neither paid nor free)."""
+        idx = np.asarray(qm9_index, dtype=np.int64).reshape(-1)
+        self._grow(int(idx.max()) + 1 if idx.size else 0)
+        return ~(self._paid[idx] | self._free[idx])
+
     def free(self, qm9_index: np.ndarray | Tensor) -> None:
         """Never charge the molecules ``qm9_index`` (``[m]``), e.g. the test set."""
         idx = np.asarray(qm9_index, dtype=np.int64).reshape(-1)

@@ -175,9 +175,14 @@ class Campaign:
             pred = None  # an acquisition that needs no prediction (random) scores nothing
             self.timings["pool_scored"], self.timings["score"] = 0, 0.0
             if self.selection.scores_pool:
+                candidates = self.selection.within_budget(round_, candidates, left)
+                if candidates.numel() == 0:
+                    self.refit_final(round_ - 1)
+                    return f"round {round_}: the cost budget leaves no room to score the pool"
                 self.timings["pool_scored"] = candidates.numel()
                 log.info("event=phase phase=score round=%d n=%d", round_, candidates.numel())
                 pred = self.timed("score", self.surrogate.predict, self.data, candidates)
+                left = remaining(self.rules, self.progress(round_))  # the scoring was paid
             chosen = self.timed(
                 "select", self.selection.choose, round_, candidates, pred, self.labelled, left
             )
@@ -321,7 +326,7 @@ class Campaign:
     def after_validation(self, left: Allowance, n_validation: int) -> Allowance:
         """What is ``left`` of the budgets once the validation set's ``n_validation`` labels
         are paid; one error line when the budgets do not pay for them."""
-        cost = float(self.selection.costs[-1])
+        cost = float(self.selection.costs[-1]) + self.selection.baseline_each
         if n_validation == 0:
             return left
         if left.count(cost) < n_validation:

@@ -39,7 +39,7 @@ from al.data.molecules import MolecularData
 from al.loop.config import CampaignConfig
 from al.loop.ledger import Labelled
 from al.loop.seeds import round_generator
-from al.loop.stopping import UNLIMITED, Allowance
+from al.loop.stopping import UNLIMITED, Allowance, affordable
 from al.oracles import Oracle
 from al.tracking.names import ROLE_TRAIN, ROLE_VALIDATION
 from al.uncertainty import Prediction, Surrogate
@@ -77,6 +77,13 @@ class Selection:
     @property
     def n_fidelities(self) -> int:
         return len(self.oracles)
+
+    @property
+    def baseline_each(self) -> float:
+        """What a Δ-learning baseline charges for one new molecule (0 without one): a
+        label's cost for the budgets is the oracle's plus this."""
+        baseline = getattr(self.surrogate, "baseline", None)
+        return float(getattr(baseline, "cost_per_molecule", 0.0))
 
     @property
     def scores_pool(self) -> bool:
@@ -130,6 +137,23 @@ class Selection:
             if i is not None:
                 out[i, self.fidelity_of[name]] = True
         return out
+
+    def within_budget(self, round_: int, candidates: Tensor, left: Allowance) -> Tensor:
+        """The ``[n]`` candidate rows to score, so that the Δ-learning baseline scoring
+        charges leaves the cost budget room for one label (:func:`affordable`; a warning
+        line when some are left out)."""
+        baseline = getattr(self.surrogate, "baseline", None)
+        if baseline is None:
+            return candidates
+        unpaid = torch.as_tensor(baseline.unpaid(self.data.qm9_index[candidates].numpy()))
+        gen = round_generator(self.config.seed, round_, "budget clip")
+        keep = affordable(unpaid, left, self.baseline_each, float(self.costs.min()), gen)
+        if not bool(keep.all()):
+            log.warning(
+                "event=pool_clipped_to_budget round=%d scored=%d of %d: scoring pays the "
+                "baseline of each new molecule", round_, int(keep.sum()), candidates.numel(),
+            )  # fmt: skip
+        return candidates[keep]
 
     def validation_request(self, rows: Tensor) -> pd.DataFrame:
         """Round 0's requests for the validation rows ``rows`` (``[v]``): the target (last)
@@ -201,7 +225,7 @@ class SingleFidelity(Selection):
 
     def initial_request(self, rows: Tensor, left: Allowance = UNLIMITED) -> pd.DataFrame:
         """Round 0: the rows of ``rows`` (``[n]``) from the oracle, as many as fit ``left``."""
-        k = min(rows.numel(), left.count(float(self.costs[-1])))
+        k = min(rows.numel(), left.count(float(self.costs[-1]) + self.baseline_each))
         return self.request_frame(rows[:k])
 
     @property
@@ -229,7 +253,8 @@ class SingleFidelity(Selection):
             assert self.surrogate is not None, "this acquisition needs the surrogate"
             ok_rows = self.data.rows_of(labelled.ok["qm9_index"].to_numpy())
             labelled_emb = self.surrogate.predict(self.data, ok_rows).embedding
-        k = min(self.config.batch_size, candidates.numel(), left.count(float(self.costs[-1])))
+        each = float(self.costs[-1]) + self.baseline_each  # a chosen molecule's baseline too
+        k = min(self.config.batch_size, candidates.numel(), left.count(each))
         if candidates.numel() < self.config.batch_size:
             log.warning(
                 "event=batch_clipped round=%d batch_size=%d candidates=%d: only the %d "

@@ -11,6 +11,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import torch
+from torch import Tensor
+
 #: slack for float cost sums (0.1 + 0.2 labels must fit a budget of 0.3)
 COST_SLACK = 1e-9
 
@@ -53,6 +56,25 @@ class Allowance:
 
 #: no budget at all
 UNLIMITED = Allowance()
+
+
+def affordable(
+    unpaid: Tensor, left: Allowance, each: float, cheapest: float, generator: torch.Generator
+) -> Tensor:
+    """Which of ``n`` molecules to score when scoring charges ``each`` for every ``unpaid``
+    one (``[n]`` bool; a Δ-learning baseline): all, when that leaves room in the cost
+    budget for one more label (``cheapest`` + ``each``); else every paid one and a seeded
+    random share of the unpaid ones that fits. ``[n]`` bool."""
+    keep = torch.ones_like(unpaid, dtype=torch.bool)
+    if each <= 0 or not math.isfinite(left.cost):
+        return keep
+    fits = max(0, math.floor((left.cost - cheapest - each) / each + COST_SLACK))
+    new = torch.nonzero(unpaid).flatten()
+    if new.numel() <= fits:
+        return keep
+    keep[new] = False
+    keep[new[torch.randperm(new.numel(), generator=generator)[:fits]]] = True
+    return keep
 
 
 class StoppingRule:
