@@ -303,6 +303,11 @@ def predict(model_uri: str, output: str, qm9_format: bool, files: tuple[str, ...
     from al.data.molecules import molecules_frame
     from al.data.xyz import XYZError, read_xyz
 
+    if output != "-" and not Path(output).resolve().parent.is_dir():
+        raise click.ClickException(
+            f"--output {output}: its folder {Path(output).resolve().parent} does not exist; "
+            "expected a file in an existing folder, or - for standard output"
+        )
     molecules = []
     try:
         for path in files:
@@ -332,7 +337,10 @@ def predict(model_uri: str, output: str, qm9_format: bool, files: tuple[str, ...
     if output == "-":
         out.to_csv(sys.stdout, index=False)
     else:
-        out.to_csv(output, index=False)
+        try:
+            out.to_csv(output, index=False)
+        except OSError as err:
+            raise click.ClickException(f"--output {output}: cannot write it ({err})") from None
         click.echo(f"wrote {len(out)} predictions to {output}", err=True)
 
 

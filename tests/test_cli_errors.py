@@ -115,3 +115,29 @@ def test_campaign_inputs_refused_before_anything_starts(
     monkeypatch.setattr(al_loop, "build_surrogate", went_on)
     line = one_line_error(CliRunner().invoke(main, ["al-loop", *args]))
     assert expected in line
+
+
+def test_predict_into_a_missing_folder_is_one_line(tmp_path: Path) -> None:
+    """Checked before the model is loaded or anything is predicted."""
+    xyz = tmp_path / "h2.xyz"
+    xyz.write_text("2\nH2\nH 0 0 0\nH 0 0 0.74\n")
+    out = tmp_path / "no" / "such" / "folder" / "p.csv"
+    args = ["predict", "--model", "models:/m-never-loaded", "-o", str(out), str(xyz)]
+    line = one_line_error(CliRunner().invoke(main, args))
+    assert "does not exist" in line and str(out.parent) in line
+
+
+def test_an_unwritable_journal_folder_is_one_line_before_any_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlflow
+
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("AL_JOURNAL_DIR", str(tmp_path / "a-file" / "journal"))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    args = ["al-loop", "--initial-size", "20", "--n-test", "100", "--experiment-name", "jd"]
+    line = one_line_error(CliRunner().invoke(main, args))
+    assert "label journal folder" in line and "AL_JOURNAL_DIR" in line
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    assert client.get_experiment_by_name("jd") is None  # no run was created

@@ -24,7 +24,13 @@ from al.data.molecules import MolecularData
 from al.data.splits import Splits
 from al.loop.campaign import Campaign
 from al.loop.config import CampaignConfig
-from al.loop.journal import JOURNAL_DIR_ENV, LabelsNotRecordedError, error_summary, journal_path
+from al.loop.journal import (
+    JOURNAL_DIR_ENV,
+    LabelsNotRecordedError,
+    check_journal_dir,
+    error_summary,
+    journal_path,
+)
 from al.loop.schemes import build_scheme
 from al.loop.selection import build_selection
 from al.loop.stopping import build_rules
@@ -115,6 +121,7 @@ def run_campaign(config: CampaignConfig, echo: Callable[[str], None] | None = No
     rules = build_rules(config.stopping_settings())
     scheme = build_scheme(strategy.scheme, config)
     selection = build_selection(data, oracles, config, acquisition, surrogate)
+    check_journal_dir()  # where paid labels go first: writable, before any run exists
     # takes the lease; SIGTERM now unwinds like Ctrl-C until run.end restores its handler
     try:
         run = MlflowTracker.start(config.experiment_name, config.resume)

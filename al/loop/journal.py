@@ -83,6 +83,23 @@ def journal_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "al" / "journal"
 
 
+def check_journal_dir() -> Path:
+    """The journal folder (:func:`journal_dir`), created if needed; ValueError, one line,
+    when it cannot be created or written, before any campaign run exists."""
+    folder = journal_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(
+            f"the label journal folder {folder} cannot be written ({type(err).__name__}: "
+            f"{err.strerror or err}); set {JOURNAL_DIR_ENV} to a writable folder"
+        ) from None
+    return folder
+
+
 def journal_path(run_id: str) -> Path:
     """The journal file of campaign run ``run_id``."""
     return journal_dir() / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', run_id)}.jsonl"
