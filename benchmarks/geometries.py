@@ -31,6 +31,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=40, help="first N QM9 molecules")
     p.add_argument("--smiles", type=Path, default=None, help="a .smi/.txt/.csv file instead")
+    p.add_argument("--pool", type=int, default=0,
+                   help="N random molecules of the default split's pool instead (seeded by "
+                   "--sample-seed): a sample of the sizes a campaign meets")  # fmt: skip
+    p.add_argument("--sample-seed", type=int, default=0)
     p.add_argument("--column", default="smiles", help="SMILES column of a CSV")
     p.add_argument("--workers", type=int, default=1, help="processes, one thread each")
     p.add_argument("--fmax", type=float, default=0.05, help="eV/Angstrom")
@@ -41,9 +45,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def pool_sample(n: int, seed: int) -> list[tuple[str, str]]:
+    """``(name, smiles)`` of ``n`` random molecules of the default split's pool, sorted by
+    QM9 index (``numpy.random.default_rng(seed)``)."""
+    import numpy as np
+
+    from al.data.config import DataConfig
+    from al.data.load import load_data
+
+    data, splits = load_data(DataConfig())
+    pick = np.sort(np.random.default_rng(seed).choice(np.asarray(splits.pool), n, replace=False))
+    rows = data.rows_of(pick)
+    return [(f"qm9_{int(q)}", data.smiles[int(r)]) for q, r in zip(pick, rows, strict=True)]
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    rows = read_smiles(args.smiles, args.column) if args.smiles else qm9_smiles(args.n)
+    if args.pool:
+        rows = pool_sample(args.pool, args.sample_seed)
+    else:
+        rows = read_smiles(args.smiles, args.column) if args.smiles else qm9_smiles(args.n)
     settings = GeometrySettings(fmax=args.fmax, max_steps=args.max_steps, seed=args.seed)
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="geometries-") as fresh:
@@ -57,7 +78,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     steps = [r.n_steps for r in run.records if r.has_geometry]
     seconds = [r.seconds for r in run.records if r.has_geometry]
     result = {
-        "source": str(args.smiles) if args.smiles else f"QM9 first {args.n}",
+        "source": (
+            f"{args.pool} random pool molecules (seed {args.sample_seed})"
+            if args.pool
+            else str(args.smiles)
+            if args.smiles
+            else f"QM9 first {args.n}"
+        ),
         "molecules": n,
         "computed": run.computed,
         "workers": run.workers,
