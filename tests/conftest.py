@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import Result
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -130,3 +131,15 @@ def subprocess_env(tracking: str) -> dict[str, str]:
     env["MLFLOW_TRACKING_URI"] = tracking
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
+
+
+def one_line_error(result: Result) -> str:
+    """The single ``Error: ...`` line of a failed command (asserts there is nothing else)."""
+    assert result.exit_code != 0
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(
+        result.exception
+    )
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    assert "Traceback" not in result.output
+    return lines[0]

@@ -5,23 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
+from conftest import one_line_error
 
 from al.cli import main
 from al.config import ConfigError, build_config
 from al.loop.config import CampaignConfig
-
-
-def one_line_error(result: Result) -> str:
-    """The single ``Error: ...`` line of a failed command (asserts there is nothing else)."""
-    assert result.exit_code != 0
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(
-        result.exception
-    )
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    assert "Traceback" not in result.output
-    return lines[0]
 
 
 @pytest.mark.parametrize("uri", ["models:/m-doesnotexist", "runs:/0123456789abcdef/model"])

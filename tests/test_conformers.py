@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
+from conftest import one_line_error
 
 import al.data.conformers.run as run_module
 from al.cli import main
@@ -227,17 +228,6 @@ def test_read_smiles_files(tmp_path: Path) -> None:
 
 def test_qm9_smiles_are_the_first_molecules() -> None:
     assert qm9_smiles(3) == [("qm9_1", "C"), ("qm9_2", "N"), ("qm9_3", "O")]
-
-
-def one_line_error(result: Result) -> str:
-    """The single ``Error: ...`` line of a failed command (nothing else printed)."""
-    assert result.exit_code != 0
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(
-        result.exception
-    )
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    return lines[0]
 
 
 def test_cli_bad_input_is_one_line(tmp_path: Path) -> None:
