@@ -293,9 +293,10 @@ class Campaign:
             self.surrogate, self.data, train_data, train_rows, val_rows, self.test,
             self.config.converged_steps,
         )  # fmt: skip
-        path = converged_predictions_path(n_labelled)
-        self.tracker.log_predictions(path, out.test)
-        self.tracker.log_predictions(path.replace("test.csv", "validation.csv"), out.validation)
+        self.tracker.log_predictions(converged_predictions_path(n_labelled), out.test)
+        self.tracker.log_predictions(
+            converged_predictions_path(n_labelled, "validation"), out.validation
+        )
         self.tracker.log_round_metrics(n_labelled, out.metrics)
         log.info(
             "event=converged n_labelled=%d test_mae=%.4f val_mae=%.4f warm_test_mae=%.4f "

@@ -139,6 +139,8 @@ class CampaignLease:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self.since = 0.0
         self.lost = False
+        #: who took the run over, once :attr:`lost` (as the tag said then)
+        self.new_owner = ""
         #: when the tag last said this process owns the run (wall clock, which, unlike a
         #: monotonic one, also runs while the machine is suspended)
         self.confirmed = 0.0
@@ -224,6 +226,7 @@ class CampaignLease:
 
     def _lose(self, current: LeaseRecord | None) -> None:
         self.lost = True
+        self.new_owner = current.owner if current else "another process"
         log.error(
             "event=lease_lost run_id=%s new_owner=%s; this process no longer owns the run",
             self.run_id, current.owner if current else "none",
@@ -248,20 +251,11 @@ class CampaignLease:
             else:
                 self.confirmed = time.time()
         if self.lost:
-            owner = self.read_owner()
             raise LeaseLostError(
-                f"run {self.run_id} was taken over by {owner} while this process was not "
-                "heartbeating (paused past the lease's TTL); this process stops here and "
+                f"run {self.run_id} was taken over by {self.new_owner} while this process was "
+                "not heartbeating (paused past the lease's TTL); this process stops here and "
                 "pays no more labels: the other one goes on"
             )
-
-    def read_owner(self) -> str:
-        """The lease's owner as the tag says now ("another process" if unreadable)."""
-        try:
-            current = self.read()
-        except Exception:  # only for the message
-            return "another process"
-        return current.owner if current is not None else "another process"
 
     def release(self) -> None:
         """Stop the heartbeat and delete the tag if this process still owns it (never

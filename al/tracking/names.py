@@ -185,9 +185,10 @@ VALIDATION_TABLE = "validation.csv"
 PREDICTION_COLUMNS = ("qm9_index", "target", "mean", "std", "std_raw")
 
 
-def converged_predictions_path(n_labelled: int) -> str:
-    """The test-set predictions of the converged checkpoint at ``n_labelled`` (campaign run)."""
-    return f"converged/labels_{n_labelled:05d}/test.csv"
+def converged_predictions_path(n_labelled: int, table: str = "test") -> str:
+    """The ``table`` (``test`` or ``validation``) predictions of the converged checkpoint at
+    ``n_labelled`` (campaign run)."""
+    return f"converged/labels_{n_labelled:05d}/{table}.csv"
 
 
 def queried_path(round_: int) -> str:
