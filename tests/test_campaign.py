@@ -278,6 +278,58 @@ class RecordingSurrogate:
         return getattr(self.inner, name)
 
 
+class KilledError(Exception):
+    """Stands in for a kill in the middle of a converged fit."""
+
+
+class KilledAtConverge(RecordingSurrogate):
+    """The real surrogate, killed when a fit of ``steps`` steps (a converged fit) starts."""
+
+    def __init__(self, inner, steps: int) -> None:
+        super().__init__(inner)
+        self.steps = steps
+
+    def fit(self, data, train_rows, val_rows, **kw):
+        if kw.get("steps") == self.steps:
+            raise KilledError
+        return super().fit(data, train_rows, val_rows, **kw)
+
+
+@pytest.mark.slow
+def test_a_converged_checkpoint_cut_short_is_fitted_on_its_own_round(
+    qm9, no_mlflow, tmp_path
+) -> None:
+    """A kill during the converged fit at 40 labels: the resumed campaign fits the
+    checkpoint on round 1's 40 labels, logged at step 40, before it goes on; a campaign
+    that passed a checkpoint without its fit fits it on that round's labels, not the last."""
+    tracker = MemoryTracker(tmp_path / "a")
+    campaign = tiny_campaign(qm9, tracker, rounds=2, checkpoints="40", converged_steps=3)
+    campaign.surrogate = KilledAtConverge(campaign.surrogate, steps=3)
+    with pytest.raises(KilledError):
+        campaign.execute()
+    assert tracker.completed_round() == 1 and tracker.metric_history(CM.N_LABELLED) == [30, 40]
+    assert CM.converged(CM.TEST_MAE) not in tracker.metrics_frame()
+
+    again = tiny_campaign(qm9, tracker, rounds=2, checkpoints="40", converged_steps=3)
+    again.surrogate = spy = RecordingSurrogate(again.surrogate)
+    assert again.execute() == "rounds: 2 of 2 done"
+    converged = tracker.metrics_frame()[CM.converged(CM.TEST_MAE)]
+    assert converged.notna().tolist() == [False, True, False]  # at 40, not at 50
+    train_rows, _, steps = spy.fits[0]  # the first fit after the resume
+    assert steps == 3 and train_rows.numel() == 40
+
+    # a checkpoint passed without its fit (older code, or a config that lacked it)
+    late = MemoryTracker(tmp_path / "b")
+    assert tiny_campaign(qm9, late, rounds=2).execute() == "rounds: 2 of 2 done"
+    resumed = tiny_campaign(qm9, late, rounds=2, checkpoints="40", converged_steps=3)
+    resumed.surrogate = spy = RecordingSurrogate(resumed.surrogate)
+    assert resumed.execute() == "rounds: 2 of 2 done"
+    assert late.metrics_frame()[CM.converged(CM.TEST_MAE)].notna().tolist() == [
+        False, True, False
+    ]  # fmt: skip
+    assert [(rows.numel(), n) for rows, _, n in spy.fits] == [(40, 3)]
+
+
 @pytest.mark.slow
 def test_validation_set_is_never_trained_on(qm9, no_mlflow, tmp_path) -> None:
     """Every fit of a campaign (warm rounds, converged checkpoints, the final refit)

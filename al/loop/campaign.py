@@ -119,11 +119,6 @@ class Campaign:
         self.test_pred: Prediction | None = None
         self.bar = progress.bar(total=0, enabled=False)  # replaced by execute
 
-    @property
-    def acquisition(self) -> str:
-        """The acquisition function's registry name (the selection's)."""
-        return self.selection.acquisition
-
     # --- the algorithm ---------------------------------------------------------------------
     def execute(self) -> str:
         """Run (or continue) the campaign until a stopping rule fires; returns the reason.
@@ -140,6 +135,8 @@ class Campaign:
 
     def _execute(self) -> str:
         round_, fitted = self.restore()
+        if fitted:  # a checkpoint's converged fit that a kill cut short
+            self.converge(round_)
         self.bar.update(len(self.mae_history))
         if round_ < 0:
             round_ = 0
@@ -271,23 +268,24 @@ class Campaign:
         )  # fmt: skip
 
     def converge(self, round_: int) -> None:
-        """At a converged checkpoint (``checkpoints``): the first round whose labelled set
-        reaches a checkpoint's count not yet evaluated (``all``: every round) is refitted
-        from scratch
-        (:func:`~al.loop.converged.converged_fit`, ``converged_steps``), logged as
-        ``converged.*`` at the round's step with its test and validation predictions; the
-        campaign's own model is kept, so the campaign goes on exactly as without."""
-        n_labelled = len(self.labelled.ok)
+        """At a converged checkpoint (``checkpoints``; ``all``: every round), the labelled set
+        of the first round that reached it is refitted from scratch (``converged_steps``,
+        :func:`~al.loop.converged.converged_fit`), even when a kill put that round behind;
+        logged as ``converged.*`` at that round's step. The campaign's model is kept."""
+        steps = self.labelled.steps_per_round()
         done = self.tracker.metric_by_step(CM.converged(CM.TEST_MAE))
         if self.config.checkpoint_every_round:
-            if n_labelled in done:
+            if steps.get(round_, -1) in done:
                 return
+            target = round_
         else:
-            due = [c for c in self.config.checkpoint_counts() if c <= n_labelled]
+            due = [c for c in self.config.checkpoint_counts() if c <= len(self.labelled.ok)]
             if not due or any(step >= due[-1] for step in done):
                 return
-        train_data, train_rows, val_rows = self.training_set(round_)
-        log.info("event=phase phase=converge round=%d n_train=%d", round_, train_rows.numel())
+            target = min(r for r, n in steps.items() if n >= due[-1])
+        n_labelled = steps[target]
+        train_data, train_rows, val_rows = self.training_set(target, self.labelled.up_to(target))
+        log.info("event=phase phase=converge round=%d n_train=%d", target, train_rows.numel())
         self.bar.set_description("campaign: converge")
         out = converged_fit(
             self.surrogate, self.data, train_data, train_rows, val_rows, self.test,
@@ -301,7 +299,7 @@ class Campaign:
         log.info(
             "event=converged n_labelled=%d test_mae=%.4f val_mae=%.4f warm_test_mae=%.4f "
             "fit_s=%.1f", n_labelled, out.metrics[CM.converged(CM.TEST_MAE)],
-            out.metrics[CM.converged(CM.VAL_MAE)], self.mae_history[-1],
+            out.metrics[CM.converged(CM.VAL_MAE)], self.mae_history[target],
             out.metrics[CM.converged(CM.TIME_FIT)],
         )  # fmt: skip
 
@@ -405,18 +403,22 @@ class Campaign:
         if n_failed:
             log.warning("event=labels_failed round=%d n_failed=%d", round_, n_failed)
 
-    def training_set(self, round_: int) -> tuple[MolecularData, Tensor, Tensor]:
+    def training_set(
+        self, round_: int, labelled: Labelled | None = None
+    ) -> tuple[MolecularData, Tensor, Tensor]:
         """The data with oracle labels in ``y`` (layout from the selection: ``[n_mol]``, or
-        ``[n_mol, D]`` with NaN), the training rows ``[m]`` and the validation rows ``[v]``.
+        ``[n_mol, D]`` with NaN), the training rows ``[m]`` and the validation rows ``[v]``,
+        of ``labelled`` (default: every label so far).
 
         With a validation set (``val_size``) these are every training label and the
         validation set, the same every round; without one (``val_size=0``), a seeded
         split of the labelled rows redrawn each round (``val_fraction`` of them).
         """
-        y, rows = self.selection.training_targets(self.labelled)
+        labelled = self.labelled if labelled is None else labelled
+        y, rows = self.selection.training_targets(labelled)
         if self.config.val_size > 0:
             y = y.clone()
-            val_rows = self.selection.validation_targets(self.labelled, y)
+            val_rows = self.selection.validation_targets(labelled, y)
             return replace(self.data, y=y), rows, val_rows
         gen = round_generator(self.config.seed, round_, "validation")
         rows = rows[torch.randperm(rows.numel(), generator=gen)]

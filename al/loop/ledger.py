@@ -57,6 +57,10 @@ class Labelled:
     def cost_spent(self) -> float:
         return float(self.table["cost"].sum()) if len(self.table) else 0.0
 
+    def up_to(self, round_: int) -> Labelled:
+        """The ledger as it stood after ``round_``: the rows of that round and the earlier."""
+        return Labelled(self.table[self.table["round"].astype(int) <= round_])
+
     def steps_per_round(self) -> dict[int, int]:
         """Round -> successful training labels up to and including it (the round's metric step,
         ``n_labelled``), for every round in the table, a round of failures included."""
