@@ -465,13 +465,32 @@ def run_study(config: HPOConfig, echo: Callable[[str], None] | None = None) -> s
         else:
             codes = _start_worker_processes(config, parent_id, experiment_id)
         best = _log_results(study, config, parent_id)
-        if any(codes):
-            raise RuntimeError(f"HPO workers exited with codes {codes}; see their output")
-    counts = trial_counts(study)
+        counts = trial_counts(study)
+        recovered = _recovered_workers(codes, counts, config)
+        if recovered:
+            mlflow.set_tag(tracking.TAG_RECOVERED_WORKERS, recovered)
     summary = "no complete trial" if best is None else f"best validation MAE {best:.4f} eV"
     (echo or log.info)(
         f"study {config.study_name!r}: {summary}; {counts['complete']} complete, "
-        f"{counts['pruned']} pruned, {counts['failed']} failed trials; run {parent_id}; "
+        f"{counts['pruned']} pruned, {counts['failed']} failed trials"
+        f"{f' ({recovered})' if recovered else ''}; run {parent_id}; "
         f"settings: runs:/{parent_id}/{tracking.BEST_PARAMS}"
     )
     return parent_id
+
+
+def _recovered_workers(codes: list[int], counts: dict[str, int], config: HPOConfig) -> str:
+    """What the study recovered from: the workers that did not exit cleanly, when the others
+    still finished every trial (a dead worker's trial is failed and run again); "" when all
+    exited cleanly. Raises when a worker failed and trials are missing."""
+    lost = {k: code for k, code in enumerate(codes) if code}
+    if not lost:
+        return ""
+    said = ", ".join(f"worker {k} exited with code {code}" for k, code in lost.items())
+    if counts["finished"] < config.n_trials:
+        raise RuntimeError(
+            f"HPO workers failed ({said}) and {counts['finished']} of {config.n_trials} "
+            "trials finished; see their output, and run the study again to continue it"
+        )
+    log.warning("event=workers_recovered %s; their trials were retried", said)
+    return f"recovered: {said}; its trials were failed and retried"

@@ -337,6 +337,62 @@ def test_killed_worker_trial_is_retried(tmp_path: Path, subprocess_env: dict) ->
     assert len(tracking.trial_runs(parent_id)) == 3
 
 
+@pytest.mark.slow
+def test_a_study_that_recovered_from_a_dead_worker_exits_0(
+    tmp_path: Path, subprocess_env: dict
+) -> None:
+    """Of two workers, one is killed in the middle of its trial: the other fails that trial
+    for its missed heartbeats, runs it again and finishes the study, which then exits 0,
+    says what it recovered from, and tags its run so."""
+    import psutil
+
+    storage, name = sqlite_storage(tmp_path), "recovered"
+    cmd = [
+        sys.executable, "-m", "al.cli", "hpo", "--study-name", name, "--storage", storage,
+        "--n-trials", "2", "--n-workers", "2", "--epochs", "80", "--train-size", "60",
+        "--n-test", "200", "--fixed", TINY["fixed"], "--heartbeat-interval", "1",
+        "--grace-period", "2", "--pruner", "none", "--experiment-name", name,
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, env=subprocess_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 180
+        while True:
+            assert proc.poll() is None, "the study ended before a worker could be killed"
+            assert time.time() < deadline, "no trial reported an epoch within 3 minutes"
+            try:
+                running = optuna.load_study(study_name=name, storage=storage).get_trials(
+                    states=(TrialState.RUNNING,)
+                )
+            except (KeyError, optuna.exceptions.StorageInternalError):
+                running = []  # not created yet
+            if any(t.intermediate_values for t in running):
+                break
+            time.sleep(0.3)
+        workers = [
+            c for c in psutil.Process(proc.pid).children() if "hpo-worker" in c.cmdline()
+        ]  # fmt: skip
+        assert len(workers) == 2
+        args = workers[0].cmdline()
+        index = args[args.index("--worker-index") + 1]
+        workers[0].kill()
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-2000:]
+    study = optuna.load_study(study_name=name, storage=storage)
+    assert sum(t.state in FINISHED for t in study.get_trials()) == 2
+    assert f"recovered: worker {index} exited with code -9" in out
+    parent = MlflowClient(subprocess_env["MLFLOW_TRACKING_URI"]).get_run(
+        study.user_attrs[ATTR_PARENT_RUN]
+    )
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags[tracking.TAG_RECOVERED_WORKERS].startswith(f"recovered: worker {index}")
+
+
 def test_a_trial_taken_over_by_another_worker_is_dropped_not_fatal(tmp_path: Path) -> None:
     """A worker whose trial another worker failed (missed heartbeats) goes on; the
     objective's own errors stay fatal."""

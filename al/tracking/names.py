@@ -206,6 +206,8 @@ TAG_STUDY = "al.study"
 TAG_TRIAL_NUMBER = "optuna.trial_number"
 TAG_TRIAL_STATE = "al.trial_state"
 TAG_BEST_TRIAL = "al.best_trial"
+#: the workers a study finished without (they died; their trials were retried)
+TAG_RECOVERED_WORKERS = "al.recovered_workers"
 TRIAL_COMPLETE, TRIAL_PRUNED, TRIAL_FAILED = "complete", "pruned", "failed"
 #: The best trial's surrogate settings, keys that ``train`` and ``al_loop`` accept.
 BEST_PARAMS = "best_params.yaml"
