@@ -148,6 +148,8 @@ def main(log_level: str) -> None:
     for handler in logging.getLogger().handlers:  # no password reaches a log line
         if not any(isinstance(f, SecretMaskingFilter) for f in handler.filters):
             handler.addFilter(SecretMaskingFilter())
+    if not sys.stderr.isatty():  # MLflow's download bars, written into logs and pipes
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = os.environ.get("MLFLOW_TRACKING_URI", "")
     if mask_secrets(uri) != uri:  # MLflow prints every run's URL, password and all
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
@@ -192,8 +194,10 @@ def al_loop(config_file: str | None, **overrides: Any) -> None:
     from al.entrypoints.al_loop import run_campaign
 
     config = _resolve(CampaignConfig, config_file, overrides)
+    given = {k for k, v in overrides.items() if v not in (None, "")}
+    given |= set(read_yaml(config_file)) if config_file else set()
     try:
-        run_campaign(config, echo=_echo_masked)
+        run_campaign(config, echo=_echo_masked, given=given)
     except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: the run is KILLED, resumable
         from al.tracking.lease import exit_code, interrupt_signal
 

@@ -11,10 +11,13 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
+from click.testing import CliRunner
+from conftest import one_line_error
 from mlflow.entities import LoggedModelStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from al.cli import main
 from al.config import ConfigError
 from al.entrypoints import al_loop
 from al.entrypoints.al_loop import run_campaign
@@ -207,7 +210,7 @@ def test_outage_keeps_paid_labels_and_resume_uses_the_campaign_settings(
 
     monkeypatch.setattr(MlflowTracker, "log_queried", outage)
     with pytest.raises(LabelsNotRecordedError) as err:
-        run_campaign(CampaignConfig(**TINY))
+        run_campaign(CampaignConfig(**TINY, seed=3))
     run_id = err.value.run_id
     message = str(err.value)
     assert "\n" not in message and str(journal_path(run_id)) in message
@@ -221,6 +224,9 @@ def test_outage_keeps_paid_labels_and_resume_uses_the_campaign_settings(
     paid.clear()
     with pytest.raises(ConfigError, match=r"batch_size \(given 5, campaign 8\)"):
         run_campaign(CampaignConfig(resume=run_id, batch_size=5))
+    # a setting given explicitly is compared even when it is the default's value
+    error = one_line_error(CliRunner().invoke(main, ["al-loop", "--resume", run_id, "--seed", "0"]))
+    assert "seed (given 0, campaign 3)" in error
     assert run_campaign(CampaignConfig(resume=run_id, progress=False)) == run_id
 
     table = queried_tables(run_id)

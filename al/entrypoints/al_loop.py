@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -47,12 +47,17 @@ from al.uncertainty import build_surrogate
 log = logging.getLogger(__name__)
 
 
-def run_campaign(config: CampaignConfig, echo: Callable[[str], None] | None = None) -> str:
+def run_campaign(
+    config: CampaignConfig,
+    echo: Callable[[str], None] | None = None,
+    given: Collection[str] | None = None,
+) -> str:
     """Build the collaborators from ``config`` and run the campaign; returns the run id.
 
     ``echo`` receives the one-line summary for the user (the command line passes
     ``click.echo``). With ``config.resume`` the campaign continues with its own stored
-    settings and split (see :func:`resumed_settings`); a finished campaign is left as it is.
+    settings and split (see :func:`resumed_settings`; ``given``: the keys the user set);
+    a finished campaign is left as it is.
     """
     bound_http_retries()
     stored_splits = None
@@ -69,7 +74,7 @@ def run_campaign(config: CampaignConfig, echo: Callable[[str], None] | None = No
             if echo is not None:
                 echo(f"campaign {config.resume} is already finished ({reason}); left as it is")
             return config.resume
-        config, stored_splits = resumed_settings(config, stored)
+        config, stored_splits = resumed_settings(config, stored, given)
     strategy = resolve_strategy(config.strategy, config.uncertainty, config.acquisition)
     if strategy.acquisition not in ACQUISITIONS:
         raise ValueError(
@@ -258,14 +263,15 @@ def refuse_other_runs(stored: StoredCampaign) -> None:
 
 
 def resumed_settings(
-    config: CampaignConfig, stored: StoredCampaign
+    config: CampaignConfig, stored: StoredCampaign, given: Collection[str] | None = None
 ) -> tuple[CampaignConfig, Splits | None]:
     """The settings a resumed campaign runs with, and its stored split (None if it has none).
 
     They are the campaign's own resolved config (``config.yaml`` on its run) plus the
-    :data:`RESUME_EXTENSIONS` given in ``config``. A setting counts as given when it differs
-    from the :class:`CampaignConfig` default (so a default value given explicitly counts as
-    not given); a given setting outside the extensions must equal the stored one, else one
+    :data:`RESUME_EXTENSIONS` given in ``config``. A setting counts as given when its key
+    is in ``given`` (the options and config-file keys the user set; ``--seed 0`` on a
+    campaign of seed 3 is refused) or its value differs from the :class:`CampaignConfig`
+    default; a given setting outside the extensions must equal the stored one, else one
     error line names the keys that differ. A run killed before its config was written
     continues with ``config`` as given. Refuses a run that is not a campaign (a campaign is
     tagged ``al.kind=campaign`` the moment its run is created), before anything on it
@@ -286,15 +292,20 @@ def resumed_settings(
     own_values.setdefault("val_size", 0)  # a campaign from before the validation set
     own = build_config(CampaignConfig, own_values)
     defaults = CampaignConfig()
-    given = {k: getattr(config, k) for k in names if getattr(config, k) != getattr(defaults, k)}
-    differ = [k for k, v in given.items() if k not in RESUME_EXTENSIONS and v != getattr(own, k)]
+    explicit = set(given or ())
+    values = {
+        k: getattr(config, k)
+        for k in names
+        if k in explicit or getattr(config, k) != getattr(defaults, k)
+    }
+    differ = [k for k, v in values.items() if k not in RESUME_EXTENSIONS and v != getattr(own, k)]
     if differ:
-        keys = ", ".join(f"{k} (given {given[k]!r}, campaign {getattr(own, k)!r})" for k in differ)
+        keys = ", ".join(f"{k} (given {values[k]!r}, campaign {getattr(own, k)!r})" for k in differ)
         raise ConfigError(
             f"resume {run_id}: settings differ from the campaign's own: {keys}; only "
             f"{', '.join(RESUME_EXTENSIONS)} may change on resume"
         )
-    extensions = {k: v for k, v in given.items() if k in RESUME_EXTENSIONS}
+    extensions = {k: v for k, v in values.items() if k in RESUME_EXTENSIONS}
     if extensions:
         log.info("event=resume_extensions run_id=%s %s", run_id, extensions)
     return replace(own, resume=run_id, **extensions), splits
