@@ -177,7 +177,10 @@ def postgres() -> Iterator[Postgres]:
         import pgserver
 
     root = Path(tempfile.mkdtemp(prefix="al-pg-"))
-    server = pgserver.get_server(root / "data", cleanup_mode="delete")
+    try:
+        server = pgserver.get_server(root / "data", cleanup_mode="delete")
+    except subprocess.CalledProcessError:  # another test process ran `useradd` at the same time
+        server = pgserver.get_server(root / "data", cleanup_mode="delete")
     password = secrets.token_hex(12)
     hba = root / "data" / "pg_hba.conf"
     hba.write_text("local all al scram-sha-256\n" + hba.read_text())
