@@ -164,7 +164,7 @@ class Postgres:
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Postgres]:
     """A throwaway PostgreSQL server from the ``pgserver`` wheel (binaries inside it: no
-    system install), started once per test session (~2-4 s).
+    system install), started once per test run (~2-4 s).
 
     Run as root, pgserver runs the server as a system user ``pgserver``, which it creates
     (``useradd``) if missing: PostgreSQL refuses to run as root. Its folder is a fresh
