@@ -370,7 +370,7 @@ def data_info(source: str, root: str | None, split_seed: int, n_test: int, n_ora
     try:
         d = load_qm9(source, root)
         splits = make_splits(d.qm9_index.numpy(), SplitConfig(split_seed, n_test, n_oracle))
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, RuntimeError, FileNotFoundError) as err:
         raise _masked(err) from None
     n = d.n_atoms.float()
     counts = torch.bincount(d.z, minlength=10)
@@ -409,7 +409,10 @@ def data_get(source: str, root: str | None, indices: tuple[str, ...]) -> None:
     except ValueError:
         bad = next(i for i in indices if not i.lstrip("-").isdigit())
         raise click.ClickException(f"QM9 index {bad!r} is not an integer") from None
-    d = load_qm9(source, root)
+    try:
+        d = load_qm9(source, root)
+    except (ValueError, RuntimeError, FileNotFoundError) as err:
+        raise _masked(err) from None
     try:
         rows = d.rows_of(wanted)
     except KeyError as err:

@@ -42,11 +42,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
-from torch_geometric.nn.models import SchNet as PyGSchNet
 
 from al.data.graph import radius_graph
 from al.data.load import load_qm9
 from al.data.molecules import MolecularData
+from al.extras import MissingExtraError, require
 from al.models import MODELS, build_model, count_parameters
 
 CUTOFF = 5.0
@@ -100,6 +100,8 @@ class PyGAdapter(nn.Module):
 
     def __init__(self, hidden: int, interactions: int) -> None:
         super().__init__()
+        from torch_geometric.nn.models import SchNet as PyGSchNet
+
         self.graph = PrecomputedGraph()
         self.net = PyGSchNet(
             hidden_channels=hidden,
@@ -289,6 +291,10 @@ def print_table(rows: list[Row]) -> None:
 
 def main(argv: list[str] | None = None) -> list[Row]:
     args = parse_args(argv)
+    try:  # the baseline is PyG's SchNet
+        require("pyg", "benchmarks/throughput.py")
+    except MissingExtraError as err:
+        raise SystemExit(str(err)) from None
     if args.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:

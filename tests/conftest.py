@@ -1,15 +1,19 @@
-"""Shared fixtures: the QM9 data set and a real MLflow tracking server on 127.0.0.1."""
+"""Shared fixtures: the QM9 data set, a real MLflow tracking server on 127.0.0.1 and a real
+PostgreSQL server (from the ``pgserver`` wheel)."""
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,9 +52,12 @@ def qm9():
 SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
-def start_mlflow_server(root: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
-    """Start ``mlflow server`` on 127.0.0.1 (SQLite backend ``root/mlflow.db``, served
-    artifacts below ``root``) in its own process group; wait until it answers ``/health``.
+def start_mlflow_server(
+    root: Path, port: int | None = None, backend_store_uri: str | None = None
+) -> tuple[subprocess.Popen, str]:
+    """Start ``mlflow server`` on 127.0.0.1 (backend ``backend_store_uri``, by default SQLite
+    ``root/mlflow.db``; served artifacts below ``root``) in its own process group; wait until
+    it answers ``/health``.
 
     Returns the process and the URI. Started again on the same ``root`` and ``port`` it
     serves the same runs (a server restarted after an outage).
@@ -61,7 +68,7 @@ def start_mlflow_server(root: Path, port: int | None = None) -> tuple[subprocess
     proc = subprocess.Popen(
         [
             mlflow_bin, "server",
-            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+            "--backend-store-uri", backend_store_uri or f"sqlite:///{root / 'mlflow.db'}",
             "--artifacts-destination", str(root / "artifacts"),
             "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
         ],
@@ -111,18 +118,97 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     stop_mlflow_server(proc)
 
 
-@pytest.fixture
-def tracking(mlflow_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Point this test (and subprocesses it starts) at the session's tracking server."""
+def _point_tracking_at(uri: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     import mlflow
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
         monkeypatch.delenv(var, raising=False)
-    mlflow.set_tracking_uri(mlflow_server)
-    yield mlflow_server
+    mlflow.set_tracking_uri(uri)
+    yield uri
     while mlflow.active_run():
         mlflow.end_run()
+
+
+@pytest.fixture
+def tracking(mlflow_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Point this test (and subprocesses it starts) at the session's tracking server."""
+    yield from _point_tracking_at(mlflow_server, monkeypatch)
+
+
+# --- PostgreSQL: the team set-up's database --------------------------------------------------
+#: The variable that holds the password of the PostgreSQL role ``al`` (URLs name it, as a
+#: team's configs do, so that the password is never logged).
+PG_PASSWORD_VAR = "AL_TEST_PG_PASSWORD"
+
+
+class Postgres:
+    """A running PostgreSQL server reached on its Unix socket, with a role ``al`` that must
+    give its password."""
+
+    def __init__(self, server, password: str) -> None:
+        self.server = server
+        self.socket_dir = server.get_postmaster_info().socket_dir
+        self.password = password
+
+    def database(self, name: str) -> str:
+        """Create the database ``name`` owned by ``al``; its SQLAlchemy URL, with
+        ``${AL_TEST_PG_PASSWORD}`` for the password (:meth:`resolve` fills it in)."""
+        self.server.psql(f"CREATE DATABASE {name} OWNER al;")
+        return f"postgresql+psycopg2://al:${{{PG_PASSWORD_VAR}}}@/{name}?host={self.socket_dir}"
+
+    def resolve(self, url: str) -> str:
+        return url.replace(f"${{{PG_PASSWORD_VAR}}}", self.password)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """A throwaway PostgreSQL server from the ``pgserver`` wheel (binaries inside it: no
+    system install), started once per test run (~2-4 s).
+
+    Run as root, pgserver runs the server as a system user ``pgserver``, which it creates
+    (``useradd``) if missing: PostgreSQL refuses to run as root. Its folder is a fresh
+    ``mkdtemp`` so that the permissions pgserver opens on the way to it are only that one's.
+    Connections that do not name ``al`` are trusted (pgserver's set-up, for the fixture's
+    ``CREATE DATABASE``); ``al`` logs in with a password (scram-sha-256), as a team's would.
+    """
+    with warnings.catch_warnings():  # platformdirs: no XDG_RUNTIME_DIR, /tmp is used
+        warnings.simplefilter("ignore")
+        import pgserver
+
+    root = Path(tempfile.mkdtemp(prefix="al-pg-"))
+    try:
+        server = pgserver.get_server(root / "data", cleanup_mode="delete")
+    except subprocess.CalledProcessError:  # another test process ran `useradd` at the same time
+        server = pgserver.get_server(root / "data", cleanup_mode="delete")
+    password = secrets.token_hex(12)
+    hba = root / "data" / "pg_hba.conf"
+    hba.write_text("local all al scram-sha-256\n" + hba.read_text())
+    server.psql(f"CREATE ROLE al LOGIN PASSWORD '{password}'; SELECT pg_reload_conf();")
+    os.environ[PG_PASSWORD_VAR] = password  # subprocesses (HPO workers) read it too
+    yield Postgres(server, password)
+    os.environ.pop(PG_PASSWORD_VAR, None)
+    server.cleanup()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_mlflow_server(
+    postgres: Postgres, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A real ``mlflow server`` whose backend store is PostgreSQL; yields its URI."""
+    url = postgres.resolve(postgres.database("mlflow"))
+    proc, uri = start_mlflow_server(tmp_path_factory.mktemp("mlflow-pg"), backend_store_uri=url)
+    yield uri
+    stop_mlflow_server(proc)
+
+
+@pytest.fixture
+def postgres_tracking(
+    postgres_mlflow_server: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """Point this test (and subprocesses it starts) at the PostgreSQL-backed server."""
+    yield from _point_tracking_at(postgres_mlflow_server, monkeypatch)
 
 
 @pytest.fixture

@@ -1,25 +1,20 @@
-"""HPO against a real tracking server and real Optuna storages (SQLite; PostgreSQL if present)."""
+"""HPO against a real tracking server and real Optuna storages (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
-import os
-import pwd
-import secrets
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
 import optuna
 import pytest
+import sqlalchemy
 import yaml
 from click.testing import CliRunner
+from conftest import PG_PASSWORD_VAR, Postgres
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
@@ -182,23 +177,24 @@ def test_study_logs_parent_trials_and_reusable_best_params(tmp_path: Path) -> No
     assert train.surrogate_config == uri
 
 
-def check_parallel_study(storage: str, name: str) -> str:
-    """3 worker processes, 6 trials: exactly 6 finished, one MLflow run per trial."""
+def check_parallel_study(storage: str, name: str, workers: int = 3, trials: int = 6) -> str:
+    """``workers`` processes, ``trials`` trials: exactly that many finished, one MLflow run
+    per trial."""
     # no worker dies here: a grace period long enough that a loaded machine's late
     # heartbeats do not fail a live trial (that case: test_a_trial_taken_over_...)
-    cfg = tiny(storage, study_name=name, n_trials=6, n_workers=3, experiment_name=name,
+    cfg = tiny(storage, study_name=name, n_trials=trials, n_workers=workers, experiment_name=name,
                heartbeat_interval=2, grace_period=60)  # fmt: skip
     parent_id = run_study(cfg)
     study = optuna.load_study(study_name=name, storage=storage_url(storage))
-    trials = study.get_trials()
-    finished = [t for t in trials if t.state in FINISHED]
-    assert len(finished) == 6, [(t.number, t.state) for t in trials]
-    numbers = [t.number for t in trials]
+    all_trials = study.get_trials()
+    finished = [t for t in all_trials if t.state in FINISHED]
+    assert len(finished) == trials, [(t.number, t.state) for t in all_trials]
+    numbers = [t.number for t in all_trials]
     assert len(numbers) == len(set(numbers))
     runs = tracking.trial_runs(parent_id)
     run_numbers = [int(r.data.tags[tracking.TAG_TRIAL_NUMBER]) for r in runs]
     assert len(run_numbers) == len(set(run_numbers)), "a trial has two MLflow runs"
-    trained = [t for t in trials if not t.user_attrs.get(ATTR_SURPLUS)]
+    trained = [t for t in all_trials if not t.user_attrs.get(ATTR_SURPLUS)]
     assert sorted(run_numbers) == sorted(t.number for t in trained)
     by_id = {r.info.run_id: r for r in runs}
     for t in finished:
@@ -215,76 +211,19 @@ def test_parallel_workers_on_sqlite_stop_at_exactly_n_trials(tmp_path: Path) -> 
     check_parallel_study(sqlite_storage(tmp_path), "parallel-sqlite")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _postgres_bindir() -> Path | None:
-    found = shutil.which("initdb")
-    if found and shutil.which("pg_ctl"):
-        return Path(found).resolve().parent
-    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    return candidates[-1].parent if candidates else None
-
-
-@pytest.fixture
-def postgres_storage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A throwaway PostgreSQL cluster on 127.0.0.1; yields an Optuna storage URL whose
-    password is read from the environment."""
-    pytest.importorskip("psycopg2", reason="psycopg2 is not installed (pip install '.[dev]')")
-    bindir = _postgres_bindir()
-    if bindir is None:
-        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl); Debian: package postgresql")
-    run_as: list[str] = []
-    if os.geteuid() == 0:  # the server refuses to run as root
-        try:
-            pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("running as root and there is no 'postgres' user to run the server")
-        run_as = ["runuser", "-u", "postgres", "--"]
-        root = Path(tempfile.mkdtemp(prefix="al-pg-"))  # tmp_path is private to root
-        shutil.chown(root, "postgres")
-    else:
-        root = tmp_path / "pg"
-        root.mkdir()
-    password = secrets.token_hex(12)
-    pwfile = root / "password"
-    pwfile.write_text(password)
-    if run_as:
-        shutil.chown(pwfile, "postgres")
-    data, port = root / "data", _free_port()
-    try:
-        subprocess.run(
-            [*run_as, str(bindir / "initdb"), "-D", str(data), "-U", "al", "-E", "UTF8",
-             "--auth=scram-sha-256", f"--pwfile={pwfile}"],
-            check=True, capture_output=True, timeout=120,
-        )  # fmt: skip
-        subprocess.run(
-            [*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"),
-             "-w", "-t", "60", "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1",
-             "start"],
-            check=True, capture_output=True, timeout=120,
-        )  # fmt: skip
-    except subprocess.CalledProcessError as err:
-        shutil.rmtree(root, ignore_errors=True)
-        pytest.fail(f"PostgreSQL did not start: {err.stderr.decode()[-2000:]}")
-    monkeypatch.setenv("AL_TEST_PG_PASSWORD", password)
-    yield f"postgresql+psycopg2://al:${{AL_TEST_PG_PASSWORD}}@127.0.0.1:{port}/postgres"
-    subprocess.run(
-        [*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-        capture_output=True, timeout=60,
-    )  # fmt: skip
-    shutil.rmtree(root, ignore_errors=True)
-
-
 @pytest.mark.slow
 @pytest.mark.usefixtures("tracking")
-def test_parallel_workers_on_postgresql(postgres_storage: str) -> None:
-    parent_id = check_parallel_study(postgres_storage, "parallel-postgres")
+def test_two_workers_on_postgresql(postgres: Postgres) -> None:
+    """The team set-up's storage: a real PostgreSQL server, the role's password read from
+    the environment by each worker, never logged."""
+    storage = postgres.database("optuna_parallel")
+    parent_id = check_parallel_study(storage, "parallel-postgres", workers=2, trials=4)
     logged = MlflowClient().get_run(parent_id).data.params["storage"]
-    assert "${AL_TEST_PG_PASSWORD}" in logged and os.environ["AL_TEST_PG_PASSWORD"] not in logged
+    assert f"${{{PG_PASSWORD_VAR}}}" in logged and postgres.password not in logged
+    # the server checks that password: a wrong one is refused
+    wrong = storage.replace(f"${{{PG_PASSWORD_VAR}}}", "wrong")
+    with pytest.raises(sqlalchemy.exc.OperationalError, match="password authentication failed"):
+        optuna.load_study(study_name="parallel-postgres", storage=wrong)
 
 
 @pytest.mark.slow

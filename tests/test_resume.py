@@ -167,6 +167,49 @@ def test_kill_and_resume(subprocess_env: dict, tracking: str) -> None:
 
 
 # --- in-process kills by fault injection -----------------------------------------------------
+#: Smaller than ARGS (repeated options: the last one counts), for the PostgreSQL store.
+SMALL = [
+    "--initial-size", "40", "--val-size", "10", "--batch-size", "10", "--rounds", "1",
+    "--epochs", "2", "--pool-subsample", "300", "--n-test", "50", "--hidden", "16",
+    "--filter-groups", "4", "--n-interactions", "1",
+]  # fmt: skip
+
+
+def campaign_id(experiment: str) -> str:
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    (run,) = client.search_runs([exp.experiment_id], filter_string="tags.`al.kind` = 'campaign'")
+    return run.info.run_id
+
+
+@pytest.mark.slow
+def test_kill_and_resume_on_postgresql(postgres_tracking: str) -> None:
+    """The team set-up: a tracking server whose store is PostgreSQL. A campaign killed right
+    after round 1's labels were paid, then resumed, labels the same molecules, round by
+    round, as the same campaign never killed, and pays for none twice."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": postgres_tracking, "PYTHONUNBUFFERED": "1"}
+    run_until(env, [*SMALL, "--experiment-name", "pg-straight"], None)
+    straight = queried_tables(campaign_id("pg-straight"))
+
+    killed = [*SMALL, "--experiment-name", "pg-killed"]
+    run_until(env, killed, "event=labels_paid round=1")
+    run_id = campaign_id("pg-killed")
+    assert MlflowClient().get_run(run_id).data.tags[TAG_COMPLETED_ROUND] == "0"
+    out = run_until(env, [*killed, "--resume", run_id], None)
+    # round 1's labels are read back from the store, not bought again
+    assert f"event=resume run_id={run_id} queried_rounds=2 completed_round=0 labels=60" in out
+    resumed = queried_tables(run_id)
+
+    assert MlflowClient().get_run(run_id).info.status == "FINISHED"
+    assert resumed["qm9_index"].is_unique  # no molecule bought twice
+    assert resumed.groupby("round").size().tolist() == [50, 10]  # 10 validation
+    columns = ["round", "role", "qm9_index", "label", "cost"]
+    resumed, straight = (
+        f[columns].sort_values(columns[:3], ignore_index=True) for f in (resumed, straight)
+    )
+    pd.testing.assert_frame_equal(resumed, straight)
+
+
 def test_history_by_step_and_stale_children(tracking: str) -> None:
     """A step logged twice keeps its latest value; a killed round run is closed and the
     logged model its upload left PENDING is marked FAILED."""

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from al.data.elements import ELEMENTS
 from al.data.molecules import MolecularData
+from al.extras import require
 
 #: Column of PyG's ``QM9.y`` holding H_ATOM, the atomization enthalpy at 298.15 K (eV).
 H_ATOM = 14
@@ -204,9 +205,13 @@ def load_pyg_qm9(root: str | Path) -> MolecularData:
         root: the folder given to ``torch_geometric.datasets.QM9(root)``; it must contain
             ``processed/data_v3.pt`` (as written by ``InMemoryDataset.save``).
 
+    Raises:
+        MissingExtraError: PyTorch Geometric is not installed (the ``pyg`` extra).
+
     Returns:
         All molecules sorted by QM9 index; target ``y [n_mol]`` = ``QM9.y[:, 14]`` (eV).
     """
+    require("pyg", "the data source 'pyg'")
     from torch_geometric.data import InMemoryDataset
 
     path = processed_file(root)

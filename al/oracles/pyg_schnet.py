@@ -23,6 +23,7 @@ import numpy as np
 
 from al.data.elements import HARTREE_TO_EV
 from al.data.molecules import MolecularData
+from al.extras import MissingExtraError, require
 from al.oracles.base import Oracle, OracleError
 
 #: The archive ``torch_geometric.nn.models.SchNet.from_qm9_pretrained`` downloads (PyG
@@ -297,8 +298,12 @@ class PyGSchNetOracle(Oracle):
     def unavailable_reason(
         cls, root: Path | None = None, timeout_s: float = 3.0, sha256: str | None = None
     ) -> str | None:
-        """None if the weights are cached with the expected sha256, or can be downloaded
-        and checked; else a one-line reason."""
+        """None if PyTorch Geometric is installed and the weights are cached with the
+        expected sha256, or can be downloaded and checked; else a one-line reason."""
+        try:
+            require("pyg", "the pyg_schnet oracle")
+        except MissingExtraError as err:
+            return str(err)
         root = Path(root) if root is not None else cls.default_root()
         expected = expected_sha256(sha256)
         if cls.weights_path(root).is_file():

@@ -133,12 +133,10 @@ def checkpoint_baseline(meta: dict[str, Any]) -> Baseline | None:
 
 
 def pip_requirements(baseline: str = "none") -> list[str]:
-    """The logged model's requirements; an ``xtb`` baseline adds tblite."""
-    import torch_geometric
-
+    """The logged model's requirements (its networks are plain torch: no PyTorch
+    Geometric); an ``xtb`` baseline adds tblite."""
     reqs = [
         f"torch=={torch.__version__.split('+')[0]}",
-        f"torch-geometric=={torch_geometric.__version__}",
         f"mlflow=={mlflow.__version__}",
         f"numpy=={np.__version__}",
         f"pandas=={pd.__version__}",
