@@ -136,7 +136,7 @@ def run_campaign(
             f"({error_summary(err)}); no label was paid; start the server or "
             "point MLFLOW_TRACKING_URI at one, then run again"
         ) from None
-    status = "FAILED"  # an exception leaves the run (and its open children) FAILED
+    status, outage = "FAILED", False  # an exception leaves the run (and its children) FAILED
     try:
         register_oracles(oracles)  # the shipped oracle, once per checkpoint (never raises)
         resolved = {
@@ -175,12 +175,13 @@ def run_campaign(
             )
         status = "FINISHED"  # only a campaign stopped by its rules
     except (MlflowException, RequestException) as err:  # the tracking server is gone
+        outage = True
         raise LabelsNotRecordedError(run.run_id, run.journal_path, err) from None
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM from a scheduler
         status = "KILLED"
         raise CampaignInterrupted(run.run_id, interrupt_signal(err)) from err
     finally:
-        run.end(status)
+        run.end(status, outage=outage)
     return run.run_id
 
 

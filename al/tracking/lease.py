@@ -257,12 +257,14 @@ class CampaignLease:
                 "pays no more labels: the other one goes on"
             )
 
-    def release(self) -> None:
-        """Stop the heartbeat and delete the tag if this process still owns it (never
-        raises: it runs while a campaign is ending)."""
+    def release(self, delete: bool = True) -> None:
+        """Stop the heartbeat and (``delete``) delete the tag if this process still owns it
+        (never raises: it runs while a campaign is ending)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if not delete:
+            return
         try:
             current = self.read()
             if current is not None and current.owner == self.owner:
