@@ -53,13 +53,16 @@ def campaign_figures(
     std: np.ndarray | None,
     target: np.ndarray,
     round_: int,
+    coverage: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[Any]:
-    """Learning curve, parity and std-vs-error figures.
+    """Learning curve, parity, std-vs-error and calibration figures.
 
     Args:
         curve: ``(n_labelled, test MAE)`` per round so far.
         mean, std: the prediction on the test set, ``[n]`` each (``std`` may be None).
         target: the reference energies, ``[n]``.
+        coverage: expected and observed coverage of central intervals, ``[n_levels]``
+            each (:func:`al.training.metrics.calibration_curve`); None without a std.
     """
     fig1, ax = plt.subplots(figsize=(5, 3.6), dpi=100, layout="tight")
     if curve:
@@ -71,13 +74,73 @@ def campaign_figures(
     ax.set_title(f"learning curve (round {round_})")
     fig2 = parity(mean, target, f"round {round_}")
     fig3, ax = plt.subplots(figsize=(4.5, 4), dpi=100, layout="tight")
+    err = np.abs(np.asarray(mean) - np.asarray(target))
     if std is not None:
-        ax.scatter(std, np.abs(mean - target), s=3, alpha=0.4, lw=0)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
+        _std_vs_error(ax, np.asarray(std), err, None, "")
     ax.set_xlabel("predicted std (eV)")
     ax.set_ylabel("|error| (eV)")
-    return [fig1, fig2, fig3]
+    panels = [] if std is None or coverage is None else [(f"round {round_}", *coverage, std, err)]
+    fig4 = calibration_figure(panels, {}, f"calibration on the test set (round {round_})")
+    return [fig1, fig2, fig3, fig4]
+
+
+def _std_vs_error(
+    ax: Any, std: np.ndarray, err: np.ndarray, colour: str | None, label: str
+) -> None:
+    """|error| against predicted std (``[n]`` each), log-log, with the line |err| = std."""
+    ok = (std > 0) & (err > 0) & np.isfinite(std) & np.isfinite(err)
+    ax.scatter(std[ok], err[ok], s=3, alpha=0.4, lw=0, color=colour, label=label or None)
+    if ok.any():
+        lo = float(min(std[ok].min(), err[ok].min()))
+        hi = float(max(std[ok].max(), err[ok].max()))
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+
+
+def calibration_figure(
+    panels: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+    colours: Mapping[str, str],
+    title: str,
+) -> Any:
+    """Two panels: observed against expected coverage of central Gaussian intervals (a
+    calibrated model lies on the diagonal, below it the std is too small), and |error|
+    against predicted std with the identity line |err| = std, log-log.
+
+    ``panels``: ``(label, expected, observed, std, err)`` per model or arm, the first two
+    ``[n_levels]``, the others ``[n]``; ``colours``: label -> colour (default: the cycle).
+    Returns the figure.
+    """
+    fig, (cov, scatter) = plt.subplots(1, 2, figsize=(9, 4), dpi=100, layout="constrained")
+    cov.plot([0, 1], [0, 1], "k--", lw=0.8, label="calibrated")
+    lows, highs = [], []
+    for label, expected, observed, std, err in panels:
+        (line,) = cov.plot(expected, observed, lw=1.5, color=colours.get(label), label=label)
+        std, err = np.asarray(std, dtype=float), np.asarray(err, dtype=float)
+        ok = (std > 0) & (err > 0) & np.isfinite(std) & np.isfinite(err)
+        scatter.scatter(std[ok], err[ok], s=3, alpha=0.35, lw=0, color=line.get_color(),
+                        label=label)  # fmt: skip
+        if ok.any():
+            lows.append(min(std[ok].min(), err[ok].min()))
+            highs.append(max(std[ok].max(), err[ok].max()))
+    if lows:
+        lo, hi = float(min(lows)), float(max(highs))
+        scatter.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="|err| = std")
+        scatter.set_xscale("log")
+        scatter.set_yscale("log")
+    else:
+        scatter.text(0.5, 0.5, "no predicted std", transform=scatter.transAxes, ha="center")
+    cov.set_xlim(0, 1)
+    cov.set_ylim(0, 1)
+    cov.set_xlabel("expected coverage of the central interval")
+    cov.set_ylabel("observed coverage (test set)")
+    scatter.set_xlabel("predicted std (eV)")
+    scatter.set_ylabel("|error| (eV)")
+    for ax in (cov, scatter):
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=7, markerscale=3)
+    fig.suptitle(title, fontsize=10)
+    return fig
 
 
 # --- the comparison report (al.report) --------------------------------------------------------

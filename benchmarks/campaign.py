@@ -106,8 +106,8 @@ class RoundPrinter:
         return getattr(self.inner, name)
 
     @contextmanager
-    def fit_run(self, round_: int, data_version: str) -> Iterator[EpochCallback]:
-        with self.inner.fit_run(round_, data_version) as on_epoch:
+    def fit_run(self, round_: int, labelled: Any) -> Iterator[EpochCallback]:
+        with self.inner.fit_run(round_, labelled) as on_epoch:
 
             def record(stats: Any) -> None:
                 self._mol_per_s = stats.mol_per_s

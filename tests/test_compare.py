@@ -21,7 +21,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from al.cli import main
-from al.report import build, display, paired, read, render, stats
+from al.report import build, display, paired, read, render, server, stats
 from al.tracking import CampaignMetrics as CM  # noqa: N817 - used in every metric key
 
 MAE = CM.TEST_MAE
@@ -281,6 +281,25 @@ def test_markdown_and_html_say_the_same_things() -> None:
     assert "![Test MAE vs labels](plots/mae_vs_labels_g1.png)" in md
     assert 'alt="Test MAE vs labels" src="data:image/png;base64,iVBORw0KGgo="' in page
     assert "<figcaption>Test MAE vs labels</figcaption>" in page
+
+
+def test_run_ids_link_to_the_server_without_its_password_and_the_best_arm() -> None:
+    hist = histories({"random": lambda n, s: (1 + 0.1 * s) * n**-0.5,
+                      "ensemble": lambda n, s: 0.8 * (1 + 0.1 * s) * n**-0.5})  # fmt: skip
+    report = build.build_report(runs_of(hist), hist, experiment_name="e", command="al compare")
+    report.experiment_id = "7"
+    sections = render.report_sections(report, server="https://me:s3cret@host:5000/mlflow/?x=1")
+    page = render.render_sections(sections, report.title, "html")
+    md = render.render_sections(sections, report.title, "md")
+    link = '<a href="https://host:5000/mlflow/#/experiments/7/runs/ensemble-0">ensemble-0</a>'
+    assert link in page and "href" not in md and "ensemble-0" in md
+    assert "s3cret" not in page and "s3cret" not in md
+    assert server.ui_base("sqlite:///mlflow.db") == "" and server.ui_base("./mlruns") == ""
+    assert server.run_links(["r"], "7", "file:///tmp") == {}
+    best = server.best_arm(report)
+    assert best is not None and (best.arm, best.run_id) == ("ensemble", "ensemble-0")
+    assert best.metric == "mean final test_mae over seeds"
+    assert "not registered" in best.describe("best")
 
 
 def _with_settings(runs: pd.DataFrame, settings: dict[str, dict[str, str]]) -> pd.DataFrame:

@@ -86,6 +86,8 @@ def test_smoke_grid_runs_resumes_and_reports(subprocess_env, tmp_path: Path) -> 
         assert run.info.status == "FINISHED"
         assert tags["mlflow.parentRunId"] == parent and tags[TAG_GRID] == "smoke"
         keys.add((tags[TAG_CELL], tags["al.seed"]))
+        name = rf"{tags[TAG_CELL]}-s{tags['al.seed']}-[0-9a-f]{{6}}"
+        assert re.fullmatch(name, run.info.run_name)  # readable, and unique across grids
         assert run.data.params["seed"] == tags["al.seed"]
     assert keys == {(c, s) for c in ("random", "max_std") for s in ("0", "1")}
 
@@ -109,6 +111,16 @@ def test_smoke_grid_runs_resumes_and_reports(subprocess_env, tmp_path: Path) -> 
     assert (out / "report.html").read_text().count("data:image/png;base64,") >= 1
     reports = client.search_runs([exp.experiment_id], "tags.`al.kind` = 'report'")
     assert len(reports) == 1
+    assert reports[0].data.tags["mlflow.parentRunId"] == parent  # nested under its grid
+    # the best arm's registered model gets the alias best; the report says by what metric
+    best = client.get_model_version_by_alias("smoke-surrogate", "best")
+    best_run = client.get_run(best.run_id)
+    assert best_run.data.tags[TAG_CELL] == reports[0].data.tags["al.best_arm"]
+    assert "by mean final test_mae over seeds" in text
+    page = (out / "report.html").read_text()
+    url = f"{subprocess_env['MLFLOW_TRACKING_URI']}/#/experiments/{exp.experiment_id}/runs/"
+    assert f'<a href="{url}{best.run_id}">{best.run_id}</a>' in page
+    assert any(p.name.startswith("calibration_") for p in (out / "plots").iterdir())
     names = {a.path for a in client.list_artifacts(reports[0].info.run_id)}
     assert any(n.endswith("report.md") for n in names) or names
     mlflow.end_run()

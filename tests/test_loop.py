@@ -1,5 +1,8 @@
 """Campaigns against a real tracking server: every strategy, read back via the public API."""
 
+import json
+import re
+from collections import Counter
 from pathlib import Path
 
 import mlflow
@@ -23,7 +26,9 @@ from al.tracking import (
     TAG_STRATEGY,
     CampaignMetrics,
     queried_path,
+    run_name,
 )
+from al.training.fit import seed_everything
 
 SMALL = dict(
     initial_size=200, batch_size=50, rounds=2, epochs=2, ensemble_size=2, mc_samples=4,
@@ -49,11 +54,13 @@ def read_queried(run_id: str, rounds: int) -> pd.DataFrame:
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
 def test_campaign_every_strategy(strategy: str, tracking, qm9) -> None:
-    cfg = small_config(strategy=strategy, experiment_name=f"loop-{strategy}")
+    register = f"loop-{strategy}@candidate" if strategy == "ensemble" else ""
+    cfg = small_config(strategy=strategy, experiment_name=f"loop-{strategy}", register_as=register)
     run_id = run_campaign(cfg)
     client = MlflowClient()
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
+    assert re.fullmatch(rf"{strategy}-s0-[0-9a-f]{{6}}", run.info.run_name)
     assert run.data.tags[TAG_KIND] == "campaign" and run.data.tags[TAG_STRATEGY] == strategy
     assert run.data.params["resolved_acquisition"] == STRATEGIES[strategy].acquisition
 
@@ -124,11 +131,44 @@ def test_campaign_every_strategy(strategy: str, tracking, qm9) -> None:
         files = {a.path for a in client.list_artifacts(child.info.run_id, "checkpoint")}
         assert "checkpoint/model.pt" in files
 
+    # datasets: the pool, the test set and each fit's labelled set, by digest and size
+    inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    contexts = Counter(d.tags[0].value for d in inputs.values())
+    assert contexts == {"pool": 1, "evaluation": 1, "training": sum(retrained)}
+    test_set = next(d.dataset for d in inputs.values() if d.tags[0].value == "evaluation")
+    assert json.loads(test_set.profile)["num_rows"] == 200 and len(test_set.digest) == 16
+    last = max(children, key=lambda c: int(c.data.tags[TAG_ROUND]))
+    child_inputs = {d.dataset.name: d.dataset for d in last.inputs.dataset_inputs}
+    labelled = child_inputs[f"{test_set.name.rsplit('-', 2)[0]}-labelled-round_{fitted[-1]:03d}"]
+    assert labelled.digest == last.data.tags["al.data_version"]
+    assert test_set.name in child_inputs and len(child_inputs) == 3
+    assert "plots/calibration.png" in {
+        a.path for a in client.list_artifacts(last.info.run_id, "plots")
+    }
+    # the final model: the campaign's final test metrics linked to it and the test set
+    model_id = run.data.tags[TAG_MODEL_URI].removeprefix("models:/")
+    linked = {m.key: m for m in client.get_logged_model(model_id).metrics}
+    assert linked["test_mae"].value == pytest.approx(run.data.metrics["test_mae"])
+    assert linked["test_mae"].dataset_name == test_set.name and "test_rmse" in linked
+    assert [m.step for m in client.get_metric_history(run_id, "test_mae")] == steps  # no copy
+    if register:
+        version = client.get_model_version_by_alias(f"loop-{strategy}", "candidate")
+        assert version.run_id == run_id and version.tags["run_id"] == run_id
+
     model = mlflow.pyfunc.load_model(run.data.tags[TAG_MODEL_URI])
     r = int(qm9.rows_of([1])[0])
     a, b = int(qm9.ptr[r]), int(qm9.ptr[r + 1])
     out = model.predict(molecules_frame([(qm9.z[a:b].numpy(), qm9.pos[a:b].numpy())]))
     assert np.isfinite(out["mean_ev"]).all() and (out["std_ev"] > 0).all()
+
+
+def test_run_names_of_the_same_settings_differ_after_seeding() -> None:
+    """Two seed-0 campaigns of one strategy: the seeded generators do not repeat names."""
+    names = set()
+    for _ in range(2):
+        seed_everything(0)
+        names.add(run_name("random", "s0"))
+    assert len(names) == 2 and all(re.fullmatch(r"random-s0-[0-9a-f]{6}", n) for n in names)
 
 
 def test_strategy_overrides() -> None:

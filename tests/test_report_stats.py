@@ -11,10 +11,12 @@ import matplotlib.image
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from scipy import stats as sps
 
-from al.plots import arm_colours, plot_reliability, plot_z_histograms
+from al.plots import arm_colours, calibration_figure, plot_reliability, plot_z_histograms
 from al.report import bootstrap, build, display, stats, uncertainty
+from al.training.metrics import calibration_curve
 
 
 def test_holm_on_a_hand_example() -> None:
@@ -153,7 +155,11 @@ def test_arm_colours_are_keyed_by_name_and_figures_use_them(tmp_path: Path) -> N
     )  # fmt: skip
     zh = plot_z_histograms([("lcmd", e / s), ("random", np.array([9.0, -0.5]))], colours,
                            "z", tmp_path / "z.png")  # fmt: skip
-    for path, arm in ((rel, "lcmd"), (zh, "random")):
+    expected, observed = calibration_curve(*(torch.tensor(a) for a in (np.zeros(400), s, e)))
+    fig = calibration_figure([("max_std", expected.numpy(), observed.numpy(), s, np.abs(e))],
+                             colours, "calibration")  # fmt: skip
+    fig.savefig(tmp_path / "cal.png")
+    for path, arm in ((rel, "lcmd"), (zh, "random"), (tmp_path / "cal.png", "max_std")):
         img = matplotlib.image.imread(path)[..., :3]
         want = np.array(matplotlib.colors.to_rgb(colours[arm]))
         near = np.abs(img - want).max(axis=-1) < 0.02

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from requests import RequestException
@@ -18,6 +19,7 @@ from al import tracking
 from al.acquisition import ACQUISITIONS, resolve_strategy
 from al.baselines import Baseline, ResidualSurrogate, build_baseline
 from al.config import ConfigError, build_config, mask_secrets, subset, to_dict
+from al.data import qm9pack_data_dir
 from al.data.config import DataConfig
 from al.data.load import load_data
 from al.data.molecules import MolecularData
@@ -129,7 +131,8 @@ def run_campaign(
     check_journal_dir()  # where paid labels go first: writable, before any run exists
     # takes the lease; SIGTERM now unwinds like Ctrl-C until run.end restores its handler
     try:
-        run = MlflowTracker.start(config.experiment_name, config.resume)
+        name = tracking.run_name(config.strategy, f"s{config.seed}")
+        run = MlflowTracker.start(config.experiment_name, config.resume, run_name=name)
     except (MlflowException, RequestException) as err:  # nothing paid yet: say so, one line
         raise RuntimeError(
             f"cannot reach the tracking server {mask_secrets(mlflow.get_tracking_uri())} "
@@ -157,6 +160,7 @@ def run_campaign(
             tracking.TAG_JOURNAL: str(run.journal_path),
         }  # fmt: skip
         write_metadata(run.run_id, tags, resolved, splits)
+        log_campaign_datasets(run, config, data, splits)
         run.journal_path.parent.mkdir(parents=True, exist_ok=True)
         run.journal_path.touch()  # exists from now on: a missing journal means a moved one
         campaign = Campaign(
@@ -185,6 +189,19 @@ def run_campaign(
     return run.run_id
 
 
+def log_campaign_datasets(
+    run: MlflowTracker, config: CampaignConfig, data: MolecularData, splits: Splits
+) -> None:
+    """The pool and the test set as dataset inputs of the campaign run (and of its round
+    runs): digests, schemas and sizes; the molecules stay in the QM9 files."""
+    test = data.rows_of(splits.test)  # [n_test] rows
+    run.log_campaign_datasets(
+        data.digest(), splits.digest(), str(config.data_root or qm9pack_data_dir()),
+        np.asarray(splits.pool, dtype=np.int64), data.qm9_index[test].numpy(),
+        data.y[test].numpy(),
+    )  # fmt: skip
+
+
 def prior_labels(
     oracles: list[Oracle], baseline: Baseline | None, data: MolecularData
 ) -> list[PriorLabels]:
@@ -199,15 +216,17 @@ def prior_labels(
 
 def log_final_model(campaign: Campaign, tracker: MlflowTracker) -> str:
     """The final surrogate as the campaign's MLflow model, plus final plots and the labelled
-    set; returns the model URI."""
-    return tracker.log_final_model(campaign.final_artifacts(), campaign.labelled.table)
+    set, registered when ``register_as`` says so; returns the model URI."""
+    return tracker.log_final_model(
+        campaign.final_artifacts(), campaign.labelled.table, campaign.config.register_as
+    )
 
 
 #: Settings a resume may change: how far the campaign goes and where it runs. Any other
 #: setting given with ``resume`` must equal the campaign's own.
 RESUME_EXTENSIONS = (
     "rounds", "budget_labels", "budget_cost", "target_mae", "plateau_rounds", "device",
-    "threads", "progress", "experiment_name", "journal_lost",
+    "threads", "progress", "experiment_name", "journal_lost", "register_as",
 )  # fmt: skip
 
 

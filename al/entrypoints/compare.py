@@ -14,17 +14,21 @@ from al.report import (
     N_RESAMPLES,
     CompareError,
     Report,
+    alias_best,
+    best_arm,
     build_report,
     dedupe_runs,
     fetch_histories,
     fetch_predictions,
     find_campaign_runs,
+    grid_parent,
     join_histories,
     log_report,
     runs_frame,
     tracking_uri,
     write_report,
 )
+from al.tracking import BEST_ALIAS, TAG_BEST_ARM
 from al.tracking import CampaignMetrics as CM  # noqa: N817 - used in every metric key
 
 __all__ = ["CompareError", "CompareResult", "parse_targets", "reproduce_command", "run_compare"]
@@ -118,7 +122,10 @@ def run_compare(
     ``arms``: only these arms (all when empty); an arm that is not there is an error.
     The test-set prediction tables of the runs (converged checkpoints, else final rounds)
     are read too, for the paired bootstrap (``n_resamples`` resamples, seeded with
-    ``bootstrap_seed``) and the uncertainty figures."""
+    ``bootstrap_seed``) and the uncertainty figures. With ``log``, the alias ``best`` points
+    at the registered model of the best arm (:func:`al.report.alias_best`; the report says
+    by which metric), and the report run is nested under the grid's parent run when all
+    runs compared belong to one grid."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
@@ -166,6 +173,10 @@ def run_compare(
         bootstrap_seed=bootstrap_seed,
     )
     report.notes = notes
+    report.experiment_id = sel.experiment_id
+    best = alias_best(report, BEST_ALIAS) if log else best_arm(report)
+    if best is not None and not log:
+        report.notes.append(f"Best arm: {best.arm}, by {best.metric} ({best.value:.4g} eV).")
     md, page = write_report(report, Path(output_dir))
     run_id = None
     if log:
@@ -178,5 +189,9 @@ def run_compare(
             n_runs=len(runs),
             n_unfinished=sel.n_unfinished,
         )
-        run_id = log_report(client, Path(output_dir), sel.experiment_id, sel.report_of, params)
+        tags = {TAG_BEST_ARM: best.arm} if best is not None else {}
+        parent = grid_parent(client, kept)
+        run_id = log_report(
+            client, Path(output_dir), sel.experiment_id, sel.report_of, params, parent, tags
+        )
     return CompareResult(md, page, run_id, report, sel.n_unfinished)

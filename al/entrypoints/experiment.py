@@ -14,7 +14,8 @@ A grid file (``experiments/*.yaml``)::
 
 Every cell x seed is validated as a :class:`~al.config.CampaignConfig` when the file is
 loaded, so a typo fails before anything runs. Each campaign is a run tagged ``al.grid``,
-``al.cell`` and ``al.seed`` under the grid's parent run (``al.kind=experiment``). A rerun
+``al.cell`` and ``al.seed`` under the grid's parent run (``al.kind=experiment``), named
+``<cell>-s<seed>-<short id>``. A rerun
 reuses that parent, skips finished cells and resumes interrupted ones from their last
 completed round (the campaign's own resume), so no label is paid twice.
 """
@@ -54,6 +55,7 @@ from al.tracking.names import (
     TAG_PARENT,
     TAG_SEED,
     TAG_STOP_REASON,
+    run_name,
 )
 
 log = logging.getLogger(__name__)
@@ -341,7 +343,7 @@ class GridRunner:
         else:
             run = self.client.create_run(
                 self.experiment_id,
-                run_name=f"{cell.name}-s{cell.seed}",
+                run_name=run_name(cell.name, f"s{cell.seed}"),
                 tags={TAG_PARENT: self.parent_id, TAG_GRID: self.grid.name,
                       TAG_CELL: cell.name, TAG_SEED: str(cell.seed)},
             )  # fmt: skip

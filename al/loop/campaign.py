@@ -205,7 +205,7 @@ class Campaign:
             return
         train_data, train_rows, val_rows = self.training_set(round_)
         self.tracker.check_owner()
-        with self.tracker.fit_run(round_, self.labelled.digest()) as on_epoch:
+        with self.tracker.fit_run(round_, self.labelled) as on_epoch:
             log.info("event=phase phase=fit round=%d n_train=%d", round_, train_rows.numel())
             fit, warm = self.surrogate.fit, self.warm_share()
             result = self.timed(

@@ -13,6 +13,7 @@ from al.data.config import DataConfig
 from al.loop.stopping import STOPPING_RULES
 from al.models.config import ModelConfig
 from al.oracles import oracle_choices, oracle_spec_problem
+from al.tracking.registry import register_as_problem
 from al.training.config import FitConfig
 from al.uncertainty import UNCERTAINTIES
 
@@ -183,6 +184,10 @@ class CampaignConfig(ModelConfig, FitConfig, DataConfig):
         False, "resume without the campaign's label journal (lost with its machine): labels "
         "paid after its last recorded round are bought again", )  # fmt: skip
     experiment_name: str = option("al", "MLflow experiment (when not set by mlflow run)")
+    register_as: str = option(
+        "", "register the final model in the model registry under this name, or name@alias "
+        "to point an alias at it too ('' = not registered)", check=register_as_problem,
+    )  # fmt: skip
     surrogate_config: str = option(
         "", "YAML of model and fit settings (e.g. runs:/<id>/best_params.yaml), below config"
     )

@@ -15,9 +15,11 @@ completed-round mark, and the reads that resume needs. Two implementations:
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -28,12 +30,19 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
+from mlflow.entities import Metric
 
 from al import plots
+from al.loop.converged import REPORT_METRICS
 from al.loop.journal import journal_path
+from al.loop.ledger import Labelled
 from al.models.checkpoint import save_checkpoint
 from al.tracking import (
     CAMPAIGN_PLOTS,
+    CONTEXT_EVALUATION,
+    CONTEXT_POOL,
+    CONTEXT_TRAINING,
+    FINAL_MODEL_METRICS,
     KIND_ROUND,
     QUERIED_COLUMNS,
     ROUND_CHECKPOINT,
@@ -46,11 +55,18 @@ from al.tracking import (
     Artifacts,
     CampaignRun,
     EpochLogger,
+    dataset_name,
     log_figure,
     log_metrics,
 )
+from al.tracking.datasets import DatasetUse, MoleculeSet, linked_metric, log_datasets, molecule_set
+from al.tracking.names import CampaignMetrics as CM  # noqa: N817 - used in every metric key
 from al.tracking.pyfunc import log_pyfunc_model
+from al.tracking.registry import register_model
 from al.training.fit import EpochStats
+from al.training.metrics import calibration_curve, regression_report
+
+log = logging.getLogger(__name__)
 
 #: Receives the statistics of every training epoch.
 EpochCallback = Callable[[EpochStats], None]
@@ -83,11 +99,26 @@ class ModelArtifacts:
     #: the test prediction as a table (:data:`~al.tracking.names.PREDICTION_COLUMNS`)
     predictions: pd.DataFrame | None = None
 
+    def test_metrics(self) -> dict[str, float]:
+        """The test-set metrics of the model (``test_mae``, ``test_rmse``, ...)."""
+        std = None if self.test_std is None else torch.as_tensor(self.test_std)
+        report = regression_report(
+            torch.as_tensor(self.test_mean), torch.as_tensor(self.test_target), std
+        )
+        return {REPORT_METRICS[k]: v for k, v in report.items() if k in REPORT_METRICS}
+
     def figures(self) -> list[tuple[str, Any]]:
-        """``(artifact path, figure)``: learning curve, parity, std vs error (and the
-        training curves when there is a history)."""
+        """``(artifact path, figure)``: learning curve, parity, std vs error, calibration
+        (observed against expected coverage, |err| against std) and the training curves
+        when there is a history."""
+        coverage = None
+        if self.test_std is not None:
+            expected, observed = calibration_curve(
+                *(torch.as_tensor(a) for a in (self.test_mean, self.test_std, self.test_target))
+            )
+            coverage = (expected.numpy(), observed.numpy())
         figs = plots.campaign_figures(
-            self.curve, self.test_mean, self.test_std, self.test_target, self.round
+            self.curve, self.test_mean, self.test_std, self.test_target, self.round, coverage
         )
         out = list(zip(CAMPAIGN_PLOTS, figs, strict=True))
         if self.history:
@@ -104,8 +135,8 @@ class CampaignTracker(Protocol):
     run_id: str
     journal_path: Path
 
-    def fit_run(self, round_: int, data_version: str) -> AbstractContextManager[EpochCallback]:
-        """Context of one fit (a round's child run); gives the epoch logger."""
+    def fit_run(self, round_: int, labelled: Labelled) -> AbstractContextManager[EpochCallback]:
+        """Context of one fit (a round's child run) on ``labelled``; gives the epoch logger."""
         ...
 
     def log_round_artifacts(self, artifacts: ModelArtifacts) -> None:
@@ -170,6 +201,10 @@ class MlflowTracker(CampaignRun):
         super().__init__(run_id)
         self._epochs: EpochLogger | None = None
         self._journal: Path | None = None
+        #: the pool and the test set (:meth:`log_campaign_datasets`), inputs of every fit
+        self.datasets: list[DatasetUse] = []
+        self.test_set: MoleculeSet | None = None
+        self._data: tuple[str, str] = ("", "")  # data digest, source of the molecules
 
     @property
     def journal_path(self) -> Path:
@@ -184,21 +219,56 @@ class MlflowTracker(CampaignRun):
             self._journal = Path(tagged) if found else here
         return self._journal
 
+    def log_campaign_datasets(
+        self, data_digest: str, split_digest: str, source: str, pool: np.ndarray,
+        test: np.ndarray, test_target: np.ndarray,
+    ) -> None:  # fmt: skip
+        """The pool (QM9 indices ``[n_pool]``) and the test set (``[n_test]``, with its
+        reference energies) as inputs of the campaign run, then of every round run."""
+        self._data = (data_digest, source)
+        self.test_set = molecule_set(
+            dataset_name(data_digest, "test", split_digest), source, test, test_target
+        )
+        pool_set = molecule_set(dataset_name(data_digest, "pool", split_digest), source, pool)
+        self.datasets = [
+            DatasetUse(pool_set, CONTEXT_POOL), DatasetUse(self.test_set, CONTEXT_EVALUATION)
+        ]  # fmt: skip
+        log_datasets(self.datasets)
+
+    def labelled_set(self, round_: int, labelled: Labelled) -> MoleculeSet | None:
+        """The training labels of ``labelled`` after ``round_`` as a dataset whose digest is
+        the labelled set's data version; None before :meth:`log_campaign_datasets`."""
+        if not self._data[0]:
+            return None
+        ok = labelled.ok
+        return molecule_set(
+            dataset_name(self._data[0], "labelled", f"round_{round_:03d}"), self._data[1],
+            ok["qm9_index"].to_numpy(np.int64), ok["label"].to_numpy(float),
+            digest=labelled.digest(),
+        )  # fmt: skip
+
     @contextmanager
-    def fit_run(self, round_: int, data_version: str) -> Iterator[EpochCallback]:
-        """A nested run ``round_NNN`` tagged with its round and data version; its epoch
-        metrics go out in batches. An exception marks it FAILED."""
+    def fit_run(self, round_: int, labelled: Labelled) -> Iterator[EpochCallback]:
+        """A nested run ``round_NNN`` tagged with its round and data version, its datasets
+        (the labelled set, the pool and the test set) as inputs; the labelled set is an
+        input of the campaign run too. Epoch metrics go out in batches. An exception marks
+        it FAILED."""
+        version = labelled.digest()
+        trained = self.labelled_set(round_, labelled)
+        uses = [DatasetUse(trained, CONTEXT_TRAINING)] if trained is not None else []
+        log_datasets(uses)  # on the campaign run, still the active one
         with mlflow.start_run(run_name=f"round_{round_:03d}", nested=True) as child:
-            mlflow.set_tags(
-                {TAG_KIND: KIND_ROUND, TAG_ROUND: round_, TAG_DATA_VERSION: data_version}
-            )
+            mlflow.set_tags({TAG_KIND: KIND_ROUND, TAG_ROUND: round_, TAG_DATA_VERSION: version})
+            log_datasets([*uses, *self.datasets])
             self._epochs = logger = EpochLogger(child.info.run_id)
             yield logger
             logger.flush()
         self._epochs = None
 
     def log_round_artifacts(self, artifacts: ModelArtifacts) -> None:
-        """Into the active child run: curves, plots, ``checkpoint/model.pt``, pyfunc model."""
+        """Into the active child run: curves, plots, ``checkpoint/model.pt``, pyfunc model,
+        and the model's test metrics (at ``step = n_labelled``) linked to it and the test
+        set."""
         if self._epochs is not None:
             self._epochs.flush()
         _log_figures(artifacts)
@@ -207,7 +277,17 @@ class MlflowTracker(CampaignRun):
         with tempfile.TemporaryDirectory(prefix="al-") as tmp:
             ckpt = _save(artifacts, Path(tmp))
             mlflow.log_artifact(str(ckpt), Path(ROUND_CHECKPOINT).parent.as_posix())
-            log_pyfunc_model(ckpt, Artifacts.MODEL_NAME)
+            info = log_pyfunc_model(ckpt, Artifacts.MODEL_NAME)
+        step = int(artifacts.meta.get("n_labelled", 0))
+        ts = int(time.time() * 1000)
+        metrics = [
+            linked_metric(Metric(k, float(v), ts, step), info.model_id, self.test_set)
+            for k, v in artifacts.test_metrics().items()
+            if math.isfinite(float(v))
+        ]
+        active = mlflow.active_run()
+        if metrics and active is not None:
+            self.client.log_batch(active.info.run_id, metrics=metrics, synchronous=True)
 
     def log_round_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
         log_metrics(metrics, step=step, run_id=self.run_id)
@@ -220,16 +300,46 @@ class MlflowTracker(CampaignRun):
     def log_predictions(self, path: str, frame: pd.DataFrame) -> None:
         self.client.log_text(self.run_id, frame.to_csv(index=False), path)
 
-    def log_final_model(self, artifacts: ModelArtifacts, labelled: pd.DataFrame) -> str:
+    def log_final_model(
+        self, artifacts: ModelArtifacts, labelled: pd.DataFrame, register_as: str = ""
+    ) -> str:
         """The final surrogate as the campaign's MLflow model (its URI in the tag
-        ``al.model_uri``), final plots and ``labelled.csv``; returns the model URI."""
+        ``al.model_uri``) with the campaign's final test metrics linked to it
+        (:meth:`link_final_metrics`), final plots and ``labelled.csv``; registered as
+        ``register_as`` (``name`` or ``name@alias``) when given. Returns the model URI."""
         with tempfile.TemporaryDirectory(prefix="al-") as tmp:
             info = log_pyfunc_model(_save(artifacts, Path(tmp)), Artifacts.MODEL_NAME)
             mlflow.set_tag(TAG_MODEL_URI, info.model_uri)
+            self.link_final_metrics(info.model_id)
             _log_figures(artifacts)
             labelled.to_csv(Path(tmp) / "labelled.csv", index=False)
             mlflow.log_artifact(str(Path(tmp) / "labelled.csv"))
+        if register_as:
+            try:
+                register_model(info.model_uri, register_as, self.run_id)
+            except Exception as err:  # the campaign is recorded; only the registry entry lacks
+                log.warning(
+                    "event=registration_failed run_id=%s register_as=%s error=%r",
+                    self.run_id, register_as, err,
+                )  # fmt: skip
         return str(info.model_uri)
+
+    def link_final_metrics(self, model_id: str) -> None:
+        """Link the campaign run's final test metrics (:data:`FINAL_MODEL_METRICS` at the
+        last step; the ``final_refit.*`` ones when a final refit made the model) to the
+        LoggedModel ``model_id`` and the test set, so that the models view ranks models by
+        them. The rows are sent again unchanged (key, value, step, timestamp): the run
+        keeps one copy, the model gains the link."""
+        have = self.client.get_run(self.run_id).data.metrics
+        refit = CM.final_refit(CM.TEST_MAE) in have
+        keys = [CM.final_refit(k) if refit else k for k in FINAL_MODEL_METRICS]
+        rows = []
+        for key in (k for k in keys if k in have):
+            history = self.client.get_metric_history(self.run_id, key)
+            rows.append(max(history, key=lambda m: (m.step, m.timestamp)))
+        metrics = [linked_metric(m, model_id, self.test_set) for m in rows]
+        if metrics:
+            self.client.log_batch(self.run_id, metrics=metrics, synchronous=True)
 
 
 def _save(artifacts: ModelArtifacts, folder: Path) -> Path:
@@ -281,8 +391,8 @@ class MemoryTracker:
         self.tables: dict[str, pd.DataFrame] = {}
 
     @contextmanager
-    def fit_run(self, round_: int, data_version: str) -> Iterator[EpochCallback]:
-        record = FitRecord(round_, data_version)
+    def fit_run(self, round_: int, labelled: Labelled) -> Iterator[EpochCallback]:
+        record = FitRecord(round_, labelled.digest())
         self.fits.append(record)
         try:
             yield record.epochs.append

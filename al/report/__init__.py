@@ -1,8 +1,10 @@
 """The comparison report: read campaigns back from the tracking server (:mod:`.read`),
 statistics on their histories (:mod:`.stats`, :mod:`.paired`), the paired bootstrap of
 test predictions (:mod:`.bootstrap`), the calibration of the predicted std
-(:mod:`.uncertainty`), the report model (:mod:`.build`), and
-Markdown/HTML rendered from one section list by Jinja2 templates (:mod:`.render`).
+(:mod:`.uncertainty`), the report model (:mod:`.build`),
+Markdown/HTML rendered from one section list by Jinja2 templates (:mod:`.render`), and what
+goes back to the tracking server (:mod:`.server`: the report run, run links, the best
+arm's alias).
 
 The command that ties them together is :func:`al.entrypoints.compare.run_compare`.
 """
@@ -77,11 +79,19 @@ from al.report.render import (
     Table,
     draw_figures,
     draw_uncertainty_figures,
-    log_report,
     render_sections,
     report_sections,
     write_report,
     write_tables,
+)
+from al.report.server import (
+    BestArm,
+    alias_best,
+    best_arm,
+    grid_parent,
+    log_report,
+    run_links,
+    ui_base,
 )
 from al.report.stats import (
     BETTER,

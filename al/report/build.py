@@ -229,6 +229,8 @@ class Report:
     has_converged: bool = False
     n_resamples: int = N_RESAMPLES
     bootstrap_seed: int = BOOTSTRAP_SEED
+    #: the MLflow experiment of the runs (for links to them; "" when not known)
+    experiment_id: str = ""
 
 
 def total_cost_curves(hist: pd.DataFrame, level: float) -> pd.DataFrame:

@@ -531,7 +531,11 @@ def join_histories(runs: pd.DataFrame, wide: pd.DataFrame) -> pd.DataFrame:
 
 
 def tracking_uri() -> str:
-    """The tracking server the runs are read from (``mlflow.get_tracking_uri()``)."""
+    """The tracking server the runs are read from (``mlflow.get_tracking_uri()``), its
+    password masked (:func:`al.config.mask_secrets`): what the report and its messages
+    print."""
     import mlflow
 
-    return mlflow.get_tracking_uri()
+    from al.config import mask_secrets
+
+    return mask_secrets(mlflow.get_tracking_uri())

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import math
-import os
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,6 +20,7 @@ from typing import Any
 
 import pandas as pd
 
+from al.config import mask_secrets
 from al.report.build import (
     GridReport,
     Report,
@@ -39,8 +39,8 @@ from al.report.display import (
     summary_display,
 )
 from al.report.read import tracking_uri
+from al.report.server import run_links
 from al.report.uncertainty import pooled, z_scores
-from al.tracking import KIND_REPORT, TAG_KIND, TAG_REPORT_OF, TAG_REPORT_RUN
 
 METHODS = (
     "Each campaign run logs its metrics at step = n_labelled. An arm is a grid cell "
@@ -129,6 +129,8 @@ class Table:
 
     columns: list[str]
     rows: list[list[str]]
+    #: text -> URL: a cell's space-separated word found here is a link in report.html
+    links: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def of(cls, frame: pd.DataFrame) -> Table:
@@ -194,13 +196,14 @@ def report_sections(
     when there are some, uncertainty, summary, paired comparison, label savings, plots),
     method. ``figures`` (:func:`draw_figures`) and ``uncertainty``
     (:func:`draw_uncertainty_figures`) are per grid name; ``generated`` and ``server``
-    default to now and the current tracking URI."""
+    default to now and the current tracking URI (its password masked). With an http(s)
+    server, the run ids in the tables link to the runs' pages there (report.html)."""
     pct = f"{report.level:.0%}"
     runs = report.runs
     facts = [
         ("Experiment", report.experiment_name),
         ("Runs", report.source),
-        ("Tracking server", server or tracking_uri()),
+        ("Tracking server", mask_secrets(server) if server else tracking_uri()),
         ("Generated", generated or datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")),
         ("Campaign runs compared", f"{len(runs)} finished, {runs['arm'].nunique()} arm(s)"),
         (
@@ -242,6 +245,10 @@ def report_sections(
     if any(not g.calibration.empty for g in report.grids):
         method.append(UNCERTAINTY_METHODS.format(**values))
     out.append(Section("Method", paragraphs=method))
+    links = run_links(runs["run_id"], report.experiment_id, server or tracking_uri())
+    for section in out:
+        if section.table is not None:
+            section.table.links = links
     return out
 
 
@@ -416,10 +423,13 @@ def draw_figures(report: Report, out: Path) -> dict[str, list[Figure]]:
 
 def draw_uncertainty_figures(report: Report, out: Path) -> dict[str, list[Figure]]:
     """Per grid and step of its prediction tables (each converged checkpoint, else the
-    final round): a reliability diagram and a z-score histogram, one panel per arm with a
-    predicted std, pooled over its seeds, each arm in its colour; PNGs in ``out/plots``.
+    final round): a reliability diagram, a calibration plot (coverage; |err| against std)
+    and a z-score histogram of each arm with a predicted std, pooled over its seeds, each
+    arm in its colour; PNGs in ``out/plots``.
     Returns the figures per grid name."""
-    from al.plots import arm_colours, plot_reliability, plot_z_histograms
+    import matplotlib.pyplot as plt
+
+    from al.plots import arm_colours, calibration_figure, plot_reliability, plot_z_histograms
 
     (out / "plots").mkdir(parents=True, exist_ok=True)
     colours = arm_colours(report.runs["arm"])
@@ -439,10 +449,11 @@ def draw_uncertainty_figures(report: Report, out: Path) -> dict[str, list[Figure
                 (a, f["rmv"].to_numpy(float), f["rmse"].to_numpy(float))
                 for a, f in rel.groupby("arm", sort=True)
             ]
-            zs = []
+            zs, coverage = [], []
             for a in arms:
                 p = pooled(report.predictions, list(runs.loc[runs["arm"] == a, "run_id"]), step)
                 zs.append((a, z_scores(p["target"], p["mean"], p["std"])))
+                coverage.append((a, *_coverage(p)))
             what = f"{step:,.0f} labels, {source} predictions pooled over seeds"
             tag = f"{slug}_{source.replace(' ', '_')}_{step:.0f}"
             path = out / "plots" / f"reliability_{tag}.png"
@@ -452,6 +463,19 @@ def draw_uncertainty_figures(report: Report, out: Path) -> dict[str, list[Figure
                     f"Reliability at {what}: RMSE of the test errors against RMV (root mean "
                     "predicted variance) in equal-count bins of predicted std; a calibrated "
                     "model lies on the dashed y = x line",
+                    path,
+                    out,
+                )
+            )
+            path = out / "plots" / f"calibration_{tag}.png"
+            fig = calibration_figure(coverage, colours, f"{name}: calibration at {what}")
+            fig.savefig(path)
+            plt.close(fig)
+            done.append(
+                Figure.of(
+                    f"Calibration at {what}: observed against expected coverage of the central "
+                    "Gaussian intervals mean ± z·std (a calibrated model lies on the diagonal), "
+                    "and |error| against std with the identity line |err| = std",
                     path,
                     out,
                 )
@@ -467,6 +491,19 @@ def draw_uncertainty_figures(report: Report, out: Path) -> dict[str, list[Figure
                 )
             )
     return figures
+
+
+def _coverage(p: pd.DataFrame) -> tuple[Any, Any, Any, Any]:
+    """Expected and observed coverage (``[99]`` each, :func:`al.training.metrics.
+    calibration_curve`), std and |error| (``[n]`` each) of pooled predictions ``p``."""
+    import torch
+
+    from al.training.metrics import calibration_curve
+
+    p = p[(p["std"] > 0) & p["std"].notna() & p["mean"].notna()]
+    mean, std, target = (torch.tensor(p[c].to_numpy(float)) for c in ("mean", "std", "target"))
+    expected, observed = calibration_curve(mean, std, target)
+    return expected.numpy(), observed.numpy(), std.numpy(), (mean - target).abs().numpy()
 
 
 @cache
@@ -505,43 +542,3 @@ def write_report(report: Report, output_dir: Path) -> tuple[Path, Path]:
     md_path.write_text(render_sections(sections, report.title, "md"))
     html_path.write_text(render_sections(sections, report.title, "html"))
     return md_path, html_path
-
-
-def log_report(
-    client: Any, output_dir: Path, experiment_id: str, report_of: str, params: dict[str, Any]
-) -> str:
-    """Log ``output_dir`` as the artifacts of a run tagged ``al.kind=report`` in the
-    experiment; returns its id. Under ``mlflow run`` (``MLFLOW_RUN_ID`` set) the project's
-    own run is used when it is in the same experiment."""
-    from mlflow.entities import Param, RunTag
-
-    tags = {TAG_KIND: KIND_REPORT, TAG_REPORT_OF: report_of}
-    wrapper = os.environ.get("MLFLOW_RUN_ID", "")
-    run_id = ""
-    if wrapper:
-        try:
-            if client.get_run(wrapper).info.experiment_id == experiment_id:
-                run_id = wrapper
-        except Exception:
-            run_id = ""
-    own = not run_id
-    if own:
-        run_id = client.create_run(experiment_id, tags=tags, run_name="report").info.run_id
-    existing = client.get_run(run_id).data.params
-    client.log_batch(
-        run_id,
-        params=[Param(k, str(v)) for k, v in params.items() if k not in existing],
-        tags=[RunTag(k, v) for k, v in tags.items()],
-        synchronous=True,
-    )
-    try:
-        client.log_artifacts(run_id, str(output_dir))
-    except Exception:
-        if own:
-            client.set_terminated(run_id, "FAILED")
-        raise
-    if own:
-        client.set_terminated(run_id, "FINISHED")
-        if wrapper:
-            client.set_tag(wrapper, TAG_REPORT_RUN, run_id)
-    return run_id

@@ -13,11 +13,11 @@ from typing import Any
 
 import mlflow
 import numpy as np
-import pandas as pd
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from al.config import mask_secrets, mask_values
+from al.tracking.datasets import DatasetUse, log_datasets, molecule_set
 from al.tracking.names import Metrics
 
 log = logging.getLogger(__name__)
@@ -111,10 +111,10 @@ def log_text_artifact(text: str, artifact_file: str) -> None:
 def log_dataset(
     qm9_index: np.ndarray, target: np.ndarray, name: str, source: str, context: str
 ) -> None:
-    """Record dataset lineage with ``mlflow.log_input`` (a table of QM9 indices and targets)."""
-    df = pd.DataFrame({"qm9_index": np.asarray(qm9_index), "target_ev": np.asarray(target)})
-    ds = mlflow.data.from_pandas(df, source=source, name=name, targets="target_ev")
-    mlflow.log_input(ds, context=context)
+    """Record dataset lineage with ``mlflow.log_input``: the molecules ``qm9_index`` and
+    their targets (``[n]`` each) as a :class:`~al.tracking.datasets.MoleculeSet` (digest,
+    schema and row count; the data stays at ``source``)."""
+    log_datasets([DatasetUse(molecule_set(name, source, qm9_index, target), context)])
 
 
 def log_figure(fig: Any, artifact_file: str) -> None:

@@ -6,6 +6,7 @@ Nothing else in the project spells a tag, a metric key or an artifact path.
 from __future__ import annotations
 
 import re
+import uuid
 
 # --- tags -------------------------------------------------------------------------------
 TAG_KIND = "al.kind"
@@ -196,7 +197,44 @@ def queried_path(round_: int) -> str:
 
 
 ROUND_CHECKPOINT = "checkpoint/model.pt"
-CAMPAIGN_PLOTS = ("plots/learning_curve.png", "plots/parity.png", "plots/std_vs_error.png")
+CAMPAIGN_PLOTS = (
+    "plots/learning_curve.png", "plots/parity.png", "plots/std_vs_error.png",
+    "plots/calibration.png",
+)  # fmt: skip
+
+# --- datasets (mlflow.log_input): which role a set of molecules plays in a run -------------
+CONTEXT_POOL = "pool"
+CONTEXT_TRAINING = "training"
+CONTEXT_EVALUATION = "evaluation"
+#: metrics of a campaign's final model linked to its LoggedModel, read at the last step
+FINAL_MODEL_METRICS = (
+    CampaignMetrics.TEST_MAE, CampaignMetrics.TEST_RMSE, CampaignMetrics.TEST_MAX_AE,
+    CampaignMetrics.TEST_P95_AE, CampaignMetrics.TEST_P99_AE, CampaignMetrics.TEST_NLL,
+    CampaignMetrics.TEST_SPEARMAN, CampaignMetrics.TEST_MISCALIBRATION,
+)  # fmt: skip
+#: the alias ``al compare`` sets on the registered model of the report's best arm
+BEST_ALIAS = "best"
+#: on a report run: the arm it found best, and by which metric
+TAG_BEST_ARM = "al.best_arm"
+
+
+def dataset_name(data_digest: str, role: str, version: str) -> str:
+    """``qm9-<data digest>-<role>-<version>``: ``role`` is ``train``, ``test``, ``pool``
+    or ``labelled``; ``version`` the split digest, or for a labelled set its round."""
+    return f"qm9-{data_digest}-{role}-{version}"
+
+
+def short_id() -> str:
+    """Six random hex digits that tell apart runs of the same name parts (from the operating
+    system's randomness: a seeded ``random`` or torch does not repeat them)."""
+    return uuid.uuid4().hex[:6]
+
+
+def run_name(*parts: object) -> str:
+    """A run's display name: ``parts`` joined by ``-`` and a :func:`short_id`, e.g.
+    ``ensemble-s0-3fa9c1``; two runs of the same settings and seed never share one."""
+    return "-".join([*(str(p) for p in parts if str(p)), short_id()])
+
 
 # --- hyper-parameter optimisation -----------------------------------------------------------
 # One parent run per Optuna study (al.kind=hpo), one nested run per trial (al.kind=trial).

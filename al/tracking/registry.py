@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -202,3 +203,51 @@ def _log_and_register(client: MlflowClient, oracle: PretrainedOracle) -> str:
     finally:
         client.set_terminated(run_id, status)
     return uri
+
+
+# --- a campaign's final model -----------------------------------------------------------------
+def split_registered_name(spec: str) -> tuple[str, str]:
+    """``name`` or ``name@alias`` -> ``(name, alias or "")``."""
+    name, _, alias = spec.partition("@")
+    return name.strip(), alias.strip()
+
+
+def register_as_problem(spec: str) -> str | None:
+    """None for a valid ``register_as`` (empty, ``name`` or ``name@alias``), else why not."""
+    if not spec:
+        return None
+    name, alias = split_registered_name(spec)
+    if not name or ("@" in spec and not alias) or "@" in alias or "/" in name + alias:
+        return f"expected a registered model name, or name@alias, got {spec!r}"
+    if alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", alias):
+        return f"alias {alias!r} is reserved by MLflow (latest, v<number>); choose another"
+    return None
+
+
+def register_model(model_uri: str, spec: str, run_id: str) -> str:
+    """Register ``model_uri`` as a new version of ``spec``'s name (``name`` or
+    ``name@alias``, the alias then pointing at it); the version's ``run_id`` tag and the
+    run's ``al.registered_model`` tag link them. Returns ``models:/<name>/<version>``."""
+    name, alias = split_registered_name(spec)
+    client = MlflowClient()
+    mv = mlflow.register_model(model_uri, name, tags={"run_id": run_id})
+    if alias:
+        client.set_registered_model_alias(name, alias, mv.version)
+    uri = f"models:/{name}/{mv.version}"
+    client.set_tag(run_id, TAG_REGISTERED_MODEL, uri)
+    log.info("event=model_registered uri=%s alias=%s run_id=%s", uri, alias or "-", run_id)
+    return uri
+
+
+def set_alias_of_run(run_id: str, alias: str) -> str:
+    """Point ``alias`` at the registered version of run ``run_id``'s model (its
+    ``al.registered_model`` tag); returns ``models:/<name>@<alias>``, or "" when the run's
+    model is not registered."""
+    client = MlflowClient()
+    uri = client.get_run(run_id).data.tags.get(TAG_REGISTERED_MODEL, "")
+    if not uri.startswith("models:/"):
+        return ""
+    name, _, version = uri.removeprefix("models:/").rpartition("/")
+    client.set_registered_model_alias(name, alias, version)
+    log.info("event=alias_set name=%s alias=%s version=%s run_id=%s", name, alias, version, run_id)
+    return f"models:/{name}@{alias}"

@@ -64,9 +64,12 @@ class CampaignRun:
     previous_sigterm: Any = None
 
     @classmethod
-    def start(cls, experiment_name: str, resume: str = "") -> CampaignRun:
+    def start(cls, experiment_name: str, resume: str = "", run_name: str = "") -> CampaignRun:
         """Start (or re-open, with ``resume``) the campaign run, make it active and take its
         lease (:mod:`al.tracking.lease`).
+
+        A new run is called ``run_name``; a run made before this process (``resume``, a
+        grid's cell or ``mlflow run``'s run, ``MLFLOW_RUN_ID``) keeps its name.
 
         A resumed run is leased before anything on it changes: a run that another live
         process owns raises :class:`~al.tracking.lease.LeaseHeldError` and is left as it is.
@@ -75,7 +78,7 @@ class CampaignRun:
         started_ms = int(time.time() * 1000)
         previous = catch_sigterm()
         try:
-            out = cls._start(experiment_name, resume)
+            out = cls._start(experiment_name, resume, run_name)
         except BaseException:
             restore_sigterm(previous)
             raise
@@ -83,7 +86,7 @@ class CampaignRun:
         return out
 
     @classmethod
-    def _start(cls, experiment_name: str, resume: str) -> CampaignRun:
+    def _start(cls, experiment_name: str, resume: str, run_name: str = "") -> CampaignRun:
         wrapper = os.environ.get("MLFLOW_RUN_ID")
         if resume:
             try:
@@ -110,7 +113,7 @@ class CampaignRun:
         else:
             if not wrapper and not os.environ.get("MLFLOW_EXPERIMENT_ID"):
                 mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or experiment_name)
-            run = mlflow.start_run()
+            run = mlflow.start_run(run_name=None if wrapper else run_name or None)
             try:
                 # first of all, so that even a campaign killed at once is known for one
                 MlflowClient().set_tag(run.info.run_id, TAG_KIND, KIND_CAMPAIGN)
