@@ -31,6 +31,8 @@ import numpy as np
 import pandas as pd
 import torch
 from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
+from requests.exceptions import RequestException
 
 from al import plots
 from al.loop.converged import REPORT_METRICS
@@ -63,6 +65,7 @@ from al.tracking.datasets import DatasetUse, MoleculeSet, linked_metric, log_dat
 from al.tracking.names import CampaignMetrics as CM  # noqa: N817 - used in every metric key
 from al.tracking.pyfunc import log_pyfunc_model
 from al.tracking.registry import register_model
+from al.tracking.runs import forget_active_run
 from al.training.fit import EpochStats
 from al.training.metrics import calibration_curve, regression_report
 
@@ -257,13 +260,23 @@ class MlflowTracker(CampaignRun):
         trained = self.labelled_set(round_, labelled)
         uses = [DatasetUse(trained, CONTEXT_TRAINING)] if trained is not None else []
         log_datasets(uses)  # on the campaign run, still the active one
-        with mlflow.start_run(run_name=f"round_{round_:03d}", nested=True) as child:
+        child = mlflow.start_run(run_name=f"round_{round_:03d}", nested=True)
+        try:
             mlflow.set_tags({TAG_KIND: KIND_ROUND, TAG_ROUND: round_, TAG_DATA_VERSION: version})
             log_datasets([*uses, *self.datasets])
             self._epochs = logger = EpochLogger(child.info.run_id)
             yield logger
             logger.flush()
-        self._epochs = None
+        except (MlflowException, RequestException):  # the server failed: no call more
+            forget_active_run(child.info.run_id)
+            raise
+        except BaseException:
+            mlflow.end_run("FAILED")
+            raise
+        else:
+            mlflow.end_run("FINISHED")
+        finally:
+            self._epochs = None
 
     def log_round_artifacts(self, artifacts: ModelArtifacts) -> None:
         """Into the active child run: curves, plots, ``checkpoint/model.pt``, pyfunc model,

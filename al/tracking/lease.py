@@ -259,12 +259,13 @@ class CampaignLease:
 
     def release(self, delete: bool = True) -> None:
         """Stop the heartbeat and (``delete``) delete the tag if this process still owns it
-        (never raises: it runs while a campaign is ending)."""
+        (never raises: it runs while a campaign is ending). Without ``delete`` (the server
+        failed) the heartbeat thread, a daemon, is not waited for."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
         if not delete:
             return
+        if self._thread is not None:
+            self._thread.join(timeout=10)
         try:
             current = self.read()
             if current is not None and current.owner == self.owner:

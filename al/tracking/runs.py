@@ -357,6 +357,16 @@ class StoredCampaign:
         return TAG_STOP_REASON in self.tags and TAG_MODEL_URI in self.tags
 
 
+def forget_active_run(run_id: str) -> None:
+    """Drop the run ``run_id`` from this process's active MLflow runs without a call to the
+    server (which has failed): the resume closes it."""
+    from mlflow.tracking import fluent
+
+    stack = getattr(fluent, "_active_run_stack", None)
+    if stack is not None:
+        stack.set([r for r in stack.get() if r.info.run_id != run_id])
+
+
 def _forget_active_runs() -> None:
     """Drop this process's active MLflow runs without ending them on the server, so that
     nothing (MLflow's own exit handler included) sets the status of a run another process
