@@ -187,8 +187,8 @@ class ANIOracle(Oracle):
         problem = torchani_problem()
         if problem:
             raise OracleError(problem)
-        super().__init__(data, cost=cost)
         self.folder = ani_weights(self.model, None if root is None else Path(root))
+        super().__init__(data, cost=cost)
         self.reference = (
             reference
             if isinstance(reference, XTBReference)
