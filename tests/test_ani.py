@@ -143,6 +143,7 @@ def test_a_wrong_wheel_or_changed_file_is_refused_in_one_line(
     monkeypatch.setenv(ANI_DIR_ENV, str(tmp_path / "ani"))
     result = CliRunner().invoke(main, ["weights", "ani", "--wheel", str(fake)])
     assert "is not the published" in one_line_error(result)
+    assert "expected one of: ani" in one_line_error(CliRunner().invoke(main, ["weights", "anii"]))
     # a model folder whose file changed is refused before TorchANI reads it
     copy = tmp_path / "copy"
     shutil.copytree(weights / ANI_MODELS["ani1x"], copy / ANI_MODELS["ani1x"])
@@ -153,6 +154,11 @@ def test_a_wrong_wheel_or_changed_file_is_refused_in_one_line(
     monkeypatch.setenv(ANI_DOWNLOAD_ENV, "off")
     with pytest.raises(OracleError, match="do not match"):
         ORACLES["ani1x"](SimpleNamespace())  # fails before it looks at the data
+    assert fetch_ani_weights(weights, wheel=fake) == weights  # all there: the wheel unread
+    with pytest.raises(OracleError, match="is not the published"):
+        fetch_ani_weights(wheel=fake)  # the changed folder would be fetched again
+    assert fetch_ani_weights(copy, models=("ani1x",)) == copy  # from the package registry
+    assert weights_problem("ani1x", copy) is None
 
 
 def test_weights_already_there_are_kept(weights: Path) -> None:

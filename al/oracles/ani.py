@@ -27,16 +27,7 @@ import numpy as np
 
 from al.data.elements import ELEMENTS, HARTREE_TO_EV, SYMBOLS
 from al.data.molecules import MolecularData
-from al.oracles.ani_weights import (
-    ANI_DOWNLOAD_ENV,
-    ANI_MODELS,
-    ANI_WEIGHTS_SHA256,
-    ani_dir,
-    ani_weights,
-    downloads_allowed,
-    how_to_fetch,
-    weights_problem,
-)
+from al.oracles.ani_weights import ANI_MODELS, ANI_WEIGHTS_SHA256, ani_weights
 from al.oracles.base import (
     STATUS_NON_FINITE,
     STATUS_OK,
@@ -201,15 +192,15 @@ class ANIOracle(Oracle):
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
-        """Why the oracle cannot be built here: no TorchANI, or no weights and no fetching."""
+        """Why the oracle cannot be built here (no TorchANI; no weights, and they cannot be
+        fetched), or None. Fetches the weights when they are absent and may be fetched."""
         problem = torchani_problem()
-        if problem or downloads_allowed():
+        if problem:
             return problem
-        missing = weights_problem(cls.model)
-        if missing:
-            return f"{missing} and fetching them is off ({ANI_DOWNLOAD_ENV}=0): " + how_to_fetch(
-                ani_dir()
-            )
+        try:
+            ani_weights(cls.model)
+        except OracleError as exc:
+            return str(exc)
         return None
 
     def prior_labels(self) -> PriorLabels:
