@@ -3,7 +3,7 @@ QM9's scale, F unsupported, the weights' checks and their one-line errors, and a
 campaign with each as oracle and as Δ baseline.
 
 The weights are fetched once into the default cache (``al weights ani``'s folder) by the
-first test that needs them; later sessions find them there.
+first test that needs them; later test runs find them there.
 """
 
 from __future__ import annotations
