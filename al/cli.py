@@ -424,6 +424,23 @@ def data_get(source: str, root: str | None, indices: tuple[str, ...]) -> None:
         click.echo(f"{int(d.qm9_index[r])},{smiles},{int(n_atoms[r])},{float(d.y[r]):.6f}")
 
 
+@main.command()
+@click.argument("which")
+@click.option("--wheel", default=None, help="torchani-2.0-py3-none-any.whl already on disk "
+              "(default: pip downloads it from the package registry)")  # fmt: skip
+def weights(which: str, wheel: str | None) -> None:
+    """Fetch published weights into the cache, checked: ani (ANI-1x, ANI-1ccx; $AL_ANI_DIR)."""
+    from al.oracles import OracleError, fetch_ani_weights
+
+    if which != "ani":
+        raise click.ClickException(f"unknown weights {which!r}; expected one of: ani")
+    try:
+        root = fetch_ani_weights(wheel=Path(wheel) if wheel else None)
+    except OracleError as err:
+        raise _one_line(err) from None
+    click.echo(f"ANI-1x and ANI-1ccx weights checked in {root}")
+
+
 @main.command("compare")
 @click.option("--experiment-name", default="", help="experiment whose campaign runs to compare")
 @click.option("--parent-run", default="", help="compare the campaign runs nested under this run")

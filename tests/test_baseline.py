@@ -89,9 +89,11 @@ def test_absent_element_of_a_residual_target_falls_back_to_about_zero(qm9) -> No
 # --- the registry and the key ----------------------------------------------------------------
 def test_baseline_specs_and_the_config_key() -> None:
     assert baseline_choices() == [
-        "none", "composition", "xtb", "pretrained", "model:<MLflow model URI>",
+        "none", "composition", "xtb", "ani1x", "ani1ccx", "pretrained", "model:<MLflow model URI>",
     ]  # fmt: skip
-    assert set(BASELINES) == {"none", "composition", "xtb", "pretrained", "model"}
+    assert set(BASELINES) == {
+        "none", "composition", "xtb", "ani1x", "ani1ccx", "pretrained", "model",
+    }  # fmt: skip
     assert build_baseline("none") is None
     assert baseline_spec_problem("model:models:/m-1") is None
     assert "needs an argument" in (baseline_spec_problem("model") or "")

@@ -42,7 +42,7 @@ def queried(rows: list[tuple[int, str, str]], round_: int = 0) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=["qm9_index", "oracle", "status"])
     frame["label"] = np.where(frame["status"] == "ok", frame["qm9_index"] / 10, np.nan)
     frame["round"], frame["cost"] = round_, 1.0
-    frame["score"] = frame["pred_mean"] = frame["pred_std"] = np.nan
+    frame["score"] = frame["pred_mean"] = frame["pred_std"] = frame["label_std"] = np.nan
     frame["role"] = "train"
     return frame[list(QUERIED_COLUMNS)]
 

@@ -118,7 +118,7 @@ def test_steps_per_round_counts_every_round() -> None:
         labelled.add(pd.DataFrame({
             "qm9_index": range(10 * r, 10 * r + len(statuses)), "round": r, "oracle": "dft",
             "label": 1.0, "status": statuses, "cost": 1.0, "score": np.nan,
-            "pred_mean": np.nan, "pred_std": np.nan, "role": "train",
+            "pred_mean": np.nan, "pred_std": np.nan, "role": "train", "label_std": np.nan,
         })[list(QUERIED_COLUMNS)])  # fmt: skip
     assert labelled.steps_per_round() == {0: 2, 1: 2, 2: 3}
     assert labelled.counts_per_round() == [2, 2, 3]  # a round of failures keeps its place

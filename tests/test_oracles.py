@@ -97,7 +97,8 @@ def test_empty_request(name: str, qm9, local_model: str) -> None:
 def test_default_costs_order_the_fidelities(qm9, local_model: str) -> None:
     usable = [n for n in ORACLES if not ORACLES[n].unavailable_reason()]
     costs = {n: build_oracle(spec_of(n, local_model), data=qm9).cost_per_label for n in usable}
-    expected = {"dft": 1.0, "xtb": 0.01, "model": 0.001, "pretrained": 0.001, "pyg_schnet": 0.001}
+    expected = {"dft": 1.0, "xtb": 0.01, "model": 0.001, "pretrained": 0.001, "pyg_schnet": 0.001,
+                "ani1x": 0.001, "ani1ccx": 0.001}  # fmt: skip
     assert costs == {n: expected[n] for n in usable}
 
 

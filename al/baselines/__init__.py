@@ -8,6 +8,10 @@
 ``xtb`` (:class:`XTBBaseline`)
     GFN2-xTB with the packaged per-element reference, cached on disk by QM9 index.
     Cost 1e-4 per molecule (the measured xTB / DFT time ratio).
+``ani1x``, ``ani1ccx`` (:class:`~al.baselines.ani.ANIBaseline`)
+    A published ANI ensemble with its packaged per-element reference, cached on disk by QM9
+    index; H, C, N, O only (a campaign leaves molecules with F out of its pool). Cost 1e-5
+    per molecule (the measured ANI / DFT time ratio).
 ``pretrained``, ``model:<MLflow model URI>`` (:class:`OracleBaseline`)
     A model oracle's label; cost: the oracle's default per label (0.001).
 
@@ -17,10 +21,12 @@ baseline back to every prediction.
 
 from __future__ import annotations
 
+from al.baselines.ani import ANI_BASELINE_COST, ANI1ccxBaseline, ANI1xBaseline, ANIBaseline
 from al.baselines.base import (
     XTB_BASELINE_COST,
     Baseline,
     CompositionBaseline,
+    EnergyBaseline,
     OracleBaseline,
     XTBBaseline,
     molecules_data,
@@ -33,6 +39,8 @@ BASELINES: dict[str, type[Baseline] | None] = {
     "none": None,
     "composition": CompositionBaseline,
     "xtb": XTBBaseline,
+    "ani1x": ANI1xBaseline,
+    "ani1ccx": ANI1ccxBaseline,
     "pretrained": OracleBaseline,
     "model": OracleBaseline,
 }
@@ -41,7 +49,7 @@ ARGUMENTS = {"model": ORACLES["model"].argument}
 
 
 def baseline_choices() -> list[str]:
-    """Valid specs as shown to users: ``none, composition, xtb, pretrained, model:<...>``."""
+    """Valid specs as shown to users: ``none, composition, xtb, ani1x, ..., model:<...>``."""
     return [f"{k}:{ARGUMENTS[k]}" if k in ARGUMENTS else k for k in BASELINES]
 
 
@@ -74,10 +82,15 @@ def build_baseline(spec: str, cost: float | None = None) -> Baseline | None:
 
 
 __all__ = [
+    "ANI_BASELINE_COST",
     "BASELINES",
     "XTB_BASELINE_COST",
+    "ANI1ccxBaseline",
+    "ANI1xBaseline",
+    "ANIBaseline",
     "Baseline",
     "CompositionBaseline",
+    "EnergyBaseline",
     "OracleBaseline",
     "ResidualSurrogate",
     "XTBBaseline",

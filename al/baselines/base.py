@@ -38,6 +38,7 @@ from al.oracles import (
     ORACLES,
     Oracle,
     PriorLabels,
+    XTBReference,
     build_oracle,
     failure_status,
     load_xtb_reference,
@@ -62,6 +63,11 @@ class Baseline:
 
     name: ClassVar[str] = ""
     default_cost: ClassVar[float] = 0.0
+    #: The package a logged model needs to compute this baseline (pip requirement name).
+    requirement: ClassVar[str | None] = None
+    #: The atomic numbers it can compute (None: every element); a campaign leaves the
+    #: other molecules out of its pool.
+    supported_elements: ClassVar[frozenset[int] | None] = None
     #: whether :meth:`values` keeps computed values (False: they change with :meth:`fit`)
     memo: ClassVar[bool] = True
 
@@ -252,7 +258,108 @@ class CompositionBaseline(Baseline):
             self.coef = torch.tensor([float(coef[s]) for s in ELEMENTS], dtype=torch.float64)
 
 
-class XTBBaseline(Baseline):
+class EnergyBaseline(Baseline):
+    """A labeller's total energy on the DFT scale, ``HARTREE_TO_EV * E + sum_atoms c[z]``
+    with a per-element reference (:class:`~al.oracles.XTBReference`); the energies (Hartree)
+    are kept on disk by QM9 index in ``<cache>/<file name>``. Subclasses compute them
+    (:meth:`_run`). An element the reference was not fitted on gives NaN: the composition
+    prior stands in.
+
+    Args:
+        cost: cost per molecule.
+        cache: folder of the store (default ``al.data.load.cache_dir() / "baselines"``).
+        reference: the per-element reference.
+        file_name: the store's file name.
+    """
+
+    def __init__(
+        self,
+        cost: float | None,
+        cache: str | Path | None,
+        reference: XTBReference,
+        file_name: str,
+    ) -> None:
+        super().__init__(cost)
+        self.reference = reference
+        coeffs = reference.coefficients_ev
+        self.coef = torch.tensor(
+            [coeffs.get(z, math.nan) for z in ELEMENTS.values()], dtype=torch.float64
+        )  # [5] eV per atom, NaN for an element not fitted
+        folder = Path(cache) if cache is not None else cache_dir() / "baselines"
+        self.path = folder / file_name
+        self._store: dict[int, float] | None = None
+
+    def _compute(self, data: MolecularData, rows: np.ndarray, cached: bool = True) -> np.ndarray:
+        idx = data.qm9_index[rows].numpy()
+        store = self._load() if cached else {}
+        energy = np.array([store.get(int(q), math.nan) for q in idx], dtype=np.float64)
+        todo = np.flatnonzero([int(q) not in store for q in idx])
+        if todo.size:
+            self._run(data, rows, idx, energy, todo, store if cached else None)
+        comp = data.composition(torch.as_tensor(rows))  # [m, 5]
+        offset = torch.where(comp > 0, comp * self.coef, 0.0).sum(1)  # NaN where not fitted
+        return HARTREE_TO_EV * energy + offset.numpy()
+
+    def _run(
+        self,
+        data: MolecularData,
+        rows: np.ndarray,
+        idx: np.ndarray,
+        energy: np.ndarray,
+        todo: np.ndarray,
+        store: dict[int, float] | None,
+    ) -> None:  # pragma: no cover - abstract
+        """Fill ``energy[todo]`` (Hartree; NaN where it failed) of the data rows
+        ``rows[todo]`` (QM9 indices ``idx[todo]``), adding them to ``store`` (saved) when
+        given."""
+        raise NotImplementedError
+
+    def _load(self) -> dict[int, float]:
+        """The store (QM9 index -> Hartree, NaN = failed), read from disk once."""
+        if self._store is None:
+            self._store = self._read()
+        return self._store
+
+    def _read(self) -> dict[int, float]:
+        if not self.path.exists():
+            return {}
+        try:
+            with np.load(self.path) as rec:
+                return dict(zip(rec["qm9_index"].tolist(), rec["energy_ha"].tolist(), strict=True))
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("event=energy_cache_unreadable path=%s message=%r", self.path, str(exc))
+            return {}
+
+    def _save(self, store: dict[int, float]) -> None:
+        """Merge ``store`` with the file (another process may have added to it), atomically."""
+        merged = {**self._read(), **store}
+        store.update(merged)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                keys = np.fromiter(merged.keys(), dtype=np.int64, count=len(merged))
+                vals = np.fromiter(merged.values(), dtype=np.float64, count=len(merged))
+                np.savez(fh, qm9_index=keys, energy_ha=vals)
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "baseline_cache": str(self.path)}
+
+    def prior_labels(self, data: MolecularData) -> PriorLabels | None:
+        """None: the packaged reference's DFT labels are not a cost of Δ-learning. The
+        surrogate fits per-element reference energies on its own targets
+        (:meth:`al.models.base.AtomisticModel.fit_reference`), so a per-element offset in
+        the baseline, this reference or none, leaves its predictions unchanged
+        (``tests/test_baseline.py`` checks it). The ``xtb`` and ANI oracles, whose labels a
+        surrogate learns as they are, do carry them."""
+        return None
+
+
+class XTBBaseline(EnergyBaseline):
     """GFN2-xTB on the DFT scale: ``HARTREE_TO_EV * E_xtb + sum_atoms c[z]`` with the
     packaged per-element reference (:func:`al.oracles.load_xtb_reference`).
 
@@ -270,29 +377,15 @@ class XTBBaseline(Baseline):
 
     name = "xtb"
     default_cost = XTB_BASELINE_COST
+    requirement = "tblite"
     save_every = 2000
 
     def __init__(self, cost: float | None = None, cache: str | Path | None = None) -> None:
         if importlib.util.find_spec("tblite") is None:
             raise ValueError("the xtb baseline needs tblite: pip install tblite")
-        super().__init__(cost)
-        self.reference = load_xtb_reference()
-        coeffs = self.reference.coefficients_ev
-        self.coef = torch.tensor([coeffs[z] for z in ELEMENTS.values()], dtype=torch.float64)
-        folder = Path(cache) if cache is not None else cache_dir() / "baselines"
-        tag = f"{self.reference.method}-acc{self.reference.accuracy:g}"
-        self.path = folder / f"xtb-{tag}.npz"
-        self._store: dict[int, float] | None = None
-
-    def _compute(self, data: MolecularData, rows: np.ndarray, cached: bool = True) -> np.ndarray:
-        idx = data.qm9_index[rows].numpy()
-        store = self._load() if cached else {}
-        energy = np.array([store.get(int(q), math.nan) for q in idx], dtype=np.float64)
-        todo = np.flatnonzero([int(q) not in store for q in idx])
-        if todo.size:
-            self._run(data, rows, idx, energy, todo, store if cached else None)
-        comp = data.composition(torch.as_tensor(rows))
-        return HARTREE_TO_EV * energy + (comp @ self.coef).numpy()
+        reference = load_xtb_reference()
+        tag = f"{reference.method}-acc{reference.accuracy:g}"
+        super().__init__(cost, cache, reference, f"xtb-{tag}.npz")
 
     def _run(
         self,
@@ -337,50 +430,6 @@ class XTBBaseline(Baseline):
             "event=xtb_baseline_computed n=%d failed=%d seconds=%.1f",
             todo.size, int(np.isnan(energy[todo]).sum()), time.perf_counter() - t0,
         )  # fmt: skip
-
-    def _load(self) -> dict[int, float]:
-        """The store (QM9 index -> Hartree, NaN = failed), read from disk once."""
-        if self._store is None:
-            self._store = self._read()
-        return self._store
-
-    def _read(self) -> dict[int, float]:
-        if not self.path.exists():
-            return {}
-        try:
-            with np.load(self.path) as rec:
-                return dict(zip(rec["qm9_index"].tolist(), rec["energy_ha"].tolist(), strict=True))
-        except (OSError, ValueError, KeyError) as exc:
-            log.warning("event=xtb_cache_unreadable path=%s message=%r", self.path, str(exc))
-            return {}
-
-    def _save(self, store: dict[int, float]) -> None:
-        """Merge ``store`` with the file (another process may have added to it), atomically."""
-        merged = {**self._read(), **store}
-        store.update(merged)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                keys = np.fromiter(merged.keys(), dtype=np.int64, count=len(merged))
-                vals = np.fromiter(merged.values(), dtype=np.float64, count=len(merged))
-                np.savez(fh, qm9_index=keys, energy_ha=vals)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "baseline_cache": str(self.path)}
-
-    def prior_labels(self, data: MolecularData) -> PriorLabels | None:
-        """None: the packaged reference's DFT labels are not a cost of Δ-learning. The
-        surrogate fits per-element reference energies on its own targets
-        (:meth:`al.models.base.AtomisticModel.fit_reference`), so a per-element offset in
-        the baseline, this reference or none, leaves its predictions unchanged
-        (``tests/test_baseline.py`` checks it). The ``xtb`` oracle, whose labels a
-        surrogate learns as they are, does carry them."""
-        return None
 
 
 class OracleBaseline(Baseline):

@@ -21,6 +21,7 @@ from al.baselines import Baseline, ResidualSurrogate, build_baseline
 from al.config import ConfigError, build_config, mask_secrets, subset, to_dict
 from al.data import qm9pack_data_dir
 from al.data.config import DataConfig
+from al.data.elements import ELEMENTS, SYMBOLS
 from al.data.load import load_data
 from al.data.molecules import MolecularData
 from al.data.splits import Splits
@@ -121,6 +122,8 @@ def run_campaign(
         check = getattr(oracle, "check_split", None)
         if check is not None:
             check(splits.digest())
+    labellable = labellable_pool(data, splits, oracles, baseline)  # the recorded split stays
+    check_sizes(config, len(labellable.pool))
     priors = prior_labels(oracles, baseline, data)
     prior_n = float(sum(p.n for p in priors))
     acquisition = config.mf_acquisition if len(oracles) > 1 else strategy.acquisition
@@ -164,7 +167,7 @@ def run_campaign(
         run.journal_path.parent.mkdir(parents=True, exist_ok=True)
         run.journal_path.touch()  # exists from now on: a missing journal means a moved one
         campaign = Campaign(
-            config, data, splits, surrogate, oracles, rules,
+            config, data, labellable, surrogate, oracles, rules,
             scheme=scheme, selection=selection, tracker=run,
             prior_labels=prior_n, prior_cost=prior_n * DFTOracle.default_cost,
         )  # fmt: skip
@@ -200,6 +203,29 @@ def log_campaign_datasets(
         np.asarray(splits.pool, dtype=np.int64), data.qm9_index[test].numpy(),
         data.y[test].numpy(),
     )  # fmt: skip
+
+
+def labellable_pool(
+    data: MolecularData, splits: Splits, oracles: list[Oracle], baseline: Baseline | None
+) -> Splits:
+    """``splits`` without the pool molecules that an oracle or the baseline cannot compute
+    (an element outside its ``supported_elements``, e.g. F for ANI), how many said in one
+    log line; test and oracle sets unchanged. Such a molecule would only be a failed label
+    or a baseline fallback."""
+    limits = {o.name: o.supported_elements for o in oracles if o.supported_elements is not None}
+    if baseline is not None and baseline.supported_elements is not None:
+        limits[f"baseline:{baseline.spec}"] = baseline.supported_elements
+    if not limits:
+        return splits
+    allowed = frozenset.intersection(*limits.values())
+    others = [k for k, z in enumerate(ELEMENTS.values()) if z not in allowed]
+    keep = (data.composition(data.rows_of(splits.pool))[:, others] == 0).all(1).numpy()
+    log.info(
+        "event=pool_unsupported_elements left_out=%d pool=%d kept=%d labellers=%s elements=%s",
+        int((~keep).sum()), keep.size, int(keep.sum()), ",".join(limits),
+        ",".join(SYMBOLS[z] for z in sorted(allowed) if z in SYMBOLS),
+    )  # fmt: skip
+    return replace(splits, pool=splits.pool[keep])
 
 
 def prior_labels(

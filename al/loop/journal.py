@@ -16,7 +16,7 @@ Format: JSON lines, one record per line:
 pred_mean, pred_std, role}, ...]}``
     What round ``r`` asks for, in request order (``position`` = row of the request).
 ``{"kind": "labels", "round": r, "rows": [{position, qm9_index, oracle, label, status,
-cost}, ...]}``
+cost, label_std}, ...]}``
     One chunk of oracle answers (at most :data:`CHUNK` rows) for the round's last request.
 
 A line cut short by a kill is ignored when reading.
@@ -74,7 +74,7 @@ def deferred_signals() -> Iterator[None]:
 #: Environment variable naming the journal folder.
 JOURNAL_DIR_ENV = "AL_JOURNAL_DIR"
 REQUEST_FIELDS = ("qm9_index", "fidelity", "score", "pred_mean", "pred_std", "role")
-LABEL_FIELDS = ("qm9_index", "oracle", "label", "status", "cost")
+LABEL_FIELDS = ("qm9_index", "oracle", "label", "status", "cost", "label_std")
 
 
 def journal_dir() -> Path:
@@ -146,10 +146,12 @@ class LabelJournal:
         self._append({"kind": "request", "round": int(round_), "rows": rows})
 
     def log_labels(self, round_: int, positions: Iterable[int], frame: pd.DataFrame) -> None:
-        """Oracle answers ``frame`` (:data:`LABEL_FIELDS`) for request rows ``positions``."""
-        values = frame[list(LABEL_FIELDS)].itertuples(index=False, name=None)
+        """Oracle answers ``frame`` (:data:`LABEL_FIELDS`; ``label_std`` may be absent) for
+        request rows ``positions``."""
+        cols = [c for c in LABEL_FIELDS if c in frame.columns]
+        values = frame[cols].itertuples(index=False, name=None)
         rows = [
-            {"position": int(p), **{c: _plain(v) for c, v in zip(LABEL_FIELDS, row, strict=True)}}
+            {"position": int(p), **{c: _plain(v) for c, v in zip(cols, row, strict=True)}}
             for p, row in zip(positions, values, strict=True)
         ]
         self._append({"kind": "labels", "round": int(round_), "rows": rows})

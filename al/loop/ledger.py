@@ -31,6 +31,8 @@ class Labelled:
         frame = frame.copy()
         if "role" not in frame.columns:
             frame["role"] = ROLE_TRAIN
+        if "label_std" not in frame.columns:  # a table written before the oracle's std
+            frame["label_std"] = float("nan")
         frame["role"] = frame["role"].fillna(ROLE_TRAIN)
         frames = [f for f in (self.table, frame) if len(f)]
         self.table = pd.concat(frames, ignore_index=True) if frames else frame

@@ -5,6 +5,24 @@ the registry and factory. Registering the shipped oracle in MLflow is
 :func:`al.tracking.registry.register_oracles` (tracking sits above the oracles).
 """
 
+from al.oracles.ani import (
+    ANI_ELEMENTS,
+    ANI1ccxOracle,
+    ANI1xOracle,
+    ANIOracle,
+    ani_energies,
+    load_ani,
+    supported,
+    torchani_problem,
+)
+from al.oracles.ani_weights import (
+    ANI_DIR_ENV,
+    ANI_DOWNLOAD_ENV,
+    ANI_MODELS,
+    ani_dir,
+    ani_weights,
+    fetch_ani_weights,
+)
 from al.oracles.base import (
     FRAME_COLUMNS,
     STATUS_MISSING_TARGET,
@@ -51,6 +69,10 @@ from al.oracles.xtb import (
 )
 
 __all__ = [
+    "ANI_DIR_ENV",
+    "ANI_DOWNLOAD_ENV",
+    "ANI_ELEMENTS",
+    "ANI_MODELS",
     "BOHR_PER_ANGSTROM",
     "FRAME_COLUMNS",
     "ORACLES",
@@ -67,6 +89,9 @@ __all__ = [
     "STATUS_TIMEOUT",
     "STATUS_UNKNOWN",
     "STATUS_UNSUPPORTED_ELEMENT",
+    "ANI1ccxOracle",
+    "ANI1xOracle",
+    "ANIOracle",
     "DFTOracle",
     "LabelResult",
     "ModelOracle",
@@ -77,15 +102,22 @@ __all__ = [
     "PyGSchNetOracle",
     "XTBOracle",
     "XTBReference",
+    "ani_dir",
+    "ani_energies",
+    "ani_weights",
     "build_oracle",
     "failure_status",
+    "fetch_ani_weights",
     "fit_xtb_reference",
+    "load_ani",
     "load_xtb_reference",
     "network_problem",
     "oracle_choices",
     "oracle_spec_problem",
     "packaged_checkpoint",
     "read_provenance",
+    "supported",
+    "torchani_problem",
     "xtb_energies",
     "xtb_energy_hartree",
 ]

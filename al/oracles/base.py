@@ -27,6 +27,11 @@ registry (:data:`ORACLES`) and the factory (:func:`~al.oracles.registry.build_or
     PyTorch Geometric's pretrained SchNet (schnetpack weights, downloaded once). Its training
     split overlaps our test set: see :class:`~al.oracles.pyg_schnet.PyGSchNetOracle`. Cost
     0.001 per label.
+``ani1x``, ``ani1ccx`` (:mod:`al.oracles.ani`)
+    The published ANI-1x and ANI-1ccx ensembles (TorchANI; weights fetched once from the
+    package registry, :mod:`al.oracles.ani_weights`) with a per-element reference fitted on
+    the oracle split, each label with the ensemble's std. H, C, N, O only: a molecule with F
+    gets ``"unsupported_element"``. Cost 0.001 per label.
 
 Cost accounting: every requested row that reaches the oracle is charged the oracle's
 ``cost_per_label``, whether it succeeds or fails, because the oracle spent the work either
@@ -60,7 +65,8 @@ STATUS_TIMEOUT = "timeout"
 STATUS_NON_FINITE = "non_finite"
 STATUS_UNSUPPORTED_ELEMENT = "unsupported_element"
 #: Columns of :meth:`LabelResult.to_frame`, as in the per-round ``queried.csv``.
-FRAME_COLUMNS = ("qm9_index", "oracle", "label", "status", "cost")
+#: ``label_std``: the labeller's own spread of a label (an ensemble's std), NaN if it has none.
+FRAME_COLUMNS = ("qm9_index", "oracle", "label", "status", "cost", "label_std")
 #: The oracle registry, spec name -> class. :mod:`al.oracles.registry` fills it (the one place
 #: that lists the oracles); it lives here so that :meth:`Oracle.kind` can read it.
 ORACLES: dict[str, type[Oracle]] = {}
@@ -95,6 +101,8 @@ class LabelResult:
         status: ``"ok"`` or a short failure reason, ``[n]`` (object array of str).
         cost: cost charged per row, ``[n]`` (float64); see the module docstring.
         oracle: name of the oracle that answered.
+        std: the oracle's own uncertainty of each label in eV (an ensemble's std), ``[n]``
+            (float64); NaN where it gives none (None: NaN for every row).
     """
 
     qm9_index: np.ndarray
@@ -102,13 +110,17 @@ class LabelResult:
     status: np.ndarray
     cost: np.ndarray
     oracle: str
+    std: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.qm9_index)
-        if not len(self.value) == len(self.status) == len(self.cost) == n:
+        if self.std is None:
+            self.std = np.full(n, np.nan)
+        if not len(self.value) == len(self.status) == len(self.cost) == len(self.std) == n:
             raise ValueError(
                 f"LabelResult columns differ in length: qm9_index {n}, value "
-                f"{len(self.value)}, status {len(self.status)}, cost {len(self.cost)}"
+                f"{len(self.value)}, status {len(self.status)}, cost {len(self.cost)}, "
+                f"std {len(self.std)}"
             )
 
     def __len__(self) -> int:
@@ -124,7 +136,7 @@ class LabelResult:
         return float(self.cost.sum())
 
     def to_frame(self) -> pd.DataFrame:
-        """One row per request: ``qm9_index, oracle, label, status, cost``."""
+        """One row per request: ``qm9_index, oracle, label, status, cost, label_std``."""
         return pd.DataFrame(
             {
                 "qm9_index": self.qm9_index,
@@ -132,6 +144,7 @@ class LabelResult:
                 "label": self.value,
                 "status": self.status.astype(str),
                 "cost": self.cost,
+                "label_std": self.std,
             },
             columns=list(FRAME_COLUMNS),
         )
@@ -153,6 +166,9 @@ class Oracle(ABC):
     #: once; an oracle that computes one molecule at a time sets 1, so that a kill re-buys
     #: at most the one label in flight (:mod:`al.loop.journal`).
     journal_chunk: ClassVar[int] = 64
+    #: The atomic numbers it can label (None: every element of the data); a campaign leaves
+    #: the other molecules out of its pool.
+    supported_elements: ClassVar[frozenset[int] | None] = None
 
     def __init__(self, data: MolecularData, *, cost: float | None = None) -> None:
         cost = self.default_cost if cost is None else float(cost)
@@ -197,12 +213,15 @@ class Oracle(ABC):
         t0 = time.perf_counter()
         rows = self.rows_or_missing(idx)
         known = rows >= 0
-        value = np.full(idx.size, np.nan)
+        value, std = np.full(idx.size, np.nan), np.full(idx.size, np.nan)
         status = np.full(idx.size, STATUS_UNKNOWN, dtype=object)
         cost = np.zeros(idx.size)
         if known.any():
-            v, s = self._label_rows(rows[known])
-            value[known] = np.where(np.asarray(s) == STATUS_OK, v, np.nan)
+            v, s, *spread = self._label_rows(rows[known])
+            ok = np.asarray(s) == STATUS_OK
+            value[known] = np.where(ok, v, np.nan)
+            if spread:
+                std[known] = np.where(ok, spread[0], np.nan)
             status[known] = s
             cost[known] = self.cost_per_label
         if not known.all():
@@ -212,7 +231,7 @@ class Oracle(ABC):
                 int((~known).sum()),
                 idx[~known][:10].tolist(),
             )
-        result = LabelResult(idx, value, status, cost, self.name)
+        result = LabelResult(idx, value, status, cost, self.name, std)
         log.info(
             "event=labelled oracle=%s requested=%d ok=%d failed=%d cost=%.6g seconds=%.3f",
             self.name,
@@ -225,8 +244,9 @@ class Oracle(ABC):
         return result
 
     @abstractmethod
-    def _label_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Values ``[m]`` (float64, eV) and statuses ``[m]`` (str) of the data rows ``[m]``.
+    def _label_rows(self, rows: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Values ``[m]`` (float64, eV) and statuses ``[m]`` (str) of the data rows ``[m]``,
+        optionally followed by each label's std ``[m]`` (eV) for an oracle that has one.
 
         Must not raise for a failure of one molecule: record it as a status instead.
         """

@@ -7,6 +7,7 @@ CLI choices, the config's one-line errors (:func:`oracle_spec_problem`), the fac
 from __future__ import annotations
 
 from al.data.molecules import MolecularData
+from al.oracles.ani import ANI1ccxOracle, ANI1xOracle
 from al.oracles.base import ORACLES, Oracle
 from al.oracles.dft import DFTOracle
 from al.oracles.model import ModelOracle
@@ -22,6 +23,8 @@ ORACLES.update(
         "model": ModelOracle,
         "pretrained": PretrainedOracle,
         "pyg_schnet": PyGSchNetOracle,
+        "ani1x": ANI1xOracle,
+        "ani1ccx": ANI1ccxOracle,
     }
 )
 

@@ -3,7 +3,8 @@
 A GFN2-xTB total energy is put on the DFT target's scale by a per-element linear reference
 (:class:`XTBReference`), fitted by :func:`fit_xtb_reference` on molecules of the oracle split
 only (``benchmarks/xtb_reference.py`` runs the fit and writes ``al/data/xtb_reference.json``,
-the packaged reference that :func:`load_xtb_reference` reads).
+the packaged reference that :func:`load_xtb_reference` reads). The ANI oracles
+(:mod:`al.oracles.ani`) put their energies on the same scale with the same reference code.
 """
 
 from __future__ import annotations
@@ -43,37 +44,46 @@ XTB_METHOD = "GFN2-xTB"
 
 @dataclass(frozen=True)
 class XTBReference:
-    """Per-element linear map from a GFN2-xTB total energy to the DFT target.
+    """Per-element linear map from a total energy (GFN2-xTB's, or an ANI ensemble's) to the
+    DFT target.
 
-    ``label_ev = HARTREE_TO_EV * E_xtb + sum_atoms coefficients_ev[z]``.
+    ``label_ev = HARTREE_TO_EV * E + sum_atoms coefficients_ev[z]``.
 
     Attributes:
-        coefficients_ev: eV per atom of each atomic number.
+        coefficients_ev: eV per atom of each atomic number (only the elements it was fitted on).
+        method: the energy's method (``GFN2-xTB``, ``ANI-1x``, ...).
         meta: the rest of the reference file (fit statistics, split digest, command).
+        labeller: short name of the labeller, for the prior-label source (``xTB``, ``ANI``).
     """
 
     coefficients_ev: dict[int, float]
     method: str = XTB_METHOD
     accuracy: float = 1.0
     meta: dict[str, Any] | None = None
+    labeller: str = "xTB"
 
     def prior_labels(self) -> PriorLabels:
         """The DFT labels of the molecules this reference was fitted on and checked on
         (``n_fit + n_heldout`` of its file; NaN when the file does not say)."""
         meta = self.meta or {}
         n = float(meta.get("n_fit", math.nan)) + float(meta.get("n_heldout", 0))
-        return PriorLabels(n, f"xTB per-element reference: n_fit + n_heldout ({self.method})")
+        return PriorLabels(
+            n, f"{self.labeller} per-element reference: n_fit + n_heldout ({self.method})"
+        )
 
     def offset_ev(self, z: np.ndarray) -> float:
         """``sum_atoms coefficients_ev[z]`` of one molecule; ``KeyError`` for an unfitted z."""
         return float(sum(self.coefficients_ev[int(a)] for a in z))
 
 
-def load_xtb_reference(path: str | Path | None = None) -> XTBReference:
-    """Read the reference written by ``benchmarks/xtb_reference.py`` (default: packaged)."""
+def load_xtb_reference(
+    path: str | Path | None = None, *, packaged: str = XTB_REFERENCE_FILE
+) -> XTBReference:
+    """Read the reference written by ``benchmarks/xtb_reference.py`` (default: the packaged
+    ``al/data/<packaged>``, e.g. ``ani1x_reference.json`` for the ANI-1x oracle)."""
     if path is None:
-        text = resources.files("al.data").joinpath(XTB_REFERENCE_FILE).read_text()
-        where = f"al/data/{XTB_REFERENCE_FILE}"
+        text = resources.files("al.data").joinpath(packaged).read_text()
+        where = f"al/data/{packaged}"
     else:
         text, where = Path(path).read_text(), str(path)
     rec = json.loads(text)
@@ -89,6 +99,7 @@ def load_xtb_reference(path: str | Path | None = None) -> XTBReference:
         method=rec.get("method", XTB_METHOD),
         accuracy=float(rec.get("accuracy", 1.0)),
         meta=meta,
+        labeller=str(rec.get("labeller", "xTB")),
     )
 
 
@@ -253,18 +264,25 @@ def xtb_energies(data: MolecularData, rows: np.ndarray, accuracy: float = 1.0) -
 
 
 def fit_xtb_reference(
-    energy_ha: np.ndarray, composition: np.ndarray, target_ev: np.ndarray, fit: np.ndarray
+    energy_ha: np.ndarray,
+    composition: np.ndarray,
+    target_ev: np.ndarray,
+    fit: np.ndarray,
+    elements: tuple[str, ...] = tuple(ELEMENTS),
 ) -> dict[str, Any]:
-    """Fit the per-element reference ``c`` of ``target = HARTREE_TO_EV * E_xtb + comp @ c``.
+    """Fit the per-element reference ``c`` of ``target = HARTREE_TO_EV * E + comp @ c``.
 
     Least squares on the rows marked ``fit`` whose energy is finite; the other rows are
     held out to measure the error, against a composition-only model fitted on the same rows.
+    ``E`` is any total energy in Hartree: GFN2-xTB's, or an ANI ensemble's.
 
     Args:
-        energy_ha: GFN2-xTB total energies in Hartree, ``[m]`` (NaN where xTB failed).
-        composition: atoms per element, ``[m, 5]``, columns in :data:`ELEMENTS` order.
+        energy_ha: total energies in Hartree, ``[m]`` (NaN where the labeller failed).
+        composition: atoms per element, ``[m, k]``, columns in ``elements`` order.
         target_ev: the DFT target in eV, ``[m]``.
         fit: rows to fit on, ``[m]`` (bool); the rest are held out.
+        elements: the symbols of the columns (default all of :data:`ELEMENTS`; the ANI
+            oracles fit H, C, N, O only).
 
     Returns:
         The reference file's fit fields: ``coefficients_ev`` (element symbol -> eV per atom),
@@ -284,7 +302,7 @@ def fit_xtb_reference(
     base = composition @ c0
     nan = float("nan")
     return {
-        "coefficients_ev": {s: float(v) for s, v in zip(ELEMENTS, c, strict=True)},
+        "coefficients_ev": {s: float(v) for s, v in zip(elements, c, strict=True)},
         "n_fit": int((fit & ok).sum()),
         "n_heldout": int(held_ok.sum()),
         "n_failed": int((~ok).sum()),

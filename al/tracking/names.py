@@ -176,8 +176,10 @@ class CampaignMetrics:
 
 QUERIED_COLUMNS = (
     "qm9_index", "round", "oracle", "label", "status", "cost", "score", "pred_mean", "pred_std",
-    "role",
+    "role", "label_std",
 )  # fmt: skip
+#: ``label_std``: the oracle's own std of a label (an ensemble oracle's, e.g. ANI's 8
+#: networks), NaN for an oracle without one and in tables written before it existed
 #: ``role`` of a queried row: a training label, or one of the campaign's validation set
 ROLE_TRAIN, ROLE_VALIDATION = "train", "validation"
 #: the campaign's validation set (its rows of the queried tables), on the campaign run

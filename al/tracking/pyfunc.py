@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from al.baselines import Baseline, build_baseline
+from al.baselines import BASELINES, Baseline, build_baseline
 from al.data.molecules import molecules_frame
 from al.models.base import set_mc_dropout
 from al.models.checkpoint import load_checkpoint
@@ -134,7 +134,8 @@ def checkpoint_baseline(meta: dict[str, Any]) -> Baseline | None:
 
 def pip_requirements(baseline: str = "none") -> list[str]:
     """The logged model's requirements (its networks are plain torch: no PyTorch
-    Geometric); an ``xtb`` baseline adds tblite."""
+    Geometric); a baseline adds the package it needs (``xtb``: tblite, ``ani1x``/``ani1ccx``:
+    torchani)."""
     reqs = [
         f"torch=={torch.__version__.split('+')[0]}",
         f"mlflow=={mlflow.__version__}",
@@ -142,13 +143,15 @@ def pip_requirements(baseline: str = "none") -> list[str]:
         f"pandas=={pd.__version__}",
         "pyyaml",
     ]
-    if baseline == "xtb":
+    cls = BASELINES.get(baseline.partition(":")[0].strip().lower())
+    package = getattr(cls, "requirement", None)
+    if package:
         from importlib.metadata import PackageNotFoundError, version
 
         try:
-            reqs.append(f"tblite=={version('tblite')}")
+            reqs.append(f"{package}=={version(package)}")
         except PackageNotFoundError:
-            reqs.append("tblite")
+            reqs.append(package)
     return reqs
 
 

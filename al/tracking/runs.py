@@ -216,6 +216,8 @@ class CampaignRun:
         frame = pd.read_csv(path)
         if "role" not in frame.columns:  # a table written before roles: training labels
             frame["role"] = ROLE_TRAIN
+        if "label_std" not in frame.columns:  # written before the oracle's std was kept
+            frame["label_std"] = float("nan")
         return frame
 
     def completed_round(self) -> int:
