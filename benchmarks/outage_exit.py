@@ -53,7 +53,9 @@ def measure(mode: str, root: Path) -> tuple[float, int, str]:
         env.pop(key, None)  # the campaign's own bounds
     experiment = f"outage-{mode}"
     cmd = [sys.executable, "-m", "al.cli", "al-loop", *TINY, "--experiment-name", experiment]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )  # the code on PYTHONPATH (or installed), not the current folder's
     client = MlflowClient(uri)
     try:
         deadline = time.time() + 300
