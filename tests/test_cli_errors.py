@@ -130,3 +130,25 @@ def test_an_unwritable_journal_folder_is_one_line_before_any_run(
     assert "label journal folder" in line and "AL_JOURNAL_DIR" in line
     client = mlflow.tracking.MlflowClient(tracking_uri=uri)
     assert client.get_experiment_by_name("jd") is None  # no run was created
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--oracle", "model:models:/no-such-model@x"], "cannot load the oracle model"),
+        (["--baseline", "model:models:/no-such-model@x"], "baseline 'model:models:/no-such"),
+    ],
+)
+def test_a_model_that_cannot_be_loaded_is_one_line_before_any_run(
+    args: list[str], expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("AL_JOURNAL_DIR", str(tmp_path / "journal"))
+    base = ["al-loop", "--initial-size", "20", "--n-test", "100", "--experiment-name", "lazy"]
+    line = one_line_error(CliRunner().invoke(main, [*base, *args]))
+    assert expected in line
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    assert client.get_experiment_by_name("lazy") is None  # no run was created

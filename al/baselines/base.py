@@ -37,6 +37,7 @@ from al.data.reference import composition_prior, fit_composition
 from al.oracles import (
     ORACLES,
     Oracle,
+    OracleError,
     PriorLabels,
     XTBReference,
     build_oracle,
@@ -173,6 +174,10 @@ class Baseline:
         """The DFT labels this baseline was built from before the campaign (None: none;
         ``data``: the molecules, for a baseline that needs them to be built)."""
         return None
+
+    def prepare(self, data: MolecularData) -> None:
+        """Load what a lazily loaded baseline needs, so that one that cannot work is
+        refused before a campaign creates its run; nothing by default."""
 
     # --- what a baseline defines --------------------------------------------------------------
     def _compute(
@@ -456,6 +461,14 @@ class OracleBaseline(Baseline):
         if self._oracle is None or self._oracle.data.z is not data.z:
             self._oracle = build_oracle(self.spec, data=data)
         return self._oracle
+
+    def prepare(self, data: MolecularData) -> None:
+        """Load the oracle's model now: a URI that cannot be loaded is refused before a
+        campaign creates its run."""
+        try:
+            self._built(data).prepare()
+        except OracleError as exc:
+            raise OracleError(f"baseline {self.spec!r}: {exc}") from None
 
     def prior_labels(self, data: MolecularData) -> PriorLabels | None:
         """The DFT labels its model was trained on (the oracle's lineage)."""

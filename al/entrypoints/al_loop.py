@@ -122,6 +122,10 @@ def run_campaign(
         check = getattr(oracle, "check_split", None)
         if check is not None:
             check(splits.digest())
+    for oracle in oracles:  # a model that cannot be loaded is refused before any run exists
+        oracle.prepare()
+    if baseline is not None:
+        baseline.prepare(data)
     labellable = labellable_pool(data, splits, oracles, baseline)  # the recorded split stays
     check_sizes(config, len(labellable.pool))
     priors = prior_labels(oracles, baseline, data)

@@ -189,6 +189,11 @@ class Oracle(ABC):
         """Why this oracle cannot be built here (e.g. no network for its weights), or None."""
         return None
 
+    def prepare(self) -> None:
+        """Load what labelling needs that is loaded lazily (a model), so that an oracle that
+        cannot label is refused before a campaign creates its run; nothing by default."""
+        return None
+
     @classmethod
     def kind(cls) -> str:
         """The registry name of this oracle's class (its class name if unregistered)."""

@@ -65,6 +65,9 @@ class ModelOracle(Oracle):
             )
         return self._model
 
+    def prepare(self) -> None:
+        self.load()
+
     def _label_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         model = self.load()
 
