@@ -211,8 +211,8 @@ def test_kill_and_resume_on_postgresql(postgres_tracking: str) -> None:
 
 
 def test_history_by_step_and_stale_children(tracking: str) -> None:
-    """A step logged twice keeps its latest value; a killed round run is closed and the
-    logged model its upload left PENDING is marked FAILED."""
+    """A step logged twice keeps its latest value; a killed round run is closed, and the
+    logged models an upload left PENDING (a round's, the campaign's final) are marked FAILED."""
     mlflow.set_experiment("resume-history")
     with mlflow.start_run() as parent:
         run = CampaignRun(parent.info.run_id)
@@ -227,9 +227,14 @@ def test_history_by_step_and_stale_children(tracking: str) -> None:
         model = mlflow.initialize_logged_model(
             name="model", source_run_id=cid, experiment_id=parent.info.experiment_id
         )
+        # ... or while uploading the campaign's final model
+        final = mlflow.initialize_logged_model(
+            name="model", source_run_id=parent.info.run_id, experiment_id=parent.info.experiment_id
+        )
         run.close_stale_children()
     assert client.get_run(cid).info.status == "KILLED"
     assert client.get_logged_model(model.model_id).status == LoggedModelStatus.FAILED
+    assert client.get_logged_model(final.model_id).status == LoggedModelStatus.FAILED
 
 
 @pytest.mark.slow

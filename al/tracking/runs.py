@@ -263,17 +263,16 @@ class CampaignRun:
 
     def close_stale_children(self) -> None:
         """Mark round child runs left RUNNING by a killed process as KILLED, and the logged
-        models they left PENDING (an upload cut short) as FAILED."""
+        models they, or the campaign run's final upload, left PENDING (cut short) as FAILED;
+        called on resume, before this process logs any model."""
         exp = self.client.get_run(self.run_id).info.experiment_id
         flt = f"tags.`{TAG_PARENT}` = '{self.run_id}'"
-        unfinished = set()
+        unfinished = {self.run_id}
         for r in self.client.search_runs([exp], filter_string=flt):
             if r.info.status == "RUNNING":
                 self.client.set_terminated(r.info.run_id, "KILLED")
             if r.info.status != "FINISHED":
                 unfinished.add(r.info.run_id)
-        if not unfinished:
-            return
         for model in self.client.search_logged_models([exp], max_results=10_000):
             if model.source_run_id in unfinished and model.status == LoggedModelStatus.PENDING:
                 self.client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
