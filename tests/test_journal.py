@@ -186,6 +186,32 @@ def test_killed_mid_batch_pays_again_at_most_the_chunk_in_flight(qm9, tmp_path) 
     assert len(table) == 150 and table["qm9_index"].is_unique
     assert len(second.paid) == 150 - 2 * CHUNK  # only the chunk in flight was bought again
     assert sorted(first.paid + second.paid) == sorted(table["qm9_index"])
+    # the chunk in flight was asked twice: what its first ask cost is in cost_spent
+    assert big.labelled.cost_lost == 150 - 2 * CHUNK
+    steps = tracker.metrics_frame()
+    assert steps[CM.COST_LOST].tolist() == [150 - 2 * CHUNK]
+    assert steps[CM.COST_SPENT].tolist() == [table["cost"].sum() + 150 - 2 * CHUNK]
+
+
+def test_lost_cost_counts_asks_without_answers(tmp_path) -> None:
+    """Asked and answered: nothing lost; asked, killed, asked again: the first ask's cost;
+    a round's new request starts its positions afresh."""
+    journal = LabelJournal(tmp_path / "j.jsonl")
+    request = pd.DataFrame({"qm9_index": [5, 7], "fidelity": [0, 1]})
+    answers = pd.DataFrame({"qm9_index": [5], "oracle": "x", "label": [1.0], "status": "ok",
+                            "cost": [0.5]})  # fmt: skip
+    journal.log_request(0, request)
+    journal.log_asked(0, [0], 0.5)
+    journal.log_labels(0, [0], answers)
+    journal.log_asked(0, [1], 2.0)  # killed in flight
+    assert journal.lost_cost() == 2.0  # still unanswered: paid, as far as anyone knows
+    journal.log_asked(0, [1], 2.0)
+    journal.log_labels(0, [1], answers.assign(qm9_index=[7], cost=[2.0]))
+    assert journal.lost_cost() == 2.0
+    journal.log_request(0, request)  # the round asked again from scratch
+    journal.log_asked(0, [0], 0.5)
+    journal.log_labels(0, [0], answers)
+    assert journal.lost_cost() == 2.0
 
 
 @pytest.mark.slow

@@ -20,7 +20,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
@@ -31,14 +30,7 @@ from al.data.molecules import MolecularData
 from al.data.splits import Splits
 from al.loop.config import CampaignConfig
 from al.loop.converged import REPORT_METRICS, converged_fit, prediction_table, validation_mae
-from al.loop.journal import (
-    CHUNK,
-    LabelJournal,
-    LabelsNotRecordedError,
-    deferred_signals,
-    journal_path,
-    no_answers,
-)
+from al.loop.journal import LabelJournal, LabelsNotRecordedError, journal_path, pay
 from al.loop.ledger import Labelled
 from al.loop.schemes import DataScheme
 from al.loop.seeds import round_generator
@@ -52,7 +44,7 @@ from al.loop.stopping import (
 )
 from al.loop.tracker import CampaignTracker, ModelArtifacts
 from al.models.checkpoint import load_checkpoint
-from al.oracles import FRAME_COLUMNS, Oracle
+from al.oracles import Oracle
 from al.tracking.names import QUERIED_COLUMNS, ROLE_VALIDATION, converged_predictions_path
 from al.tracking.names import CampaignMetrics as CM  # noqa: N817 - used in every metric key
 from al.training.fit import EpochStats
@@ -349,48 +341,22 @@ class Campaign:
     def label(self, round_: int, request: pd.DataFrame) -> None:
         """Ask the oracles for ``request`` and record every row (failures too).
 
-        Nothing paid is lost: the request, then the oracle answers in chunks of
-        :data:`~al.loop.journal.CHUNK` rows (one row for an oracle that labels one molecule
-        at a time, ``journal_chunk = 1``), are appended to the label journal and fsynced
-        (:mod:`al.loop.journal`) before anything else, SIGINT and SIGTERM held until the
-        answer is journalled, so a kill in the middle of a batch pays again at most the
-        chunk in flight. Answers already journalled for this very
-        request (a round resumed from the journal) are re-used, never bought again. Then the
-        round's table goes to the tracker; if that fails, :class:`LabelsNotRecordedError` says
-        where the paid labels are and how to resume.
+        Nothing paid is lost: every answer is journalled as it comes
+        (:func:`~al.loop.journal.pay`), and what a kill made the campaign pay twice is in
+        ``cost_spent``. Then the round's table goes to the tracker; if that fails,
+        :class:`LabelsNotRecordedError` says where the paid labels are and how to resume.
         """
         t0 = time.perf_counter()
         request = request.reset_index(drop=True)
         journal = self.journal()
-        stored = journal.request(round_)
-        same = stored is not None and len(stored) == len(request)
-        for col in ("qm9_index", "fidelity"):
-            same = same and bool((stored[col].to_numpy() == request[col].to_numpy()).all())
-        paid = journal.paid(round_) if same else no_answers()
-        if not same:
-            journal.log_request(round_, request)
-        parts = [paid[list(FRAME_COLUMNS)]] if len(paid) else []
-        for d, rows in request.groupby("fidelity", sort=True).groups.items():
-            todo = [int(p) for p in rows if int(p) not in paid.index]
-            oracle = self.oracles[int(d)]
-            step = max(1, int(getattr(oracle, "journal_chunk", CHUNK)))
-            for i in range(0, len(todo), step):
-                chunk = todo[i : i + step]
-                self.tracker.check_owner()  # a process that lost the run pays nothing more
-                with deferred_signals():  # the answer is journalled before a kill unwinds
-                    result = oracle.label(request.loc[chunk, "qm9_index"].to_numpy(np.int64))
-                    part = result.to_frame().set_axis(chunk)
-                    journal.log_labels(round_, chunk, part)
-                parts.append(part)
+        frame, reused = pay(journal, round_, request, self.oracles, self.tracker.check_owner)
         self.timings["label"] = time.perf_counter() - t0
-        frame = pd.concat(parts).sort_index()
+        self.labelled.cost_lost = journal.lost_cost()
         frame["round"] = round_
         for col in ("score", "pred_mean", "pred_std", "role"):
             frame[col] = request[col].to_numpy()
-        if len(paid):
-            log.info(
-                "event=labels_reused round=%d n=%d journal=%s", round_, len(paid), journal.path
-            )
+        if reused:
+            log.info("event=labels_reused round=%d n=%d journal=%s", round_, reused, journal.path)
         try:
             self.tracker.log_queried(round_, frame)
         except Exception as err:  # any failure to record: say where the labels are
@@ -487,6 +453,8 @@ class Campaign:
             metrics[CM.N_PRIOR_LABELS] = self.prior_labels
             metrics[CM.COST_PRIOR] = self.prior_cost
             metrics[CM.COST_TOTAL] = metrics[CM.COST_SPENT] + self.prior_cost
+        if self.labelled.cost_lost:
+            metrics[CM.COST_LOST] = self.labelled.cost_lost
         validation = self.labelled.validation
         if len(validation):
             metrics[CM.N_VALIDATION] = int((validation["status"] == "ok").sum())
@@ -552,6 +520,7 @@ class Campaign:
         for r in rounds:
             self.labelled.add(self.tracker.read_queried(r))
         journal = self.journal()
+        self.labelled.cost_lost = journal.lost_cost()
         for r in journal.requested_rounds():
             if r > (rounds[-1] if rounds else -1):
                 request = journal.request(r)

@@ -15,6 +15,9 @@ Format: JSON lines, one record per line:
 ``{"kind": "request", "round": r, "rows": [{position, qm9_index, fidelity, score,
 pred_mean, pred_std, role}, ...]}``
     What round ``r`` asks for, in request order (``position`` = row of the request).
+``{"kind": "asked", "round": r, "positions": [...], "cost": c}``
+    A chunk about to be asked of an oracle at ``c`` a label, written before the call: a
+    chunk asked and never answered here was paid for answers a kill lost (:meth:`lost_cost`).
 ``{"kind": "labels", "round": r, "rows": [{position, qm9_index, oracle, label, status,
 cost, label_std}, ...]}``
     One chunk of oracle answers (at most :data:`CHUNK` rows) for the round's last request.
@@ -31,13 +34,14 @@ import os
 import re
 import signal
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from al.oracles import FRAME_COLUMNS, Oracle
 from al.tracking.names import ROLE_TRAIN
 
 log = logging.getLogger(__name__)
@@ -156,6 +160,13 @@ class LabelJournal:
         ]
         self._append({"kind": "labels", "round": int(round_), "rows": rows})
 
+    def log_asked(self, round_: int, positions: Iterable[int], cost: float) -> None:
+        """Request rows ``positions`` of round ``round_`` are about to be asked of an oracle
+        at ``cost`` a label."""
+        positions = [int(p) for p in positions]
+        self._append({"kind": "asked", "round": int(round_), "positions": positions,
+                      "cost": float(cost)})  # fmt: skip
+
     # --- reading -----------------------------------------------------------------------
     def records(self) -> list[dict[str, Any]]:
         """Every complete record, in writing order (none when there is no file)."""
@@ -197,9 +208,71 @@ class LabelJournal:
         frame = pd.DataFrame(rows, columns=["position", *LABEL_FIELDS])
         return frame.drop_duplicates("position").set_index("position")
 
+    def lost_cost(self) -> float:
+        """What was paid for answers a kill lost: every time a request row was asked again
+        after an ask that was never answered (or is still unanswered), its cost. Journals
+        from before ``asked`` records count 0."""
+        asks: dict[tuple[int, int, int], list[float]] = {}
+        answered: set[tuple[int, int, int]] = set()
+        generation: dict[int, int] = {}  # a round's request journalled again: new positions
+        for rec in self.records():
+            r, kind = int(rec.get("round", -1)), rec.get("kind")
+            if kind == "request":
+                generation[r] = generation.get(r, -1) + 1
+            elif kind == "asked":
+                for p in rec["positions"]:
+                    asks.setdefault((r, generation.get(r, 0), int(p)), []).append(rec["cost"])
+            elif kind == "labels":
+                answered.update((r, generation.get(r, 0), int(x["position"])) for x in rec["rows"])
+        return float(sum(sum(c) - (c[-1] if key in answered else 0) for key, c in asks.items()))
+
     def requested_rounds(self) -> list[int]:
         """Rounds with a journalled request, sorted."""
         return sorted({int(r["round"]) for r in self.records() if r.get("kind") == "request"})
+
+
+def pay(
+    journal: LabelJournal,
+    round_: int,
+    request: pd.DataFrame,
+    oracles: Sequence[Oracle],
+    check_owner: Callable[[], None],
+) -> tuple[pd.DataFrame, int]:
+    """Ask ``oracles`` (by the request's ``fidelity``) for ``request``'s rows (index 0..n-1)
+    and journal every answer as it comes: the request first, then for each chunk of
+    :data:`CHUNK` rows (an oracle's ``journal_chunk``) an ``asked`` record, the call, and
+    the answers, fsynced, SIGINT and SIGTERM held until they are (a kill pays again at most
+    the chunk in flight, and :meth:`LabelJournal.lost_cost` counts it). Answers journalled
+    for this very request (a round resumed from the journal) are re-used, never bought
+    again; ``check_owner`` runs before every call (a process that lost the run pays
+    nothing more).
+
+    Returns:
+        the answers (:data:`~al.oracles.FRAME_COLUMNS`, indexed by request row) and how
+        many of them were re-used from the journal.
+    """
+    stored = journal.request(round_)
+    same = stored is not None and len(stored) == len(request)
+    for col in ("qm9_index", "fidelity"):
+        same = same and bool((stored[col].to_numpy() == request[col].to_numpy()).all())
+    paid = journal.paid(round_) if same else no_answers()
+    if not same:
+        journal.log_request(round_, request)
+    parts = [paid[list(FRAME_COLUMNS)]] if len(paid) else []
+    for d, rows in request.groupby("fidelity", sort=True).groups.items():
+        todo = [int(p) for p in rows if int(p) not in paid.index]
+        oracle = oracles[int(d)]
+        step = max(1, int(getattr(oracle, "journal_chunk", CHUNK)))
+        for i in range(0, len(todo), step):
+            chunk = todo[i : i + step]
+            check_owner()
+            with deferred_signals():  # the answer is journalled before a kill unwinds
+                journal.log_asked(round_, chunk, oracle.cost_per_label)
+                result = oracle.label(request.loc[chunk, "qm9_index"].to_numpy(np.int64))
+                part = result.to_frame().set_axis(chunk)
+                journal.log_labels(round_, chunk, part)
+            parts.append(part)
+    return pd.concat(parts).sort_index(), len(paid)
 
 
 def no_answers() -> pd.DataFrame:

@@ -22,6 +22,8 @@ class Labelled:
     """
 
     table: pd.DataFrame
+    #: paid for answers a kill lost, asked again since (the label journal's ``lost_cost``)
+    cost_lost: float = 0.0
 
     @classmethod
     def empty(cls) -> Labelled:
@@ -57,7 +59,8 @@ class Labelled:
 
     @property
     def cost_spent(self) -> float:
-        return float(self.table["cost"].sum()) if len(self.table) else 0.0
+        """Every label paid: the table's costs and what was paid for answers a kill lost."""
+        return (float(self.table["cost"].sum()) if len(self.table) else 0.0) + self.cost_lost
 
     def up_to(self, round_: int) -> Labelled:
         """The ledger as it stood after ``round_``: the rows of that round and the earlier."""

@@ -102,6 +102,9 @@ class CampaignMetrics:
     N_LABELLED = "n_labelled"
     ROUND = "round"
     COST_SPENT = "cost_spent"
+    #: of ``cost_spent``: paid for answers a kill lost before they were journalled, bought
+    #: again (at most one chunk of an oracle's answers per kill); logged when not 0
+    COST_LOST = "cost_lost"
     #: what a Δ-learning baseline's cheap labels cost so far (included in ``cost_spent``)
     COST_BASELINE = "cost_baseline"
     N_REQUESTED = "n_requested"
