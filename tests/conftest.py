@@ -53,11 +53,16 @@ SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 def start_mlflow_server(
-    root: Path, port: int | None = None, backend_store_uri: str | None = None
+    root: Path,
+    port: int | None = None,
+    backend_store_uri: str | None = None,
+    app_name: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen, str]:
     """Start ``mlflow server`` on 127.0.0.1 (backend ``backend_store_uri``, by default SQLite
-    ``root/mlflow.db``; served artifacts below ``root``) in its own process group; wait until
-    it answers ``/health``.
+    ``root/mlflow.db``; served artifacts below ``root``; ``app_name``, e.g. ``basic-auth``,
+    with ``env`` for its settings) in its own process group; wait until it answers
+    ``/health``.
 
     Returns the process and the URI. Started again on the same ``root`` and ``port`` it
     serves the same runs (a server restarted after an outage).
@@ -71,9 +76,10 @@ def start_mlflow_server(
             "--backend-store-uri", backend_store_uri or f"sqlite:///{root / 'mlflow.db'}",
             "--artifacts-destination", str(root / "artifacts"),
             "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+            *(["--app-name", app_name] if app_name else []),
         ],
         stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True,
-        env={**os.environ, **SERVER_ENV},
+        env={**os.environ, **SERVER_ENV, **(env or {})},
     )  # fmt: skip
     log.close()
     uri = f"http://127.0.0.1:{port}"

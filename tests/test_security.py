@@ -220,3 +220,51 @@ def test_no_line_a_campaign_prints_holds_the_password(subprocess_env: dict, tmp_
     assert failing.returncode != 0 and "alice:***@" in failing.stderr
     for out in (passing, failing):
         assert password not in out.stdout + out.stderr
+
+
+@pytest.mark.slow
+def test_a_campaign_on_a_server_with_basic_auth(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The team set-up's server with MLflow's basic-auth app: without credentials a campaign
+    stops in one line before anything is paid; with them (MLflow's own variables) it runs."""
+    from click.testing import CliRunner
+    from conftest import one_line_error, start_mlflow_server, stop_mlflow_server
+
+    from al.cli import main
+    from al.entrypoints.al_loop import run_campaign
+    from al.loop.config import CampaignConfig
+
+    password = "pw" + secrets.token_hex(8)
+    ini = tmp_path / "auth.ini"
+    ini.write_text(
+        "[mlflow]\ndefault_permission = READ\n"
+        f"database_uri = sqlite:///{tmp_path / 'auth.db'}\n"
+        f"admin_username = admin\nadmin_password = {password}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    server_env = {"MLFLOW_AUTH_CONFIG_PATH": str(ini),
+                  "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)}  # fmt: skip
+    proc, uri = start_mlflow_server(tmp_path, app_name="basic-auth", env=server_env)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("AL_JOURNAL_DIR", str(tmp_path / "journal"))
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    mlflow.set_tracking_uri(uri)
+    tiny = dict(
+        initial_size=20, val_size=10, batch_size=8, rounds=1, epochs=1, min_steps=0,
+        ensemble_size=2, pool_subsample=100, n_test=50, hidden=8, n_interactions=1,
+        filter_groups=4, progress=False, threads=1, experiment_name="basic-auth",
+    )  # fmt: skip
+    try:
+        args = ["al-loop", *(f"--{k.replace('_', '-')}={v}" for k, v in tiny.items())]
+        line = one_line_error(CliRunner().invoke(main, args))
+        assert "refused the credentials" in line and "no label was paid" in line
+        assert password not in line
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+        run_id = run_campaign(CampaignConfig(**tiny))
+        run = MlflowClient(uri).get_run(run_id)
+        assert run.info.status == "FINISHED" and run.data.tags["al.kind"] == "campaign"
+    finally:
+        stop_mlflow_server(proc)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 from collections.abc import Callable, Collection
 from dataclasses import fields, replace
@@ -141,6 +142,12 @@ def run_campaign(
         name = tracking.run_name(config.strategy, f"s{config.seed}")
         run = MlflowTracker.start(config.experiment_name, config.resume, run_name=name)
     except (MlflowException, RequestException) as err:  # nothing paid yet: say so, one line
+        if re.search(r"error code 40[13]\b", str(err)):
+            raise RuntimeError(
+                f"the tracking server {mask_secrets(mlflow.get_tracking_uri())} refused the "
+                f"credentials ({error_summary(err)}); no label was paid; set "
+                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, then run again"
+            ) from None
         raise RuntimeError(
             f"cannot reach the tracking server {mask_secrets(mlflow.get_tracking_uri())} "
             f"({error_summary(err)}); no label was paid; start the server or "
