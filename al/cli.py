@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from al import progress
 from al.config import (
     ConfigError,
     SecretMaskingFilter,
@@ -145,9 +146,8 @@ def main(log_level: str) -> None:
     )
     for noisy in ("mlflow", "alembic", "urllib3", "matplotlib", "git"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    for handler in logging.getLogger().handlers:  # no password reaches a log line
-        if not any(isinstance(f, SecretMaskingFilter) for f in handler.filters):
-            handler.addFilter(SecretMaskingFilter())
+    # no password reaches a log line (ours or MLflow's); on a terminal, lines go above bars
+    progress.guard_logging(SecretMaskingFilter)
     if not sys.stderr.isatty():  # MLflow's download bars, written into logs and pipes
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = os.environ.get("MLFLOW_TRACKING_URI", "")

@@ -36,8 +36,9 @@ from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
 from al import tracking
-from al.config import mask_secrets, mask_values, to_dict
+from al.config import SecretMaskingFilter, mask_secrets, mask_values, to_dict
 from al.progress import bar as progress_bar
+from al.progress import guard_logging
 from al.runtime import configure_threads, threads_per_process
 from al.tracking.runs import set_experiment
 from hpo.config import HPOConfig, build_pruner, build_sampler
@@ -140,7 +141,11 @@ def _first_line(err: BaseException, url: str) -> str:
 
 def load_study(config: HPOConfig, worker_index: int = 0) -> optuna.Study:
     """Create the study or join it. Each worker's sampler gets its own seed, so parallel
-    workers do not propose the same settings (on other machines: ``sampler_seed``)."""
+    workers do not propose the same settings (on other machines: ``sampler_seed``).
+
+    Optuna's own log lines (from here on) are masked and, on a terminal, written above the
+    trials bar, as ours are (:func:`al.progress.guard_logging`)."""
+    guard_logging(SecretMaskingFilter, ("optuna",))
     seed = config.seed if config.sampler_seed < 0 else config.sampler_seed
     return optuna.create_study(
         study_name=config.study_name,

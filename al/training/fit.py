@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from al import progress
 from al.data.molecules import MolecularData
@@ -166,12 +167,14 @@ def predict(
     batch_size: int = 256,
     amp: bool = True,
     embeddings: bool = False,
+    counter: tqdm | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Energies (eV, ``[..., n]``, float64 on CPU) and optionally embeddings ``[..., n, F]``.
 
     ``n = len(rows)``; an ensemble adds a leading member dimension, a model with ``D > 1``
     outputs a trailing one (``[..., n, D]``). The model is evaluated in whatever train/eval
-    mode it is in (MC dropout relies on this).
+    mode it is in (MC dropout relies on this). ``counter`` (a bar) advances by the
+    molecules of each batch.
     """
     device = next(model.parameters()).device
     # Molecules are batched in order of size: the models pad every molecule of a batch to
@@ -189,6 +192,8 @@ def predict(
         means.append(energy.double().cpu())
         if embeddings:
             embs.append(emb.float().cpu())
+        if counter is not None:
+            counter.update(idx.numel())
     if not means:
         return torch.zeros(0, dtype=torch.float64), None
     back = torch.argsort(order).cpu()

@@ -10,7 +10,9 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
+from al import progress
 from al.data.molecules import MolecularData
 from al.models import AtomisticModel, ModelConfig, build_model, set_mc_dropout
 from al.models.ensemble import EnsembleModel
@@ -105,12 +107,26 @@ class Surrogate:
         self.std_scale = calibration_scale(pred.mean, pred.std_raw, target[present])
         return self.std_scale
 
+    @property
+    def passes(self) -> int:
+        """Forward passes over every molecule a prediction makes (what its bar counts)."""
+        return 1
+
     def predict(self, data: MolecularData, rows: Tensor, batch_size: int = 0) -> Prediction:
         """Mean, calibrated and raw std, embedding and members for ``rows`` (``[n]``), in
-        batches of ``batch_size`` molecules (0: :data:`SCORE_BATCH` for the device)."""
+        batches of ``batch_size`` molecules (0: :data:`SCORE_BATCH` for the device).
+
+        Over more than one batch, a bar of the molecules (rate, ETA) shows on a terminal
+        unless ``progress=false``; it counts every pass (:attr:`passes` per molecule).
+        """
         assert self.model is not None, "fit or load the surrogate first"
         batch_size = batch_size or SCORE_BATCH.get(self.device.type, SCORE_BATCH["cpu"])
-        samples, emb = self._samples(data, rows, batch_size)
+        n = rows.numel() * self.passes
+        if not progress.shown(self.fit_config.progress and rows.numel() > batch_size):
+            samples, emb = self._samples(data, rows, batch_size, None)
+        else:
+            with progress.bar(total=n, desc="predict", unit="mol", leave=False) as counter:
+                samples, emb = self._samples(data, rows, batch_size, counter)
         return Prediction.from_samples(samples, emb, std_scale=self.std_scale)
 
     def _build(self) -> torch.nn.Module:  # pragma: no cover - abstract
@@ -122,9 +138,10 @@ class Surrogate:
         return None
 
     def _samples(
-        self, data: MolecularData, rows: Tensor, batch_size: int
+        self, data: MolecularData, rows: Tensor, batch_size: int, counter: tqdm | None
     ) -> tuple[Tensor, Tensor]:  # pragma: no cover - abstract
-        """Energies ``[K, n]`` (``[K, n, D]``) and embeddings ``[n, F]``."""
+        """Energies ``[K, n]`` (``[K, n, D]``) and embeddings ``[n, F]``; ``counter`` (a bar
+        or None) advances by the molecules of each batch of each pass."""
         raise NotImplementedError
 
     def members(self) -> list[torch.nn.Module]:  # pragma: no cover - abstract
@@ -204,11 +221,13 @@ class EnsembleSurrogate(Surrogate):
         gen = torch.Generator().manual_seed(self.fit_config.seed + 17)
         return torch.poisson(torch.ones(self.size, n_train), generator=gen)
 
-    def _samples(self, data: MolecularData, rows: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
+    def _samples(
+        self, data: MolecularData, rows: Tensor, batch_size: int, counter: tqdm | None
+    ) -> tuple[Tensor, Tensor]:
         assert self.model is not None
         self.model.eval()
         energies, emb = predict(
-            self.model, data, rows, batch_size, self.fit_config.amp, embeddings=True
+            self.model, data, rows, batch_size, self.fit_config.amp, True, counter
         )
         assert emb is not None
         # [K, n, F] -> [n, K * F] / sqrt(K): dot products of these are the mean of the members'
@@ -251,16 +270,26 @@ class MCDropoutSurrogate(Surrogate):
     def _build(self) -> torch.nn.Module:
         return self._new_model(self.fit_config.seed * 1009)
 
-    def _samples(self, data: MolecularData, rows: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
+    @property
+    def passes(self) -> int:
+        """One deterministic pass for the embedding, then ``samples`` with dropout on."""
+        return self.samples + 1
+
+    def _samples(
+        self, data: MolecularData, rows: Tensor, batch_size: int, counter: tqdm | None
+    ) -> tuple[Tensor, Tensor]:
         assert self.model is not None
         model, amp = self.model, self.fit_config.amp
         model.eval()
         set_mc_dropout(model, False)
-        _, emb = predict(model, data, rows, batch_size, amp, embeddings=True)
+        _, emb = predict(model, data, rows, batch_size, amp, True, counter)
         set_mc_dropout(model, True)
         try:
             passes = torch.stack(
-                [predict(model, data, rows, batch_size, amp)[0] for _ in range(self.samples)]
+                [
+                    predict(model, data, rows, batch_size, amp, counter=counter)[0]
+                    for _ in range(self.samples)
+                ]
             )
         finally:
             set_mc_dropout(model, False)
@@ -314,11 +343,13 @@ class ShallowEnsembleSurrogate(Surrogate):
             cfg.model, self.heads, n_outputs=self.n_outputs, **cfg.model_kwargs()
         )
 
-    def _samples(self, data: MolecularData, rows: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
+    def _samples(
+        self, data: MolecularData, rows: Tensor, batch_size: int, counter: tqdm | None
+    ) -> tuple[Tensor, Tensor]:
         assert self.model is not None
         self.model.eval()
         energies, emb = predict(
-            self.model, data, rows, batch_size, self.fit_config.amp, embeddings=True
+            self.model, data, rows, batch_size, self.fit_config.amp, True, counter
         )
         assert emb is not None
         return energies, emb
