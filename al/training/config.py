@@ -50,7 +50,7 @@ class FitConfig:
     device: str = option("auto", "auto picks CUDA when present", choices=DEVICES)
     amp: bool = option(True, "bf16 autocast (CUDA only)")
     compile: bool = option(False, "torch.compile the model (CUDA only)")
-    threads: int = option(0, "CPU threads (0 = torch's default)", min=0)
+    threads: int = option(0, "CPU threads (0: the cores this process may use)", min=0)
     progress: bool = option(True, "show progress bars")
 
 
