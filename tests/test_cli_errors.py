@@ -137,9 +137,23 @@ def test_an_unwritable_journal_folder_is_one_line_before_any_run(
     [
         (["--oracle", "model:models:/no-such-model@x"], "cannot load the oracle model"),
         (["--baseline", "model:models:/no-such-model@x"], "baseline 'model:models:/no-such"),
+        (["--val-size", "10", "--budget-labels", "5"], "do not pay for the validation set"),
+        (
+            [
+                "--oracles",
+                "xtb,dft",
+                "--costs",
+                "0.01,1",
+                "--val-size",
+                "10",
+                "--budget-cost",
+                "10.5",
+            ],
+            "pay for no initial molecule",
+        ),
     ],
 )
-def test_a_model_that_cannot_be_loaded_is_one_line_before_any_run(
+def test_settings_that_cannot_work_are_one_line_before_any_run(
     args: list[str], expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import mlflow

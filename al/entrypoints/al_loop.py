@@ -26,7 +26,7 @@ from al.data.elements import ELEMENTS, SYMBOLS
 from al.data.load import load_data
 from al.data.molecules import MolecularData
 from al.data.splits import Splits
-from al.loop.campaign import Campaign
+from al.loop.campaign import Campaign, round0_requests
 from al.loop.config import CampaignConfig
 from al.loop.journal import (
     JOURNAL_DIR_ENV,
@@ -37,7 +37,7 @@ from al.loop.journal import (
 )
 from al.loop.schemes import build_scheme
 from al.loop.selection import build_selection
-from al.loop.stopping import build_rules
+from al.loop.stopping import CampaignProgress, build_rules, remaining
 from al.loop.tracker import MlflowTracker
 from al.models.config import ModelConfig
 from al.oracles import DFTOracle, Oracle, PriorLabels, build_oracle
@@ -136,6 +136,14 @@ def run_campaign(
     rules = build_rules(config.stopping_settings())
     scheme = build_scheme(strategy.scheme, config)
     selection = build_selection(data, oracles, config, acquisition, surrogate)
+    if not config.resume:  # budgets that pay for no start: one line, before any run exists
+        pool = data.rows_of(labellable.pool)
+        n_val = min(config.val_size, pool.numel() - 1)
+        start = CampaignProgress(0, 0, 0, 0.0, pool_left=pool.numel())
+        round0_requests(
+            config, selection, remaining(rules, start), pool[:n_val],
+            pool[n_val : n_val + config.initial_size],
+        )  # fmt: skip
     check_journal_dir()  # where paid labels go first: writable, before any run exists
     # takes the lease; SIGTERM now unwinds like Ctrl-C until run.end restores its handler
     try:

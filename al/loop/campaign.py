@@ -54,7 +54,36 @@ from al.uncertainty import Prediction, Surrogate
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-__all__ = ["Campaign", "Labelled", "round_generator"]
+__all__ = ["Campaign", "Labelled", "round0_requests", "round_generator"]
+
+
+def round0_requests(
+    config: CampaignConfig, selection: Selection, left: Allowance, validation_rows: Tensor,
+    initial_rows: Tensor,
+) -> tuple[pd.DataFrame, pd.DataFrame]:  # fmt: skip
+    """Round 0's requests: the validation set (``validation_rows``, ``[v]``) and as many of
+    ``initial_rows`` (``[n]``) as the budgets ``left`` pay for beyond it. One error line
+    (:class:`ConfigError`) when they pay for the validation set and not one initial
+    label: checked before a campaign's run exists, and again when it starts."""
+    validation = selection.validation_request(validation_rows)
+    n, cost = len(validation), float(selection.costs[-1]) + selection.baseline_each
+    if n and left.count(cost) < n:
+        raise ConfigError(
+            f"budget_labels={config.budget_labels} and budget_cost={config.budget_cost:g} do "
+            f"not pay for the validation set (val_size={config.val_size}: {n} labels at "
+            f"{cost:g}); expected budgets above it, or a smaller val_size"
+        )
+    if n:
+        left = Allowance(left.labels - n, left.cost - n * cost)
+    request = selection.initial_request(initial_rows, left)
+    if request.empty:
+        raise ConfigError(
+            f"budget_labels={config.budget_labels} and budget_cost={config.budget_cost:g} pay "
+            f"for no initial molecule; expected at least {selection.n_fidelities} label(s) and "
+            f"a cost of {float(selection.costs.sum()):g} beyond the validation set's {n} "
+            "label(s)"
+        )
+    return validation, request
 
 
 class Campaign:
@@ -132,18 +161,10 @@ class Campaign:
         self.bar.update(len(self.mae_history))
         if round_ < 0:
             round_ = 0
-            left = remaining(self.rules, self.progress(0))
-            validation = self.selection.validation_request(self.validation_rows())
-            left = self.after_validation(left, len(validation))
-            request = self.selection.initial_request(self.initial_rows(), left)
-            if request.empty:
-                raise ConfigError(
-                    f"budget_labels={self.config.budget_labels} and budget_cost="
-                    f"{self.config.budget_cost:g} pay for no initial molecule; expected at least "
-                    f"{self.selection.n_fidelities} label(s) and a cost of "
-                    f"{float(self.selection.costs.sum()):g} beyond the validation set's "
-                    f"{len(validation)} label(s)"
-                )
+            validation, request = round0_requests(
+                self.config, self.selection, remaining(self.rules, self.progress(0)),
+                self.validation_rows(), self.initial_rows(),
+            )  # fmt: skip
             self.label(0, pd.concat([request, validation], ignore_index=True))
         while True:
             if not fitted:
@@ -313,21 +334,6 @@ class Campaign:
         gen = round_generator(self.config.seed, 0, "initial")
         k = min(self.config.initial_size, pool.numel())
         return pool[torch.randperm(pool.numel(), generator=gen)[:k]]
-
-    def after_validation(self, left: Allowance, n_validation: int) -> Allowance:
-        """What is ``left`` of the budgets once the validation set's ``n_validation`` labels
-        are paid; one error line when the budgets do not pay for them."""
-        cost = float(self.selection.costs[-1]) + self.selection.baseline_each
-        if n_validation == 0:
-            return left
-        if left.count(cost) < n_validation:
-            raise ConfigError(
-                f"budget_labels={self.config.budget_labels} and budget_cost="
-                f"{self.config.budget_cost:g} do not pay for the validation set "
-                f"(val_size={self.config.val_size}: {n_validation} labels at {cost:g}); "
-                "expected budgets above it, or a smaller val_size"
-            )
-        return Allowance(left.labels - n_validation, left.cost - n_validation * cost)
 
     def closed(self) -> Tensor:
         """``[c]`` QM9 indices never offered again (see :meth:`Selection.closed`)."""
