@@ -76,7 +76,7 @@ def field_section(cls: type, f: dataclasses.Field[Any]) -> str:
         return str(f.metadata["group"])
     for klass in cls.__mro__:
         if f.name in inspect.get_annotations(klass):
-            return str(getattr(klass, "GROUP", "tracking and run"))
+            return str(vars(klass).get("GROUP", "tracking and run"))
     return "tracking and run"
 
 
