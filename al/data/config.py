@@ -14,6 +14,9 @@ SOURCES = ("qm9pack", "pyg")
 class DataConfig:
     """Where molecules come from and how they are split."""
 
+    #: The help section of these keys on the command line.
+    GROUP = "data"
+
     source: str = option("qm9pack", "data source", choices=SOURCES)
     data_root: str = option("", "folder of the source (pyg: the QM9 root)")
     split_seed: int = option(0, "seed of the test/oracle/pool split")

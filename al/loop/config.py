@@ -77,119 +77,176 @@ class CampaignConfig(ModelConfig, FitConfig, DataConfig):
     """
 
     strategy: str = option(
-        "ensemble", "preset: uncertainty method + acquisition", choices=tuple(STRATEGIES)
+        "ensemble",
+        "preset: uncertainty method + acquisition",
+        choices=tuple(STRATEGIES),
+        group="acquisition",
     )
     acquisition: str = option(
-        "", "acquisition function (overrides the strategy's)", choices=("", *ACQUISITIONS)
+        "",
+        "acquisition function (overrides the strategy's)",
+        choices=("", *ACQUISITIONS),
+        group="acquisition",
+        default_text="the strategy's",
     )
     uncertainty: str = option(
-        "", "uncertainty method (overrides the strategy's)", choices=("", *UNCERTAINTIES)
+        "",
+        "uncertainty method (overrides the strategy's)",
+        choices=("", *UNCERTAINTIES),
+        group="surrogate",
+        default_text="the strategy's",
     )
     oracle: str = option(
-        "dft", f"labeller: {', '.join(oracle_choices())}", check=oracle_spec_problem
+        "dft", f"labeller: {', '.join(oracle_choices())}", check=oracle_spec_problem, group="oracle"
     )
     oracle_cost: float = option(
-        -1.0, "cost per label, > 0 (-1: the oracle's default)", check=oracle_cost_problem
+        -1.0,
+        "cost per label, > 0 (-1: the oracle's default)",
+        check=oracle_cost_problem,
+        group="oracle",
     )
     oracles: str = option(
         "", "several labellers, cheapest first, comma-separated (e.g. xtb,dft): multi-fidelity",
-        check=oracle_list_problem,
+        check=oracle_list_problem, group="oracle",
     )  # fmt: skip
-    costs: str = option("", "cost per label of each of oracles, e.g. 0.01,1.0 (empty: defaults)")
+    costs: str = option(
+        "", "cost per label of each of oracles, e.g. 0.01,1.0 (empty: defaults)", group="oracle"
+    )
     baseline: str = option(
         "none", "Δ-learning: the surrogate learns target - baseline, every prediction adds it "
-        f"back: {', '.join(baseline_choices())}", check=baseline_spec_problem,
+        f"back: {', '.join(baseline_choices())}", check=baseline_spec_problem, group="surrogate",
     )  # fmt: skip
     baseline_cost: float = option(
         -1.0, "cost per molecule of the baseline, >= 0 (-1: its default)",
-        check=baseline_cost_problem,
+        check=baseline_cost_problem, group="surrogate",
     )  # fmt: skip
     mf_acquisition: str = option(
         "variance_reduction", "multi-fidelity: how (molecule, fidelity) pairs are chosen",
-        choices=tuple(MF_ACQUISITIONS),
+        choices=tuple(MF_ACQUISITIONS), group="acquisition",
     )  # fmt: skip
     round_cost: float = option(
-        0.0, "multi-fidelity: cost per round (0 = batch_size x the last oracle's cost)", min=0.0
+        0.0,
+        "multi-fidelity: cost per round (0 = batch_size x the last oracle's cost)",
+        min=0.0,
+        group="oracle",
     )
     cheap_share: float = option(
         0.5, "multi-fidelity cheap_first: share of a round's cost for the cheap oracle",
-        min=0.0, max=1.0,
+        min=0.0, max=1.0, group="oracle",
     )  # fmt: skip
-    initial_size: int = option(1000, "random labels in round 0", min=1)
-    batch_size: int = option(100, "labels asked for per round", min=1)
-    rounds: int = option(3, "acquisition rounds after round 0 (0 = no limit)", min=0)
+    initial_size: int = option(1000, "random labels in round 0", min=1, group="budget and stopping")
+    batch_size: int = option(100, "labels asked for per round", min=1, group="budget and stopping")
+    rounds: int = option(
+        3, "acquisition rounds after round 0 (0 = no limit)", min=0, group="budget and stopping"
+    )
     budget_labels: int = option(
         0, "label requests at most, initial set included; rounds are clipped to it (0 = none)",
-        min=0,
+        min=0, group="budget and stopping",
     )  # fmt: skip
     budget_cost: float = option(
-        0.0, "cost at most, initial set included; rounds are clipped to it (0 = none)", min=0.0
+        0.0,
+        "cost at most, initial set included; rounds are clipped to it (0 = none)",
+        min=0.0,
+        group="budget and stopping",
     )
     target_mae: float = option(
-        0.0, "stop when the round's validation MAE (eV) is at most this (0 = none)", min=0.0
+        0.0,
+        "stop when the round's validation MAE (eV) is at most this (0 = none)",
+        min=0.0,
+        group="budget and stopping",
     )
     plateau_rounds: int = option(
-        0, "stop after this many rounds without a better validation MAE (0 = off)", min=0
+        0,
+        "stop after this many rounds without a better validation MAE (0 = off)",
+        min=0,
+        group="budget and stopping",
     )
-    epochs: int = option(40, "maximum epochs per round's fit", min=1)
-    patience: int = option(10, "early stopping: validations without improvement", min=1)
+    epochs: int = option(40, "maximum epochs per round's fit", min=1, group="training")
+    patience: int = option(
+        10, "early stopping: validations without improvement", min=1, group="training"
+    )
     min_steps: int = option(
         600, "optimizer steps a fit from scratch gets at least, whatever the labelled-set "
         "size (a warm fit: warm_fraction of them); early stopping waits for them too", min=0,
+        group="training",
     )  # fmt: skip
     val_min: int = option(
         100, "val_size=0 only: validation floor in molecules, at least this many labels are "
-        "held out each round, at most val_max_fraction of them (0 = off)", min=0,
+        "held out each round, at most val_max_fraction of them (0 = off)", min=0, group="training",
     )  # fmt: skip
     val_size: int = option(
         500, "validation set: random pool molecules labelled in round 0 at the target "
         "fidelity, paid like any label and never trained on; they drive early stopping, the "
         "kept weights, std_scale and the stopping rules (0 = the older per-round split of "
         "the labelled set, val_fraction of it, which validates on molecules that earlier "
-        "rounds trained on)", min=0,
+        "rounds trained on)", min=0, group="training",
     )  # fmt: skip
     checkpoints: str = option(
         "", "label counts (comma-separated, e.g. 2000,3000), or all (every round), at which "
         "the labelled set is also refitted from scratch to convergence (converged_steps) "
-        "and evaluated, beside the campaign's own fit", check=checkpoints_problem,
+        "and evaluated, beside the campaign's own fit", check=checkpoints_problem, group="training",
     )  # fmt: skip
     converged_steps: int = option(
         10000, "checkpoints: optimizer steps of a converged refit, all of them run, the best "
-        "validation weights kept", min=1,
+        "validation weights kept", min=1, group="training",
     )  # fmt: skip
     warm_start: bool = option(
-        True, "a round's fit continues from the previous round's weights (shorter schedule)"
+        True,
+        "a round's fit continues from the previous round's weights (shorter schedule)",
+        group="training",
     )
     warm_fraction: float = option(
-        0.3, "a warm fit's steps as a share of a fit from scratch's", min=0.01, max=1.0
+        0.3,
+        "a warm fit's steps as a share of a fit from scratch's",
+        min=0.01,
+        max=1.0,
+        group="training",
     )
     final_refit: bool = option(
-        False, "after warm starts, refit the last round from scratch for the final model"
+        False,
+        "after warm starts, refit the last round from scratch for the final model",
+        group="training",
     )
     final_refit_steps: int = option(
         0, "final_refit: optimizer steps of the refit, all of them run (no early stopping; "
         "the best validation weights are kept); 0 = a fit from scratch's budget", min=0,
+        group="training",
     )  # fmt: skip
-    ensemble_size: int = option(5, "deep-ensemble members (shallow: heads)", min=2)
-    bootstrap: bool = option(False, "Poisson bootstrap per ensemble member")
-    mc_samples: int = option(20, "MC-dropout passes", min=2)
-    pool_subsample: int = option(5000, "pool molecules scored per round (0 = whole pool)", min=0)
-    train_batch_size: int = option(64, "molecules per training batch", min=1)
-    stream_chunk: int = option(2000, "stream scheme: pool molecules arriving per round", min=1)
-    retrain_fraction: float = option(
-        0.2, "stream scheme: retrain once the labelled set grew by this fraction", min=0.0
+    ensemble_size: int = option(
+        5, "deep-ensemble members (shallow: heads)", min=2, group="surrogate"
     )
-    resume: str = option("", "run id of a campaign to continue")
+    bootstrap: bool = option(False, "Poisson bootstrap per ensemble member", group="surrogate")
+    mc_samples: int = option(20, "MC-dropout passes", min=2, group="surrogate")
+    pool_subsample: int = option(
+        5000, "pool molecules scored per round (0 = whole pool)", min=0, group="acquisition"
+    )
+    train_batch_size: int = option(64, "molecules per training batch", min=1, group="training")
+    stream_chunk: int = option(
+        2000, "stream scheme: pool molecules arriving per round", min=1, group="acquisition"
+    )
+    retrain_fraction: float = option(
+        0.2,
+        "stream scheme: retrain once the labelled set grew by this fraction",
+        min=0.0,
+        group="acquisition",
+    )
+    resume: str = option("", "run id of a campaign to continue", group="tracking and run")
     journal_lost: bool = option(
         False, "resume without the campaign's label journal (lost with its machine): labels "
-        "paid after its last recorded round are bought again", )  # fmt: skip
-    experiment_name: str = option("al", "MLflow experiment (when not set by mlflow run)")
+        "paid after its last recorded round are bought again", group="tracking and run",
+    )  # fmt: skip
+    experiment_name: str = option(
+        "al", "MLflow experiment (when not set by mlflow run)", group="tracking and run"
+    )
     register_as: str = option(
         "", "register the final model in the model registry under this name, or name@alias "
         "to point an alias at it too ('' = not registered)", check=register_as_problem,
+        group="tracking and run",
     )  # fmt: skip
     surrogate_config: str = option(
-        "", "YAML of model and fit settings (e.g. runs:/<id>/best_params.yaml), below config"
+        "",
+        "YAML of model and fit settings (e.g. runs:/<id>/best_params.yaml), below config",
+        group="tracking and run",
     )
 
     #: Surrogate-config keys that have another name here (``batch_size`` counts labels).

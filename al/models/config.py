@@ -13,6 +13,9 @@ from al.models.registry import MODELS
 class ModelConfig:
     """The surrogate network."""
 
+    #: The help section of these keys on the command line.
+    GROUP = "model"
+
     model: str = option("schnet", "network architecture", choices=tuple(MODELS))
     hidden: int = option(128, "feature width", min=8)
     n_interactions: int = option(3, "interaction blocks", min=1)

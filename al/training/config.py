@@ -20,6 +20,9 @@ DEVICES = ("auto", "cpu", "cuda")
 class FitConfig:
     """How a surrogate is trained."""
 
+    #: The help section of these keys on the command line.
+    GROUP = "training"
+
     epochs: int = option(150, "maximum epochs (an upper bound; max_steps may cap lower)", min=1)
     max_steps: int = option(0, "maximum optimizer steps (0 = only the epochs cap)", min=0)
     min_steps: int = option(

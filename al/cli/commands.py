@@ -1,158 +1,53 @@
-"""The ``al`` command line: one click group behind every MLproject entry point."""
+"""The ``al`` subcommands; each imports what it runs inside its function, so that building
+the command tree (and printing help) imports no PyTorch, MLflow, Optuna or pandas."""
 
 from __future__ import annotations
 
-import logging
-import os
-import re
 import sys
-from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
 import click
 
-from al import progress
-from al.config import (
-    ConfigError,
-    SecretMaskingFilter,
-    build_config,
-    coerce,
-    field_type,
-    mask_secrets,
-    read_yaml,
-)
-from al.entrypoints.pretrain import PretrainConfig
-from al.entrypoints.train import TrainRunConfig
-from al.loop.config import CampaignConfig
-from al.models.config import ModelConfig
-from al.oracles import oracle_choices
-from al.training.config import FitConfig
-from hpo.config import HPOConfig
+from al.cli.group import main
+from al.cli.options import ConfigCommand, LazyHelpOption, _masked, _Optional
+from al.config import ConfigError, mask_secrets, read_yaml
 
 
-class _Optional(click.ParamType):
-    """A typed config option: its empty value means "not given" (``mlflow run`` passes
-    ``-P key=`` as an empty string), and a bad value is one line naming the key, worded as
-    :func:`al.config.build_config` words it for a YAML file."""
+def _train_config() -> type:
+    from al.entrypoints.train import TrainRunConfig
 
-    def __init__(self, inner: click.ParamType, key: str = "", tp: Any = str) -> None:
-        self.inner, self.key, self.tp = inner, key, tp
-        self.name = inner.name
-
-    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str | None:
-        return self.inner.get_metavar(param, ctx)
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if value is None or value == "":
-            return None
-        try:
-            return self.inner.convert(value, param, ctx)
-        except click.BadParameter as err:
-            key = self.key or (param.name if param is not None else "value")
-            try:
-                coerce(key, value, self.tp)
-            except ConfigError as bad_type:
-                raise click.ClickException(str(bad_type)) from None
-            if isinstance(self.inner, click.Choice):
-                choices = ", ".join(str(c) if c != "" else "''" for c in self.inner.choices)
-                raise click.ClickException(
-                    f"config key {key!r}: {value!r} is not one of {choices}"
-                ) from None
-            raise click.ClickException(f"config key {key!r}: {err.message}") from None
+    return TrainRunConfig
 
 
-_CLICK_TYPES: dict[Any, click.ParamType] = {
-    int: click.INT, float: click.FLOAT, bool: click.BOOL, str: click.STRING,
-}  # fmt: skip
+def _campaign_config() -> type:
+    from al.loop.config import CampaignConfig
+
+    return CampaignConfig
 
 
-def _config_options(cls: type) -> Any:
-    """One typed ``--key`` option per config field, from the dataclass (names written once).
+def _hpo_config() -> type:
+    from hpo.config import HPOConfig
 
-    Types come from the field annotations and choices from the registries the config reads
-    (:class:`click.Choice`); ranges and cross-field rules are checked by
-    :func:`al.config.build_config`, so YAML and command line share one set of checks. Both
-    ``--train-size`` and ``--train_size`` work: ``mlflow run -P train_size=...`` passes
-    undeclared parameters in the second form. An empty value means "not given".
-    """
-
-    def decorate(func: Any) -> Any:
-        for f in reversed(fields(cls)):
-            default = f.default if f.default is not MISSING else None
-            choices = f.metadata.get("choices")
-            tp = field_type(cls, f.name)
-            inner = (
-                click.Choice([str(c) for c in choices])
-                if choices is not None
-                else _CLICK_TYPES.get(tp, click.STRING)
-            )
-            spellings = {f"--{f.name.replace('_', '-')}", f"--{f.name}"}
-            func = click.option(
-                *sorted(spellings),
-                f.name,
-                type=_Optional(inner, f.name, tp),
-                default=None,
-                help=f"{f.metadata.get('help', '')} (default: {default!r})",
-            )(func)
-        return func
-
-    return decorate
+    return HPOConfig
 
 
-def _surrogate_values(cls: type, source: str) -> dict[str, Any]:
-    """Model and fit settings from a YAML file or an MLflow artifact URI (``runs:/...``),
-    renamed to ``cls``'s keys where they differ."""
-    path = source
-    if re.match(r"^[a-zA-Z][\w+.-]+:/", source):
-        import mlflow.artifacts
-        from mlflow.exceptions import MlflowException
+def _pretrain_config() -> type:
+    from al.entrypoints.pretrain import PretrainConfig
 
-        try:
-            path = mlflow.artifacts.download_artifacts(artifact_uri=source)
-        except (MlflowException, OSError) as err:
-            first = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise ConfigError(f"surrogate config {source!r} cannot be read: {first}") from None
-    values = read_yaml(path)
-    allowed = [f.name for f in fields(ModelConfig)] + [f.name for f in fields(FitConfig)]
-    unknown = sorted(set(values) - set(allowed))
-    if unknown:
-        raise ConfigError(
-            f"surrogate config {source!r}: unknown key(s) {', '.join(map(repr, unknown))}; "
-            f"valid keys: {', '.join(sorted(allowed))}"
-        )
-    renames = getattr(cls, "SURROGATE_RENAMES", {})
-    return {renames.get(k, k): v for k, v in values.items()}
+    return PretrainConfig
 
 
-def _resolve(cls: type, config_file: str | None, overrides: dict[str, Any]) -> Any:
-    """Defaults < surrogate_config < config file < explicit options."""
+def _resolve_pretrain(cls: type, config_file: str | None, overrides: dict[str, Any]) -> Any:
+    """The fidelity preset below the config file and the explicit options."""
+    from al.entrypoints.pretrain import resolve_pretrain_config
+
     given = {k: v for k, v in overrides.items() if v not in (None, "")}
     try:
-        from_file = read_yaml(config_file) if config_file else {}
-        surrogate = given.get("surrogate_config") or from_file.get("surrogate_config")
-        base = _surrogate_values(cls, str(surrogate)) if surrogate else {}
-        return build_config(cls, {**base, **from_file, **given})
+        return resolve_pretrain_config({**(read_yaml(config_file) if config_file else {}),
+                                        **given})  # fmt: skip
     except ConfigError as err:
         raise _masked(err) from None
-
-
-@click.group()
-@click.option("--log-level", default="INFO", show_default=True, help="logging level")
-def main(log_level: str) -> None:
-    """Active learning of small GNNs for QM9 atomization enthalpies, tracked in MLflow."""
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
-    for noisy in ("mlflow", "alembic", "urllib3", "matplotlib", "git"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    # no password reaches a log line (ours or MLflow's); on a terminal, lines go above bars
-    progress.guard_logging(SecretMaskingFilter)
-    if not sys.stderr.isatty():  # MLflow's download bars, written into logs and pipes
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
-    if mask_secrets(uri) != uri:  # MLflow prints every run's URL, password and all
-        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 def _echo_masked(message: str) -> None:
@@ -160,10 +55,10 @@ def _echo_masked(message: str) -> None:
     click.echo(mask_secrets(message))
 
 
-def _masked(err: BaseException) -> click.ClickException:
-    """A user error as it was raised, passwords masked (a tracking URI's, in the client's
-    own message too)."""
-    return click.ClickException(mask_secrets(str(err).strip("'\"")))
+def _oracle_help() -> str:
+    from al.oracles import oracle_choices
+
+    return f"the labeller: {', '.join(oracle_choices())}"
 
 
 def _one_line(err: BaseException) -> click.ClickException:
@@ -172,30 +67,22 @@ def _one_line(err: BaseException) -> click.ClickException:
     return click.ClickException(mask_secrets(" ".join(text.split("\n")[:1])))
 
 
-@main.command()
-@click.option("--config", "config_file", default=None, help="YAML file of the same keys")
-@_config_options(TrainRunConfig)
-def train(config_file: str | None, **overrides: Any) -> None:
+@main.command(cls=ConfigCommand, config=_train_config)
+def train(config: Any, given: set[str]) -> None:
     """Train one surrogate on random pool molecules and log it to MLflow."""
     from al.entrypoints.train import run_train
 
-    config = _resolve(TrainRunConfig, config_file, overrides)
     try:
         run_train(config, echo=click.echo)
     except (ValueError, KeyError, RuntimeError, FileNotFoundError) as err:
         raise _masked(err) from None
 
 
-@main.command("al-loop")
-@click.option("--config", "config_file", default=None, help="YAML file of the same keys")
-@_config_options(CampaignConfig)
-def al_loop(config_file: str | None, **overrides: Any) -> None:
+@main.command("al-loop", cls=ConfigCommand, config=_campaign_config)
+def al_loop(config: Any, given: set[str]) -> None:
     """Run (or, with --resume RUN_ID, continue) an active-learning campaign."""
     from al.entrypoints.al_loop import run_campaign
 
-    config = _resolve(CampaignConfig, config_file, overrides)
-    given = {k for k, v in overrides.items() if v not in (None, "")}
-    given |= set(read_yaml(config_file)) if config_file else set()
     try:
         run_campaign(config, echo=_echo_masked, given=given)
     except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: the run is KILLED, resumable
@@ -212,60 +99,42 @@ def al_loop(config_file: str | None, **overrides: Any) -> None:
         raise _masked(err) from None
 
 
-@main.command()
-@click.option("--config", "config_file", default=None, help="YAML file of the same keys")
-@_config_options(HPOConfig)
-def hpo(config_file: str | None, **overrides: Any) -> None:
+@main.command(cls=ConfigCommand, config=_hpo_config)
+def hpo(config: Any, given: set[str]) -> None:
     """Tune the surrogate with an Optuna study; trials are nested MLflow runs."""
     from hpo.study import run_study
 
-    config = _resolve(HPOConfig, config_file, overrides)
     try:
         run_study(config, echo=_echo_masked)
     except (ValueError, KeyError, RuntimeError, FileNotFoundError) as err:
         raise _one_line(err) from None
 
 
-@main.command("hpo-worker", hidden=True)
-@click.option("--config", "config_file", default=None, help="YAML file of the same keys")
+@main.command("hpo-worker", hidden=True, cls=ConfigCommand, config=_hpo_config)
 @click.option("--parent-run-id", required=True, help="the study's MLflow run")
 @click.option("--experiment-id", required=True, help="the experiment of that run")
 @click.option("--worker-index", type=int, default=0, help="offsets the sampler's seed")
-@_config_options(HPOConfig)
 def hpo_worker(
-    config_file: str | None,
-    parent_run_id: str,
-    experiment_id: str,
-    worker_index: int,
-    **overrides: Any,
+    config: Any, given: set[str], parent_run_id: str, experiment_id: str, worker_index: int
 ) -> None:
     """One worker of a study (started by `al hpo --n-workers N`)."""
     from hpo.study import run_worker
 
-    config = _resolve(HPOConfig, config_file, overrides)
     try:
         run_worker(config, parent_run_id, experiment_id, worker_index)
     except (ValueError, KeyError, RuntimeError, FileNotFoundError) as err:
         raise _one_line(err) from None
 
 
-@main.command()
-@click.option("--config", "config_file", default=None, help="YAML file of the same keys")
-@_config_options(PretrainConfig)
-def pretrain(config_file: str | None, **overrides: Any) -> None:
+@main.command(cls=ConfigCommand, config=_pretrain_config, resolver=_resolve_pretrain)
+def pretrain(config: Any, given: set[str]) -> None:
     """Train an oracle model on the oracle split and register it (alias = fidelity).
 
     The fidelity preset (lofi or hifi) sets model size and budget; the config file and
     explicit options beat it. --export DIR also writes the checkpoint and its provenance.
     """
-    from al.entrypoints.pretrain import resolve_pretrain_config, run_pretrain
+    from al.entrypoints.pretrain import run_pretrain
 
-    given = {k: v for k, v in overrides.items() if v not in (None, "")}
-    try:
-        config = resolve_pretrain_config({**(read_yaml(config_file) if config_file else {}),
-                                          **given})  # fmt: skip
-    except ConfigError as err:
-        raise _masked(err) from None
     try:
         run_pretrain(config, echo=click.echo)
     except (ValueError, KeyError, RuntimeError, FileNotFoundError) as err:
@@ -273,8 +142,8 @@ def pretrain(config_file: str | None, **overrides: Any) -> None:
 
 
 @main.command()
-@click.option("--oracle", "oracle_spec", default="dft", show_default=True,
-              help=f"the labeller: {', '.join(oracle_choices())}")  # fmt: skip
+@click.option("--oracle", "oracle_spec", default="dft", show_default=True, cls=LazyHelpOption,
+              help_text=_oracle_help)  # fmt: skip
 @click.option("--input", "input_csv", required=True, help="CSV with a qm9_index column")
 @click.option("--output", default="", help="CSV to write (default: only logged to MLflow)")
 @click.option("--cost", default=None, type=float, help="cost per label (default: the oracle's)")
@@ -591,7 +460,3 @@ def geometry(
         left = len(run.records) - n
         note = f" ({left} without a geometry left out; a .csv lists every status)" if left else ""
         click.echo(f"wrote {n} molecule(s) to {out}{note}")
-
-
-if __name__ == "__main__":
-    main()
