@@ -157,6 +157,7 @@ def summary_display(summary: pd.DataFrame, targets: Sequence[float], level: floa
     # labels and cost outside the campaign's own purchases, when the runs logged them
     extra = {
         f"final_{CM.N_VALIDATION}": "validation labels (in cost)",
+        f"final_{CM.COST_LOST}": "paid again after kills (in cost; runs with any)",
         f"final_{CM.COST_PRIOR}": "prior labels' cost (not in cost)",
         f"final_{CM.COST_TOTAL}": "total cost incl. prior",
     }

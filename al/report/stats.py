@@ -71,11 +71,13 @@ CONVERGED_METRICS: tuple[str, ...] = (
         )
     ),
 )
-#: Labels and cost of the campaign's validation set (in ``cost_spent``) and of the labels
-#: that trained an oracle or baseline model (``cost_prior``, in ``cost_total`` only).
+#: Labels and cost of the campaign's validation set (in ``cost_spent``), of answers a kill
+#: lost and that were bought again (``cost_lost``, in ``cost_spent``) and of the labels that
+#: trained an oracle or baseline model (``cost_prior``, in ``cost_total`` only).
 COST_METRICS: tuple[str, ...] = (
     CM.N_VALIDATION,
     CM.COST_VALIDATION,
+    CM.COST_LOST,
     CM.N_PRIOR_LABELS,
     CM.COST_PRIOR,
     CM.COST_TOTAL,
