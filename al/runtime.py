@@ -6,8 +6,9 @@ several times slower (``benchmarks/shared_cpu.py`` measures it). Two defaults he
 
 * threads = the cores this process may use (``os.sched_getaffinity``, which respects
   ``taskset`` and container CPU sets, unlike ``os.cpu_count``, capped by a cgroup CPU
-  quota: a container or pod limited to 2 CPUs on a 64-core node gets 2, not 64), divided
-  among the processes that share them;
+  quota: a container or pod limited to 2 CPUs on a 64-core node gets 2, not 64, and by
+  ``AL_CPUS`` where it is set: a Kubernetes pod sets it from its CPU limit), divided among
+  the processes that share them;
 * ``OMP_WAIT_POLICY=PASSIVE``: waiting threads sleep instead of spinning. OpenMP reads it
   when it starts, so :func:`prepare` runs when the ``al`` package is imported, before
   PyTorch; a value the user set wins, and ``AL_THREAD_POLICY=off`` leaves OpenMP alone.
@@ -22,6 +23,8 @@ from pathlib import Path
 
 #: ``off`` leaves OpenMP's settings and torch's thread count as they are.
 POLICY_ENV = "AL_THREAD_POLICY"
+#: An explicit number of cores for this process (a pod's CPU limit, by the Downward API).
+CPUS_ENV = "AL_CPUS"
 #: Where a container sees its own cgroup (cgroup namespaces make it the root).
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
@@ -60,7 +63,8 @@ def cgroup_cpu_limit(root: Path | str = CGROUP_ROOT) -> float | None:
 
 def available_cores(cgroup_root: Path | str = CGROUP_ROOT) -> int:
     """Cores this process may run on: its CPU affinity, capped by a cgroup CPU quota
-    (rounded up: 1.5 CPUs give 2 threads), at least 1."""
+    (rounded up: 1.5 CPUs give 2 threads) and by ``$AL_CPUS`` (a count; ignored unless a
+    positive number), at least 1."""
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # platforms without affinity
@@ -68,6 +72,12 @@ def available_cores(cgroup_root: Path | str = CGROUP_ROOT) -> int:
     limit = cgroup_cpu_limit(cgroup_root)
     if limit is not None:
         cores = min(cores, math.ceil(limit))
+    try:
+        explicit = math.ceil(float(os.environ.get(CPUS_ENV, "")))
+    except ValueError:  # unset or not a number
+        explicit = 0
+    if explicit > 0:
+        cores = min(cores, explicit)
     return max(1, cores)
 
 

@@ -42,6 +42,19 @@ def test_a_cgroup_quota_caps_the_cores(tmp_path, files: dict[str, str], limit) -
     assert runtime.available_cores(tmp_path) == expected
 
 
+def test_an_explicit_cpu_count_caps_the_cores(tmp_path, monkeypatch) -> None:
+    """AL_CPUS (a pod's CPU limit, from the Downward API) caps the count; nonsense is
+    ignored."""
+    affinity = len(os.sched_getaffinity(0))
+    monkeypatch.setenv(runtime.CPUS_ENV, "1")
+    assert runtime.available_cores(tmp_path) == 1
+    monkeypatch.setenv(runtime.CPUS_ENV, str(affinity + 8))
+    assert runtime.available_cores(tmp_path) == affinity  # never above the affinity
+    for junk in ("", "0", "-2", "two"):
+        monkeypatch.setenv(runtime.CPUS_ENV, junk)
+        assert runtime.available_cores(tmp_path) == affinity
+
+
 def _child(code: str, **env: str) -> str:
     full = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "AL_THREAD_POLICY")}
     out = subprocess.run(
