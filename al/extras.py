@@ -12,6 +12,8 @@ from types import ModuleType
 #: extra -> (the module it installs, its name for people)
 EXTRAS: dict[str, tuple[str, str]] = {
     "pyg": ("torch_geometric", "PyTorch Geometric"),
+    # grids on a dask cluster (`al experiment --backend dask`)
+    "cluster": ("distributed", "dask.distributed"),
 }
 
 

@@ -40,6 +40,12 @@ def test_compose_services() -> None:
     assert services["campaign"]["entrypoint"][:2] == ["al", "al-loop"]
     for name in ("hpo", "campaign"):
         assert services[name]["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert services["experiment"]["entrypoint"] == ["al", "experiment"]
+    assert "experiments/smoke.yaml" in services["experiment"]["command"]
+    # every worker keeps the cache and the label journal on the shared volume
+    for name in ("hpo", "campaign", "experiment"):
+        assert "al-cache:/cache" in services[name]["volumes"]
+    assert "al-cache" in compose()["volumes"]
     init = (DOCKER / "initdb.sql").read_text()
     assert "CREATE DATABASE optuna" in init
 
@@ -76,8 +82,11 @@ def test_dockerfile_base_and_install_order() -> None:
     assert re.search(r"^ARG BASE_IMAGE=python:3\.11-slim$", text, re.MULTILINE)
     assert re.search(r"^FROM \$\{BASE_IMAGE\}$", text, re.MULTILINE)
     torch = text.index('pip install "torch==')
-    package = text.index('pip install ".[postgres]"')
+    package = text.index('pip install ".[postgres,cluster]"')
     assert torch < package, "torch is installed before the package"
+    # the grids of the `experiment` entry, found from MLflow's own working folder
+    assert re.search(r"^COPY experiments \./experiments$", text, re.MULTILINE)
+    assert "AL_PROJECT_DIR=/app" in text and "AL_JOURNAL_DIR=/cache/journal" in text
     for path in re.findall(r"^COPY (.+) \./", text, re.MULTILINE):
         for item in path.split():
             assert (REPO / item).exists(), f"COPY {item}: no such path"
@@ -103,6 +112,16 @@ def test_kubernetes_backend_files() -> None:
     for e in container["env"]:
         if SECRET_KEY.search(e["name"]):
             assert "valueFrom" in e and "value" not in e
+    # threads come from the pod's CPU limit, never from the node's cores
+    env = {e["name"]: e for e in container["env"]}
+    assert env["AL_CPUS"]["valueFrom"]["resourceFieldRef"]["resource"] == "limits.cpu"
+    assert container["resources"]["limits"]["cpu"]
+    # the cache and the label journal live on a volume
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert env["AL_JOURNAL_DIR"]["value"].startswith(mounts["al-cache"] + "/")
+    assert env["AL_CACHE_DIR"]["value"] == mounts["al-cache"]
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in spec["volumes"]}
+    assert claims["al-cache"]
 
 
 def test_docker_mlproject_matches_the_main_one() -> None:
@@ -110,4 +129,5 @@ def test_docker_mlproject_matches_the_main_one() -> None:
     docker = yaml.safe_load((DOCKER / "MLproject").read_text())
     assert docker["name"] == main["name"]
     assert docker["docker_env"]["image"]  # the Kubernetes backend needs a docker_env
+    assert "al-cache:/cache" in docker["docker_env"]["volumes"]
     assert docker["entry_points"] == main["entry_points"]

@@ -51,6 +51,21 @@ def test_bad_grids_fail_with_one_line(tmp_path: Path, text: str, match: str) -> 
     assert "\n" not in str(err.value) and "bad.yaml" in str(err.value)
 
 
+def test_a_relative_grid_is_also_found_under_the_project_dir(tmp_path: Path, monkeypatch) -> None:
+    """The image's copy of experiments/ is found from MLflow's working folder."""
+    from al.entrypoints.experiment import PROJECT_DIR_ENV
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(PROJECT_DIR_ENV, raising=False)
+    with pytest.raises(ConfigError):
+        load_grid("experiments/smoke.yaml")
+    monkeypatch.setenv(PROJECT_DIR_ENV, str(REPO))
+    assert load_grid("experiments/smoke.yaml").path == str(REPO / "experiments" / "smoke.yaml")
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / "smoke.yaml").write_text("name: here\ncells: [{name: a}]\n")
+    assert load_grid("experiments/smoke.yaml").name == "here"  # the working folder first
+
+
 def _al(*args: str, env: dict) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "al.cli", *args], env=env, cwd=REPO, capture_output=True,
@@ -90,6 +105,7 @@ def test_smoke_grid_runs_resumes_and_reports(subprocess_env, tmp_path: Path) -> 
         assert re.fullmatch(name, run.info.run_name)  # readable, and unique across grids
         assert run.data.params["seed"] == tags["al.seed"]
     assert keys == {(c, s) for c in ("random", "max_std") for s in ("0", "1")}
+    _dask_backend_reaches_the_same_labels(client, runs, grid, tmp_path, subprocess_env)
 
     # an interrupted cell is resumed, finished ones are skipped: no new campaign run
     victim = next(r for r in runs if r.data.tags[TAG_CELL] == "max_std")
@@ -124,6 +140,68 @@ def test_smoke_grid_runs_resumes_and_reports(subprocess_env, tmp_path: Path) -> 
     names = {a.path for a in client.list_artifacts(reports[0].info.run_id)}
     assert any(n.endswith("report.md") for n in names) or names
     mlflow.end_run()
+
+
+def _labelled(runs: list) -> dict[tuple[str, str], list[list[int]]]:
+    """The labelled set of each cell and seed: its queried molecules, round by round."""
+    from al.tracking.runs import CampaignRun
+
+    out = {}
+    for run in runs:
+        stored = CampaignRun(run.info.run_id)
+        rounds = stored.queried_rounds()
+        assert rounds, run.info.run_id
+        key = (run.data.tags[TAG_CELL], run.data.tags["al.seed"])
+        out[key] = [sorted(stored.read_queried(r)["qm9_index"].tolist()) for r in rounds]
+    return out
+
+
+def _dask_backend_reaches_the_same_labels(
+    client: MlflowClient, local_runs: list, grid: Path, tmp_path: Path, env: dict
+) -> None:
+    """The same grid as tasks of a local dask cluster (2 workers, 1 thread each) labels the
+    same molecules as the local backend; a rerun skips the finished cells."""
+    pytest.importorskip("distributed")
+    name = "grid-smoke-dask"
+    args = ("experiment", "--grid", str(grid), "--backend", "dask", "--workers", "2",
+            "--experiment-name", name, "--log-dir", str(tmp_path / "dask-logs"))  # fmt: skip
+    res = _al(*args, env=env)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "to run on a local dask cluster of 2 worker(s)" in res.stdout
+    exp = client.get_experiment_by_name(name)
+    runs = client.search_runs([exp.experiment_id], "tags.`al.kind` = 'campaign'")
+    assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
+    (parent,) = client.search_runs([exp.experiment_id], "tags.`al.kind` = 'experiment'")
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
+    assert all(r.data.params["threads"] == "1" for r in runs)  # cores / workers, as local
+    assert _labelled(runs) == _labelled(local_runs)
+
+    # a rerun skips the finished cells (no cluster is started for nothing); the resume of
+    # an interrupted cell is the local backend's code path, tested above
+    again = _al(*args, env=env)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "4 already finished, 0 to run" in again.stdout
+    assert len(client.search_runs([exp.experiment_id], "tags.`al.kind` = 'campaign'")) == 4
+
+
+def test_the_backend_is_checked_in_one_line(tracking, tmp_path: Path) -> None:
+    """An unknown backend, a scheduler without dask and an unreachable scheduler."""
+    from click.testing import CliRunner
+    from conftest import one_line_error
+
+    from al.cli import main
+    from al.entrypoints.grid_backends import BackendError, DaskBackend, make_backend
+
+    grid = str(REPO / "experiments" / "smoke.yaml")
+    bad = CliRunner().invoke(main, ["experiment", "--grid", grid, "--backend", "slurm"])
+    assert "'slurm' is not one of local, dask" in one_line_error(bad)
+    bad = CliRunner().invoke(main, ["experiment", "--grid", grid, "--scheduler", "tcp://x:1"])
+    assert "--scheduler needs --backend dask" in one_line_error(bad)
+    with pytest.raises(BackendError, match="valid backends: local, dask"):
+        make_backend("slurm")
+    pytest.importorskip("distributed")
+    with pytest.raises(BackendError, match=r"^cannot reach the dask scheduler at 'tcp://127"):
+        DaskBackend(scheduler="tcp://127.0.0.1:1", connect_timeout=1).start()
 
 
 def test_an_explicitly_chosen_experiment_holds_the_grid(

@@ -12,11 +12,47 @@ import pytest
 from al import progress, runtime
 
 
-def test_cores_come_from_the_affinity() -> None:
-    assert runtime.available_cores() == len(os.sched_getaffinity(0))
+def test_cores_come_from_the_affinity(tmp_path) -> None:
+    assert runtime.available_cores(tmp_path) == len(os.sched_getaffinity(0))  # no quota
+    assert runtime.available_cores() <= len(os.sched_getaffinity(0))
     cores = runtime.available_cores()
     assert runtime.threads_per_process(1) == cores
     assert runtime.threads_per_process(cores * 4) == 1
+
+
+@pytest.mark.parametrize(
+    "files, limit",
+    [
+        ({"cpu.max": "200000 100000\n"}, 2.0),  # cgroup v2: 2 CPUs
+        ({"cpu.max": "max 100000\n"}, None),  # v2 without a quota
+        ({"cpu.max": "150000 100000\n"}, 1.5),
+        ({"cpu/cpu.cfs_quota_us": "300000", "cpu/cpu.cfs_period_us": "100000"}, 3.0),  # v1
+        ({"cpu,cpuacct/cpu.cfs_quota_us": "5e4", "cpu,cpuacct/cpu.cfs_period_us": "1e5"}, 0.5),
+        ({"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"}, None),
+        ({}, None),  # no cgroup files at all
+    ],
+)
+def test_a_cgroup_quota_caps_the_cores(tmp_path, files: dict[str, str], limit) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert runtime.cgroup_cpu_limit(tmp_path) == limit
+    affinity = len(os.sched_getaffinity(0))
+    expected = affinity if limit is None else max(1, min(affinity, -(-limit // 1)))
+    assert runtime.available_cores(tmp_path) == expected
+
+
+def test_an_explicit_cpu_count_caps_the_cores(tmp_path, monkeypatch) -> None:
+    """AL_CPUS (a pod's CPU limit, from the Downward API) caps the count; nonsense is
+    ignored."""
+    affinity = len(os.sched_getaffinity(0))
+    monkeypatch.setenv(runtime.CPUS_ENV, "1")
+    assert runtime.available_cores(tmp_path) == 1
+    monkeypatch.setenv(runtime.CPUS_ENV, str(affinity + 8))
+    assert runtime.available_cores(tmp_path) == affinity  # never above the affinity
+    for junk in ("", "0", "-2", "two"):
+        monkeypatch.setenv(runtime.CPUS_ENV, junk)
+        assert runtime.available_cores(tmp_path) == affinity
 
 
 def _child(code: str, **env: str) -> str:

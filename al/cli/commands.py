@@ -361,6 +361,9 @@ def compare(
               "else grid-<name>; `mlflow run --experiment-name` sets it too)")  # fmt: skip
 @click.option("--threads", type=_Optional(click.IntRange(min=0)), default=None,
               help="CPU threads per campaign (default 0: cores / workers)")  # fmt: skip
+@click.option("--backend", default=None, help="where the campaigns run: local or dask "
+              "[default: local]")  # fmt: skip
+@click.option("--scheduler", default="", help="dask: an existing scheduler (default: a local one)")
 def experiment(
     grid: str,
     workers: int | None,
@@ -368,27 +371,28 @@ def experiment(
     log_dir: str,
     experiment_name: str,
     threads: int | None,
+    backend: str | None,
+    scheduler: str,
 ) -> None:
     """Run a grid of campaigns (cells x seeds) under one parent run; reruns skip finished
     cells and resume interrupted ones."""
-    from dataclasses import replace
-
     from al.entrypoints.experiment import GridRunner, chosen_experiment, dry_run_table, load_grid
+    from al.entrypoints.grid_backends import BackendError
 
     try:
-        spec = load_grid(grid)
-        chosen = chosen_experiment(experiment_name)
-        if chosen:
-            spec = replace(spec, experiment_name=chosen)
-        runner = GridRunner(spec, workers=workers or 1, threads=threads or 0, echo=click.echo)
+        spec = load_grid(grid, chosen_experiment(experiment_name))
+        runner = GridRunner(spec, workers or 1, threads or 0, click.echo, backend or "local",
+                            scheduler)  # fmt: skip
     except (ConfigError, ValueError) as err:
         raise _masked(err) from None
-    dry = bool(dry_run)
-    if dry:
+    if dry_run:
         click.echo(f"grid {spec.name!r} ({spec.path}), experiment {spec.experiment_name!r}:")
         click.echo(dry_run_table(runner.states()))
         return
-    states = runner.run(Path(log_dir) if log_dir else None)
+    try:
+        states = runner.run(Path(log_dir) if log_dir else None)
+    except BackendError as err:
+        raise _masked(err) from None
     failed = [s.cell.key for s in states if s.status == "failed"]
     click.echo(
         f"grid {spec.name!r}: {len(states) - len(failed)}/{len(states)} campaigns finished; "

@@ -18,6 +18,10 @@ loaded, so a typo fails before anything runs. Each campaign is a run tagged ``al
 ``<cell>-s<seed>-<short id>``. A rerun
 reuses that parent, skips finished cells and resumes interrupted ones from their last
 completed round (the campaign's own resume), so no label is paid twice.
+
+What a campaign runs is :func:`run_cell` (an ``al-loop`` subprocess), on every backend of
+:mod:`al.entrypoints.grid_backends`: here, ``workers`` at a time, or as tasks of a dask
+cluster.
 """
 
 from __future__ import annotations
@@ -26,24 +30,24 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import yaml
 from mlflow.tracking import MlflowClient
 
 from al import progress
 from al.config import ConfigError, build_config, read_yaml
+from al.entrypoints.grid_backends import Backend, make_backend
 from al.loop.config import CampaignConfig
-from al.runtime import threads_per_process
 from al.tracking.names import (
     KIND_EXPERIMENT,
     TAG_CELL,
@@ -59,6 +63,12 @@ from al.tracking.names import (
 )
 
 log = logging.getLogger(__name__)
+
+#: tracking URIs that other machines can reach as well
+REMOTE_STORES = ("http://", "https://", "postgresql", "mysql", "mssql", "databricks")
+
+#: where relative grid paths are also looked up (the Docker image sets it to /app)
+PROJECT_DIR_ENV = "AL_PROJECT_DIR"
 
 GRID_KEYS = {"name", "experiment_name", "description", "question", "seeds", "base", "cells"}
 
@@ -100,8 +110,22 @@ class Grid:
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
-def load_grid(path: str | Path) -> Grid:
-    """Read and validate a grid file; every error is one line naming the file and cell."""
+def grid_path(path: str | Path) -> Path:
+    """``path``, or for a relative one not found here, the same path under
+    ``$AL_PROJECT_DIR`` (the image's copy of the project: MLflow runs an entry point in a
+    folder of its own, where ``experiments/smoke.yaml`` is not)."""
+    path = Path(path)
+    home = os.environ.get(PROJECT_DIR_ENV, "")
+    if not path.is_absolute() and not path.exists() and home and (Path(home) / path).exists():
+        return Path(home) / path
+    return path
+
+
+def load_grid(path: str | Path, experiment_name: str = "") -> Grid:
+    """Read and validate a grid file (:func:`grid_path`); every error is one line naming the
+    file and cell. ``experiment_name`` (when given) holds the campaigns instead of the
+    grid's own."""
+    path = grid_path(path)
     where = str(path)
     raw = read_yaml(path)
     unknown = sorted(set(raw) - GRID_KEYS)
@@ -148,7 +172,7 @@ def load_grid(path: str | Path) -> Grid:
     expanded.sort(key=lambda c: order[c.seed])
     return Grid(
         name=name,
-        experiment_name=str(raw.get("experiment_name") or f"grid-{name}"),
+        experiment_name=experiment_name or str(raw.get("experiment_name") or f"grid-{name}"),
         description=str(raw.get("description", "")),
         seeds=list(seeds),
         base=base,
@@ -186,8 +210,106 @@ class CellState:
     run_id: str = ""
 
 
+@dataclass(frozen=True)
+class CellJob:
+    """What one campaign of a grid needs wherever it runs (picklable: a dask task takes it
+    to another machine). :func:`run_cell` runs it."""
+
+    cell: Cell
+    grid: str
+    experiment_id: str
+    parent_id: str
+    tracking_uri: str
+    #: the campaign's folder for its config and log (made on the machine that runs it)
+    log_dir: str
+    #: the run of an interrupted campaign to resume; "" for a new one
+    resume: str = ""
+
+
+@dataclass(frozen=True)
+class CellResult:
+    """How a campaign ended: its state, and for a failure the exit status, the machine and
+    log it ran with and the log's last lines."""
+
+    state: CellState
+    returncode: int = 0
+    host: str = ""
+    log: str = ""
+    tail: tuple[str, ...] = ()
+
+
+def _cell_run(client: MlflowClient, job: CellJob) -> Any:
+    """The newest campaign run of ``job``'s cell under its parent, or None."""
+    cell = job.cell
+    runs = client.search_runs(
+        [job.experiment_id],
+        filter_string=(
+            f"tags.`{TAG_PARENT}` = '{job.parent_id}' and tags.`{TAG_CELL}` = '{cell.name}' "
+            f"and tags.`{TAG_SEED}` = '{cell.seed}'"
+        ),
+        order_by=["attributes.start_time DESC"],
+    )
+    return next((r for r in runs if finished(r)), runs[0] if runs else None)
+
+
+def run_cell(job: CellJob) -> CellResult:
+    """Run one campaign of a grid as an ``al-loop`` subprocess and wait for it.
+
+    Every backend runs this (in a thread here, or as a dask task on a worker), so a
+    campaign runs the same wherever it runs: the tracking URI, the experiment and the grid's
+    tags travel in ``job``; the rest of the environment is the one it runs in. A new cell's
+    run is made here, just before its campaign starts. A job that the engine runs again
+    (its worker was lost) finds the run that its first try made and resumes it.
+    """
+    cell = job.cell
+    client = MlflowClient(job.tracking_uri)
+    run_id, args = job.resume, ["--resume", job.resume] if job.resume else []
+    if not run_id:
+        earlier = _cell_run(client, job)
+        if earlier is not None and finished(earlier):
+            return CellResult(CellState(cell, "done", earlier.info.run_id))
+        if earlier is not None:
+            run_id, args = earlier.info.run_id, ["--resume", earlier.info.run_id]
+    if not run_id:
+        run = client.create_run(
+            job.experiment_id,
+            run_name=run_name(cell.name, f"s{cell.seed}"),
+            tags={TAG_PARENT: job.parent_id, TAG_GRID: job.grid,
+                  TAG_CELL: cell.name, TAG_SEED: str(cell.seed)},
+        )  # fmt: skip
+        run_id = run.info.run_id
+    log_dir = Path(job.log_dir)
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+    except OSError:  # a folder of the machine that started the grid, not of this one
+        log_dir = Path(tempfile.mkdtemp(prefix="al-grid-"))
+    cfg_path = log_dir / f"{cell.name}-s{cell.seed}.yaml"
+    cfg_path.write_text(yaml.safe_dump(cell.settings, sort_keys=True))
+    env = dict(os.environ)
+    env.pop("MLFLOW_RUN_ID", None)
+    if not args:
+        env["MLFLOW_RUN_ID"] = run_id
+    env["MLFLOW_EXPERIMENT_ID"] = job.experiment_id
+    env["MLFLOW_TRACKING_URI"] = job.tracking_uri
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    cmd = [sys.executable, "-m", "al.cli", "al-loop", "--config", str(cfg_path), *args]
+    out = log_dir / f"{cell.name}-s{cell.seed}.log"
+    with open(out, "w") as fh:
+        rc = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+    if rc == 0:
+        return CellResult(CellState(cell, "done", run_id))
+    try:
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, "FAILED")
+    except Exception:  # the run record is the campaign's; never hide the failure
+        pass
+    tail = tuple(out.read_text().strip().splitlines()[-3:])
+    return CellResult(CellState(cell, "failed", run_id), rc, socket.gethostname(), str(out), tail)
+
+
 class GridRunner:
-    """Runs a grid's campaigns as subprocesses, ``workers`` at a time."""
+    """Runs a grid's campaigns on a backend (:mod:`al.entrypoints.grid_backends`): as
+    subprocesses here, ``workers`` at a time, or as tasks of a dask cluster."""
 
     def __init__(
         self,
@@ -195,13 +317,20 @@ class GridRunner:
         workers: int = 1,
         threads: int = 0,
         echo: Callable[[str], None] | None = None,
+        backend: str | Backend = "local",
+        scheduler: str = "",
     ) -> None:
         """``echo`` receives a line per event for the user (the command line passes
-        ``click.echo``); None logs them instead."""
+        ``click.echo``); None logs them instead. ``backend`` is a name of
+        :data:`~al.entrypoints.grid_backends.BACKENDS` (with ``scheduler``, an existing
+        dask cluster's address) or a backend."""
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.grid, self.workers = grid, workers
-        self.threads = threads or threads_per_process(workers)
+        self.backend = (
+            make_backend(backend, workers, scheduler) if isinstance(backend, str) else backend
+        )
+        self.threads = threads or self.backend.default_threads()
         self.client = MlflowClient()
         self.echo = echo or log.info
         self.experiment_id = ""
@@ -292,86 +421,82 @@ class GridRunner:
 
     # --- running ----------------------------------------------------------------------------
     def run(self, log_dir: Path | None = None) -> list[CellState]:
-        """Run every cell that is not done; returns the final states (failed ones too)."""
+        """Run every cell that is not done; returns the final states (failed ones too).
+
+        A backend that cannot start (an unreachable scheduler) raises
+        :class:`~al.entrypoints.grid_backends.BackendError` before anything is tracked.
+        """
+        states = self.states()
+        todo = [s for s in states if s.status != "done"]
+        if todo:
+            self.backend.start()
+        try:
+            return self._run(states, todo, log_dir)
+        finally:
+            self.backend.close()
+
+    def _run(
+        self, states: list[CellState], todo: list[CellState], log_dir: Path | None
+    ) -> list[CellState]:
         parent = self._ensure_parent()
         wrapper = os.environ.get("MLFLOW_RUN_ID")
         if wrapper and wrapper != parent:  # `mlflow run -e experiment` made a run: link it
             self.client.set_tag(wrapper, TAG_GRID_PARENT_RUN, parent)
-        states = self.states()
-        todo = [s for s in states if s.status != "done"]
         self.echo(
             f"grid {self.grid.name!r}: {len(states)} campaigns, {len(states) - len(todo)} "
-            f"already finished, {len(todo)} to run with {self.workers} worker(s); "
+            f"already finished, {len(todo)} to run on {self.backend.describe()}; "
             f"experiment {self.grid.experiment_name!r}, parent run {parent}"
         )
+        uri = mlflow.get_tracking_uri()
+        if todo and self.backend.default_threads() == 0 and not uri.startswith(REMOTE_STORES):
+            self.echo(
+                f"warning: the tracking URI {uri!r} is local to this machine; campaigns on "
+                "other machines need a tracking server (MLFLOW_TRACKING_URI=http://...)"
+            )
         log_dir = Path(log_dir or tempfile.mkdtemp(prefix="al-grid-"))
         log_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        cells = progress.bar(total=len(todo), desc=f"grid {self.grid.name}", unit="campaign")
-        lock = threading.Lock()
-        ended = 0  # counted here: a bar that is not drawn (no terminal) does not count
-
-        def one(state: CellState) -> CellState:
-            nonlocal ended
-            result = self._run_cell(state, log_dir)
-            with lock:
-                ended += 1
-                cells.update(1)
+        jobs = [self._job(state, log_dir) for state in todo]
+        results: dict[str, CellState] = {}
+        with progress.bar(total=len(todo), desc=f"grid {self.grid.name}", unit="campaign") as bar:
+            for job, result in self.backend.run(run_cell, jobs):
+                state = self._report(result)
+                results[job.cell.key] = state
+                bar.update(1)
                 progress.note(
-                    cells,
-                    f"[{ended}/{len(todo)}] {state.cell.key}: {result.status} "
-                    f"(run {result.run_id}, {time.perf_counter() - t0:.0f} s since start)",
+                    bar,
+                    f"[{len(results)}/{len(todo)}] {job.cell.key}: {state.status} "
+                    f"(run {state.run_id}, {time.perf_counter() - t0:.0f} s since start)",
                     self.echo,
                 )
-            return result
-
-        with cells, ThreadPoolExecutor(max_workers=self.workers) as pool:
-            results = {s.cell.key: r for s, r in zip(todo, pool.map(one, todo), strict=True)}
         final = [results.get(s.cell.key, s) for s in states]
         failed = [s for s in final if s.status == "failed"]
         self.client.set_terminated(parent, "FAILED" if failed else "FINISHED")
         return final
 
-    def _run_cell(self, state: CellState, log_dir: Path) -> CellState:
+    def _job(self, state: CellState, log_dir: Path) -> CellJob:
+        """The job of one cell: its settings with this grid's thread count, its tracking."""
         cell = state.cell
         settings = dict(cell.settings)
         settings.setdefault("threads", self.threads)
         settings.setdefault("progress", False)
-        if state.status == "resume":
-            run_id = state.run_id
-            args = ["--resume", run_id]
-        else:
-            run = self.client.create_run(
-                self.experiment_id,
-                run_name=run_name(cell.name, f"s{cell.seed}"),
-                tags={TAG_PARENT: self.parent_id, TAG_GRID: self.grid.name,
-                      TAG_CELL: cell.name, TAG_SEED: str(cell.seed)},
-            )  # fmt: skip
-            run_id = run.info.run_id
-            args = []
-        cfg_path = log_dir / f"{cell.name}-s{cell.seed}.yaml"
-        cfg_path.write_text(yaml.safe_dump(settings, sort_keys=True))
-        env = dict(os.environ)
-        env.pop("MLFLOW_RUN_ID", None)
-        if not args:
-            env["MLFLOW_RUN_ID"] = run_id
-        env["MLFLOW_EXPERIMENT_ID"] = self.experiment_id
-        env.setdefault("PYTHONUNBUFFERED", "1")
-        cmd = [sys.executable, "-m", "al.cli", "al-loop", "--config", str(cfg_path), *args]
-        out = log_dir / f"{cell.name}-s{cell.seed}.log"
-        with open(out, "w") as fh:
-            rc = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
-        if rc != 0:
-            tail = out.read_text().strip().splitlines()[-3:]
-            self.echo(f"{cell.key} failed (exit {rc}); log {out}: {' | '.join(tail)}")
-            try:
-                status = self.client.get_run(run_id).info.status
-                if status == "RUNNING":
-                    self.client.set_terminated(run_id, "FAILED")
-            except Exception:  # the run record is the campaign's; never hide the failure
-                pass
-            return CellState(cell, "failed", run_id)
-        return CellState(cell, "done", run_id)
+        return CellJob(
+            cell=replace(cell, settings=settings),
+            grid=self.grid.name,
+            experiment_id=self.experiment_id,
+            parent_id=self.parent_id,
+            tracking_uri=mlflow.get_tracking_uri(),
+            log_dir=str(log_dir.resolve()),
+            resume=state.run_id if state.status == "resume" else "",
+        )
+
+    def _report(self, result: CellResult) -> CellState:
+        if result.state.status == "failed":
+            self.echo(
+                f"{result.state.cell.key} failed (exit {result.returncode}); log "
+                f"{result.host}:{result.log}: {' | '.join(result.tail)}"
+            )
+        return result.state
 
 
 def finished(run: Any) -> bool:
