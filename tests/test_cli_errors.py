@@ -166,3 +166,15 @@ def test_settings_that_cannot_work_are_one_line_before_any_run(
     assert expected in line
     client = mlflow.tracking.MlflowClient(tracking_uri=uri)
     assert client.get_experiment_by_name("lazy") is None  # no run was created
+
+
+def test_an_experiment_id_the_server_lacks_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that answers but lacks the experiment is not called unreachable."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", "99")
+    monkeypatch.setenv("AL_JOURNAL_DIR", str(tmp_path / "journal"))
+    args = ["al-loop", "--initial-size", "20", "--n-test", "100", "--progress", "false"]
+    line = one_line_error(CliRunner().invoke(main, args))
+    assert "does not have what the campaign starts in" in line and "no label was paid" in line

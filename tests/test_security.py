@@ -229,7 +229,12 @@ def test_a_campaign_on_a_server_with_basic_auth(
     """The team set-up's server with MLflow's basic-auth app: without credentials a campaign
     stops in one line before anything is paid; with them (MLflow's own variables) it runs."""
     from click.testing import CliRunner
-    from conftest import one_line_error, start_mlflow_server, stop_mlflow_server
+    from conftest import (
+        _point_tracking_at,
+        one_line_error,
+        start_mlflow_server,
+        stop_mlflow_server,
+    )
 
     from al.cli import main
     from al.entrypoints.al_loop import run_campaign
@@ -246,11 +251,11 @@ def test_a_campaign_on_a_server_with_basic_auth(
     server_env = {"MLFLOW_AUTH_CONFIG_PATH": str(ini),
                   "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)}  # fmt: skip
     proc, uri = start_mlflow_server(tmp_path, app_name="basic-auth", env=server_env)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("AL_JOURNAL_DIR", str(tmp_path / "journal"))
+    point = _point_tracking_at(uri, monkeypatch)  # another test's experiment or run forgotten
+    next(point)
     monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
-    mlflow.set_tracking_uri(uri)
     tiny = dict(
         initial_size=20, val_size=10, batch_size=8, rounds=1, epochs=1, min_steps=0,
         ensemble_size=2, pool_subsample=100, n_test=50, hidden=8, n_interactions=1,
@@ -267,4 +272,5 @@ def test_a_campaign_on_a_server_with_basic_auth(
         run = MlflowClient(uri).get_run(run_id)
         assert run.info.status == "FINISHED" and run.data.tags["al.kind"] == "campaign"
     finally:
+        next(point, None)  # ends a run the test left open
         stop_mlflow_server(proc)

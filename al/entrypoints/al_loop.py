@@ -150,6 +150,12 @@ def run_campaign(
         name = tracking.run_name(config.strategy, f"s{config.seed}")
         run = MlflowTracker.start(config.experiment_name, config.resume, run_name=name)
     except (MlflowException, RequestException) as err:  # nothing paid yet: say so, one line
+        if re.search("RESOURCE_DOES_NOT_EXIST|does not exist", str(err)):  # it answered: not there
+            raise RuntimeError(
+                f"the tracking server {mask_secrets(mlflow.get_tracking_uri())} does not have "
+                f"what the campaign starts in ({error_summary(err)}); no label was paid; check "
+                "MLFLOW_EXPERIMENT_ID, the experiment name or the run id to resume"
+            ) from None
         if re.search(r"error code 40[13]\b", str(err)):
             raise RuntimeError(
                 f"the tracking server {mask_secrets(mlflow.get_tracking_uri())} refused the "
