@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 #: ``off`` leaves OpenMP's settings and torch's thread count as they are.
@@ -105,3 +106,19 @@ def configure_threads(requested: int = 0, processes: int = 1) -> int:
     with contextlib.suppress(RuntimeError):
         torch.set_num_interop_threads(1)
     return n
+
+
+@contextlib.contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """Environment variables set to ``values`` inside the block (processes started there
+    inherit them; MLflow reads its HTTP settings at every request), as they were after it."""
+    before = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -59,12 +59,7 @@ def weights() -> Path:
     return fetch_ani_weights()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def sample(qm9, n: int, fluorine: bool, seed: int = 0) -> np.ndarray:

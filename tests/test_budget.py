@@ -39,12 +39,7 @@ class Cheap(Oracle):
         return y, np.full(rows.size, "ok", dtype=object)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def campaign(qm9, tmp_path, two_oracles: bool = False, **kw) -> tuple[Campaign, MemoryTracker]:

@@ -38,12 +38,7 @@ class Killed(BaseException):
     """Stands for SIGKILL: not an Exception, so nothing catches it on its way out."""
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Paying:

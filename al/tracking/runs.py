@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,7 @@ import pandas as pd
 from mlflow.entities import LoggedModelStatus
 from mlflow.tracking import MlflowClient
 
+from al.runtime import environment
 from al.tracking.lease import CampaignLease, catch_sigterm, restore_sigterm
 from al.tracking.names import (
     KIND_CAMPAIGN,
@@ -175,7 +174,7 @@ class CampaignRun:
         """:meth:`end` once the server failed: one bounded call, then nothing more."""
         _forget_active_runs()
         answered = False
-        with http_bounds(LAST_CALL_BOUNDS):
+        with environment(LAST_CALL_BOUNDS):
             try:
                 self.client.set_terminated(self.run_id, status)
                 answered = True
@@ -313,22 +312,6 @@ def bound_http_retries() -> None:
     """Set :data:`HTTP_BOUNDS` in this process's environment, unless already set."""
     for key, value in HTTP_BOUNDS.items():
         os.environ.setdefault(key, value)
-
-
-@contextmanager
-def http_bounds(bounds: dict[str, str]) -> Iterator[None]:
-    """MLflow's HTTP retry and timeout settings set to ``bounds`` inside the block (MLflow
-    reads them at every request), as they were after it."""
-    before = {key: os.environ.get(key) for key in bounds}
-    os.environ.update(bounds)
-    try:
-        yield
-    finally:
-        for key, value in before.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @dataclass

@@ -9,7 +9,6 @@ depend on how the input spelled it; atoms come in that SMILES's order, hydrogens
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -33,7 +32,7 @@ from al.data.conformers.pipeline import (
     optimise_smiles,
 )
 from al.data.conformers.store import GeometryStore
-from al.runtime import available_cores
+from al.runtime import available_cores, environment
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +173,7 @@ def _results(
     # workers start with one thread each from the environment they are given
     ctx = multiprocessing.get_context("spawn")
     with (
-        _environment(ONE_THREAD),
+        environment(ONE_THREAD),
         ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool,
     ):
         pending = {pool.submit(optimise_smiles, key, settings): key for key in todo}
@@ -199,18 +198,3 @@ def _init_worker() -> None:
     from rdkit import RDLogger
 
     RDLogger.DisableLog("rdApp.*")
-
-
-@contextlib.contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
-    """Set environment variables for the duration (spawned workers inherit them)."""
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
