@@ -15,14 +15,14 @@ from al.config import subset
 from al.data.splits import SplitConfig, make_splits
 from al.loop.campaign import Campaign
 from al.loop.config import CampaignConfig
-from al.loop.journal import CHUNK, LabelJournal, journal_path
+from al.loop.journal import LabelJournal, journal_path
 from al.loop.ledger import Labelled
 from al.loop.schemes import build_scheme
 from al.loop.selection import build_selection
 from al.loop.stopping import build_rules
 from al.loop.tracker import MemoryTracker
 from al.models.config import ModelConfig
-from al.oracles import build_oracle
+from al.oracles import NETWORK_CHUNK, build_oracle
 from al.tracking import QUERIED_COLUMNS
 from al.tracking import CampaignMetrics as CM  # noqa: N817 - used in every metric key
 from al.uncertainty import build_surrogate
@@ -50,15 +50,17 @@ class Paying:
         self.paid: list[int] = []
         self.calls = 0
 
-    def __call__(self, qm9_index: np.ndarray):
+    def __call__(self, qm9_index: np.ndarray, **kw):
         self.calls += 1
         if self.kill_at is not None and self.calls == self.kill_at:
             raise Killed
         self.paid += [int(i) for i in qm9_index]
-        return self.inner(qm9_index)
+        return self.inner(qm9_index, **kw)
 
 
-def campaign(qm9, tracker: MemoryTracker, paying: Paying | None = None, **kw) -> Campaign:
+def campaign(
+    qm9, tracker: MemoryTracker, paying: Paying | None = None, chunk: int | None = None, **kw
+) -> Campaign:
     cfg = CampaignConfig(**{**TINY, **kw})
     splits = make_splits(qm9.qm9_index.numpy(), SplitConfig(cfg.split_seed, cfg.n_test))
     surrogate = build_surrogate(
@@ -66,6 +68,8 @@ def campaign(qm9, tracker: MemoryTracker, paying: Paying | None = None, **kw) ->
         ensemble_size=cfg.ensemble_size,
     )  # fmt: skip
     oracle = build_oracle("dft", data=qm9)
+    if chunk is not None:  # asked as a network labeller is: a forward pass of `chunk` a call
+        oracle.journal_chunk = chunk  # type: ignore[misc]
     if paying is not None:
         paying.inner = oracle.label
         oracle.label = paying  # type: ignore[method-assign]
@@ -166,26 +170,30 @@ def test_killed_before_the_round_was_recorded_pays_nothing_twice(qm9, tmp_path) 
 
 
 @pytest.mark.slow
-def test_killed_mid_batch_pays_again_at_most_the_chunk_in_flight(qm9, tmp_path) -> None:
-    """Round 0 asks for 150 labels, journalled in chunks of 64; killed on the third chunk."""
+@pytest.mark.parametrize("chunk", [1, NETWORK_CHUNK])
+def test_killed_mid_batch_pays_again_at_most_the_call_in_flight(qm9, tmp_path, chunk) -> None:
+    """Round 0 asks for 150 labels, one molecule a call (as the DFT table is asked) or a
+    network labeller's forward pass of 64; killed on the third call: only that call's
+    labels are bought again, and what they first cost is counted."""
     tracker = MemoryTracker(tmp_path)
     first = Paying(kill_at=3)
     with pytest.raises(Killed):
-        campaign(qm9, tracker, first, initial_size=150, budget_labels=150).execute()
-    assert tracker.queried_rounds() == [] and len(first.paid) == 2 * CHUNK
+        campaign(qm9, tracker, first, chunk, initial_size=150, budget_labels=150).execute()
+    assert tracker.queried_rounds() == [] and len(first.paid) == 2 * chunk
 
     second = Paying()
-    big = campaign(qm9, tracker, second, initial_size=150, budget_labels=150)
+    big = campaign(qm9, tracker, second, chunk, initial_size=150, budget_labels=150)
     assert big.execute() == "label budget: 150 of 150 spent"
     table = recorded(tracker)
     assert len(table) == 150 and table["qm9_index"].is_unique
-    assert len(second.paid) == 150 - 2 * CHUNK  # only the chunk in flight was bought again
+    in_flight = min(chunk, 150 - 2 * chunk)
+    assert len(second.paid) == 150 - 2 * chunk  # only the call in flight was bought again
     assert sorted(first.paid + second.paid) == sorted(table["qm9_index"])
-    # the chunk in flight was asked twice: what its first ask cost is in cost_spent
-    assert big.labelled.cost_lost == 150 - 2 * CHUNK
+    # the call in flight was asked twice: what its first ask cost is in cost_spent
+    assert big.labelled.cost_lost == in_flight
     steps = tracker.metrics_frame()
-    assert steps[CM.COST_LOST].tolist() == [150 - 2 * CHUNK]
-    assert steps[CM.COST_SPENT].tolist() == [table["cost"].sum() + 150 - 2 * CHUNK]
+    assert steps[CM.COST_LOST].tolist() == [in_flight]
+    assert steps[CM.COST_SPENT].tolist() == [table["cost"].sum() + in_flight]
 
 
 def test_lost_cost_counts_asks_without_answers(tmp_path) -> None:
@@ -267,7 +275,9 @@ def test_a_polite_kill_waits_until_the_answer_is_journalled(tmp_path) -> None:
     assert journal.paid(0)["qm9_index"].tolist() == [7]
 
 
-def test_an_oracle_that_labels_one_at_a_time_is_journalled_one_at_a_time() -> None:
-    from al.oracles import DFTOracle, XTBOracle
+def test_oracles_are_journalled_one_label_a_call_but_network_labellers() -> None:
+    from al.oracles import ORACLES
 
-    assert XTBOracle.journal_chunk == 1 and DFTOracle.journal_chunk == CHUNK
+    chunks = {name: cls.journal_chunk for name, cls in ORACLES.items()}
+    assert chunks["dft"] == chunks["xtb"] == 1
+    assert {chunks[n] for n in ("ani1x", "ani1ccx", "pretrained", "model")} == {NETWORK_CHUNK}

@@ -20,7 +20,9 @@ pred_mean, pred_std, role}, ...]}``
     chunk asked and never answered here was paid for answers a kill lost (:meth:`lost_cost`).
 ``{"kind": "labels", "round": r, "rows": [{position, qm9_index, oracle, label, status,
 cost, label_std}, ...]}``
-    One chunk of oracle answers (at most :data:`CHUNK` rows) for the round's last request.
+    One call's oracle answers (an oracle's ``journal_chunk`` rows: one for an oracle that
+    computes a molecule at a time, a forward pass for a network labeller) for the round's
+    last request.
 
 A line cut short by a kill is ignored when reading.
 """
@@ -34,6 +36,7 @@ import os
 import re
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,15 +44,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from al.oracles import FRAME_COLUMNS, Oracle
+from al.oracles import FRAME_COLUMNS, LabelResult, Oracle
+from al.progress import bar
 from al.tracking.names import ROLE_TRAIN
 
 log = logging.getLogger(__name__)
-
-#: Oracle answers journalled per record: a kill in the middle of a batch loses (and pays
-#: again) at most the chunk in flight. An oracle that computes its labels one at a time
-#: (``journal_chunk = 1``, e.g. xTB) is asked and journalled one label at a time.
-CHUNK = 64
 
 
 @contextlib.contextmanager
@@ -160,6 +159,18 @@ class LabelJournal:
         ]
         self._append({"kind": "labels", "round": int(round_), "rows": rows})
 
+    def log_result(self, round_: int, positions: Sequence[int], result: LabelResult) -> None:
+        """An oracle's answer ``result`` for request rows ``positions`` (as
+        :meth:`log_labels`, without a table in between: one call per label must be cheap)."""
+        std = result.std if result.std is not None else np.full(len(result), np.nan)
+        rows = [
+            {"position": int(p), "qm9_index": int(q), "oracle": result.oracle,
+             "label": float(v), "status": str(st), "cost": float(c), "label_std": float(e)}
+            for p, q, v, st, c, e in zip(positions, result.qm9_index, result.value,
+                                         result.status, result.cost, std, strict=True)
+        ]  # fmt: skip
+        self._append({"kind": "labels", "round": int(round_), "rows": rows})
+
     def log_asked(self, round_: int, positions: Iterable[int], cost: float) -> None:
         """Request rows ``positions`` of round ``round_`` are about to be asked of an oracle
         at ``cost`` a label."""
@@ -239,13 +250,13 @@ def pay(
     check_owner: Callable[[], None],
 ) -> tuple[pd.DataFrame, int]:
     """Ask ``oracles`` (by the request's ``fidelity``) for ``request``'s rows (index 0..n-1)
-    and journal every answer as it comes: the request first, then for each chunk of
-    :data:`CHUNK` rows (an oracle's ``journal_chunk``) an ``asked`` record, the call, and
-    the answers, fsynced, SIGINT and SIGTERM held until they are (a kill pays again at most
-    the chunk in flight, and :meth:`LabelJournal.lost_cost` counts it). Answers journalled
-    for this very request (a round resumed from the journal) are re-used, never bought
-    again; ``check_owner`` runs before every call (a process that lost the run pays
-    nothing more).
+    and journal every answer as it comes: the request first, then for each call (an
+    oracle's ``journal_chunk`` rows: one molecule, or a network labeller's forward pass) an
+    ``asked`` record, the call, and the answers, fsynced, SIGINT and SIGTERM held until
+    they are (a kill pays again at most the call in flight, and
+    :meth:`LabelJournal.lost_cost` counts it). Answers journalled for this very request (a
+    round resumed from the journal) are re-used, never bought again; ``check_owner`` runs
+    before every call (a process that lost the run pays nothing more).
 
     Returns:
         the answers (:data:`~al.oracles.FRAME_COLUMNS`, indexed by request row) and how
@@ -258,21 +269,51 @@ def pay(
     paid = journal.paid(round_) if same else no_answers()
     if not same:
         journal.log_request(round_, request)
+    index = request["qm9_index"].to_numpy(np.int64)
     parts = [paid[list(FRAME_COLUMNS)]] if len(paid) else []
     for d, rows in request.groupby("fidelity", sort=True).groups.items():
         todo = [int(p) for p in rows if int(p) not in paid.index]
-        oracle = oracles[int(d)]
-        step = max(1, int(getattr(oracle, "journal_chunk", CHUNK)))
+        if todo:
+            parts.append(_ask(journal, round_, todo, index, oracles[int(d)], check_owner))
+    return pd.concat(parts).sort_index(), len(paid)
+
+
+def _ask(
+    journal: LabelJournal,
+    round_: int,
+    todo: list[int],
+    index: np.ndarray,
+    oracle: Oracle,
+    check_owner: Callable[[], None],
+) -> pd.DataFrame:
+    """Ask ``oracle`` for the request rows ``todo`` (QM9 indices ``index[todo]``), one call
+    of ``journal_chunk`` rows at a time, each journalled before the next; the answers as a
+    table indexed by request row. An oracle asked one molecule at a time shows a bar and
+    logs one line for all of them instead of one a molecule."""
+    step = max(1, int(oracle.journal_chunk))
+    one_by_one = step == 1 and len(todo) > 1
+    level = logging.DEBUG if one_by_one else logging.INFO
+    results: list[LabelResult] = []
+    t0 = time.perf_counter()
+    with bar(total=len(todo), desc=f"labelling ({oracle.name})", unit="mol",
+             enabled=one_by_one, leave=False) as progress:  # fmt: skip
         for i in range(0, len(todo), step):
             chunk = todo[i : i + step]
             check_owner()
             with deferred_signals():  # the answer is journalled before a kill unwinds
                 journal.log_asked(round_, chunk, oracle.cost_per_label)
-                result = oracle.label(request.loc[chunk, "qm9_index"].to_numpy(np.int64))
-                part = result.to_frame().set_axis(chunk)
-                journal.log_labels(round_, chunk, part)
-            parts.append(part)
-    return pd.concat(parts).sort_index(), len(paid)
+                result = oracle.label(index[chunk], log_level=level)
+                journal.log_result(round_, chunk, result)
+            results.append(result)
+            progress.update(len(chunk))
+    merged = LabelResult.concat(results)
+    if one_by_one:
+        log.info(
+            "event=labelled oracle=%s requested=%d ok=%d failed=%d cost=%.6g seconds=%.3f",
+            oracle.name, len(merged), int(merged.ok.sum()), int((~merged.ok).sum()),
+            merged.total_cost, time.perf_counter() - t0,
+        )  # fmt: skip
+    return merged.to_frame().set_axis(todo)
 
 
 def no_answers() -> pd.DataFrame:

@@ -25,6 +25,7 @@ from al.oracles.ani_weights import (
 )
 from al.oracles.base import (
     FRAME_COLUMNS,
+    NETWORK_CHUNK,
     STATUS_MISSING_TARGET,
     STATUS_NON_FINITE,
     STATUS_OK,
@@ -75,6 +76,7 @@ __all__ = [
     "ANI_MODELS",
     "BOHR_PER_ANGSTROM",
     "FRAME_COLUMNS",
+    "NETWORK_CHUNK",
     "ORACLES",
     "PRETRAINED_CHECKPOINT",
     "PRETRAINED_DIR",

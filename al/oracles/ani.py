@@ -29,6 +29,7 @@ from al.data.elements import ELEMENTS, HARTREE_TO_EV, SYMBOLS
 from al.data.molecules import MolecularData
 from al.oracles.ani_weights import ANI_MODELS, ANI_WEIGHTS_SHA256, ani_weights
 from al.oracles.base import (
+    NETWORK_CHUNK,
     STATUS_NON_FINITE,
     STATUS_OK,
     STATUS_UNSUPPORTED_ELEMENT,
@@ -161,6 +162,8 @@ class ANIOracle(Oracle):
         OracleError: one line, without TorchANI, or without the weights when they cannot
             be fetched.
     """
+
+    journal_chunk = NETWORK_CHUNK  # one forward pass a call
 
     default_cost = 0.001
     model: ClassVar[str] = ""

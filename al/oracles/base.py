@@ -126,6 +126,18 @@ class LabelResult:
     def __len__(self) -> int:
         return len(self.qm9_index)
 
+    @classmethod
+    def concat(cls, results: list[LabelResult]) -> LabelResult:
+        """The answers of several calls of one oracle, in order, as one result."""
+        if len(results) == 1:
+            return results[0]
+
+        def join(name: str) -> np.ndarray:
+            return np.concatenate([getattr(r, name) for r in results])
+
+        return cls(join("qm9_index"), join("value"), join("status"), join("cost"),
+                   results[0].oracle, join("std"))  # fmt: skip
+
     @property
     def ok(self) -> np.ndarray:
         """Rows that got a label, ``[n]`` (bool)."""
@@ -150,6 +162,10 @@ class LabelResult:
         )
 
 
+#: Molecules a network labeller evaluates (and a campaign journals) per call.
+NETWORK_CHUNK = 64
+
+
 class Oracle(ABC):
     """Labels molecules of ``data`` by QM9 index.
 
@@ -162,10 +178,12 @@ class Oracle(ABC):
     default_cost: ClassVar[float] = 1.0
     #: Placeholder of the spec's argument (``"<MLflow model URI>"``), None if it takes none.
     argument: ClassVar[str | None] = None
-    #: Labels a campaign asks for (and journals) per call: batch oracles answer a batch at
-    #: once; an oracle that computes one molecule at a time sets 1, so that a kill re-buys
-    #: at most the one label in flight (:mod:`al.loop.journal`).
-    journal_chunk: ClassVar[int] = 64
+    #: Labels a campaign asks for (and journals) per call. 1 (the default): one molecule a
+    #: call, each answer journalled as it arrives, so that a kill re-buys at most the one
+    #: label in flight (:mod:`al.loop.journal`). A network labeller that evaluates a batch
+    #: in one pass (a fraction of a second for 64 molecules) sets its batch: a kill during
+    #: that pass re-buys the batch, and the journal counts it in ``cost_lost``.
+    journal_chunk: ClassVar[int] = 1
     #: The atomic numbers it can label (None: every element of the data); a campaign leaves
     #: the other molecules out of its pool.
     supported_elements: ClassVar[frozenset[int] | None] = None
@@ -212,8 +230,13 @@ class Oracle(ABC):
         a, b = int(self._ptr[row]), int(self._ptr[row + 1])
         return self._z[a:b].astype(np.int64), self._pos[a:b].astype(np.float64)
 
-    def label(self, qm9_index: np.ndarray | list[int]) -> LabelResult:
-        """Label the molecules ``qm9_index`` (``[n]``); one result row each, in order."""
+    def label(
+        self, qm9_index: np.ndarray | list[int], *, log_level: int = logging.INFO
+    ) -> LabelResult:
+        """Label the molecules ``qm9_index`` (``[n]``); one result row each, in order.
+
+        ``log_level``: of the one ``event=labelled`` line (a caller that asks one molecule
+        at a time and reports the whole batch itself passes ``logging.DEBUG``)."""
         idx = _as_index_array(qm9_index)
         t0 = time.perf_counter()
         rows = self.rows_or_missing(idx)
@@ -237,7 +260,8 @@ class Oracle(ABC):
                 idx[~known][:10].tolist(),
             )
         result = LabelResult(idx, value, status, cost, self.name, std)
-        log.info(
+        log.log(
+            log_level,
             "event=labelled oracle=%s requested=%d ok=%d failed=%d cost=%.6g seconds=%.3f",
             self.name,
             idx.size,

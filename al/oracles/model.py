@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from al.data.molecules import MolecularData, molecules_frame
-from al.oracles.base import Oracle, OracleError, PriorLabels
+from al.oracles.base import NETWORK_CHUNK, Oracle, OracleError, PriorLabels
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,8 @@ class ModelOracle(Oracle):
         cost: cost per label (default 0.001).
         batch_size: molecules per ``predict`` call.
     """
+
+    journal_chunk = NETWORK_CHUNK  # one forward pass a call
 
     default_cost = 0.001
     argument = "<MLflow model URI>"

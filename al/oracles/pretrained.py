@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from al.data.molecules import MolecularData
-from al.oracles.base import Oracle, OracleError, PriorLabels
+from al.oracles.base import NETWORK_CHUNK, Oracle, OracleError, PriorLabels
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,8 @@ class PretrainedOracle(Oracle):
     Raises:
         OracleError: the checkpoint or its provenance is missing, unreadable or corrupt.
     """
+
+    journal_chunk = NETWORK_CHUNK  # one forward pass a call
 
     default_cost = 0.001
     REGISTER_MODES = ("auto", "always", "never")

@@ -24,7 +24,7 @@ import numpy as np
 from al.data.elements import HARTREE_TO_EV
 from al.data.molecules import MolecularData
 from al.extras import MissingExtraError, require
-from al.oracles.base import Oracle, OracleError
+from al.oracles.base import NETWORK_CHUNK, Oracle, OracleError
 
 #: The archive ``torch_geometric.nn.models.SchNet.from_qm9_pretrained`` downloads (PyG
 #: names it with ``http://``; the host serves the same file over HTTPS).
@@ -261,6 +261,8 @@ class PyGSchNetOracle(Oracle):
         connect_timeout_s: how long the connectivity check may take.
         sha256: the digest the model file must have (default: :func:`expected_sha256`).
     """
+
+    journal_chunk = NETWORK_CHUNK  # one forward pass a call
 
     default_cost = 0.001
 

@@ -153,7 +153,6 @@ class XTBOracle(Oracle):
     """
 
     default_cost = 0.01
-    journal_chunk = 1  # one SCF at a time: each label journalled as it arrives
 
     def __init__(
         self,
