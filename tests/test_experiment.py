@@ -235,3 +235,37 @@ def test_an_explicitly_chosen_experiment_holds_the_grid(
     assert chosen_experiment() == ""
     run = CliRunner().invoke(main, ["experiment", "--grid", str(path), "--dry-run", "true"])
     assert "experiment 'grid-named'" in run.output, run.output
+
+
+def test_the_grid_bar_counts_every_campaigns_rounds(tracking) -> None:
+    """Rounds are read from each campaign's ``n_labelled`` steps on the server; a campaign
+    that ends counts its planned rounds; campaigns of another grid are not counted."""
+    from tqdm import tqdm
+
+    from al.entrypoints.grid_progress import RoundCounter, planned_rounds
+    from al.tracking.names import TAG_PARENT, TAG_SEED
+
+    client = MlflowClient()
+    exp = client.create_experiment(f"grid-rounds-{id(client)}")
+    parent, other = (client.create_run(exp).info.run_id for _ in range(2))
+
+    def campaign(parent_id: str, cell: str, seed: int, steps: list[int]) -> None:
+        run = client.create_run(exp, tags={TAG_PARENT: parent_id, TAG_CELL: cell,
+                                           TAG_SEED: str(seed)})  # fmt: skip
+        for step in steps:
+            client.log_metric(run.info.run_id, "n_labelled", step, step=step)
+
+    campaign(parent, "random", 0, [100, 150, 200])  # 3 rounds done
+    campaign(parent, "lcmd", 0, [100])
+    campaign(other, "random", 1, [100, 150, 200, 250])  # another grid's
+    cells = [("random/seed=0", {"rounds": 4}), ("lcmd/seed=0", {"rounds": 2}),
+             ("random/seed=1", {"rounds": 4})]  # fmt: skip
+    bar = tqdm(total=0, disable=True)
+    counter = RoundCounter(client, exp, parent, cells, bar)
+    assert counter.total == 5 + 3 + 5 and planned_rounds({"rounds": 0}) == 1
+    counter.look()
+    assert counter.done == {"random/seed=0": 3, "lcmd/seed=0": 1, "random/seed=1": 0}
+    assert bar.n == 4
+    counter.end("lcmd/seed=0")  # stopped early (a budget): its rounds count in full
+    counter.look()
+    assert counter.done["lcmd/seed=0"] == 3 and bar.n == 6

@@ -47,6 +47,7 @@ from mlflow.tracking import MlflowClient
 from al import progress
 from al.config import ConfigError, build_config, read_yaml
 from al.entrypoints.grid_backends import Backend, make_backend
+from al.entrypoints.grid_progress import RoundCounter
 from al.loop.config import CampaignConfig
 from al.tracking.names import (
     KIND_EXPERIMENT,
@@ -458,11 +459,17 @@ class GridRunner:
         t0 = time.perf_counter()
         jobs = [self._job(state, log_dir) for state in todo]
         results: dict[str, CellState] = {}
-        with progress.bar(total=len(todo), desc=f"grid {self.grid.name}", unit="campaign") as bar:
+        cells = [(job.cell.key, job.cell.settings) for job in jobs]
+        with (
+            progress.bar(total=0, desc=f"grid {self.grid.name}", unit="round") as bar,
+            RoundCounter(self.client, self.experiment_id, parent, cells, bar) as rounds,
+        ):
+            bar.total = rounds.total
             for job, result in self.backend.run(run_cell, jobs):
                 state = self._report(result)
                 results[job.cell.key] = state
-                bar.update(1)
+                if state.status == "done":
+                    rounds.end(job.cell.key)
                 progress.note(
                     bar,
                     f"[{len(results)}/{len(todo)}] {job.cell.key}: {state.status} "
