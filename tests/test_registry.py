@@ -116,6 +116,7 @@ def _families() -> dict[str, Registry]:
     from al.models import MODELS
     from al.oracles import ORACLES
     from al.uncertainty import UNCERTAINTIES
+    from hpo.config import PRUNERS, SAMPLERS
 
     return {
         "model": MODELS,
@@ -128,6 +129,8 @@ def _families() -> dict[str, Registry]:
         "data scheme": SCHEMES,
         "stopping rule": STOPPING_RULES,
         "backend": BACKENDS,
+        "sampler": SAMPLERS,
+        "pruner": PRUNERS,
     }
 
 
