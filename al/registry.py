@@ -14,6 +14,7 @@ colon (``model:<MLflow model URI>``): :meth:`Registry.parse` splits and checks s
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Generic, TypeVar, overload
 
@@ -104,6 +105,20 @@ class Registry(Generic[T]):
         self._descriptions[name] = description or summary(obj)
         if argument is not None:
             self._arguments[name] = argument
+
+    @contextmanager
+    def registered(
+        self, name: str, obj: T, *, description: str = "", argument: str | None = None
+    ) -> Iterator[T]:
+        """``obj`` registered as ``name`` inside the ``with`` block only (e.g. a test's
+        plug-in); the name is free again afterwards."""
+        self._add(name, obj, description, argument)
+        try:
+            yield obj
+        finally:
+            self._objects.pop(name, None)
+            self._descriptions.pop(name, None)
+            self._arguments.pop(name, None)
 
     # --- reading ------------------------------------------------------------------------
     def get(self, name: str) -> T:

@@ -90,6 +90,17 @@ def test_register_without_a_decorator_and_none_as_an_object() -> None:
     assert options.describe()["none"] == "nothing"
 
 
+def test_registered_holds_a_name_inside_the_block_only() -> None:
+    shapes = _shapes()
+    with shapes.registered("oval", float, description="stretched") as obj:
+        assert obj is float and shapes.get("oval") is float
+        assert shapes.names()[-1] == "oval" and shapes.describe()["oval"] == "stretched"
+    assert "oval" not in shapes and "oval" not in shapes.describe()
+    with pytest.raises(ValueError, match="already registered"), shapes.registered("circle", int):
+        pass
+    assert shapes.get("circle") is not int
+
+
 def test_parse_splits_and_checks_a_spec() -> None:
     shapes = _shapes()
     polygon = shapes.parse(" Polygon : 6 ")
