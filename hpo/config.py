@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from al.config import option
 from al.data.config import DataConfig
+from al.registry import Registry
 from al.training.config import DEVICES
 
 if TYPE_CHECKING:
@@ -26,6 +27,13 @@ def _quiet_experimental() -> None:
     warnings.filterwarnings("ignore", category=ExperimentalWarning)
 
 
+#: Samplers by name: a factory of the seed (each registers itself below).
+SAMPLERS: Registry[Callable[[int], BaseSampler]] = Registry("sampler")
+#: Pruners by name: a factory of the maximum epochs per trial.
+PRUNERS: Registry[Callable[[int], BasePruner]] = Registry("pruner")
+
+
+@SAMPLERS.register("tpe", description="tree-structured Parzen estimator (multivariate)")
 def _tpe(seed: int) -> BaseSampler:
     from optuna.samplers import TPESampler
 
@@ -34,18 +42,21 @@ def _tpe(seed: int) -> BaseSampler:
     return TPESampler(seed=seed, multivariate=True, constant_liar=True)
 
 
+@SAMPLERS.register("gp", description="Gaussian-process Bayesian optimisation")
 def _gp(seed: int) -> BaseSampler:
     from optuna.samplers import GPSampler
 
     return GPSampler(seed=seed)
 
 
+@SAMPLERS.register("random", description="uniform at random")
 def _random(seed: int) -> BaseSampler:
     from optuna.samplers import RandomSampler
 
     return RandomSampler(seed=seed)
 
 
+@PRUNERS.register("median", description="below the median of earlier trials at an epoch")
 def _median(epochs: int) -> BasePruner:
     from optuna.pruners import MedianPruner
 
@@ -53,40 +64,28 @@ def _median(epochs: int) -> BasePruner:
     return MedianPruner(n_startup_trials=5, n_warmup_steps=max(1, epochs // 5))
 
 
+@PRUNERS.register("hyperband", description="successive halving over epoch budgets")
 def _hyperband(epochs: int) -> BasePruner:
     from optuna.pruners import HyperbandPruner
 
     return HyperbandPruner(min_resource=max(1, epochs // 10), max_resource=epochs)
 
 
+@PRUNERS.register("none", description="no pruning: every trial runs to the end")
 def _no_pruning(epochs: int) -> BasePruner:
     from optuna.pruners import NopPruner
 
     return NopPruner()
 
 
-#: Samplers by name: a factory of the seed.
-SAMPLERS: dict[str, Callable[[int], BaseSampler]] = {"tpe": _tpe, "gp": _gp, "random": _random}
-#: Pruners by name: a factory of the maximum epochs per trial.
-PRUNERS: dict[str, Callable[[int], BasePruner]] = {
-    "median": _median,
-    "hyperband": _hyperband,
-    "none": _no_pruning,
-}
-
-
 def build_sampler(name: str, seed: int) -> BaseSampler:
     """The sampler registered as ``name``, seeded."""
-    if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; expected one of: {', '.join(SAMPLERS)}")
-    return SAMPLERS[name](seed)
+    return SAMPLERS.get(name)(seed)
 
 
 def build_pruner(name: str, epochs: int) -> BasePruner:
     """The pruner registered as ``name``, for trials of at most ``epochs`` epochs."""
-    if name not in PRUNERS:
-        raise ValueError(f"unknown pruner {name!r}; expected one of: {', '.join(PRUNERS)}")
-    return PRUNERS[name](epochs)
+    return PRUNERS.get(name)(epochs)
 
 
 @dataclass

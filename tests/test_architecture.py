@@ -18,7 +18,7 @@ MAX_LINES = 600
 
 #: Floors from the ground up; a module may import its own package and lower floors only.
 FLOORS: tuple[tuple[str, ...], ...] = (
-    ("al.config", "al.extras", "al.plots", "al.progress", "al.runtime"),
+    ("al.config", "al.extras", "al.plots", "al.progress", "al.registry", "al.runtime"),
     ("al.data",),
     ("al.models",),
     ("al.training",),

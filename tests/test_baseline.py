@@ -89,7 +89,7 @@ def test_absent_element_of_a_residual_target_falls_back_to_about_zero(qm9) -> No
 # --- the registry and the key ----------------------------------------------------------------
 def test_baseline_specs_and_the_config_key() -> None:
     assert baseline_choices() == [
-        "none", "composition", "xtb", "ani1x", "ani1ccx", "pretrained", "model:<MLflow model URI>",
+        "none", "composition", "xtb", "pretrained", "model:<MLflow model URI>", "ani1x", "ani1ccx",
     ]  # fmt: skip
     assert set(BASELINES) == {
         "none", "composition", "xtb", "ani1x", "ani1ccx", "pretrained", "model",

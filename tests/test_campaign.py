@@ -90,7 +90,7 @@ def test_build_selection_by_number_of_oracles(qm9) -> None:
     cfg = CampaignConfig()
     assert type(build_selection(qm9, [HIGH], cfg, "max_std")) is SingleFidelity
     multi = build_selection(qm9, [CHEAP, HIGH], cfg, "high_only")
-    assert type(multi) is MultiFidelity and multi.acquisition == "high_only"
+    assert type(multi) is MultiFidelity and multi.acquisition.name == "high_only"
     with pytest.raises(ValueError, match="at least one oracle"):
         build_selection(qm9, [], cfg, "max_std")
 

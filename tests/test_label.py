@@ -1,3 +1,4 @@
+from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
@@ -51,11 +52,18 @@ class CountingOracle(DFTOracle):
         return super()._label_rows(rows)
 
 
-@pytest.mark.slow
-def test_label_pays_each_duplicate_once(tracking, tmp_path: Path, qm9, monkeypatch) -> None:
+@pytest.fixture
+def counting_oracle() -> Iterator[type[CountingOracle]]:
+    """:class:`CountingOracle` registered as the oracle ``counting`` while a test runs."""
     from al import oracles
 
-    monkeypatch.setitem(oracles.ORACLES, "counting", CountingOracle)
+    with oracles.ORACLES.registered("counting", CountingOracle):
+        yield CountingOracle
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("counting_oracle")
+def test_label_pays_each_duplicate_once(tracking, tmp_path: Path, qm9, monkeypatch) -> None:
     monkeypatch.setattr(CountingOracle, "asked", [])
     src = tmp_path / "in.csv"
     src.write_text("qm9_index\n3\n1\n3\n3\n133886\n1\n")

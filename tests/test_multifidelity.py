@@ -1,6 +1,7 @@
 """Multi-fidelity: several outputs from one trunk, cost-aware pair selection, campaigns."""
 
 import math
+from collections.abc import Iterator
 from dataclasses import fields
 
 import mlflow
@@ -277,12 +278,19 @@ class _NoisyOracle(Oracle):
         return y, status
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("mf_acquisition", ["variance_reduction", "cheap_first"])
-def test_multi_fidelity_campaign(mf_acquisition: str, tracking, qm9, monkeypatch) -> None:
+@pytest.fixture
+def noisy_oracle() -> Iterator[type[_NoisyOracle]]:
+    """:class:`_NoisyOracle` registered as the oracle ``noisy`` while a test runs."""
     from al import oracles
 
-    monkeypatch.setitem(oracles.ORACLES, "noisy", _NoisyOracle)
+    with oracles.ORACLES.registered("noisy", _NoisyOracle):
+        yield _NoisyOracle
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("noisy_oracle")
+@pytest.mark.parametrize("mf_acquisition", ["variance_reduction", "cheap_first"])
+def test_multi_fidelity_campaign(mf_acquisition: str, tracking, qm9) -> None:
     cfg = CampaignConfig(
         oracles="noisy,dft", costs="0.05,1.0", mf_acquisition=mf_acquisition,
         initial_size=100, batch_size=10, rounds=2, epochs=2, ensemble_size=2,

@@ -9,8 +9,9 @@ Every function has one signature and is pure: randomness comes only from ``gener
 those rows and can never name a labelled or test molecule. Ties are broken by a
 generator-drawn permutation, so the choice does not depend on the order of the pool.
 
-:data:`ACQUISITIONS` is the only list of names; :func:`select` is the factory that checks
-``needs <= provides`` before calling a function.
+:data:`ACQUISITIONS` is the only list of names (a :class:`~al.registry.Registry` filled by
+:func:`register` beside each function); :func:`select` checks ``needs <= provides`` before
+calling one.
 
 There is no UCB (or expected improvement): those rank molecules by how likely their
 *property* is to be extreme, which serves optimisation, not the accuracy of the model.
@@ -26,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from al.registry import Registry
 from al.uncertainty.prediction import Prediction
 
 #: What a function may need: fields of :class:`Prediction` plus the labelled embeddings.
@@ -78,13 +80,14 @@ class Acquisition:
 
 
 #: The registry: CLI choices, factory and tests all read it.
-ACQUISITIONS: dict[str, Acquisition] = {}
+ACQUISITIONS: Registry[Acquisition] = Registry("acquisition")
 
 
 def register(
     name: str, *, needs: set[str] | frozenset[str] = frozenset(), description: str
 ) -> Callable[[AcquisitionFn], AcquisitionFn]:
-    """Decorator adding a function to :data:`ACQUISITIONS` under ``name``."""
+    """Decorator adding a function to :data:`ACQUISITIONS` under ``name``, as an
+    :class:`Acquisition` that declares what it ``needs``."""
     unknown = set(needs) - KNOWN_NEEDS
     if unknown:
         raise ValueError(
@@ -92,9 +95,8 @@ def register(
         )
 
     def deco(fn: AcquisitionFn) -> AcquisitionFn:
-        if name in ACQUISITIONS:
-            raise ValueError(f"acquisition {name!r} is already registered")
-        ACQUISITIONS[name] = Acquisition(name, fn, frozenset(needs), description)
+        entry = Acquisition(name, fn, frozenset(needs), description)
+        ACQUISITIONS.register(name, entry, description=description)
         return fn
 
     return deco
@@ -104,11 +106,7 @@ def resolve(acquisition: str | Acquisition) -> Acquisition:
     """The registry entry for a name, or the :class:`Acquisition` itself."""
     if isinstance(acquisition, Acquisition):
         return acquisition
-    if acquisition not in ACQUISITIONS:
-        raise ValueError(
-            f"unknown acquisition {acquisition!r}; expected one of: {', '.join(ACQUISITIONS)}"
-        )
-    return ACQUISITIONS[acquisition]
+    return ACQUISITIONS.get(acquisition)
 
 
 def select(

@@ -52,6 +52,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from al.registry import Registry, summary
 from al.uncertainty.prediction import Prediction
 
 #: Observation noise floor in eV^2 of every fidelity (numerical safety: a member spread of
@@ -88,12 +89,40 @@ class PairSelection:
 
 
 MFAcquisitionFn = Callable[..., PairSelection]
-MF_ACQUISITIONS: dict[str, MFAcquisitionFn] = {}
+
+#: What a campaign may pass a function beyond the common signature: ``cheap_share`` (the
+#: setting of that name) and ``labels`` (``[m, D]`` labels of the labelled molecules).
+KNOWN_OPTIONS = frozenset({"cheap_share", "labels"})
 
 
-def register(name: str) -> Callable[[MFAcquisitionFn], MFAcquisitionFn]:
+@dataclass(frozen=True)
+class MFAcquisition:
+    """A registered multi-fidelity acquisition function and the campaign options it takes
+    (a subset of :data:`KNOWN_OPTIONS`)."""
+
+    name: str
+    fn: MFAcquisitionFn
+    options: frozenset[str]
+
+
+#: The registry (the ``mf_acquisition`` key): config choices, CLI, selection and tests.
+MF_ACQUISITIONS: Registry[MFAcquisition] = Registry("multi-fidelity acquisition")
+
+
+def register(
+    name: str, *, options: frozenset[str] = frozenset()
+) -> Callable[[MFAcquisitionFn], MFAcquisitionFn]:
+    """Decorator adding a function to :data:`MF_ACQUISITIONS` under ``name``; ``options``:
+    what it takes from the campaign (see :data:`KNOWN_OPTIONS`)."""
+    unknown = set(options) - KNOWN_OPTIONS
+    if unknown:
+        raise ValueError(
+            f"unknown options {sorted(unknown)}; expected a subset of {sorted(KNOWN_OPTIONS)}"
+        )
+
     def deco(fn: MFAcquisitionFn) -> MFAcquisitionFn:
-        MF_ACQUISITIONS[name] = fn
+        entry = MFAcquisition(name, fn, frozenset(options))
+        MF_ACQUISITIONS.register(name, entry, description=summary(fn))
         return fn
 
     return deco
@@ -257,7 +286,7 @@ def variance_reduction_gain(samples: Tensor, noise: Tensor) -> Tensor:
     return cov_high.square() / (var + noise.double().clamp(min=NOISE_FLOOR))
 
 
-@register("variance_reduction")
+@register("variance_reduction", options=frozenset({"labels"}))
 def variance_reduction(
     pred: Prediction,
     bought: Tensor,
@@ -304,7 +333,7 @@ def high_only(
     return greedy_by_score(score, costs, budget, generator)
 
 
-@register("cheap_first")
+@register("cheap_first", options=frozenset({"cheap_share"}))
 def cheap_first(
     pred: Prediction,
     bought: Tensor,
@@ -340,7 +369,7 @@ def cheap_first(
 
 
 def select_pairs(
-    name: str,
+    acquisition: str | MFAcquisition,
     pred: Prediction,
     bought: Tensor,
     costs: Tensor,
@@ -349,10 +378,8 @@ def select_pairs(
     generator: torch.Generator,
     **options: object,
 ) -> PairSelection:
-    """Run the registered function ``name``; unknown names list the valid ones."""
-    if name not in MF_ACQUISITIONS:
-        raise ValueError(
-            f"unknown multi-fidelity acquisition {name!r}; expected one of: "
-            f"{', '.join(MF_ACQUISITIONS)}"
-        )
-    return MF_ACQUISITIONS[name](pred, bought, costs, budget, generator=generator, **options)
+    """Run a registered function (its name or its entry); unknown names list the valid
+    ones."""
+    if not isinstance(acquisition, MFAcquisition):
+        acquisition = MF_ACQUISITIONS.get(acquisition)
+    return acquisition.fn(pred, bought, costs, budget, generator=generator, **options)

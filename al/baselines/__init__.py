@@ -8,12 +8,14 @@
 ``xtb`` (:class:`XTBBaseline`)
     GFN2-xTB with the packaged per-element reference, cached on disk by QM9 index.
     Cost 1e-4 per molecule (the measured xTB / DFT time ratio).
+``pretrained``, ``model:<MLflow model URI>`` (:class:`OracleBaseline`)
+    A model oracle's label; cost: the oracle's default per label (0.001).
 ``ani1x``, ``ani1ccx`` (:class:`~al.baselines.ani.ANIBaseline`)
     A published ANI ensemble with its packaged per-element reference, cached on disk by QM9
     index; H, C, N, O only (a campaign leaves molecules with F out of its pool). Cost 1e-5
     per molecule (the measured ANI / DFT time ratio).
-``pretrained``, ``model:<MLflow model URI>`` (:class:`OracleBaseline`)
-    A model oracle's label; cost: the oracle's default per label (0.001).
+
+:data:`BASELINES` is their registry: each registers itself where it is defined.
 
 :class:`ResidualSurrogate` wraps any surrogate: it learns ``target - baseline`` and adds the
 baseline back to every prediction.
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 from al.baselines.ani import ANI_BASELINE_COST, ANI1ccxBaseline, ANI1xBaseline, ANIBaseline
 from al.baselines.base import (
+    BASELINES,
     XTB_BASELINE_COST,
     Baseline,
     CompositionBaseline,
@@ -31,54 +34,29 @@ from al.baselines.base import (
     XTBBaseline,
     molecules_data,
 )
-from al.baselines.residual import ResidualSurrogate
-from al.oracles import ORACLES
-
-#: The baseline registry: spec name -> class (None: no baseline). ``model`` takes a URI.
-BASELINES: dict[str, type[Baseline] | None] = {
-    "none": None,
-    "composition": CompositionBaseline,
-    "xtb": XTBBaseline,
-    "ani1x": ANI1xBaseline,
-    "ani1ccx": ANI1ccxBaseline,
-    "pretrained": OracleBaseline,
-    "model": OracleBaseline,
-}
-#: Baselines whose spec takes an argument, and its placeholder.
-ARGUMENTS = {"model": ORACLES["model"].argument}
+from al.baselines.residual import ResidualSurrogate, baseline_of
+from al.registry import Spec
 
 
 def baseline_choices() -> list[str]:
-    """Valid specs as shown to users: ``none, composition, xtb, ani1x, ..., model:<...>``."""
-    return [f"{k}:{ARGUMENTS[k]}" if k in ARGUMENTS else k for k in BASELINES]
+    """Valid specs as shown to users: ``none, composition, xtb, ..., model:<...>``."""
+    return list(BASELINES.choices())
 
 
 def baseline_spec_problem(spec: str) -> str | None:
     """What is wrong with a baseline spec (one line), or None when it names a baseline."""
-    name, sep, arg = str(spec).strip().partition(":")
-    name = name.strip().lower()
-    if name not in BASELINES:
-        return f"unknown baseline {spec!r}; expected one of: {', '.join(baseline_choices())}"
-    if name not in ARGUMENTS and sep:
-        return f"baseline {name!r} takes no argument, got {spec!r}"
-    if name in ARGUMENTS and not arg.strip():
-        return f"baseline {name!r} needs an argument: {name}:{ARGUMENTS[name]}"
-    return None
+    return BASELINES.problem(spec)
 
 
-def build_baseline(spec: str, cost: float | None = None) -> Baseline | None:
-    """The baseline named by ``spec`` (None for ``none``); ``cost`` per molecule, None for
-    its default. An unknown spec raises ``ValueError`` listing the choices."""
-    problem = baseline_spec_problem(spec)
-    if problem:
-        raise ValueError(problem)
-    name = str(spec).strip().partition(":")[0].strip().lower()
-    cls = BASELINES[name]
-    if cls is None:
-        return None
-    if cls is OracleBaseline:
-        return OracleBaseline(str(spec).strip(), cost=cost)
-    return cls(cost=cost)
+def build_baseline(
+    spec: str | Spec[type[Baseline] | None], cost: float | None = None
+) -> Baseline | None:
+    """The baseline named by ``spec`` (a spec string, or one parsed by
+    :meth:`BASELINES.parse <al.registry.Registry.parse>`; None for ``none``); ``cost`` per
+    molecule, None for its default. An unknown spec raises ``ValueError`` listing the
+    choices."""
+    parsed = spec if isinstance(spec, Spec) else BASELINES.parse(spec)
+    return None if parsed.obj is None else parsed.obj.from_spec(parsed, cost)
 
 
 __all__ = [
@@ -95,6 +73,7 @@ __all__ = [
     "ResidualSurrogate",
     "XTBBaseline",
     "baseline_choices",
+    "baseline_of",
     "baseline_spec_problem",
     "build_baseline",
     "molecules_data",

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from al.baselines.base import EnergyBaseline
+from al.baselines.base import BASELINES, EnergyBaseline
 from al.data.molecules import MolecularData
 from al.oracles import (
     ANI_ELEMENTS,
@@ -105,12 +105,14 @@ class ANIBaseline(EnergyBaseline):
         return {**super().describe(), "baseline_method": self.reference.method}
 
 
+@BASELINES.register("ani1x")
 class ANI1xBaseline(ANIBaseline):
     """ANI-1x on the DFT scale."""
 
     name = "ani1x"
 
 
+@BASELINES.register("ani1ccx")
 class ANI1ccxBaseline(ANIBaseline):
     """ANI-1ccx on the DFT scale."""
 

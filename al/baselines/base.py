@@ -45,6 +45,7 @@ from al.oracles import (
     load_xtb_reference,
 )
 from al.oracles import xtb_energy_hartree as _xtb_energy_hartree
+from al.registry import Registry, Spec
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,12 @@ class Baseline:
         self._paid = np.zeros(size, dtype=bool)
         self._free = np.zeros(size, dtype=bool)
         self._failed = np.zeros(size, dtype=bool)
+
+    @classmethod
+    def from_spec(cls, spec: Spec[Any], cost: float | None = None) -> Baseline:
+        """The baseline of a parsed spec (:data:`BASELINES`); ``cost`` per molecule, None
+        for its default. A baseline whose spec takes an argument reads it here."""
+        return cls(cost=cost)
 
     # --- what a campaign calls ----------------------------------------------------------------
     def values(self, data: MolecularData, rows: Tensor, *, pay: bool = True) -> Tensor:
@@ -216,6 +223,12 @@ class Baseline:
         return f"{type(self).__name__}({self.spec!r}, cost_per_molecule={self.cost_per_molecule})"
 
 
+#: The baseline registry (the ``baseline`` key): spec name -> class, None for ``none``.
+#: Each baseline registers itself where it is defined; :mod:`al.baselines` imports them all.
+BASELINES: Registry[type[Baseline] | None] = Registry("baseline")
+BASELINES.register("none", None, description="no baseline: the surrogate learns the target")
+
+
 def molecules_data(molecules: list[tuple[Any, Any]]) -> MolecularData:
     """``(z [n], pos [n, 3])`` pairs as :class:`MolecularData` with QM9 indices 1..m and no
     target (NaN)."""
@@ -230,6 +243,7 @@ def molecules_data(molecules: list[tuple[Any, Any]]) -> MolecularData:
     )  # fmt: skip
 
 
+@BASELINES.register("composition")
 class CompositionBaseline(Baseline):
     """The per-element linear fit of the labelled molecules (composition only), refitted by
     each :meth:`fit`; before the first fit, the packaged prior. Cost 0.
@@ -364,6 +378,7 @@ class EnergyBaseline(Baseline):
         return None
 
 
+@BASELINES.register("xtb")
 class XTBBaseline(EnergyBaseline):
     """GFN2-xTB on the DFT scale: ``HARTREE_TO_EV * E_xtb + sum_atoms c[z]`` with the
     packaged per-element reference (:func:`al.oracles.load_xtb_reference`).
@@ -437,6 +452,8 @@ class XTBBaseline(EnergyBaseline):
         )  # fmt: skip
 
 
+@BASELINES.register("model", argument=ORACLES.argument("model"))  # (decorators: last first)
+@BASELINES.register("pretrained")
 class OracleBaseline(Baseline):
     """A model oracle's label as the baseline: ``pretrained`` (the shipped oracle model) or
     ``model:<MLflow model URI>``. Its default cost is the oracle's default cost per label.
@@ -449,10 +466,15 @@ class OracleBaseline(Baseline):
     name = "oracle"
 
     def __init__(self, spec: str, cost: float | None = None) -> None:
-        kind = spec.partition(":")[0].strip().lower()
-        super().__init__(ORACLES[kind].default_cost if cost is None else cost)
-        self.spec = spec.strip()
+        oracle = ORACLES.parse(spec)
+        super().__init__(oracle.obj.default_cost if cost is None else cost)
+        self.spec = f"{oracle.name}:{oracle.argument}" if oracle.argument else oracle.name
         self._oracle: Oracle | None = None
+
+    @classmethod
+    def from_spec(cls, spec: Spec[Any], cost: float | None = None) -> OracleBaseline:
+        """The oracle named like the baseline (``pretrained``, ``model:<uri>``)."""
+        return cls(f"{spec.name}:{spec.argument}" if spec.argument else spec.name, cost)
 
     def _compute(self, data: MolecularData, rows: np.ndarray, cached: bool = True) -> np.ndarray:
         return self._built(data).label(data.qm9_index[rows].numpy()).value

@@ -127,3 +127,8 @@ class ResidualSurrogate(Surrogate):
 
     def __repr__(self) -> str:
         return f"ResidualSurrogate({self.inner!r}, {self.baseline!r})"
+
+
+def baseline_of(surrogate: Surrogate) -> Baseline | None:
+    """The Δ-learning baseline of a surrogate: a :class:`ResidualSurrogate`'s, else None."""
+    return surrogate.baseline if isinstance(surrogate, ResidualSurrogate) else None

@@ -80,11 +80,7 @@ def run_campaign(
             return config.resume
         config, stored_splits = resumed_settings(config, stored, given)
     strategy = resolve_strategy(config.strategy, config.uncertainty, config.acquisition)
-    if strategy.acquisition not in ACQUISITIONS:
-        raise ValueError(
-            f"unknown acquisition {strategy.acquisition!r}; expected one of: "
-            f"{', '.join(ACQUISITIONS)}"
-        )
+    acquirer = ACQUISITIONS.get(strategy.acquisition)  # an unknown name: one line
     if strategy.uncertainty == "mc_dropout" and config.dropout == 0:
         config = replace(config, dropout=0.1)
         log.info("event=mc_dropout_default dropout=0.1")
@@ -112,7 +108,7 @@ def run_campaign(
     if baseline is not None:  # Δ-learning: learns target - baseline, predicts baseline + it
         baseline.free(splits.test)  # evaluation only: the test set's baseline is not paid
         surrogate = ResidualSurrogate(surrogate, baseline)
-    needs = ACQUISITIONS[strategy.acquisition].needs - {"labelled_embedding"}
+    needs = acquirer.needs - {"labelled_embedding"}
     if not needs <= surrogate.provides:
         raise ValueError(
             f"acquisition {strategy.acquisition!r} needs {sorted(needs)}, but uncertainty "
@@ -135,7 +131,9 @@ def run_campaign(
     oracle_tag = ",".join(o.name for o in oracles)
     rules = build_rules(config.stopping_settings())
     scheme = build_scheme(strategy.scheme, config)
-    selection = build_selection(data, oracles, config, acquisition, surrogate)
+    selection = build_selection(
+        data, oracles, config, acquirer if len(oracles) == 1 else acquisition, surrogate
+    )
     if not config.resume:  # budgets that pay for no start: one line, before any run exists
         pool = data.rows_of(labellable.pool)
         n_val = min(config.val_size, pool.numel() - 1)

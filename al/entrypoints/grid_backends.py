@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any, Protocol, TypeVar
 
 from al.extras import MissingExtraError, require
+from al.registry import Registry, UnknownNameError
 from al.runtime import threads_per_process
 
 J = TypeVar("J")
@@ -62,6 +63,11 @@ class Backend(Protocol):
         ...
 
 
+#: name -> backend class (each registers itself below); the factory reads it.
+BACKENDS: Registry[type[LocalBackend] | type[DaskBackend]] = Registry("backend")
+
+
+@BACKENDS.register("local")
 class LocalBackend:
     """``workers`` campaigns at a time, each a subprocess of this process."""
 
@@ -91,6 +97,7 @@ class LocalBackend:
         """Nothing to close."""
 
 
+@BACKENDS.register("dask")
 class DaskBackend:
     """Each campaign a task of a ``dask.distributed`` cluster: the one at ``scheduler``,
     else a ``LocalCluster`` of ``workers`` processes with one thread each."""
@@ -163,18 +170,13 @@ class DaskBackend:
         self.client = self.cluster = None
 
 
-#: name -> backend class; the CLI's choices and the factory read it.
-BACKENDS: dict[str, type[LocalBackend] | type[DaskBackend]] = {
-    "local": LocalBackend,
-    "dask": DaskBackend,
-}
-
-
 def make_backend(name: str, workers: int = 1, scheduler: str = "") -> Backend:
     """The backend called ``name``; :class:`BackendError` (one line, the valid names) for
     an unknown one."""
-    if name not in BACKENDS:
-        raise BackendError(f"unknown backend {name!r}; valid backends: {', '.join(BACKENDS)}")
+    try:
+        cls = BACKENDS.get(name)
+    except UnknownNameError as err:
+        raise BackendError(str(err)) from None
     if workers < 1:
         raise BackendError(f"workers must be >= 1, got {workers}")
-    return BACKENDS[name](workers, scheduler)
+    return cls(workers, scheduler)

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from al import progress
+from al.baselines import baseline_of
 from al.config import ConfigError
 from al.data.molecules import MolecularData
 from al.data.splits import Splits
@@ -413,7 +414,8 @@ class Campaign:
 
     def baseline_cost(self) -> float:
         """What a Δ-learning surrogate's baseline cost so far (``al.baselines``; 0 without)."""
-        return float(getattr(self.surrogate, "baseline_cost", 0.0))
+        baseline = baseline_of(self.surrogate)
+        return baseline.cost_spent if baseline is not None else 0.0
 
     def timed(self, phase: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)``, its wall time kept in ``timings[phase]``."""
@@ -465,7 +467,7 @@ class Campaign:
         if len(validation):
             metrics[CM.N_VALIDATION] = int((validation["status"] == "ok").sum())
             metrics[CM.COST_VALIDATION] = float(validation["cost"].sum())
-        if hasattr(self.surrogate, "baseline_cost"):  # the cheap labels of a Δ-learning baseline
+        if baseline_of(self.surrogate) is not None:  # the cheap labels of a Δ-learning baseline
             metrics[CM.COST_BASELINE] = self.baseline_cost()
         self.tracker.log_round_metrics(len(self.labelled.ok), metrics)
         self.tracker.complete_round(round_)

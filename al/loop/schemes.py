@@ -21,6 +21,7 @@ from torch import Tensor
 
 from al.loop.config import CampaignConfig
 from al.loop.seeds import round_generator
+from al.registry import Registry
 
 
 class DataScheme(Protocol):
@@ -35,6 +36,11 @@ class DataScheme(Protocol):
     def needs_refit(self, n_labelled: int, trained_on: int) -> bool: ...
 
 
+#: The registry of data schemes: a strategy preset's ``scheme`` names one.
+SCHEMES: Registry[type[PoolScheme]] = Registry("data scheme")
+
+
+@SCHEMES.register("pool")
 @dataclass(frozen=True)
 class PoolScheme:
     """Score the whole (subsampled) pool and retrain every round.
@@ -83,6 +89,7 @@ class PoolScheme:
         return True
 
 
+@SCHEMES.register("stream")
 @dataclass(frozen=True)
 class StreamScheme(PoolScheme):
     """Chunks of the pool arrive in a seeded order; retrain only on enough new labels.
@@ -116,12 +123,6 @@ class StreamScheme(PoolScheme):
         return n_labelled - trained_on >= self.retrain_fraction * trained_on
 
 
-#: The registry of data schemes: a strategy preset's ``scheme`` names one.
-SCHEMES: dict[str, type[PoolScheme]] = {"pool": PoolScheme, "stream": StreamScheme}
-
-
 def build_scheme(name: str, config: CampaignConfig) -> DataScheme:
     """The scheme ``name`` with the campaign's settings; unknown names list the valid ones."""
-    if name not in SCHEMES:
-        raise ValueError(f"unknown data scheme {name!r}; expected one of: {', '.join(SCHEMES)}")
-    return SCHEMES[name].from_config(config)
+    return SCHEMES.get(name).from_config(config)

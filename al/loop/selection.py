@@ -27,14 +27,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
 
-from al.acquisition.functions import ACQUISITIONS, select
-from al.acquisition.multifidelity import PairSelection, select_pairs
+from al.acquisition.functions import Acquisition, select
+from al.acquisition.functions import resolve as resolve_acquisition
+from al.acquisition.multifidelity import MF_ACQUISITIONS, MFAcquisition, PairSelection, select_pairs
+from al.baselines import baseline_of
 from al.data.molecules import MolecularData
 from al.loop.config import CampaignConfig
 from al.loop.ledger import Labelled
@@ -54,8 +57,9 @@ class Selection:
         data: the molecules (``qm9_index [n_mol]``, ``y [n_mol]``).
         oracles: the labellers, cheapest first; the last one is the target fidelity.
         config: the campaign settings (``seed``, ``batch_size``, multi-fidelity budget).
-        acquisition: registry name of the acquisition function (single-fidelity:
-            :data:`al.acquisition.ACQUISITIONS`; multi-fidelity: ``MF_ACQUISITIONS``).
+        acquisition: the acquisition function or its registry name, resolved here once
+            (:meth:`resolve`; single-fidelity: :data:`al.acquisition.ACQUISITIONS`,
+            multi-fidelity: ``MF_ACQUISITIONS``); an unknown name raises ``ValueError``.
         surrogate: the campaign's surrogate (embeds the labelled set when the acquisition
             needs it).
     """
@@ -65,14 +69,19 @@ class Selection:
         data: MolecularData,
         oracles: Sequence[Oracle],
         config: CampaignConfig,
-        acquisition: str,
+        acquisition: str | Acquisition | MFAcquisition,
         surrogate: Surrogate | None = None,
     ) -> None:
         self.data, self.oracles, self.config = data, list(oracles), config
-        self.acquisition, self.surrogate = acquisition, surrogate
+        self.acquisition, self.surrogate = self.resolve(acquisition), surrogate
         self.fidelity_of = {o.name: d for d, o in enumerate(oracles)}
         #: ``[D]`` cost per label of each fidelity
         self.costs = torch.tensor([o.cost_per_label for o in oracles], dtype=torch.float64)
+
+    @staticmethod
+    def resolve(acquisition: str | Acquisition | MFAcquisition) -> Any:  # pragma: no cover
+        """The registry entry of this selection's acquisition family."""
+        raise NotImplementedError
 
     @property
     def n_fidelities(self) -> int:
@@ -82,8 +91,8 @@ class Selection:
     def baseline_each(self) -> float:
         """What a Δ-learning baseline charges for one new molecule (0 without one): a
         label's cost for the budgets is the oracle's plus this."""
-        baseline = getattr(self.surrogate, "baseline", None)
-        return float(getattr(baseline, "cost_per_molecule", 0.0))
+        baseline = baseline_of(self.surrogate) if self.surrogate is not None else None
+        return baseline.cost_per_molecule if baseline is not None else 0.0
 
     @property
     def scores_pool(self) -> bool:
@@ -142,7 +151,7 @@ class Selection:
         """The ``[n]`` candidate rows to score, so that the Δ-learning baseline scoring
         charges leaves the cost budget room for one label (:func:`affordable`; a warning
         line when some are left out)."""
-        baseline = getattr(self.surrogate, "baseline", None)
+        baseline = baseline_of(self.surrogate) if self.surrogate is not None else None
         if baseline is None:
             return candidates
         unpaid = torch.as_tensor(baseline.unpaid(self.data.qm9_index[candidates].numpy()))
@@ -223,6 +232,15 @@ class Selection:
 class SingleFidelity(Selection):
     """One oracle: ``batch_size`` molecules a round, chosen by an acquisition function."""
 
+    acquisition: Acquisition
+
+    @staticmethod
+    def resolve(acquisition: str | Acquisition | MFAcquisition) -> Acquisition:
+        """A single-fidelity acquisition (:data:`~al.acquisition.ACQUISITIONS`)."""
+        if isinstance(acquisition, MFAcquisition):
+            raise ValueError(f"{acquisition.name!r} is a multi-fidelity acquisition")
+        return resolve_acquisition(acquisition)
+
     def initial_request(self, rows: Tensor, left: Allowance = UNLIMITED) -> pd.DataFrame:
         """Round 0: the rows of ``rows`` (``[n]``) from the oracle, as many as fit ``left``."""
         k = min(rows.numel(), left.count(float(self.costs[-1]) + self.baseline_each))
@@ -230,7 +248,7 @@ class SingleFidelity(Selection):
 
     @property
     def scores_pool(self) -> bool:
-        return bool(ACQUISITIONS[self.acquisition].needs)
+        return bool(self.acquisition.needs)
 
     def choose(
         self,
@@ -249,7 +267,7 @@ class SingleFidelity(Selection):
         molecules' embeddings are computed only when the acquisition needs them.
         """
         labelled_emb = None
-        if "embedding" in ACQUISITIONS[self.acquisition].needs:
+        if "embedding" in self.acquisition.needs:
             assert self.surrogate is not None, "this acquisition needs the surrogate"
             ok_rows = self.data.rows_of(labelled.ok["qm9_index"].to_numpy())
             labelled_emb = self.surrogate.predict(self.data, ok_rows).embedding
@@ -287,6 +305,17 @@ class SingleFidelity(Selection):
 class MultiFidelity(Selection):
     """Several oracles: (molecule, fidelity) pairs within a round's cost."""
 
+    acquisition: MFAcquisition
+
+    @staticmethod
+    def resolve(acquisition: str | Acquisition | MFAcquisition) -> MFAcquisition:
+        """A multi-fidelity acquisition (``MF_ACQUISITIONS``)."""
+        if isinstance(acquisition, MFAcquisition):
+            return acquisition
+        if isinstance(acquisition, Acquisition):
+            raise ValueError(f"{acquisition.name!r} is a single-fidelity acquisition")
+        return MF_ACQUISITIONS.get(acquisition)
+
     def initial_request(self, rows: Tensor, left: Allowance = UNLIMITED) -> pd.DataFrame:
         """Round 0: rows of ``rows`` (``[n]``) at every fidelity, so that the surrogate sees
         how the fidelities relate from the start (``D * m`` requests); ``m <= n`` molecules,
@@ -316,10 +345,10 @@ class MultiFidelity(Selection):
         """
         cfg = self.config
         budget = min(cfg.round_cost or cfg.batch_size * float(self.costs[-1]), left.cost)
-        options: dict[str, object] = {}
-        if self.acquisition == "cheap_first":
+        options: dict[str, object] = {}  # what the acquisition declares it takes
+        if "cheap_share" in self.acquisition.options:
             options["cheap_share"] = cfg.cheap_share
-        elif self.acquisition == "variance_reduction":  # the fidelities' discrepancy noise
+        if "labels" in self.acquisition.options:  # e.g. the fidelities' discrepancy noise
             y, rows = self.training_targets(labelled)
             options["labels"] = y[rows]  # [m, D], NaN where a molecule lacks a fidelity
         gen = round_generator(cfg.seed, round_, "select")
@@ -358,10 +387,15 @@ def build_selection(
     data: MolecularData,
     oracles: Sequence[Oracle],
     config: CampaignConfig,
-    acquisition: str,
+    acquisition: str | Acquisition | MFAcquisition,
     surrogate: Surrogate | None = None,
 ) -> Selection:
-    """Multi-fidelity selection for several oracles, single-fidelity for one."""
+    """Multi-fidelity selection for several oracles, single-fidelity for one.
+
+    ``acquisition``: the acquisition function, or its registry name (single-fidelity:
+    :data:`~al.acquisition.ACQUISITIONS`, multi-fidelity: ``MF_ACQUISITIONS``), resolved
+    once by the selection; an unknown name raises ``ValueError`` (one line).
+    """
     if not oracles:
         raise ValueError("a campaign needs at least one oracle")
     cls = MultiFidelity if len(oracles) > 1 else SingleFidelity

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from al.registry import Registry
+
 #: slack for float cost sums (0.1 + 0.2 labels must fit a budget of 0.3)
 COST_SLACK = 1e-9
 
@@ -87,16 +89,27 @@ class StoppingRule:
         return UNLIMITED
 
 
+#: Registry: config key -> rule class (a value of 0 switches the rule off); each rule
+#: registers itself under its key below.
+STOPPING_RULES: Registry[type[StoppingRule]] = Registry("stopping rule")
+
+
+@STOPPING_RULES.register("rounds")
 @dataclass
 class MaxRounds(StoppingRule):
+    """``rounds`` acquisition rounds are done."""
+
     rounds: int
 
     def check(self, p: CampaignProgress) -> str | None:
         return f"rounds: {p.round} of {self.rounds} done" if p.round >= self.rounds else None
 
 
+@STOPPING_RULES.register("budget_labels")
 @dataclass
 class LabelBudget(StoppingRule):
+    """``labels`` labels were asked for (a hard cap)."""
+
     labels: int
 
     def check(self, p: CampaignProgress) -> str | None:
@@ -108,8 +121,11 @@ class LabelBudget(StoppingRule):
         return Allowance(labels=max(0, self.labels - p.n_requested))
 
 
+@STOPPING_RULES.register("budget_cost")
 @dataclass
 class CostBudget(StoppingRule):
+    """``cost`` was spent on labels and baselines (a hard cap)."""
+
     cost: float
 
     def check(self, p: CampaignProgress) -> str | None:
@@ -121,6 +137,7 @@ class CostBudget(StoppingRule):
         return Allowance(cost=max(0.0, self.cost - p.cost_spent))
 
 
+@STOPPING_RULES.register("target_mae")
 @dataclass
 class TargetMAE(StoppingRule):
     """The last round's validation MAE is at most ``mae`` eV."""
@@ -133,6 +150,7 @@ class TargetMAE(StoppingRule):
         return None
 
 
+@STOPPING_RULES.register("plateau_rounds")
 @dataclass
 class Plateau(StoppingRule):
     """No new best validation MAE (by more than ``min_delta`` eV) in the last ``rounds``
@@ -157,20 +175,10 @@ class PoolExhausted(StoppingRule):
         return "pool exhausted" if p.pool_left <= 0 else None
 
 
-#: Registry: config key -> rule class (a value of 0 switches the rule off).
-STOPPING_RULES: dict[str, type[StoppingRule]] = {
-    "rounds": MaxRounds,
-    "budget_labels": LabelBudget,
-    "budget_cost": CostBudget,
-    "target_mae": TargetMAE,
-    "plateau_rounds": Plateau,
-}
-
-
 def build_rules(settings: dict[str, float]) -> list[StoppingRule]:
     """Rules for every non-zero setting, plus the pool running out."""
     rules: list[StoppingRule] = [
-        STOPPING_RULES[key](value) for key, value in settings.items() if value
+        STOPPING_RULES.get(key)(value) for key, value in settings.items() if value
     ]
     return [*rules, PoolExhausted()]
 

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from al.data.reference import fit_composition
 from al.models.geometry import BatchGeometry, DenseGeometry, GaussianRBF
+from al.registry import Registry
 
 #: Columns of the composition matrix: H, C, N, O, F.
 COMPOSITION_Z = (1, 6, 7, 8, 9)
@@ -227,3 +228,8 @@ class AtomisticModel(nn.Module):
                 nn.init.xavier_uniform_(m.weight)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+
+
+#: The model registry (the ``model`` key, checkpoints): each architecture registers itself
+#: where it is defined; :mod:`al.models.registry` imports them all.
+MODELS: Registry[type[AtomisticModel]] = Registry("model")

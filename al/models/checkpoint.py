@@ -19,7 +19,11 @@ def model_record(model: AtomisticModel | ShallowEnsembleModel) -> dict[str, Any]
     ensemble is its trunk plus ``heads``."""
     heads = model.heads if isinstance(model, ShallowEnsembleModel) else 0
     net = model.trunk if isinstance(model, ShallowEnsembleModel) else model
-    name = next(k for k, cls in MODELS.items() if type(net) is cls)
+    name = MODELS.name_of(type(net))
+    if name is None:
+        raise ValueError(
+            f"{type(net).__name__} is not a registered model; expected one of: {', '.join(MODELS)}"
+        )
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
     record = {"name": name, "hparams": net.hparams(), "state_dict": state}
     return {**record, "heads": heads} if heads else record

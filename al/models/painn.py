@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from al.models.base import AtomisticModel, MCDropout
+from al.models.base import MODELS, AtomisticModel, MCDropout
 from al.models.geometry import BatchGeometry, filter_conv, radial_filters
 
 
@@ -82,6 +82,7 @@ class PaiNNBlock(nn.Module):
         return self.update(*self.message(s, v, edges, geo))
 
 
+@MODELS.register("painn")
 class PaiNN(AtomisticModel):
     """Polarizable atom interaction network: scalar and vector features per atom.
 

@@ -1,4 +1,5 @@
-"""The model registry: names written once (CLI choices, configs, factory, checkpoints)."""
+"""The model registry's face: every architecture imported (each registers itself in
+:data:`~al.models.base.MODELS` where it is defined) and the factory."""
 
 from __future__ import annotations
 
@@ -6,21 +7,19 @@ from typing import Any
 
 from torch import nn
 
-from al.models.base import AtomisticModel
-from al.models.painn import PaiNN
-from al.models.schnet import SchNet
+# each architecture registers itself on import; "schnet" first, the default
+from al.models import schnet  # noqa: F401
 
-#: The registry: CLI choices, configs, factory and tests all read it.
-MODELS: dict[str, type[AtomisticModel]] = {"schnet": SchNet, "painn": PaiNN}
+# isort: split
+from al.models import painn  # noqa: F401
+from al.models.base import MODELS, AtomisticModel
 
 
 def build_model(model: str | AtomisticModel, **kwargs: Any) -> AtomisticModel:
     """A model from its registry name (with hyper-parameters) or the instance itself."""
     if isinstance(model, nn.Module):
         return model
-    if model not in MODELS:
-        raise ValueError(f"unknown model {model!r}; expected one of: {', '.join(MODELS)}")
-    return MODELS[model](**kwargs)
+    return MODELS.get(model)(**kwargs)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from al.models.base import AtomisticModel, MCDropout, ShiftedSoftplus
+from al.models.base import MODELS, AtomisticModel, MCDropout, ShiftedSoftplus
 from al.models.geometry import BatchGeometry, filter_conv, radial_filters
 
 
@@ -28,6 +28,7 @@ class CFConvBlock(nn.Module):
         return x + self.lin2(self.dropout(self.act(self.lin_out(agg))))
 
 
+@MODELS.register("schnet")
 class SchNet(AtomisticModel):
     """Continuous-filter convolutions within a cutoff; invariant to rotations.
 

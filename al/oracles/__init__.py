@@ -5,6 +5,10 @@ the registry and factory. Registering the shipped oracle in MLflow is
 :func:`al.tracking.registry.register_oracles` (tracking sits above the oracles).
 """
 
+# the registry first: it imports every oracle module, in the order the names are listed
+from al.oracles.registry import ORACLES, build_oracle, oracle_choices, oracle_spec_problem
+
+# isort: split
 from al.oracles.ani import (
     ANI_ELEMENTS,
     ANI1ccxOracle,
@@ -55,7 +59,6 @@ from al.oracles.pyg_schnet import (
     PyGSchNetOracle,
     network_problem,
 )
-from al.oracles.registry import ORACLES, build_oracle, oracle_choices, oracle_spec_problem
 from al.oracles.xtb import (
     BOHR_PER_ANGSTROM,
     XTB_METHOD,

@@ -36,6 +36,7 @@ from al.oracles.base import (
     Oracle,
     OracleError,
     PriorLabels,
+    register_oracle,
 )
 from al.oracles.xtb import XTBReference, load_xtb_reference
 
@@ -245,12 +246,14 @@ class ANIOracle(Oracle):
         }
 
 
+@register_oracle("ani1x")
 class ANI1xOracle(ANIOracle):
     """ANI-1x (DFT ωB97x/6-31G(d) training data), 8 networks."""
 
     model = "ani1x"
 
 
+@register_oracle("ani1ccx")
 class ANI1ccxOracle(ANIOracle):
     """ANI-1ccx (ANI-1x fine-tuned on CCSD(T)*/CBS energies), 8 networks."""
 

@@ -5,8 +5,9 @@ in request order: a value in eV (the atomization enthalpy at 298.15 K) and ``"ok
 and a short failure reason. Failures are recorded, never dropped, and the campaign goes on.
 
 This module is the contract every oracle keeps (:class:`Oracle`, :class:`LabelResult`, the
-statuses); each kind lives in its own module, and :mod:`al.oracles.registry` holds the one
-registry (:data:`ORACLES`) and the factory (:func:`~al.oracles.registry.build_oracle`):
+statuses) and the one registry (:data:`ORACLES`); each kind lives in its own module and
+registers itself there (:func:`register_oracle`), and :mod:`al.oracles.registry` imports
+them all and holds the factory (:func:`~al.oracles.registry.build_oracle`):
 
 ``dft`` (:mod:`al.oracles.dft`)
     The QM9 ground truth (B3LYP/6-31G(2df,p)) read from the data set. Cost 1 per label.
@@ -48,12 +49,13 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import pandas as pd
 
 from al.data.molecules import MolecularData
+from al.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +69,9 @@ STATUS_UNSUPPORTED_ELEMENT = "unsupported_element"
 #: Columns of :meth:`LabelResult.to_frame`, as in the per-round ``queried.csv``.
 #: ``label_std``: the labeller's own spread of a label (an ensemble's std), NaN if it has none.
 FRAME_COLUMNS = ("qm9_index", "oracle", "label", "status", "cost", "label_std")
-#: The oracle registry, spec name -> class. :mod:`al.oracles.registry` fills it (the one place
-#: that lists the oracles); it lives here so that :meth:`Oracle.kind` can read it.
-ORACLES: dict[str, type[Oracle]] = {}
+#: The oracle registry, spec name -> class: each oracle module registers its classes
+#: (:func:`register_oracle`); :mod:`al.oracles.registry` imports them all.
+ORACLES: Registry[type[Oracle]] = Registry("oracle")
 
 
 @dataclass(frozen=True)
@@ -215,7 +217,7 @@ class Oracle(ABC):
     @classmethod
     def kind(cls) -> str:
         """The registry name of this oracle's class (its class name if unregistered)."""
-        return next((k for k, c in ORACLES.items() if c is cls), cls.__name__)
+        return ORACLES.name_of(cls) or cls.__name__
 
     def rows_or_missing(self, qm9_index: np.ndarray) -> np.ndarray:
         """Rows of ``data`` holding ``qm9_index`` (``[n]``), -1 where not in the data."""
@@ -338,3 +340,16 @@ def _as_index_array(qm9_index: Any) -> np.ndarray:
         if not np.all(np.isfinite(as_float) & (as_float == np.round(as_float))):
             raise TypeError(f"QM9 indices must be integers, got dtype {arr.dtype}")
     return arr.astype(np.int64)
+
+
+OracleClass = TypeVar("OracleClass", bound=type[Oracle])
+
+
+def register_oracle(name: str) -> Callable[[OracleClass], OracleClass]:
+    """Class decorator: register an oracle class in :data:`ORACLES` under ``name``, with the
+    placeholder of its spec's argument (its ``argument``)."""
+
+    def deco(cls: OracleClass) -> OracleClass:
+        return ORACLES.register(name, cls, argument=cls.argument)
+
+    return deco

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from al.oracles.base import STATUS_MISSING_TARGET, STATUS_OK, Oracle
+from al.oracles.base import STATUS_MISSING_TARGET, STATUS_OK, Oracle, register_oracle
 
 
+@register_oracle("dft")
 class DFTOracle(Oracle):
     """The QM9 ground truth (``data.y``, eV). NaN targets give ``"missing_target"``."""
 

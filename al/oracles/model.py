@@ -10,11 +10,12 @@ from typing import Any
 import numpy as np
 
 from al.data.molecules import MolecularData, molecules_frame
-from al.oracles.base import NETWORK_CHUNK, Oracle, OracleError, PriorLabels
+from al.oracles.base import NETWORK_CHUNK, Oracle, OracleError, PriorLabels, register_oracle
 
 log = logging.getLogger(__name__)
 
 
+@register_oracle("model")
 class ModelOracle(Oracle):
     """A logged pyfunc model (``al.pyfunc``) as the labeller: its ``mean_ev`` is the label.
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from al.data.molecules import MolecularData
-from al.oracles.base import NETWORK_CHUNK, Oracle, OracleError, PriorLabels
+from al.oracles.base import NETWORK_CHUNK, Oracle, OracleError, PriorLabels, register_oracle
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ def _extracted(folder: Any) -> Path:
     return out
 
 
+@register_oracle("pretrained")
 class PretrainedOracle(Oracle):
     """The oracle model shipped with the package, predicting in-process.
 

@@ -24,7 +24,7 @@ import numpy as np
 from al.data.elements import HARTREE_TO_EV
 from al.data.molecules import MolecularData
 from al.extras import MissingExtraError, require
-from al.oracles.base import NETWORK_CHUNK, Oracle, OracleError
+from al.oracles.base import NETWORK_CHUNK, Oracle, OracleError, register_oracle
 
 #: The archive ``torch_geometric.nn.models.SchNet.from_qm9_pretrained`` downloads (PyG
 #: names it with ``http://``; the host serves the same file over HTTPS).
@@ -229,6 +229,7 @@ class _RadiusGraph:
         return edge_index, edge_weight
 
 
+@register_oracle("pyg_schnet")
 class PyGSchNetOracle(Oracle):
     """PyTorch Geometric's pretrained SchNet (``SchNet.from_qm9_pretrained``, target 9).
 

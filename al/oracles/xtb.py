@@ -33,6 +33,7 @@ from al.oracles.base import (
     Oracle,
     OracleError,
     PriorLabels,
+    register_oracle,
 )
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,7 @@ def failure_status(exc: BaseException) -> str:
     return f"error:{type(exc).__name__}"
 
 
+@register_oracle("xtb")
 class XTBOracle(Oracle):
     """GFN2-xTB computed live with tblite, on the DFT target's scale (see :class:`XTBReference`).
 

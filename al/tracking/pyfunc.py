@@ -96,6 +96,9 @@ class MoleculeEnergyModel(mlflow.pyfunc.PythonModel):
     geometry, the composition fit, or the oracle model) and added to ``mean_ev``.
     """
 
+    #: the Δ-learning baseline the checkpoint was trained with (set by :meth:`load_context`)
+    baseline: Baseline | None = None
+
     def load_context(self, context: Any) -> None:
         self.models, self.meta = load_checkpoint(context.artifacts["checkpoint"])
         self.mc_samples = int(self.meta.get("mc_samples", 20))
@@ -106,7 +109,7 @@ class MoleculeEnergyModel(mlflow.pyfunc.PythonModel):
         if isinstance(model_input, dict):
             model_input = pd.DataFrame(model_input)
         out = predict_molecules(self.models, model_input, self.mc_samples, std_scale=self.std_scale)
-        baseline = getattr(self, "baseline", None)
+        baseline = self.baseline
         if baseline is not None and len(out):
             molecules = list(zip(model_input["z"], model_input["pos"], strict=True))
             out["mean_ev"] = out["mean_ev"].to_numpy() + baseline.of_molecules(molecules)
@@ -134,8 +137,8 @@ def checkpoint_baseline(meta: dict[str, Any]) -> Baseline | None:
 
 def pip_requirements(baseline: str = "none") -> list[str]:
     """The logged model's requirements (its networks are plain torch: no PyTorch
-    Geometric); a baseline adds the package it needs (``xtb``: tblite, ``ani1x``/``ani1ccx``:
-    torchani)."""
+    Geometric); a baseline adds the package it needs (its class's ``requirement``: ``xtb``:
+    tblite, ``ani1x``/``ani1ccx``: torchani). ``ValueError`` for an unknown baseline spec."""
     reqs = [
         f"torch=={torch.__version__.split('+')[0]}",
         f"mlflow=={mlflow.__version__}",
@@ -143,8 +146,8 @@ def pip_requirements(baseline: str = "none") -> list[str]:
         f"pandas=={pd.__version__}",
         "pyyaml",
     ]
-    cls = BASELINES.get(baseline.partition(":")[0].strip().lower())
-    package = getattr(cls, "requirement", None)
+    cls = BASELINES.parse(baseline).obj
+    package = cls.requirement if cls is not None else None
     if package:
         from importlib.metadata import PackageNotFoundError, version
 

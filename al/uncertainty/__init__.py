@@ -8,18 +8,12 @@ from al.models import ModelConfig
 from al.training.config import FitConfig
 from al.uncertainty.prediction import Prediction
 from al.uncertainty.surrogates import (
+    UNCERTAINTIES,
     EnsembleSurrogate,
     MCDropoutSurrogate,
     ShallowEnsembleSurrogate,
     Surrogate,
 )
-
-#: The registry of uncertainty methods: config choices, CLI, strategies and tests read it.
-UNCERTAINTIES: dict[str, type[Surrogate]] = {
-    "ensemble": EnsembleSurrogate,
-    "mc_dropout": MCDropoutSurrogate,
-    "shallow": ShallowEnsembleSurrogate,
-}
 
 
 def build_surrogate(
@@ -37,11 +31,7 @@ def build_surrogate(
 
     ``n_outputs > 1`` makes it multi-fidelity: one shared trunk, one output per fidelity.
     """
-    if name not in UNCERTAINTIES:
-        raise ValueError(
-            f"unknown uncertainty {name!r}; expected one of: {', '.join(UNCERTAINTIES)}"
-        )
-    surrogate = UNCERTAINTIES[name].build(
+    surrogate = UNCERTAINTIES.get(name).build(
         model_config, fit_config, device,
         ensemble_size=ensemble_size, bootstrap=bootstrap, mc_samples=mc_samples,
     )  # fmt: skip

@@ -17,6 +17,7 @@ from al.data.molecules import MolecularData
 from al.models import AtomisticModel, ModelConfig, build_model, set_mc_dropout
 from al.models.ensemble import EnsembleModel
 from al.models.shallow import ShallowEnsembleModel
+from al.registry import Registry
 from al.training.config import FitConfig, step_budget
 from al.training.fit import EpochStats, FitResult, fit, predict
 from al.training.metrics import calibration_scale
@@ -184,6 +185,12 @@ class Surrogate:
         return build_model(cfg.model, **cfg.model_kwargs(), n_outputs=self.n_outputs)
 
 
+#: The registry of uncertainty methods (the ``uncertainty`` key): config choices, CLI,
+#: strategies and tests read it; each surrogate registers itself below.
+UNCERTAINTIES: Registry[type[Surrogate]] = Registry("uncertainty")
+
+
+@UNCERTAINTIES.register("ensemble")
 class EnsembleSurrogate(Surrogate):
     """A deep ensemble of ``size`` members with different seeds, trained in one pass.
 
@@ -245,6 +252,7 @@ class EnsembleSurrogate(Surrogate):
         return {**super().checkpoint_meta(), "ensemble_size": self.size}
 
 
+@UNCERTAINTIES.register("mc_dropout")
 class MCDropoutSurrogate(Surrogate):
     """One model with dropout kept on at inference; the spread of ``samples`` passes."""
 
@@ -307,6 +315,7 @@ class MCDropoutSurrogate(Surrogate):
         return {**super().checkpoint_meta(), "mc_samples": self.samples}
 
 
+@UNCERTAINTIES.register("shallow")
 class ShallowEnsembleSurrogate(Surrogate):
     """A shallow ensemble: one trunk with ``heads`` last-layer heads, NLL-trained (DPOSE).
 
