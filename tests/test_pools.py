@@ -129,6 +129,11 @@ def test_an_sdf_keeps_its_coordinates_and_its_digest_follows_them(folders: Path)
     assert np.allclose(data.pos[: data.ptr[1]].numpy(), given.GetConformer().GetPositions(),
                        atol=1e-5)  # fmt: skip
 
+    # the hydrogens that the record lacks are added and the whole re-optimised
+    full = create_pool("sdf_opt", src, reoptimise=True, **QUIET)
+    assert full.table["status"].tolist() == ["ok", "ok", "ok"]
+    assert full.table["n_atoms"].tolist() == [9, 4, 6]
+
     same = create_pool("sdf2", _sdf(folders / "again.sdf", records), **QUIET)
     assert same.digest == pool.digest
     moved = create_pool("sdf3", _sdf(folders / "moved.sdf", records, shift=0.01), **QUIET)
@@ -203,6 +208,7 @@ def test_list_and_info_through_the_command_line(folders: Path) -> None:
         ("absent.smi", None, "no such file"),
         ("mols.pdb", "ATOM\n", "unknown kind of file '.pdb'; expected one of .smi"),
         ("mols.csv", "name,formula\nx,CH4\n", "no column 'smiles' (columns: name, formula)"),
+        ("ids.csv", "smiles,name\nC,x\n", "no column 'code' (columns: smiles, name)"),
         ("empty.smi", "", "the file is empty"),
         ("empty.sdf", "\n\n", "the file is empty"),
         ("bad.xyz", "3\nx\nO 0 0\n", "cannot be read as (extended) XYZ"),
@@ -216,7 +222,8 @@ def test_bad_input_is_one_line(folders: Path, name: str, content: str | None,
         path.mkdir()
     elif content is not None:
         path.write_text(content)
-    line = one_line_error(CliRunner().invoke(main, ["pool", "create", "p", str(path)]))
+    extra = ["--id-column", "code"] if name == "ids.csv" else []
+    line = one_line_error(CliRunner().invoke(main, ["pool", "create", "p", str(path), *extra]))
     assert expected in line, line
     assert not pool_dir().exists() or not any(pool_dir().iterdir())
 

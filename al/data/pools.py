@@ -38,13 +38,16 @@ starting atoms and coordinates rather than a SMILES.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import re
 import shutil
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -150,16 +153,19 @@ def reoptimise_geometry(
 ) -> GeometryRecord:
     """GFN2-xTB optimisation of given coordinates (``z [n]``, ``pos [n, 3]`` Angstrom), with
     the pipeline's statuses: ``ok``, ``scf_not_converged``, ``not_converged`` or
-    ``bonds_changed`` (``bonds``: the molecule's bonds as atom pairs). Never raises."""
-    import time
+    ``bonds_changed`` (``bonds``: the molecule's bonds as atom pairs), or
+    ``error:<exception type>``. Never raises."""
+    from ase.calculators.calculator import CalculatorError
 
     t0 = time.perf_counter()
     record = GeometryRecord(smiles="", status="", z=np.asarray(z).astype(np.int8))
     record.charge, record.multiplicity = int(charge), int(multiplicity)
     try:
         new, energy, n_steps, converged = xtb_optimise(z, pos, settings, charge, multiplicity)
-    except Exception as exc:  # tblite raising: SCF or setup
+    except (CalculatorError, RuntimeError) as exc:  # tblite raising: SCF or setup
         record.status, record.message = STATUS_SCF, " ".join(str(exc).split())[:500]
+    except Exception as exc:  # one molecule's failure must not end the pool
+        record.status, record.message = f"error:{type(exc).__name__}", str(exc)[:500]
     else:
         record.pos, record.energy_ha, record.n_steps = new.astype(np.float32), energy, n_steps
         broken, formed = changed_bonds(
@@ -192,6 +198,7 @@ def _reoptimise_all(
     workers: int | None,
     cache: str | Path | None,
     show_progress: bool,
+    echo: Callable[[str], None],
 ) -> None:
     """Re-optimise ``entries``' coordinates in place, through their own cached store."""
     from concurrent.futures import ProcessPoolExecutor
@@ -207,27 +214,30 @@ def _reoptimise_all(
     workers = max(1, min(int(workers or available_cores()), len(todo)))
     args = [(e.z, e.pos, e.charge, e.multiplicity, e.bonds, settings) for _, e in todo]
     bar = progress.bar(total=len(todo), desc="re-optimising", unit="mol", enabled=show_progress)
-    with bar, environment(ONE_THREAD):
-        if workers == 1:
-            results: Iterable[GeometryRecord] = (reoptimise_geometry(*a) for a in args)
-        else:
-            import multiprocessing
-
+    t0 = time.perf_counter()
+    with bar, environment(ONE_THREAD), contextlib.ExitStack() as stack:
+        results: Iterable[GeometryRecord] = (reoptimise_geometry(*a) for a in args)
+        if workers > 1:  # spawn: each worker starts with one thread (ONE_THREAD)
             ctx = multiprocessing.get_context("spawn")
-            executor = ProcessPoolExecutor(workers, mp_context=ctx)
+            executor = stack.enter_context(ProcessPoolExecutor(workers, mp_context=ctx))
             results = executor.map(reoptimise_geometry, *zip(*args, strict=True))
         for (key, _), record in zip(todo, results, strict=True):
             record.smiles = key
-            if not record.status.startswith("error:"):
+            if not record.status.startswith("error:"):  # an unforeseen failure is retried
                 store.append([record])
             known[key] = record
             bar.update(1)
-        if workers > 1:
-            executor.shutdown()
     for key, e in zip(keys, entries, strict=True):
         record = known[key]
         e.status, e.message = record.status, record.message
         e.pos = record.pos if record.ok else None
+    counts = Counter(e.status for e in entries)
+    echo(
+        f"re-optimised: {len(entries)} molecule(s), {len(todo)} computed, "
+        f"{len(entries) - len(todo)} from the cache {store.path}, "
+        f"{time.perf_counter() - t0:.1f} s, {workers} worker(s): "
+        + ", ".join(f"{k} {n}" for k, n in counts.items())
+    )
 
 
 def _geometries(
@@ -255,7 +265,7 @@ def _geometries(
             if record.ok:
                 e.z, e.pos = record.z.astype(np.int64), record.pos
     if given and reoptimise:
-        _reoptimise_all(given, settings, workers, cache, show_progress)
+        _reoptimise_all(given, settings, workers, cache, show_progress, echo)
     for e in given:
         e.status = e.status or STATUS_OK
 
