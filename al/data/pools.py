@@ -33,7 +33,8 @@ molecule ``number`` (1..n), not a QM9 index; ``y`` is NaN (no labels yet) and ``
 
 Re-optimised geometries are cached too, in a store beside the pipeline's
 (``<geometry cache>/given``) whose key (the records' ``smiles`` field) is the hash of the
-starting atoms and coordinates rather than a SMILES.
+starting atoms and coordinates rather than a SMILES. Reading the file is
+:mod:`al.data.pool_input`.
 """
 
 from __future__ import annotations
