@@ -11,6 +11,7 @@ import click
 
 from al.cli.group import main
 from al.cli.options import ConfigCommand, LazyHelpOption, _masked, _Optional
+from al.cli.pool import pool
 from al.config import ConfigError, mask_secrets, read_yaml
 
 
@@ -464,3 +465,6 @@ def geometry(
         left = len(run.records) - n
         note = f" ({left} without a geometry left out; a .csv lists every status)" if left else ""
         click.echo(f"wrote {n} molecule(s) to {out}{note}")
+
+
+main.add_command(pool)

@@ -12,6 +12,7 @@ from al.data.conformers.io import (
     check_output,
     qm9_smiles,
     read_smiles,
+    read_smiles_rows,
     write_geometries,
 )
 from al.data.conformers.pipeline import (
@@ -61,5 +62,6 @@ __all__ = [
     "optimise_smiles",
     "qm9_smiles",
     "read_smiles",
+    "read_smiles_rows",
     "write_geometries",
 ]

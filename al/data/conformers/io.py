@@ -27,6 +27,24 @@ def read_smiles(path: str | Path, column: str = "smiles") -> list[tuple[str, str
     whose first word is ``column`` taken as a header). A molecule without a name is named
     by its line number. An empty SMILES cell is kept (it will be ``unparsable_smiles``).
     """
+    return [(name or str(line), smi) for line, name, smi in read_smiles_rows(path, column)]
+
+
+def read_smiles_rows(
+    path: str | Path,
+    column: str = "smiles",
+    name_column: str | None = None,
+    option: str = "--column",
+) -> list[tuple[int, str, str]]:
+    """``(line, name, smiles)`` of every molecule of a file, in file order: as
+    :func:`read_smiles`, with the line of the file each came from (1-based, a CSV's header
+    is line 1) and an empty name where the file gives none.
+
+    Args:
+        name_column: a CSV's column of names (default: a ``name`` column where there is one);
+            a missing one is an error.
+        option: the command-line option that picks ``column``, for the error message.
+    """
     path = Path(path)
     if not path.is_file():
         raise SmilesInputError(f"{path}: no such file")
@@ -34,40 +52,53 @@ def read_smiles(path: str | Path, column: str = "smiles") -> list[tuple[str, str
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as err:
         raise SmilesInputError(f"{path}: cannot be read ({err})") from None
-    rows = _csv_rows(path, text, column) if path.suffix.lower() == ".csv" else _lines(text, column)
+    if path.suffix.lower() == ".csv":
+        rows = _csv_rows(path, text, column, name_column, option)
+    else:
+        rows = _lines(text, column)
     if not rows:
         raise SmilesInputError(f"{path}: no SMILES in the file")
     return rows
 
 
-def _csv_rows(path: Path, text: str, column: str) -> list[tuple[str, str]]:
+def _column(header: list[str], wanted: str) -> str | None:
+    """``wanted`` among ``header``: the exact name first, then ignoring case."""
+    if wanted in header:
+        return wanted
+    return next((h for h in header if h.strip().lower() == wanted.lower()), None)
+
+
+def _csv_rows(
+    path: Path, text: str, column: str, name_column: str | None, option: str
+) -> list[tuple[int, str, str]]:
     reader = csv.DictReader(text.splitlines())
     header = [h for h in (reader.fieldnames or []) if h is not None]
     if not header:
         raise SmilesInputError(f"{path}: no SMILES in the file")
-    chosen = column if column in header else None
-    chosen = chosen or next((h for h in header if h.strip().lower() == column.lower()), None)
+    chosen = _column(header, column)
     if chosen is None:
         raise SmilesInputError(
-            f"{path}: no column {column!r} (columns: {', '.join(header)}); pick one with --column"
+            f"{path}: no column {column!r} (columns: {', '.join(header)}); pick one with {option}"
         )
-    name_col = next((h for h in header if h.strip().lower() == "name"), None)
+    name_col = _column(header, name_column or "name")
+    if name_column and name_col is None:
+        raise SmilesInputError(f"{path}: no column {name_column!r} (columns: {', '.join(header)})")
     out = []
     for line, row in enumerate(reader, start=2):
         name = (row.get(name_col) or "").strip() if name_col else ""
-        out.append((name or str(line), (row.get(chosen) or "").strip()))
+        out.append((line, name, (row.get(chosen) or "").strip()))
     return out
 
 
-def _lines(text: str, column: str) -> list[tuple[str, str]]:
-    out = []
+def _lines(text: str, column: str) -> list[tuple[int, str, str]]:
+    out: list[tuple[int, str, str]] = []
     for line, raw in enumerate(text.splitlines(), start=1):
         words = raw.split(maxsplit=1)
         if not words or words[0].startswith("#"):
             continue
         if not out and words[0].lower() == column.lower():
             continue  # a header line
-        out.append((words[1].strip() if len(words) > 1 else str(line), words[0]))
+        out.append((line, words[1].strip() if len(words) > 1 else "", words[0]))
     return out
 
 
