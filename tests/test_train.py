@@ -1,5 +1,6 @@
 import copy
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -9,10 +10,11 @@ from al.cli import main
 from al.config import ConfigError, build_config
 from al.models import build_model
 from al.models.ensemble import EnsembleModel
-from al.training.config import FitConfig, step_budget, validation_size
+from al.training.config import FitConfig, step_budget
 from al.training.fit import fit, iterate_batches, member_batches, predict, resolve_device
 from al.training.losses import ensemble_nll
 from al.training.metrics import regression_report
+from al.training.split import split_validation, validation_size
 
 
 @pytest.fixture(scope="module")
@@ -130,12 +132,27 @@ def test_validation_size_floor_and_cap() -> None:
     assert validation_size(FitConfig(val_fraction=0.0, val_min=200), 1000) == 0
 
 
-def test_fit_tops_the_validation_set_up_to_the_floor(qm9, small_rows) -> None:
+def test_split_validation_holds_out_the_fraction_then_fills_the_floor() -> None:
+    rows = torch.randperm(1000, generator=torch.Generator().manual_seed(2)) + 5000
+    train, val = split_validation(rows, FitConfig(val_fraction=0.1))
+    assert torch.equal(val, rows[:100]) and torch.equal(train, rows[100:])  # the first rows
+    assert split_validation(rows, FitConfig(val_fraction=0.0))[1].numel() == 0
+    floor = FitConfig(val_fraction=0.1, val_min=200, seed=3)
+    train, val = split_validation(rows, floor)
+    assert val.numel() == validation_size(floor, 1000) == 200 and train.numel() == 800
+    assert torch.equal(val[:100], rows[:100])  # the fraction's rows, then the floor's
+    assert sorted(torch.cat([train, val]).tolist()) == sorted(rows.tolist())
+    again, other = split_validation(rows, floor), split_validation(rows, replace(floor, seed=4))
+    assert torch.equal(again[1], val) and not torch.equal(other[1], val)  # seeded
+    # rows already held out at the front count: 10 held, the floor takes 20 more
+    train, val = split_validation(rows[:160], replace(floor, val_min=30, val_max_fraction=0.5), 10)
+    assert val.numel() == 30 and torch.equal(val[:10], rows[:10]) and train.numel() == 130
+
+
+def test_fit_uses_the_rows_as_given(qm9, small_rows) -> None:
     train, val = small_rows[0][:150], small_rows[1][:10]
     _, result = _tiny_fit(qm9, (train, val), val_min=30, val_max_fraction=0.5)
-    used = result.val_rows
-    assert used.numel() == 30 and set(val.tolist()) <= set(used.tolist())
-    assert result.n_train == 130 and set(used.tolist()) <= set(train.tolist()) | set(val.tolist())
+    assert torch.equal(result.val_rows, val) and result.n_train == 150
 
 
 # -------------------------------------------------------------------------- deep ensembles

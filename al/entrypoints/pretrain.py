@@ -44,6 +44,7 @@ from al.tracking.registry import file_sha256, oracle_version_tags, register_orac
 from al.tracking.runs import set_experiment
 from al.training.config import FitConfig
 from al.training.fit import fit, predict, resolve_device, seed_everything
+from al.training.split import split_validation
 
 log = logging.getLogger(__name__)
 
@@ -134,9 +135,11 @@ def reproduce_command(config: PretrainConfig) -> str:
 
 
 def draw_oracle_rows(
-    data: Any, splits: Any, train_size: int, val_fraction: float, seed: int
+    data: Any, splits: Any, train_size: int, config: FitConfig
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Training and validation rows ``([n_train], [n_val])``, all from the oracle split.
+    """Training and validation rows ``([n_train], [n_val])``, all from the oracle split:
+    ``train_size`` random ones (seeded with ``config.seed``), split by
+    :func:`~al.training.split.split_validation`.
 
     Raises:
         ValueError: ``train_size`` exceeds the oracle split.
@@ -149,10 +152,9 @@ def draw_oracle_rows(
             f"train_size={train_size} exceeds the oracle split ({oracle.numel()} molecules); "
             "lower train_size or raise n_oracle"
         )
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(config.seed)
     chosen = oracle[torch.randperm(oracle.numel(), generator=gen)[:train_size]]
-    n_val = max(1, round(val_fraction * train_size)) if val_fraction > 0 else 0
-    val_rows, train_rows = chosen[:n_val], chosen[n_val:]
+    train_rows, val_rows = split_validation(chosen, config)
     ids = data.qm9_index[chosen].numpy()
     if (
         not np.isin(ids, splits.oracle).all()
@@ -194,9 +196,7 @@ def run_pretrain(
     seed_everything(config.seed)
     device = resolve_device(config.device)
     data, splits = load_data(subset(DataConfig, config))
-    train_rows, val_rows = draw_oracle_rows(
-        data, splits, config.train_size, config.val_fraction, config.seed
-    )
+    train_rows, val_rows = draw_oracle_rows(data, splits, config.train_size, config)
     test = data.rows_of(splits.test)
     digest = splits.digest()
     resolved = to_dict(config)

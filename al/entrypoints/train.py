@@ -25,6 +25,7 @@ from al.tracking.pyfunc import log_pyfunc_model
 from al.training.config import FitConfig
 from al.training.fit import FitResult, fit, predict, resolve_device, seed_everything
 from al.training.metrics import baseline_mae, regression_report
+from al.training.split import split_validation
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +58,7 @@ def run_train(config: TrainRunConfig, echo: Callable[[str], None] | None = None)
         raise ValueError(f"train_size={config.train_size} exceeds the pool ({pool.numel()})")
     gen = torch.Generator().manual_seed(config.seed)
     chosen = pool[torch.randperm(pool.numel(), generator=gen)[: config.train_size]]
-    n_val = round(config.val_fraction * config.train_size)
-    if config.val_fraction > 0:
-        n_val = max(1, n_val)
-    val_rows, train_rows = chosen[:n_val], chosen[n_val:]
+    train_rows, val_rows = split_validation(chosen, config)
 
     tracking.set_experiment(config.experiment_name)
     with mlflow.start_run() as run:
