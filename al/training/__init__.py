@@ -1,6 +1,6 @@
 """Training: fitting a model (schedule, early stopping, diagnostics), predicting, metrics."""
 
-from al.training.config import DEVICES, FitConfig, step_budget
+from al.training.config import DEVICES, FitConfig, SurrogateConfig, step_budget
 from al.training.fit import (
     EpochStats,
     FitResult,

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 from al.config import option
+from al.models.config import ModelConfig
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -67,3 +68,9 @@ def step_budget(config: FitConfig, n_train: int) -> int:
     if config.max_steps > 0:
         budget = min(budget, config.max_steps)
     return max(budget, config.min_steps, 1)
+
+
+@dataclass
+class SurrogateConfig(ModelConfig, FitConfig):
+    """One surrogate's settings: its network and how it is fitted (the keys a study tunes
+    and a ``surrogate_config`` file holds)."""
