@@ -1,11 +1,15 @@
 import copy
+import io
 import math
+import re
+import sys
 from dataclasses import replace
 
 import pytest
 import torch
 from click.testing import CliRunner
 
+from al import progress
 from al.cli import main
 from al.config import ConfigError, build_config
 from al.models import build_model
@@ -267,3 +271,29 @@ def test_predict_batches_by_size_and_answers_in_the_order_asked(qm9, n_outputs) 
     assert energy.shape == want_e.shape and emb.shape == want_f.shape
     torch.testing.assert_close(energy, want_e, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(emb, want_f, rtol=1e-5, atol=1e-5)
+
+
+class _Terminal(io.StringIO):
+    """Standard error as a terminal: where the progress bar draws."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_bar_and_the_profiler_watch_without_changing_the_fit(
+    qm9, small_rows, tmp_path, monkeypatch
+) -> None:
+    rows = (small_rows[0][:64], small_rows[1][:8])
+    plain, plain_result = _tiny_fit(qm9, rows, epochs=2)
+    screen = _Terminal()
+    monkeypatch.setattr(sys, "stderr", screen)
+    monkeypatch.delenv(progress.ENV, raising=False)
+    torch.manual_seed(0)
+    model = build_model("schnet", hidden=16, filter_groups=4, n_interactions=1)
+    cfg = FitConfig(progress=True, seed=0, batch_size=16, epochs=2)
+    result = fit(model, qm9, rows[0], rows[1], cfg, profile_dir=tmp_path / "profile")
+    assert (tmp_path / "profile" / "trace.json").is_file()
+    assert re.search(r"fit 64 mol: .*8/8 ", screen.getvalue())  # 4 steps per epoch
+    assert [h.train_loss for h in result.history] == [h.train_loss for h in plain_result.history]
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, plain.state_dict()[name]), name
