@@ -36,8 +36,9 @@ import torch
 from al.data.load import load_qm9
 from al.data.splits import SplitConfig, make_splits
 from al.models.shallow import ShallowEnsembleModel
-from al.training.config import FitConfig, validation_size
+from al.training.config import FitConfig
 from al.training.fit import fit, predict, seed_everything
+from al.training.split import validation_size
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

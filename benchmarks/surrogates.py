@@ -26,9 +26,10 @@ from al.data.config import DataConfig
 from al.data.load import load_data
 from al.data.molecules import MolecularData
 from al.models import ModelConfig, build_model
-from al.training.config import FitConfig, validation_size
+from al.training.config import FitConfig
 from al.training.fit import fit, predict, resolve_device, seed_everything
 from al.training.metrics import regression_report
+from al.training.split import validation_size
 from al.uncertainty import build_surrogate
 
 SURROGATES = ("single", "shallow", "mc_dropout", "deep")

@@ -27,6 +27,7 @@ from al.models.config import ModelConfig
 from al.tracking import Metrics
 from al.training.config import FitConfig
 from al.training.fit import EpochStats, fit, resolve_device
+from al.training.split import split_validation
 from hpo.config import HPOConfig
 from hpo.space import SearchSpace
 
@@ -52,7 +53,8 @@ class LabelledSet:
 
 
 def labelled_set(config: HPOConfig) -> LabelledSet:
-    """``train_size`` random pool molecules (seeded), split into training and validation."""
+    """``train_size`` random pool molecules (seeded), split into training and validation
+    (:func:`~al.training.split.split_validation`)."""
     from al.data.load import load_data
 
     data, splits = load_data(subset(DataConfig, config))
@@ -61,8 +63,8 @@ def labelled_set(config: HPOConfig) -> LabelledSet:
         raise ValueError(f"train_size={config.train_size} exceeds the pool ({pool.numel()})")
     gen = torch.Generator().manual_seed(config.seed)
     chosen = pool[torch.randperm(pool.numel(), generator=gen)[: config.train_size]]
-    n_val = max(1, round(config.val_fraction * config.train_size))
-    return LabelledSet(data, chosen[n_val:], chosen[:n_val])
+    split = FitConfig(val_fraction=config.val_fraction, seed=config.seed)  # as every trial's
+    return LabelledSet(data, *split_validation(chosen, split))
 
 
 def within_budget(study: optuna.Study, number: int, n_trials: int) -> bool:

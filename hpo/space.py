@@ -35,13 +35,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from al.config import ConfigError, build_config
-from al.entrypoints.train import TrainRunConfig
 from al.models import MODELS
+from al.training.config import SurrogateConfig
 
 if TYPE_CHECKING:
     import optuna
-
-#: Keys a surrogate config may hold: model and fit settings.
 
 
 @dataclass(frozen=True)
@@ -108,7 +106,7 @@ def parse_fixed(text: str) -> dict[str, Any]:
             f"config key 'fixed': unknown search-space key(s) {', '.join(map(repr, unknown))}; "
             f"valid keys: {', '.join(names)}"
         )
-    checked = build_config(TrainRunConfig, {"filter_groups": 1, **values})
+    checked = build_config(SurrogateConfig, {"filter_groups": 1, **values})
     return {key: getattr(checked, key) for key in values}
 
 

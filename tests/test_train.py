@@ -1,18 +1,24 @@
 import copy
+import io
 import math
+import re
+import sys
+from dataclasses import replace
 
 import pytest
 import torch
 from click.testing import CliRunner
 
+from al import progress
 from al.cli import main
 from al.config import ConfigError, build_config
 from al.models import build_model
 from al.models.ensemble import EnsembleModel
-from al.training.config import FitConfig, step_budget, validation_size
+from al.training.config import FitConfig, step_budget
 from al.training.fit import fit, iterate_batches, member_batches, predict, resolve_device
 from al.training.losses import ensemble_nll
 from al.training.metrics import regression_report
+from al.training.split import split_validation, validation_size
 
 
 @pytest.fixture(scope="module")
@@ -130,12 +136,27 @@ def test_validation_size_floor_and_cap() -> None:
     assert validation_size(FitConfig(val_fraction=0.0, val_min=200), 1000) == 0
 
 
-def test_fit_tops_the_validation_set_up_to_the_floor(qm9, small_rows) -> None:
+def test_split_validation_holds_out_the_fraction_then_fills_the_floor() -> None:
+    rows = torch.randperm(1000, generator=torch.Generator().manual_seed(2)) + 5000
+    train, val = split_validation(rows, FitConfig(val_fraction=0.1))
+    assert torch.equal(val, rows[:100]) and torch.equal(train, rows[100:])  # the first rows
+    assert split_validation(rows, FitConfig(val_fraction=0.0))[1].numel() == 0
+    floor = FitConfig(val_fraction=0.1, val_min=200, seed=3)
+    train, val = split_validation(rows, floor)
+    assert val.numel() == validation_size(floor, 1000) == 200 and train.numel() == 800
+    assert torch.equal(val[:100], rows[:100])  # the fraction's rows, then the floor's
+    assert sorted(torch.cat([train, val]).tolist()) == sorted(rows.tolist())
+    again, other = split_validation(rows, floor), split_validation(rows, replace(floor, seed=4))
+    assert torch.equal(again[1], val) and not torch.equal(other[1], val)  # seeded
+    # rows already held out at the front count: 10 held, the floor takes 20 more
+    train, val = split_validation(rows[:160], replace(floor, val_min=30, val_max_fraction=0.5), 10)
+    assert val.numel() == 30 and torch.equal(val[:10], rows[:10]) and train.numel() == 130
+
+
+def test_fit_uses_the_rows_as_given(qm9, small_rows) -> None:
     train, val = small_rows[0][:150], small_rows[1][:10]
     _, result = _tiny_fit(qm9, (train, val), val_min=30, val_max_fraction=0.5)
-    used = result.val_rows
-    assert used.numel() == 30 and set(val.tolist()) <= set(used.tolist())
-    assert result.n_train == 130 and set(used.tolist()) <= set(train.tolist()) | set(val.tolist())
+    assert torch.equal(result.val_rows, val) and result.n_train == 150
 
 
 # -------------------------------------------------------------------------- deep ensembles
@@ -250,3 +271,29 @@ def test_predict_batches_by_size_and_answers_in_the_order_asked(qm9, n_outputs) 
     assert energy.shape == want_e.shape and emb.shape == want_f.shape
     torch.testing.assert_close(energy, want_e, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(emb, want_f, rtol=1e-5, atol=1e-5)
+
+
+class _Terminal(io.StringIO):
+    """Standard error as a terminal: where the progress bar draws."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_bar_and_the_profiler_watch_without_changing_the_fit(
+    qm9, small_rows, tmp_path, monkeypatch
+) -> None:
+    rows = (small_rows[0][:64], small_rows[1][:8])
+    plain, plain_result = _tiny_fit(qm9, rows, epochs=2)
+    screen = _Terminal()
+    monkeypatch.setattr(sys, "stderr", screen)
+    monkeypatch.delenv(progress.ENV, raising=False)
+    torch.manual_seed(0)
+    model = build_model("schnet", hidden=16, filter_groups=4, n_interactions=1)
+    cfg = FitConfig(progress=True, seed=0, batch_size=16, epochs=2)
+    result = fit(model, qm9, rows[0], rows[1], cfg, profile_dir=tmp_path / "profile")
+    assert (tmp_path / "profile" / "trace.json").is_file()
+    assert re.search(r"fit 64 mol: .*8/8 ", screen.getvalue())  # 4 steps per epoch
+    assert [h.train_loss for h in result.history] == [h.train_loss for h in plain_result.history]
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, plain.state_dict()[name]), name

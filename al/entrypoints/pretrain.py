@@ -32,7 +32,9 @@ from al import tracking
 from al.config import ConfigError, build_config, option, subset, to_dict
 from al.data.config import DataConfig
 from al.data.load import load_data
+from al.data.molecules import MolecularData
 from al.data.qm9pack import qm9pack_data_dir
+from al.data.splits import Splits
 from al.entrypoints.train import log_test_evaluation
 from al.models import ModelConfig, build_model, count_parameters
 from al.models.checkpoint import save_checkpoint
@@ -43,7 +45,8 @@ from al.tracking.pyfunc import log_pyfunc_model
 from al.tracking.registry import file_sha256, oracle_version_tags, register_oracle
 from al.tracking.runs import set_experiment
 from al.training.config import FitConfig
-from al.training.fit import fit, predict, resolve_device, seed_everything
+from al.training.fit import FitResult, fit, predict, resolve_device, seed_everything
+from al.training.split import split_validation
 
 log = logging.getLogger(__name__)
 
@@ -134,9 +137,11 @@ def reproduce_command(config: PretrainConfig) -> str:
 
 
 def draw_oracle_rows(
-    data: Any, splits: Any, train_size: int, val_fraction: float, seed: int
+    data: Any, splits: Any, train_size: int, config: FitConfig
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Training and validation rows ``([n_train], [n_val])``, all from the oracle split.
+    """Training and validation rows ``([n_train], [n_val])``, all from the oracle split:
+    ``train_size`` random ones (seeded with ``config.seed``), split by
+    :func:`~al.training.split.split_validation`.
 
     Raises:
         ValueError: ``train_size`` exceeds the oracle split.
@@ -149,10 +154,9 @@ def draw_oracle_rows(
             f"train_size={train_size} exceeds the oracle split ({oracle.numel()} molecules); "
             "lower train_size or raise n_oracle"
         )
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(config.seed)
     chosen = oracle[torch.randperm(oracle.numel(), generator=gen)[:train_size]]
-    n_val = max(1, round(val_fraction * train_size)) if val_fraction > 0 else 0
-    val_rows, train_rows = chosen[:n_val], chosen[n_val:]
+    train_rows, val_rows = split_validation(chosen, config)
     ids = data.qm9_index[chosen].numpy()
     if (
         not np.isin(ids, splits.oracle).all()
@@ -194,53 +198,13 @@ def run_pretrain(
     seed_everything(config.seed)
     device = resolve_device(config.device)
     data, splits = load_data(subset(DataConfig, config))
-    train_rows, val_rows = draw_oracle_rows(
-        data, splits, config.train_size, config.val_fraction, config.seed
-    )
+    train_rows, val_rows = draw_oracle_rows(data, splits, config.train_size, config)
     test = data.rows_of(splits.test)
-    digest = splits.digest()
-    resolved = to_dict(config)
-    command = reproduce_command(config)
 
     set_experiment(config.experiment_name)
     with mlflow.start_run() as run:
         run_id = run.info.run_id
-        mlflow.set_tags(
-            {
-                tracking.TAG_KIND: KIND_PRETRAIN,
-                tracking.TAG_MODEL: config.model,
-                tracking.TAG_SEED: str(config.seed),
-                tracking.TAG_SPLIT_DIGEST: digest,
-                TAG_FIDELITY: config.fidelity,
-            }
-        )
-        tracking.log_params(
-            {
-                **resolved,
-                "split_digest": digest,
-                "n_train": train_rows.numel(),
-                "n_val": val_rows.numel(),
-                "device_resolved": str(device),
-                "command": command,
-            }
-        )
-        tracking.log_dict_artifact(resolved, Artifacts.CONFIG)
-        tracking.log_text_artifact(splits.to_json(), Artifacts.SPLITS)
-        roles = np.array(["train"] * train_rows.numel() + ["val"] * val_rows.numel())
-        used = torch.cat([train_rows, val_rows])
-        table = np.rec.fromarrays([data.qm9_index[used].numpy(), roles], names="qm9_index,role")
-        tracking.log_text_artifact(
-            "qm9_index,role\n" + "".join(f"{i},{r}\n" for i, r in table), TRAIN_INDEX_ARTIFACT
-        )
-        source = str(config.data_root or qm9pack_data_dir())
-        tracking.log_dataset(
-            data.qm9_index[train_rows].numpy(),
-            data.y[train_rows].numpy(),
-            f"qm9-{data.digest()}-oracle-train-{digest}",
-            source,
-            "training",
-        )
-
+        log_pretrain_inputs(config, data, splits, train_rows, val_rows, device)
         model = build_model(config.model, **subset(ModelConfig, config).model_kwargs()).to(device)
         n_params = count_parameters(model)
         tracking.log_metrics({Metrics.N_PARAMETERS: n_params}, step=0)
@@ -265,73 +229,11 @@ def run_pretrain(
             pred, data, train_rows, test, result, config.train_size,
             f"{config.fidelity} oracle, test",
         )  # fmt: skip
-
-        meta = {
-            "kind": "oracle",
-            "fidelity": config.fidelity,
-            "split_digest": digest,
-            "split": {
-                "seed": config.split_seed,
-                "n_test": config.n_test,
-                "n_oracle": config.n_oracle,
-            },
-            "data_digest": data.digest(),
-            "train_size": config.train_size,
-            "n_train": train_rows.numel(),
-            "n_val": val_rows.numel(),
-            "test_mae": test_metrics["mae"],
-            "config": resolved,
-        }
-        with tracking.tmpdir() as tmp:
-            ckpt = save_checkpoint([model], Path(tmp) / EXPORT_CHECKPOINT, meta=meta)
-            sha = file_sha256(ckpt)
-            info = log_pyfunc_model(ckpt, Artifacts.MODEL_NAME)
-            mlflow.set_tags({tracking.TAG_MODEL_URI: info.model_uri, tracking.TAG_SHA256: sha})
-            registered_uri, version = "", ""
-            if config.register_as:
-                registered_uri, version = register_oracle(
-                    info.model_uri,
-                    config.register_as,
-                    alias=config.fidelity,
-                    tags=oracle_version_tags(
-                        fidelity=config.fidelity,
-                        test_mae=f"{test_metrics['mae']:.6f}",
-                        split_digest=digest,
-                        train_size=str(config.train_size),
-                        sha256=sha,
-                        run_id=run_id,
-                    ),
-                )
-                mlflow.set_tag(tracking.TAG_REGISTERED_MODEL, registered_uri)
-            exported = None
-            if config.export:
-                exported = export_checkpoint(
-                    ckpt,
-                    config.export,
-                    {
-                        "command": command,
-                        "split_digest": digest,
-                        "split": meta["split"],
-                        "data_digest": meta["data_digest"],
-                        "train_size": config.train_size,
-                        "n_train": train_rows.numel(),
-                        "n_val": val_rows.numel(),
-                        "trained_on": "oracle split only (no test or pool molecule)",
-                        "test_mae_ev": test_metrics["mae"],
-                        "test_rmse_ev": test_metrics["rmse"],
-                        "test_max_ae_ev": test_metrics["max_ae"],
-                        "baseline_test_mae_ev": base,
-                        "n_test": test.numel(),
-                        "model": {"name": config.model, **model.hparams()},
-                        "n_parameters": n_params,
-                        "fit": {f.name: getattr(config, f.name) for f in fields(FitConfig)},
-                        "best_epoch": result.best_epoch,
-                        "epochs_run": len(result.history),
-                        "fit_seconds": round(result.seconds, 1),
-                        "mlflow_run_id": run_id,
-                        "mlflow_tracking_uri": mlflow.get_tracking_uri(),
-                    },
-                )
+        record = OracleRecord(
+            config, data, splits, train_rows.numel(), val_rows.numel(), test.numel(), n_params,
+            test_metrics, base, result,
+        )  # fmt: skip
+        published = publish_oracle(model, record, run_id)
     log.info(
         "event=pretrain_done run_id=%s fidelity=%s test_mae=%.4f baseline_mae=%.4f "
         "seconds=%.1f registered=%s",
@@ -340,18 +242,163 @@ def run_pretrain(
         test_metrics["mae"],
         base,
         result.seconds,
-        registered_uri or "-",
+        published.registered_uri or "-",
     )
     if echo is not None:
         echo(
             f"{config.fidelity} oracle: test MAE {test_metrics['mae']:.4f} eV (per-element linear "
             f"baseline {base:.4f} eV), {train_rows.numel()} oracle-split molecules, "
             f"{len(result.history)} epochs in {result.seconds:.0f} s; run {run_id}; "
-            f"model {registered_uri or info.model_uri}"
-            + (f"; exported to {exported}" if exported else "")
+            f"model {published.registered_uri or published.model_uri}"
+            + (f"; exported to {published.export}" if published.export else "")
         )
+    return published
+
+
+def log_pretrain_inputs(
+    config: PretrainConfig,
+    data: MolecularData,
+    splits: Splits,
+    train_rows: torch.Tensor,
+    val_rows: torch.Tensor,
+    device: torch.device,
+) -> None:
+    """Tags, parameters, resolved config, split, the table of the oracle-split molecules
+    used (:data:`TRAIN_INDEX_ARTIFACT`) and the training data set of the active run;
+    ``train_rows`` ``[n_train]``, ``val_rows`` ``[n_val]``."""
+    import mlflow
+
+    digest = splits.digest()
+    resolved = to_dict(config)
+    mlflow.set_tags(
+        {
+            tracking.TAG_KIND: KIND_PRETRAIN,
+            tracking.TAG_MODEL: config.model,
+            tracking.TAG_SEED: str(config.seed),
+            tracking.TAG_SPLIT_DIGEST: digest,
+            TAG_FIDELITY: config.fidelity,
+        }
+    )
+    tracking.log_params(
+        {
+            **resolved,
+            "split_digest": digest,
+            "n_train": train_rows.numel(),
+            "n_val": val_rows.numel(),
+            "device_resolved": str(device),
+            "command": reproduce_command(config),
+        }
+    )
+    tracking.log_dict_artifact(resolved, Artifacts.CONFIG)
+    tracking.log_text_artifact(splits.to_json(), Artifacts.SPLITS)
+    roles = np.array(["train"] * train_rows.numel() + ["val"] * val_rows.numel())
+    used = torch.cat([train_rows, val_rows])
+    table = np.rec.fromarrays([data.qm9_index[used].numpy(), roles], names="qm9_index,role")
+    tracking.log_text_artifact(
+        "qm9_index,role\n" + "".join(f"{i},{r}\n" for i, r in table), TRAIN_INDEX_ARTIFACT
+    )
+    tracking.log_dataset(
+        data.qm9_index[train_rows].numpy(),
+        data.y[train_rows].numpy(),
+        f"qm9-{data.digest()}-oracle-train-{digest}",
+        str(config.data_root or qm9pack_data_dir()),
+        "training",
+    )
+
+
+@dataclass
+class OracleRecord:
+    """What a pretrain run knows of its oracle model: settings, data, sizes and results."""
+
+    config: PretrainConfig
+    data: MolecularData
+    splits: Splits
+    n_train: int
+    n_val: int
+    n_test: int
+    n_params: int
+    test_metrics: dict[str, float]
+    baseline_mae: float
+    result: FitResult
+
+    def meta(self) -> dict[str, Any]:
+        """The checkpoint's metadata."""
+        c = self.config
+        return {
+            "kind": "oracle",
+            "fidelity": c.fidelity,
+            "split_digest": self.splits.digest(),
+            "split": {"seed": c.split_seed, "n_test": c.n_test, "n_oracle": c.n_oracle},
+            "data_digest": self.data.digest(),
+            "train_size": c.train_size,
+            "n_train": self.n_train,
+            "n_val": self.n_val,
+            "test_mae": self.test_metrics["mae"],
+            "config": to_dict(c),
+        }
+
+    def provenance(self, model: torch.nn.Module, run_id: str, tracking_uri: str) -> dict:
+        """The exported checkpoint's provenance (:func:`export_checkpoint`)."""
+        c, meta = self.config, self.meta()
+        return {
+            "command": reproduce_command(c),
+            "split_digest": meta["split_digest"],
+            "split": meta["split"],
+            "data_digest": meta["data_digest"],
+            "train_size": c.train_size,
+            "n_train": self.n_train,
+            "n_val": self.n_val,
+            "trained_on": "oracle split only (no test or pool molecule)",
+            "test_mae_ev": self.test_metrics["mae"],
+            "test_rmse_ev": self.test_metrics["rmse"],
+            "test_max_ae_ev": self.test_metrics["max_ae"],
+            "baseline_test_mae_ev": self.baseline_mae,
+            "n_test": self.n_test,
+            "model": {"name": c.model, **model.hparams()},
+            "n_parameters": self.n_params,
+            "fit": {f.name: getattr(c, f.name) for f in fields(FitConfig)},
+            "best_epoch": self.result.best_epoch,
+            "epochs_run": len(self.result.history),
+            "fit_seconds": round(self.result.seconds, 1),
+            "mlflow_run_id": run_id,
+            "mlflow_tracking_uri": tracking_uri,
+        }
+
+
+def publish_oracle(model: torch.nn.Module, record: OracleRecord, run_id: str) -> PretrainResult:
+    """Log the oracle ``model`` as a pyfunc model of run ``run_id``, register it as
+    ``register_as@fidelity`` (unless ``register_as`` is empty) and export it (with
+    ``export``)."""
+    import mlflow
+
+    config = record.config
+    with tracking.tmpdir() as tmp:
+        ckpt = save_checkpoint([model], Path(tmp) / EXPORT_CHECKPOINT, meta=record.meta())
+        sha = file_sha256(ckpt)
+        info = log_pyfunc_model(ckpt, Artifacts.MODEL_NAME)
+        mlflow.set_tags({tracking.TAG_MODEL_URI: info.model_uri, tracking.TAG_SHA256: sha})
+        registered_uri, version = "", ""
+        if config.register_as:
+            registered_uri, version = register_oracle(
+                info.model_uri,
+                config.register_as,
+                alias=config.fidelity,
+                tags=oracle_version_tags(
+                    fidelity=config.fidelity,
+                    test_mae=f"{record.test_metrics['mae']:.6f}",
+                    split_digest=record.splits.digest(),
+                    train_size=str(config.train_size),
+                    sha256=sha,
+                    run_id=run_id,
+                ),
+            )
+            mlflow.set_tag(tracking.TAG_REGISTERED_MODEL, registered_uri)
+        exported = None
+        if config.export:
+            provenance = record.provenance(model, run_id, mlflow.get_tracking_uri())
+            exported = export_checkpoint(ckpt, config.export, provenance)
     return PretrainResult(
-        run_id, info.model_uri, registered_uri, version, test_metrics["mae"], exported
+        run_id, info.model_uri, registered_uri, version, record.test_metrics["mae"], exported
     )
 
 

@@ -17,6 +17,7 @@ from al.data.config import DataConfig
 from al.data.load import load_data
 from al.data.molecules import MolecularData
 from al.data.qm9pack import qm9pack_data_dir
+from al.data.splits import Splits
 from al.models import ModelConfig, build_model, count_parameters
 from al.models.checkpoint import save_checkpoint
 from al.runtime import configure_threads
@@ -25,6 +26,7 @@ from al.tracking.pyfunc import log_pyfunc_model
 from al.training.config import FitConfig
 from al.training.fit import FitResult, fit, predict, resolve_device, seed_everything
 from al.training.metrics import baseline_mae, regression_report
+from al.training.split import split_validation
 
 log = logging.getLogger(__name__)
 
@@ -51,50 +53,13 @@ def run_train(config: TrainRunConfig, echo: Callable[[str], None] | None = None)
     seed_everything(config.seed)
     device = resolve_device(config.device)
     data, splits = load_data(subset(DataConfig, config))
-    pool = data.rows_of(splits.pool)
+    train_rows, val_rows = draw_training_rows(data, splits, config)
     test = data.rows_of(splits.test)
-    if config.train_size > pool.numel():
-        raise ValueError(f"train_size={config.train_size} exceeds the pool ({pool.numel()})")
-    gen = torch.Generator().manual_seed(config.seed)
-    chosen = pool[torch.randperm(pool.numel(), generator=gen)[: config.train_size]]
-    n_val = round(config.val_fraction * config.train_size)
-    if config.val_fraction > 0:
-        n_val = max(1, n_val)
-    val_rows, train_rows = chosen[:n_val], chosen[n_val:]
 
     tracking.set_experiment(config.experiment_name)
     with mlflow.start_run() as run:
         run_id = run.info.run_id
-        mlflow.set_tags(
-            {
-                tracking.TAG_KIND: tracking.KIND_TRAIN,
-                tracking.TAG_MODEL: config.model,
-                tracking.TAG_SEED: str(config.seed),
-                tracking.TAG_SPLIT_DIGEST: splits.digest(),
-            }
-        )
-        resolved = to_dict(config)
-        tracking.log_params(
-            {**resolved, "split_digest": splits.digest(), "device_resolved": str(device)}
-        )
-        tracking.log_dict_artifact(resolved, Artifacts.CONFIG)
-        tracking.log_text_artifact(splits.to_json(), Artifacts.SPLITS)
-        source = str(config.data_root or qm9pack_data_dir())
-        tracking.log_dataset(
-            data.qm9_index[train_rows].numpy(),
-            data.y[train_rows].numpy(),
-            f"qm9-{data.digest()}-train-{splits.digest()}",
-            source,
-            "training",
-        )
-        tracking.log_dataset(
-            data.qm9_index[test].numpy(),
-            data.y[test].numpy(),
-            f"qm9-{data.digest()}-test-{splits.digest()}",
-            source,
-            "evaluation",
-        )
-
+        resolved = log_train_inputs(config, data, splits, train_rows, test, device)
         model = build_model(config.model, **subset(ModelConfig, config).model_kwargs()).to(device)
         tracking.log_metrics({Metrics.N_PARAMETERS: count_parameters(model)}, step=0)
         log.info(
@@ -105,35 +70,13 @@ def run_train(config: TrainRunConfig, echo: Callable[[str], None] | None = None)
             val_rows.numel(),
             device,
         )
-        logger = tracking.EpochLogger(run_id)
         with tracking.tmpdir() as tmp:
-            profile_dir = Path(tmp) / "profile" if config.profile else None
-            result = fit(
-                model,
-                data,
-                train_rows,
-                val_rows,
-                subset(FitConfig, config),
-                on_epoch=logger,
-                profile_dir=profile_dir,
-            )
-            logger.flush()
-            if profile_dir is not None and profile_dir.exists():
-                tracking.log_dir(profile_dir, Artifacts.PROFILE_DIR)
-
+            result = fit_logged(model, data, train_rows, val_rows, config, run_id, Path(tmp))
             pred, _ = predict(model, data, test, amp=config.amp)
-            target = data.y[test]
             test_metrics, base = log_test_evaluation(
                 pred, data, train_rows, test, result, config.train_size, f"{config.model}, test"
             )
-            frame = pd.DataFrame(
-                {
-                    "qm9_index": data.qm9_index[test].numpy(),
-                    "target_ev": target.numpy(),
-                    "pred_ev": pred.numpy(),
-                }
-            )
-            tracking.log_text_artifact(frame.to_csv(index=False), Artifacts.PREDICTIONS)
+            log_predictions(data, test, pred)
             ckpt = save_checkpoint(
                 [model.cpu()],
                 Path(tmp) / "model.pt",
@@ -161,6 +104,100 @@ def run_train(config: TrainRunConfig, echo: Callable[[str], None] | None = None)
                 f"model {info.model_uri}"
             )
     return run_id
+
+
+def draw_training_rows(
+    data: MolecularData, splits: Splits, config: TrainRunConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``train_size`` random pool rows (seeded with ``config.seed``), split into training
+    and validation rows by :func:`~al.training.split.split_validation`, ``([n_train],
+    [n_val])``.
+
+    Raises:
+        ValueError: ``train_size`` exceeds the pool.
+    """
+    pool = data.rows_of(splits.pool)
+    if config.train_size > pool.numel():
+        raise ValueError(f"train_size={config.train_size} exceeds the pool ({pool.numel()})")
+    gen = torch.Generator().manual_seed(config.seed)
+    chosen = pool[torch.randperm(pool.numel(), generator=gen)[: config.train_size]]
+    return split_validation(chosen, config)
+
+
+def log_train_inputs(
+    config: TrainRunConfig,
+    data: MolecularData,
+    splits: Splits,
+    train_rows: torch.Tensor,
+    test: torch.Tensor,
+    device: torch.device,
+) -> dict:
+    """Tags, parameters, resolved config, split and data sets (training ``[n_train]`` and
+    test ``[n_test]`` rows) of the active run; returns the resolved config."""
+    mlflow.set_tags(
+        {
+            tracking.TAG_KIND: tracking.KIND_TRAIN,
+            tracking.TAG_MODEL: config.model,
+            tracking.TAG_SEED: str(config.seed),
+            tracking.TAG_SPLIT_DIGEST: splits.digest(),
+        }
+    )
+    resolved = to_dict(config)
+    tracking.log_params(
+        {**resolved, "split_digest": splits.digest(), "device_resolved": str(device)}
+    )
+    tracking.log_dict_artifact(resolved, Artifacts.CONFIG)
+    tracking.log_text_artifact(splits.to_json(), Artifacts.SPLITS)
+    source = str(config.data_root or qm9pack_data_dir())
+    for rows, part, context in ((train_rows, "train", "training"), (test, "test", "evaluation")):
+        tracking.log_dataset(
+            data.qm9_index[rows].numpy(),
+            data.y[rows].numpy(),
+            f"qm9-{data.digest()}-{part}-{splits.digest()}",
+            source,
+            context,
+        )
+    return resolved
+
+
+def fit_logged(
+    model: torch.nn.Module,
+    data: MolecularData,
+    train_rows: torch.Tensor,
+    val_rows: torch.Tensor,
+    config: TrainRunConfig,
+    run_id: str,
+    tmp: Path,
+) -> FitResult:
+    """:func:`~al.training.fit.fit` with every evaluation logged to run ``run_id`` and, with
+    ``profile``, the profiler trace (written under ``tmp``) logged as an artifact."""
+    logger = tracking.EpochLogger(run_id)
+    profile_dir = tmp / "profile" if config.profile else None
+    result = fit(
+        model,
+        data,
+        train_rows,
+        val_rows,
+        subset(FitConfig, config),
+        on_epoch=logger,
+        profile_dir=profile_dir,
+    )
+    logger.flush()
+    if profile_dir is not None and profile_dir.exists():
+        tracking.log_dir(profile_dir, Artifacts.PROFILE_DIR)
+    return result
+
+
+def log_predictions(data: MolecularData, test: torch.Tensor, pred: torch.Tensor) -> None:
+    """The test predictions ``[n_test]`` beside their targets, as the predictions artifact."""
+    frame = pd.DataFrame(
+        {
+            "qm9_index": data.qm9_index[test].numpy(),
+            "target_ev": data.y[test].numpy(),
+            "pred_ev": pred.numpy(),
+        }
+    )
+    tracking.log_text_artifact(frame.to_csv(index=False), Artifacts.PREDICTIONS)
 
 
 def log_test_evaluation(

@@ -1,6 +1,6 @@
 """Training: fitting a model (schedule, early stopping, diagnostics), predicting, metrics."""
 
-from al.training.config import DEVICES, FitConfig, step_budget, validation_size
+from al.training.config import DEVICES, FitConfig, SurrogateConfig, step_budget
 from al.training.fit import (
     EpochStats,
     FitResult,
@@ -13,3 +13,4 @@ from al.training.fit import (
 )
 from al.training.losses import ensemble_nll
 from al.training.metrics import calibration_curve, calibration_scale, regression_report
+from al.training.split import split_validation, validation_size

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 from al.config import option
+from al.models.config import ModelConfig
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -69,15 +70,7 @@ def step_budget(config: FitConfig, n_train: int) -> int:
     return max(budget, config.min_steps, 1)
 
 
-def validation_size(config: FitConfig, n: int) -> int:
-    """Molecules of a labelled set of ``n`` to hold out for validation.
-
-    ``round(val_fraction x n)`` (at least 1), raised to ``val_min`` but not beyond
-    ``val_max_fraction x n``; never all of them. 0 when ``val_fraction`` is 0 or ``n < 2``.
-    """
-    if config.val_fraction <= 0 or n < 2:
-        return 0
-    size = max(1, round(config.val_fraction * n))
-    if config.val_min > size:
-        size = max(size, min(config.val_min, math.floor(config.val_max_fraction * n)))
-    return min(size, n - 1)
+@dataclass
+class SurrogateConfig(ModelConfig, FitConfig):
+    """One surrogate's settings: its network and how it is fitted (the keys a study tunes
+    and a ``surrogate_config`` file holds)."""

@@ -21,6 +21,7 @@ from al.registry import Registry
 from al.training.config import FitConfig, step_budget
 from al.training.fit import EpochStats, FitResult, fit, predict
 from al.training.metrics import calibration_scale
+from al.training.split import split_validation
 from al.uncertainty.prediction import Prediction
 
 #: Molecules per scoring batch by device: small batches stay in the CPU's caches (128 is
@@ -64,6 +65,11 @@ class Surrogate:
         """Train on ``train_rows`` (``[n_train]``), early-stopping on ``val_rows``
         (``[n_val]``), then calibrate ``std_scale`` on the validation rows.
 
+        When the ``val_min`` floor asks for more validation rows than ``val_rows`` holds,
+        seeded random training rows are moved there first
+        (:func:`~al.training.split.split_validation`; ``FitResult.val_rows`` are the ones
+        used).
+
         ``warm`` > 0 continues from the current weights (when there are any) with a schedule
         of that share of a fit from scratch's steps (:func:`~al.training.config.step_budget`
         on ``n_train``, ``min_steps`` scaled alike); 0 trains from scratch. ``steps`` > 0
@@ -84,8 +90,10 @@ class Surrogate:
             )
         else:
             self.model = self._build().to(self.device)
+        weight = self._sample_weight(train_rows.numel())  # [K, n_train] or None
+        train_rows, val_rows, weight = _validation_floor(train_rows, val_rows, weight, config)
         result = fit(self.model, data, train_rows, val_rows, config, on_epoch,
-                     sample_weight=self._sample_weight(train_rows.numel()))  # fmt: skip
+                     sample_weight=weight)  # fmt: skip
         result.warm = warm_fit
         rows = result.val_rows if result.val_rows is not None else val_rows
         result.std_scale = self.calibrate(data, rows)
@@ -183,6 +191,22 @@ class Surrogate:
         torch.manual_seed(seed)
         cfg = self.model_config
         return build_model(cfg.model, **cfg.model_kwargs(), n_outputs=self.n_outputs)
+
+
+def _validation_floor(
+    train_rows: Tensor, val_rows: Tensor, weight: Tensor | None, config: FitConfig
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """``val_rows`` raised to the ``val_min`` floor with rows of ``train_rows``
+    (:func:`~al.training.split.split_validation` of the labelled set, validation rows first),
+    and the training weights (``[..., n_train]``) of the rows that stay."""
+    n_val = val_rows.numel()
+    positions = torch.arange(n_val + train_rows.numel(), device=train_rows.device)
+    train_pos, val_pos = split_validation(positions, config, held=n_val)
+    if val_pos.numel() == n_val:
+        return train_rows, val_rows, weight
+    rows = torch.cat([val_rows, train_rows.to(val_rows.device)])
+    kept = train_pos - n_val  # positions in train_rows
+    return rows[train_pos], rows[val_pos], None if weight is None else weight[..., kept.cpu()]
 
 
 #: The registry of uncertainty methods (the ``uncertainty`` key): config choices, CLI,
