@@ -14,7 +14,8 @@ import yaml
 from click.testing import CliRunner
 
 from al.cli import _resolve, main
-from al.cli.options import SECTIONS, ConfigOption
+from al.cli.options import SAVED_OPTIONS, SECTIONS, ConfigCommand, ConfigOption
+from al.cli.save_options import current_options
 from al.config import build_config
 from al.loop.config import CampaignConfig
 from hpo.config import HPOConfig
@@ -65,19 +66,57 @@ def test_grouped_help_lists_every_option_once() -> None:
 
 
 def test_help_imports_nothing_heavy() -> None:
-    """Building the command tree and printing the help stays clear of the heavy imports."""
+    """Building the command tree and printing every command's help stays clear of the heavy
+    imports (the config options come from the saved ones)."""
     script = (
         "import json, sys\n"
+        "import click\n"
         "from al.cli import main\n"
-        "for args in (['--help'], ['--version'], ['data', '--help']):\n"
+        "def paths(group, prefix):\n"
+        "    for name, command in group.commands.items():\n"
+        "        yield [*prefix, name]\n"
+        "        if isinstance(command, click.Group):\n"
+        "            yield from paths(command, [*prefix, name])\n"
+        "shown = []\n"
+        "for args in ([], ['--version'], *paths(main, [])):\n"
         "    try:\n"
-        "        main(args, standalone_mode=False)\n"
+        "        main([*args, '--help'] if args != ['--version'] else args,\n"
+        "             standalone_mode=False)\n"
         "    except SystemExit:\n"
         "        pass\n"
-        f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))\n"
+        "    shown.append(' '.join(args))\n"
+        f"print(json.dumps([shown, [m for m in {HEAVY!r} if m in sys.modules]]))\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+    shown, heavy = json.loads(done.stdout.strip().splitlines()[-1])
+    assert {"al-loop", "train", "pretrain", "hpo", "hpo-worker", "label", "data info"} <= set(shown)
+    assert heavy == []
+
+
+def _config_commands() -> dict[str, ConfigCommand]:
+    return {n: c for n, c in main.commands.items() if isinstance(c, ConfigCommand)}
+
+
+def test_saved_options_are_the_config_classes_options() -> None:
+    """``options.json`` holds what the config classes and registries give today."""
+    saved = json.loads(SAVED_OPTIONS.read_text())
+    assert saved == current_options(), "run `python -m al.cli.save_options` and commit it"
+    assert set(saved["commands"]) == set(_config_commands())
+
+
+def test_help_from_the_saved_options_is_the_config_classes_help() -> None:
+    for name, command in _config_commands().items():
+        shown = CliRunner().invoke(main, [name, "--help"], prog_name="al", terminal_width=80)
+        assert shown.exit_code == 0, shown.output
+        with click.Context(main, info_name="al", terminal_width=80) as parent:
+            ctx = click.Context(command, info_name=name, parent=parent)
+            assert shown.output == command.get_help(ctx) + "\n", name
+
+
+def test_help_as_an_option_value_is_parsed_with_the_config_options() -> None:
+    out = CliRunner().invoke(main, ["hpo", "--study-name", "--help", "--print-config"])
+    assert out.exit_code == 0, out.output
+    assert yaml.safe_load(out.output)["study_name"] == "--help"

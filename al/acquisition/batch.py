@@ -234,16 +234,39 @@ def bait(
         raise ValueError(f"overselection must be >= 1, got {overselection}")
     x, t = _features(pred, labelled_embedding)
     perm = _permutation(n, generator, x.device)
-    x = x[perm]
-    ref = t if t.shape[0] else x
-    mean_sq = float(ref.double().square().sum(dim=1).mean())
-    scale = 1.0 / math.sqrt(mean_sq) if mean_sq > 0 else 1.0
-    x, t = x * scale, t * scale
+    x, t = _bait_scaled(x[perm], t)
     p, g, d, r, s2 = _bait_init(x, t, sigma)
     state = _BaitState(x.T.contiguous(), p, g, d, r, s2)
 
     total = min(n, round(overselection * k))
-    taken = torch.zeros(n, dtype=torch.bool, device=x.device)
+    chosen, gains, taken = _bait_forward(state, x, total)
+    if len(chosen) < total:  # no gain left: fill up at random, keep the first k
+        index, score = _bait_fill(chosen, gains, taken, k, generator)
+        return Selection(perm[index].cpu(), score)
+
+    sel = torch.tensor(chosen, dtype=torch.int64, device=x.device)
+    kept = _bait_backward(x[sel].double(), t, g, s2, total - k)[:k]
+    score = torch.tensor(gains, dtype=torch.float64)[kept.cpu()]
+    return Selection(perm[sel[kept]].cpu(), score)
+
+
+def _bait_scaled(x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    """The pool ``x [n, F]`` and the labelled ``t [m, F]`` scaled alike, so that the
+    labelled features (the pool's when ``m = 0``) have mean squared norm 1."""
+    ref = t if t.shape[0] else x
+    mean_sq = float(ref.double().square().sum(dim=1).mean())
+    scale = 1.0 / math.sqrt(mean_sq) if mean_sq > 0 else 1.0
+    return x * scale, t * scale
+
+
+def _bait_forward(
+    state: _BaitState, x: Tensor, total: int
+) -> tuple[list[int], list[float], Tensor]:
+    """BAIT's forward phase: up to ``total`` rows of ``x [n, F]`` (tracked by ``state``),
+    each the one that most lowers the summed posterior variance; it stops at the first step
+    without a positive gain. The picks in order, their gains and the mask of the picked."""
+    s2 = state.s2
+    taken = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     chosen: list[int] = []
     gains: list[float] = []
     for _ in range(total):
@@ -255,30 +278,42 @@ def bait(
         gains.append(float(value[j]))
         taken[j] = True
         state.update(x[j].double(), float(state.d[j]), +1.0)
+    return chosen, gains, taken
 
-    if len(chosen) < total:  # no gain left: fill up at random, keep the first k
-        rest = (~taken).nonzero().squeeze(1)
-        fill = rest[torch.randperm(rest.numel(), generator=generator, device=generator.device)]
-        fill = fill.to(x.device)[: k - min(k, len(chosen))]
-        index = torch.tensor(chosen[:k], dtype=torch.int64, device=x.device)
-        score = torch.tensor(gains[:k], dtype=torch.float64)
-        index = torch.cat([index, fill])
-        score = torch.cat([score, torch.full((fill.numel(),), math.nan, dtype=torch.float64)])
-        return Selection(perm[index].cpu(), score)
 
-    # Backward: only the chosen rows' d and r matter from here on. They are recomputed in
-    # float64 from a fresh P: removal scores divide by d - sigma^2, where the rounding of
-    # float32 forward updates would otherwise decide.
-    sel = torch.tensor(chosen, dtype=torch.int64, device=x.device)
-    xs = x[sel].double()
+def _bait_fill(
+    chosen: list[int], gains: list[float], taken: Tensor, k: int, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """The first ``k`` forward picks, filled up to ``k`` with rows not ``taken`` drawn at
+    random from ``generator`` (score NaN): rows of the permuted pool and their scores."""
+    rest = (~taken).nonzero().squeeze(1)
+    fill = rest[torch.randperm(rest.numel(), generator=generator, device=generator.device)]
+    fill = fill.to(taken.device)[: k - min(k, len(chosen))]
+    index = torch.tensor(chosen[:k], dtype=torch.int64, device=taken.device)
+    score = torch.tensor(gains[:k], dtype=torch.float64)
+    index = torch.cat([index, fill])
+    score = torch.cat([score, torch.full((fill.numel(),), math.nan, dtype=torch.float64)])
+    return index, score
+
+
+def _bait_backward(xs: Tensor, t: Tensor, g: Tensor, s2: float, steps: int) -> Tensor:
+    """BAIT's backward phase over the forward picks ``xs [c, F]`` (float64): remove, ``steps``
+    times, the pick whose removal raises the summed posterior variance least (``t``: the
+    labelled features, ``g``: ``G``); it stops at the first step that fails, keeping the
+    earliest picks. The kept rows of ``xs``, in forward order.
+
+    Only the picks' ``d`` and ``r`` matter here. They are recomputed in float64 from a
+    fresh ``P``: removal scores divide by ``d - sigma^2``, where the rounding of float32
+    forward updates would otherwise decide.
+    """
     tt = t.double()
-    eye = torch.eye(xs.shape[1], dtype=torch.float64, device=x.device)
+    eye = torch.eye(xs.shape[1], dtype=torch.float64, device=xs.device)
     p = torch.cholesky_inverse(torch.linalg.cholesky(tt.T @ tt + xs.T @ xs + s2 * eye))
     d = (xs @ p).mul_(xs).sum(dim=1).mul_(s2)
     r = (xs @ (p @ g @ p)).mul_(xs).sum(dim=1).mul_(s2 * s2)
     back = _BaitState(xs.T.contiguous(), p, g, d, r, s2)
-    keep = torch.ones(len(chosen), dtype=torch.bool, device=x.device)
-    for _ in range(total - k):
+    keep = torch.ones(xs.shape[0], dtype=torch.bool, device=xs.device)
+    for _ in range(steps):
         den = back.d - s2
         value = back.r.clamp(min=0.0) / den
         value.masked_fill_((den >= 0) | ~keep, -math.inf)
@@ -287,6 +322,4 @@ def bait(
             break  # the backward step failed: keep the earliest forward picks
         keep[i] = False
         back.update(xs[i], float(back.d[i]), -1.0)
-    kept = keep.nonzero().squeeze(1)[:k]
-    score = torch.tensor(gains, dtype=torch.float64)[kept.cpu()]
-    return Selection(perm[sel[kept]].cpu(), score)
+    return keep.nonzero().squeeze(1)

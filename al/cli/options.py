@@ -3,15 +3,23 @@
 A :class:`ConfigCommand` names its config class through a loader, so the class (and what
 it imports) is read only when the command's options are needed: ``al --help`` imports no
 config at all. Every command that takes a config gets ``--config`` and ``--print-config``.
+
+The config modules import PyTorch and MLflow, so ``al <command> --help`` reads the config
+options (and the help texts made from registries) from ``options.json`` instead: the same
+options as the config class gives, saved by ``python -m al.cli.save_options`` and checked
+against the config classes by the tests. A command that runs builds them from the class.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
+import json
 import re
 from collections.abc import Callable
 from dataclasses import MISSING, fields
+from pathlib import Path
 from typing import Any
 
 import click
@@ -130,15 +138,63 @@ def config_params(cls: type) -> list[click.Parameter]:
     return params
 
 
+#: The saved config options and help texts that ``--help`` reads (see the module's doc).
+SAVED_OPTIONS = Path(__file__).with_name("options.json")
+
+
+def describe(param: ConfigOption) -> dict[str, Any]:
+    """A config option as ``options.json`` saves it: what its help line is made of."""
+    inner = param.type.inner if isinstance(param.type, _Optional) else param.type
+    kind: dict[str, Any] = (
+        {"choices": [str(c) for c in inner.choices]}
+        if isinstance(inner, click.Choice)
+        else {"type": next((t.__name__ for t, c in _CLICK_TYPES.items() if c is inner), "str")}
+    )
+    return {"decls": [*param.opts, param.name], **kind, "help": param.help,
+            "section": param.section}  # fmt: skip
+
+
+def rebuild(record: dict[str, Any]) -> ConfigOption:
+    """The option :func:`describe` saved, as :func:`config_params` makes it."""
+    types = {t.__name__: t for t in _CLICK_TYPES}
+    tp = types.get(record.get("type", "str"), str)
+    inner = click.Choice(record["choices"]) if "choices" in record else _CLICK_TYPES[tp]
+    name = record["decls"][-1]
+    return ConfigOption(record["decls"], type=_Optional(inner, name, tp), default=None,
+                        help=record["help"], section=record["section"])  # fmt: skip
+
+
+@functools.cache
+def _saved() -> dict[str, Any]:
+    """``options.json`` (empty when it is missing: the help then reads the config classes)."""
+    try:
+        return dict(json.loads(SAVED_OPTIONS.read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
+def saved_params(command: str) -> list[click.Parameter] | None:
+    """The saved config options of ``command``, or None when none are saved."""
+    records = _saved().get("commands", {}).get(command)
+    return None if records is None else [rebuild(r) for r in records]
+
+
+def help_key(help_text: Callable[[], str]) -> str:
+    """The name a help text function's text is saved under in ``options.json``."""
+    return f"{help_text.__module__}:{help_text.__qualname__}"
+
+
 class LazyHelpOption(click.Option):
-    """An option whose help text is made when the help is shown (it reads a registry)."""
+    """An option whose help text is made when the help is shown (it reads a registry); the
+    saved text, when there is one, spares the registry's imports."""
 
     def __init__(self, *args: Any, help_text: Callable[[], str], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.help_text = help_text
 
     def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
-        self.help = self.help_text()
+        saved = _saved().get("help_texts", {}).get(help_key(self.help_text))
+        self.help = saved if saved is not None else self.help_text()
         return super().get_help_record(ctx)
 
 
@@ -209,6 +265,7 @@ class ConfigCommand(click.Command):
         self, *args: Any, config: Callable[[], type], resolver: Resolver = _resolve, **kwargs: Any
     ) -> None:
         self._loader, self._resolver, self._built = config, resolver, False
+        self._help_params: list[click.Parameter] | None = None  # while --help is parsed
         super().__init__(*args, **kwargs)
         self._params[:0] = [
             click.Option(["--config", "config_file"], default=None,
@@ -217,20 +274,48 @@ class ConfigCommand(click.Command):
                          "YAML (passwords masked) and run nothing"),
         ]  # fmt: skip
 
+    def config_class(self) -> type:
+        """The config class (importing its module and what that imports)."""
+        return self._loader()
+
     @property
     def params(self) -> list[click.Parameter]:  # type: ignore[override]
         """The command's own options, then the config's (built once, when first read)."""
+        if self._help_params is not None:
+            return self._help_params
         if not self._built:
             self._built = True
-            self._params += config_params(self._loader())
+            self._params += config_params(self.config_class())
         return self._params
 
     @params.setter
     def params(self, value: list[click.Parameter]) -> None:
         self._params, self._built = list(value), False
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """With ``--help`` among the arguments, a first pass with the saved config options
+        shows the help without importing the config; when it shows none (``--help`` was an
+        option's value, say), the arguments are parsed again with the config's own options."""
+        saved = None
+        if any(a in ctx.help_option_names for a in args):
+            saved = saved_params(self.name or "")
+        if saved is None:
+            return super().parse_args(ctx, args)
+        own = [p for p in self._params if not isinstance(p, ConfigOption)]
+        self._help_params = [*own, *saved]
+        try:
+            # a copy, for the parser consumes its list; the help option prints and exits
+            super().parse_args(ctx, list(args))
+        except click.ClickException:
+            pass  # no help shown: the second pass reports the error with the real options
+        finally:
+            self._help_params = None
+        ctx.params.clear()
+        ctx._parameter_source.clear()
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context) -> Any:
-        cls = self._loader()
+        cls = self.config_class()
         keys = {f.name for f in fields(cls)}
         overrides = {k: ctx.params.pop(k) for k in list(ctx.params) if k in keys}
         config_file = ctx.params.pop("config_file")

@@ -231,6 +231,71 @@ def _skip_qm9_trailer(lines: list[str], start: int, path: str) -> int:
     return start + len(_QM9_TRAILER)
 
 
+#: One frame as read: its comment line, atomic numbers and ``(x, y, z)`` per atom.
+_Frame = tuple[str, list[int], list[tuple[float, ...]]]
+
+
+def _frame_count(lines: list[str], i: int, path: str, *, qm9: bool, first: bool) -> int:
+    """The atom count on ``lines[i]``, the count line of a frame (the file's ``first``)."""
+    count = _count(lines[i])
+    if count is None:
+        if first:
+            raise XYZError(
+                path, i + 1, f"expected the atom count (a positive integer), got {_show(lines[i])}"
+            )
+        hint = ""
+        if not qm9 and _looks_like_qm9(lines, i):
+            hint = "; this looks like a QM9 .xyz file, read it with qm9=True"
+        raise XYZError(
+            path,
+            i + 1,
+            f"expected the atom count of a new frame or the end of the file, "
+            f"got {_show(lines[i])}{hint}",
+        )
+    if count <= 0:
+        raise XYZError(path, i + 1, f"expected a positive atom count, got {_show(lines[i])}")
+    return count
+
+
+def _atom_block(
+    lines: list[str], first: int, count: int, count_no: int, path: str
+) -> tuple[list[int], list[tuple[float, ...]]]:
+    """Atomic numbers and positions of the ``count`` atom lines from ``lines[first]`` (the
+    count was on line ``count_no``)."""
+    z: list[int] = []
+    pos: list[tuple[float, ...]] = []
+    for k in range(count):
+        j = first + k
+        if j >= len(lines) or (not lines[j].strip() and _blank_from(lines, j)):
+            raise XYZError(
+                path,
+                j + 1,
+                f"expected {count} atom lines (count on line {count_no}), the file ends after {k}",
+            )
+        where = f"atom {k + 1} of {count} declared on line {count_no}"
+        number, xyz = _atom(lines[j], path, j + 1, where)
+        z.append(number)
+        pos.append(xyz)
+    return z, pos
+
+
+def _read_frame(
+    lines: list[str], i: int, path: str, *, qm9: bool, first: bool
+) -> tuple[_Frame, int]:
+    """The frame whose count line is ``lines[i]`` (the file's ``first``), and the index of
+    the line after it (after QM9's three trailing lines with ``qm9``)."""
+    count = _frame_count(lines, i, path, qm9=qm9, first=first)
+    if i + 1 >= len(lines):
+        raise XYZError(
+            path, i + 2, "expected a comment line after the atom count, got the end of the file"
+        )
+    z, pos = _atom_block(lines, i + 2, count, i + 1, path)
+    end = i + 2 + count
+    if qm9:
+        end = _skip_qm9_trailer(lines, end, path)
+    return (lines[i + 1], z, pos), end
+
+
 def read_xyz(path: str | os.PathLike[str], *, qm9: bool = False) -> list[Molecule]:
     """Read every frame of an XYZ file.
 
@@ -253,60 +318,15 @@ def read_xyz(path: str | os.PathLike[str], *, qm9: bool = False) -> list[Molecul
     name = os.fspath(path)
     stem = Path(path).stem
     lines = _lines(path)
-    raw: list[tuple[str, list[int], list[tuple[float, ...]]]] = []
+    raw: list[_Frame] = []
     i = 0
     while True:
         while i < len(lines) and not lines[i].strip():
             i += 1
         if i == len(lines):
             break
-        count_no = i + 1
-        count = _count(lines[i])
-        if count is None:
-            if not raw:
-                raise XYZError(
-                    name,
-                    count_no,
-                    f"expected the atom count (a positive integer), got {_show(lines[i])}",
-                )
-            hint = ""
-            if not qm9 and _looks_like_qm9(lines, i):
-                hint = "; this looks like a QM9 .xyz file, read it with qm9=True"
-            raise XYZError(
-                name,
-                count_no,
-                f"expected the atom count of a new frame or the end of the file, "
-                f"got {_show(lines[i])}{hint}",
-            )
-        if count <= 0:
-            raise XYZError(name, count_no, f"expected a positive atom count, got {_show(lines[i])}")
-        if i + 1 >= len(lines):
-            raise XYZError(
-                name,
-                count_no + 1,
-                "expected a comment line after the atom count, got the end of the file",
-            )
-        comment = lines[i + 1]
-        first = i + 2
-        z: list[int] = []
-        pos: list[tuple[float, ...]] = []
-        for k in range(count):
-            j = first + k
-            if j >= len(lines) or (not lines[j].strip() and _blank_from(lines, j)):
-                raise XYZError(
-                    name,
-                    j + 1,
-                    f"expected {count} atom lines (count on line {count_no}), "
-                    f"the file ends after {k}",
-                )
-            where = f"atom {k + 1} of {count} declared on line {count_no}"
-            number, xyz = _atom(lines[j], name, j + 1, where)
-            z.append(number)
-            pos.append(xyz)
-        i = first + count
-        if qm9:
-            i = _skip_qm9_trailer(lines, i, name)
-        raw.append((comment, z, pos))
+        frame, i = _read_frame(lines, i, name, qm9=qm9, first=not raw)
+        raw.append(frame)
     if not raw:
         raise XYZError(name, 1, "empty file; expected an atom count on line 1")
     return [

@@ -8,12 +8,14 @@ import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from al.report import (
     BOOTSTRAP_SEED,
     N_RESAMPLES,
     CompareError,
     Report,
+    Selection,
     alias_best,
     best_arm,
     build_report,
@@ -30,6 +32,9 @@ from al.report import (
 )
 from al.tracking import BEST_ALIAS, TAG_BEST_ARM
 from al.tracking import CampaignMetrics as CM  # noqa: N817 - used in every metric key
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["CompareError", "CompareResult", "parse_targets", "reproduce_command", "run_compare"]
 
@@ -104,6 +109,38 @@ def _targets_param(report: Report) -> str:
     return "; ".join(f"{g or '-'}={v}" for g, v in per.items())
 
 
+def _compared_runs(
+    client: Any, sel: Selection, arms: Sequence[str]
+) -> tuple[pd.DataFrame, pd.DataFrame, list[Any], list[str]]:
+    """The runs of ``sel`` to compare: one row per run (``arms`` only, when given), their
+    joined histories, their MLflow runs, and notes on the runs left out (duplicates, runs
+    without a ``test_mae`` history, unfinished ones)."""
+    runs, notes = dedupe_runs(runs_frame(sel.runs))
+    if arms:
+        missing = sorted(set(arms) - set(runs["arm"]))
+        if missing:
+            raise CompareError(
+                f"--arms: no finished campaign of arm(s) {', '.join(missing)} among the "
+                f"{sel.source} (arms: {', '.join(sorted(set(runs['arm'])))})"
+            )
+        runs = runs[runs["arm"].isin(arms)].reset_index(drop=True)
+    kept = [r for r in sel.runs if r.info.run_id in set(runs["run_id"])]
+    histories = join_histories(runs, fetch_histories(client, kept))
+    empty = sorted(set(runs["run_id"]) - set(histories.dropna(subset=[CM.TEST_MAE])["run_id"]))
+    if empty:
+        notes.append(f"{len(empty)} run(s) without test_mae history left out: {', '.join(empty)}")
+        runs = runs[~runs["run_id"].isin(empty)].reset_index(drop=True)
+        histories = histories[~histories["run_id"].isin(empty)]
+    if runs.empty:
+        raise CompareError(
+            f"no finished campaign run among the {sel.source} has a test_mae history"
+        )
+    if sel.n_unfinished:
+        notes.insert(0, f"{sel.n_unfinished} unfinished campaign run(s) skipped")
+    kept = [r for r in kept if r.info.run_id in set(runs["run_id"])]
+    return runs, histories, kept, notes
+
+
 def run_compare(
     experiment_name: str = "",
     parent_run: str = "",
@@ -132,29 +169,7 @@ def run_compare(
     sel = find_campaign_runs(client, experiment_name, parent_run)
     if sel.n_unfinished:
         echo(f"skipped {sel.n_unfinished} unfinished campaign run(s) (status not FINISHED)")
-    runs, notes = dedupe_runs(runs_frame(sel.runs))
-    if arms:
-        missing = sorted(set(arms) - set(runs["arm"]))
-        if missing:
-            raise CompareError(
-                f"--arms: no finished campaign of arm(s) {', '.join(missing)} among the "
-                f"{sel.source} (arms: {', '.join(sorted(set(runs['arm'])))})"
-            )
-        runs = runs[runs["arm"].isin(arms)].reset_index(drop=True)
-    kept = [r for r in sel.runs if r.info.run_id in set(runs["run_id"])]
-    histories = join_histories(runs, fetch_histories(client, kept))
-    empty = sorted(set(runs["run_id"]) - set(histories.dropna(subset=[CM.TEST_MAE])["run_id"]))
-    if empty:
-        notes.append(f"{len(empty)} run(s) without test_mae history left out: {', '.join(empty)}")
-        runs = runs[~runs["run_id"].isin(empty)].reset_index(drop=True)
-        histories = histories[~histories["run_id"].isin(empty)]
-    if runs.empty:
-        raise CompareError(
-            f"no finished campaign run among the {sel.source} has a test_mae history"
-        )
-    if sel.n_unfinished:
-        notes.insert(0, f"{sel.n_unfinished} unfinished campaign run(s) skipped")
-    kept = [r for r in kept if r.info.run_id in set(runs["run_id"])]
+    runs, histories, kept, notes = _compared_runs(client, sel, arms)
     predictions, missing = fetch_predictions(client, kept, runs, histories)
     notes += missing
     name = experiment_name if parent_run else sel.experiment_name

@@ -264,6 +264,86 @@ def default_targets(curves: pd.DataFrame, baseline: str | Sequence[str] | None) 
     return [up(1.25 * ref), up(ref)]
 
 
+def _paired_tables(
+    hist: pd.DataFrame,
+    curves: pd.DataFrame,
+    refs: dict[str, str | None],
+    targets: list[float],
+    grid: str,
+    level: float,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Each compared arm against its reference in one grid: the paired summary (one row an
+    arm), the paired differences at every step, and the label savings at ``targets``."""
+    paired, steps, savings = [], [], []
+    for arm in sorted(a for a, r in refs.items() if r is not None):
+        base = refs[arm]
+        assert base is not None
+        pair = hist[hist["arm"].isin([arm, base])]
+        row = paired_summary(pair, arm, base, common_range(pair), level)
+        reach = labels_to_reference_final(curves, arm, base, grid)
+        row.update({f"ref_final_{k}": v for k, v in reach.items()})
+        per_seed = labels_to_reference_final_paired(pair, arm, base, level)
+        row.update({f"ref_seed_{k}": v for k, v in per_seed.items()})
+        paired.append(row)
+        d = paired_differences(hist, arm, base, level=level)
+        d.insert(0, "arm", arm)
+        d.insert(1, "baseline", base)
+        steps.append(d)
+        savings.append(label_savings(curves, arm, base, targets, grid))
+    return (
+        pd.DataFrame(paired),
+        pd.concat(steps, ignore_index=True) if steps else pd.DataFrame(),
+        pd.concat(savings, ignore_index=True) if savings else pd.DataFrame(),
+    )
+
+
+def _grid_report(
+    g_runs: pd.DataFrame,
+    hist: pd.DataFrame,
+    *,
+    grid: str,
+    named_as: str | None,
+    baseline: str,
+    targets: Sequence[float] | None,
+    level: float,
+    predictions: pd.DataFrame,
+    n_resamples: int,
+    bootstrap_seed: int,
+) -> GridReport:
+    """The tables and curves of one grid's runs ``g_runs`` and histories ``hist``
+    (``named_as``: the grid's name in notes, None when the report has one grid)."""
+    refs, notes = reference_arms(g_runs, baseline, named_as)
+    used = sorted({r for r in refs.values() if r is not None})
+    curves = learning_curves(hist, "step", level=level)
+    tg = list(targets) if targets else default_targets(curves, used)
+    cost = learning_curves(hist.dropna(subset=[CM.COST_SPENT]), CM.COST_SPENT, level=level)
+    paired, steps, savings = _paired_tables(hist, curves, refs, tg, grid, level)
+    compared = {a: r for a, r in refs.items() if r is not None}
+    conv, conv_notes = converged_comparisons(
+        hist, compared, predictions, level, n_resamples, bootstrap_seed
+    )
+    calibration, reliability = uncertainty_tables(predictions, g_runs)
+    return GridReport(
+        grid=grid,
+        summary=summary_table(hist, curves, tg, level),
+        curves_labels=curves,
+        curves_cost=cost,
+        curves_cost_total=total_cost_curves(hist, level),
+        baseline=baseline.removeprefix(ARM_PREFIX) if used else None,
+        paired=paired,
+        paired_steps=steps,
+        savings=savings,
+        targets=tg,
+        notes=notes + conv_notes,
+        references=refs,
+        named=baseline.startswith(ARM_PREFIX),
+        converged=checkpoint_table(hist, level),
+        converged_paired=conv,
+        calibration=calibration,
+        reliability=reliability,
+    )
+
+
 def build_report(
     runs: pd.DataFrame,
     histories: pd.DataFrame,
@@ -294,58 +374,22 @@ def build_report(
         if predictions is not None
         else pd.DataFrame(columns=list(PREDICTION_FRAME_COLUMNS))
     )
-    grids = []
-    for grid in sorted(runs["grid"].unique()):
-        g_runs = runs[runs["grid"] == grid]
-        hist = histories[histories["grid"] == grid]
-        refs, notes = reference_arms(g_runs, baseline, grid if runs["grid"].nunique() > 1 else None)
-        used = sorted({r for r in refs.values() if r is not None})
-        curves = learning_curves(hist, "step", level=level)
-        tg = list(targets) if targets else default_targets(curves, used)
-        cost = learning_curves(hist.dropna(subset=[CM.COST_SPENT]), CM.COST_SPENT, level=level)
-        cost_total = total_cost_curves(hist, level)
-        paired, steps, savings = [], [], []
-        for arm in sorted(a for a, r in refs.items() if r is not None):
-            base = refs[arm]
-            assert base is not None
-            pair = hist[hist["arm"].isin([arm, base])]
-            row = paired_summary(pair, arm, base, common_range(pair), level)
-            reach = labels_to_reference_final(curves, arm, base, grid)
-            row.update({f"ref_final_{k}": v for k, v in reach.items()})
-            per_seed = labels_to_reference_final_paired(pair, arm, base, level)
-            row.update({f"ref_seed_{k}": v for k, v in per_seed.items()})
-            paired.append(row)
-            d = paired_differences(hist, arm, base, level=level)
-            d.insert(0, "arm", arm)
-            d.insert(1, "baseline", base)
-            steps.append(d)
-            savings.append(label_savings(curves, arm, base, tg, grid))
-        compared = {a: r for a, r in refs.items() if r is not None}
-        conv, conv_notes = converged_comparisons(
-            hist, compared, pred, level, n_resamples, bootstrap_seed
+    several = runs["grid"].nunique() > 1
+    grids = [
+        _grid_report(
+            runs[runs["grid"] == grid],
+            histories[histories["grid"] == grid],
+            grid=grid,
+            named_as=grid if several else None,
+            baseline=baseline,
+            targets=targets,
+            level=level,
+            predictions=pred,
+            n_resamples=n_resamples,
+            bootstrap_seed=bootstrap_seed,
         )
-        calibration, reliability = uncertainty_tables(pred, g_runs)
-        grids.append(
-            GridReport(
-                grid=grid,
-                summary=summary_table(hist, curves, tg, level),
-                curves_labels=curves,
-                curves_cost=cost,
-                curves_cost_total=cost_total,
-                baseline=baseline.removeprefix(ARM_PREFIX) if used else None,
-                paired=pd.DataFrame(paired),
-                paired_steps=pd.concat(steps, ignore_index=True) if steps else pd.DataFrame(),
-                savings=pd.concat(savings, ignore_index=True) if savings else pd.DataFrame(),
-                targets=tg,
-                notes=notes + conv_notes,
-                references=refs,
-                named=baseline.startswith(ARM_PREFIX),
-                converged=checkpoint_table(hist, level),
-                converged_paired=conv,
-                calibration=calibration,
-                reliability=reliability,
-            )
-        )
+        for grid in sorted(runs["grid"].unique())
+    ]
     has_converged = any(not g.converged.empty for g in grids)
     primary, n_primary = adjust_primary(grids, has_converged, 1 - level)
     return Report(
