@@ -26,8 +26,8 @@ from al.data.elements import ELEMENTS, SYMBOLS
 from al.data.load import load_data
 from al.data.molecules import MolecularData
 from al.data.splits import Splits
-from al.loop.campaign import Campaign, round0_requests
-from al.loop.config import CampaignConfig
+from al.loop.campaign import Campaign
+from al.loop.config import CampaignConfig, LoopSettings
 from al.loop.journal import (
     JOURNAL_DIR_ENV,
     LabelsNotRecordedError,
@@ -37,6 +37,7 @@ from al.loop.journal import (
 )
 from al.loop.schemes import build_scheme
 from al.loop.selection import build_selection
+from al.loop.sets import round0_requests
 from al.loop.stopping import CampaignProgress, build_rules, remaining
 from al.loop.tracker import MlflowTracker
 from al.models.config import ModelConfig
@@ -138,12 +139,8 @@ def run_campaign(
     selection = build_selection(data, oracles, config, acquisition, surrogate)
     if not config.resume:  # budgets that pay for no start: one line, before any run exists
         pool = data.rows_of(labellable.pool)
-        n_val = min(config.val_size, pool.numel() - 1)
         start = CampaignProgress(0, 0, 0, 0.0, pool_left=pool.numel())
-        round0_requests(
-            config, selection, remaining(rules, start), pool[:n_val],
-            pool[n_val : n_val + config.initial_size],
-        )  # fmt: skip
+        round0_requests(LoopSettings.of(config), selection, remaining(rules, start), pool)
     check_journal_dir()  # where paid labels go first: writable, before any run exists
     # takes the lease; SIGTERM now unwinds like Ctrl-C until run.end restores its handler
     try:
@@ -198,7 +195,7 @@ def run_campaign(
         )  # fmt: skip
         reason = campaign.execute()
         mlflow.set_tag(tracking.TAG_STOP_REASON, reason)
-        log_final_model(campaign, run)
+        log_final_model(campaign, run, config.register_as)
         log.info("event=campaign_done run_id=%s reason=%r", run.run_id, reason)
         if echo is not None:
             echo(
@@ -265,12 +262,10 @@ def prior_labels(
     return list(unique.values())
 
 
-def log_final_model(campaign: Campaign, tracker: MlflowTracker) -> str:
+def log_final_model(campaign: Campaign, tracker: MlflowTracker, register_as: str = "") -> str:
     """The final surrogate as the campaign's MLflow model, plus final plots and the labelled
-    set, registered when ``register_as`` says so; returns the model URI."""
-    return tracker.log_final_model(
-        campaign.final_artifacts(), campaign.labelled.table, campaign.config.register_as
-    )
+    set, registered as ``register_as`` when given; returns the model URI."""
+    return tracker.log_final_model(campaign.final_artifacts(), campaign.labelled.table, register_as)
 
 
 #: Settings a resume may change: how far the campaign goes and where it runs. Any other
