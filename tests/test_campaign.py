@@ -166,7 +166,7 @@ def no_mlflow(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-def tiny_campaign(qm9, tracker: MemoryTracker, **kw) -> Campaign:
+def tiny_campaign(qm9, tracker: MemoryTracker, scheme: str = "pool", **kw) -> Campaign:
     cfg = CampaignConfig(**{**TINY, **kw})
     splits = make_splits(qm9.qm9_index.numpy(), SplitConfig(cfg.split_seed, cfg.n_test))
     surrogate = build_surrogate(
@@ -176,10 +176,31 @@ def tiny_campaign(qm9, tracker: MemoryTracker, **kw) -> Campaign:
     oracles = [build_oracle("dft", data=qm9)]
     return Campaign(
         cfg, qm9, splits, surrogate, oracles, build_rules(cfg.stopping_settings()),
-        scheme=build_scheme("pool", cfg),
+        scheme=build_scheme(scheme, cfg),
         selection=build_selection(qm9, oracles, cfg, "max_std", surrogate),
         tracker=tracker,
     )  # fmt: skip
+
+
+def test_a_stream_whose_chunks_run_out_gets_its_final_refit(qm9, no_mlflow, tmp_path) -> None:
+    """A stream campaign without a round limit stops when its chunks run out (two chunks:
+    round 3 is offered nothing), and that way out refits its last round from scratch like
+    any other: ``final_refit.*`` at the last step, with the refit's own steps."""
+    cfg = CampaignConfig(**TINY)
+    splits = make_splits(qm9.qm9_index.numpy(), SplitConfig(cfg.split_seed, cfg.n_test))
+    chunk = -(-len(splits.pool) // 2)  # the pool in two chunks
+    tracker = MemoryTracker(tmp_path)
+    campaign = tiny_campaign(
+        qm9, tracker, scheme="stream", rounds=0, stream_chunk=chunk, retrain_fraction=0.2,
+        final_refit=True, final_refit_steps=5,
+    )  # fmt: skip
+    assert campaign.execute() == "no candidates left"
+    steps = tracker.metrics_frame()
+    assert steps.index.tolist() == [30, 40, 50]  # rounds 0, 1 and 2 (the second chunk)
+    assert steps[CM.WARM_START].tolist() == [0, 1, 1]  # the last round's fit was warm
+    assert steps[CM.final_refit(CM.TEST_MAE)].notna().tolist() == [False, False, True]
+    assert steps.loc[50, CM.final_refit(CM.FIT_STEPS)] == 5  # final_refit_steps, all run
+    assert len(tracker.fits) == 3  # the final refit is no round's fit
 
 
 @pytest.mark.slow
@@ -242,8 +263,8 @@ def test_random_acquisition_scores_only_the_chosen(qm9, no_mlflow, tmp_path) -> 
     are predicted (for the queried table's ``pred_mean``/``pred_std``)."""
     tracker = MemoryTracker(tmp_path)
     campaign = tiny_campaign(qm9, tracker, val_size=12)  # not the batch's 10
-    campaign.selection = build_selection(qm9, campaign.oracles, campaign.config, "random",
-                                         campaign.surrogate)  # fmt: skip
+    cfg = CampaignConfig(**{**TINY, "val_size": 12})
+    campaign.selection = build_selection(qm9, campaign.oracles, cfg, "random", campaign.surrogate)
     predicted: list[int] = []
     predict = campaign.surrogate.predict
 

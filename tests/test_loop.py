@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from al.acquisition.strategies import STRATEGIES, resolve_strategy
 from al.data.load import load_data
 from al.data.molecules import molecules_frame
-from al.entrypoints.al_loop import run_campaign
+from al.entrypoints.al_loop import resolve_plan, run_campaign
 from al.loop.config import CampaignConfig
 from al.loop.ledger import Labelled
 from al.loop.seeds import round_generator
@@ -29,6 +29,7 @@ from al.tracking import (
     run_name,
 )
 from al.training.fit import seed_everything
+from al.uncertainty import UNCERTAINTIES
 
 SMALL = dict(
     initial_size=200, batch_size=50, rounds=2, epochs=2, ensemble_size=2, mc_samples=4,
@@ -176,6 +177,19 @@ def test_strategy_overrides() -> None:
     assert (s.uncertainty, s.acquisition) == ("ensemble", "coreset")
     with pytest.raises(ValueError, match="expected one of: random, ensemble"):
         resolve_strategy("nope")
+
+
+def test_the_plan_asks_the_surrogate_and_the_scheme() -> None:
+    """A surrogate class declares the dropout a campaign gives it when the config sets none
+    (MC dropout needs some), a scheme whether several oracles can run on it."""
+    config, strategy, scheme = resolve_plan(CampaignConfig(strategy="mc_dropout"))
+    assert config.dropout == UNCERTAINTIES[strategy.uncertainty].default_dropout > 0
+    assert scheme.multi_fidelity
+    assert resolve_plan(CampaignConfig(strategy="mc_dropout", dropout=0.2))[0].dropout == 0.2
+    config, _, scheme = resolve_plan(CampaignConfig(strategy="stream"))
+    assert config.dropout == 0 and not scheme.multi_fidelity
+    with pytest.raises(ValueError, match="does not support several oracles"):
+        resolve_plan(CampaignConfig(strategy="stream", oracles="xtb,dft"))
 
 
 def test_round_generator_is_stable() -> None:

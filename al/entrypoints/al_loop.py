@@ -6,18 +6,19 @@ import logging
 import re
 import tempfile
 from collections.abc import Callable, Collection
-from dataclasses import fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import numpy as np
+import torch
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from requests import RequestException
 
 from al import tracking
-from al.acquisition import ACQUISITIONS, resolve_strategy
+from al.acquisition import ACQUISITIONS, Strategy, resolve_strategy
 from al.baselines import Baseline, ResidualSurrogate, build_baseline
 from al.config import ConfigError, build_config, mask_secrets, subset, to_dict
 from al.data import qm9pack_data_dir
@@ -26,8 +27,8 @@ from al.data.elements import ELEMENTS, SYMBOLS
 from al.data.load import load_data
 from al.data.molecules import MolecularData
 from al.data.splits import Splits
-from al.loop.campaign import Campaign, round0_requests
-from al.loop.config import CampaignConfig
+from al.loop.campaign import Campaign
+from al.loop.config import CampaignConfig, LoopSettings
 from al.loop.journal import (
     JOURNAL_DIR_ENV,
     LabelsNotRecordedError,
@@ -35,9 +36,10 @@ from al.loop.journal import (
     error_summary,
     journal_path,
 )
-from al.loop.schemes import build_scheme
-from al.loop.selection import build_selection
-from al.loop.stopping import CampaignProgress, build_rules, remaining
+from al.loop.schemes import DataScheme, build_scheme
+from al.loop.selection import Selection, build_selection
+from al.loop.sets import round0_requests
+from al.loop.stopping import CampaignProgress, StoppingRule, build_rules, remaining
 from al.loop.tracker import MlflowTracker
 from al.models.config import ModelConfig
 from al.oracles import DFTOracle, Oracle, PriorLabels, build_oracle
@@ -46,7 +48,7 @@ from al.tracking.lease import CampaignInterrupted, interrupt_signal
 from al.tracking.registry import register_oracles
 from al.tracking.runs import StoredCampaign, bound_http_retries, read_stored_campaign
 from al.training.fit import resolve_device, seed_everything
-from al.uncertainty import build_surrogate
+from al.uncertainty import UNCERTAINTIES, Surrogate, build_surrogate
 
 log = logging.getLogger(__name__)
 
@@ -70,26 +72,94 @@ def run_campaign(
         refuse_other_runs(stored)  # before anything on it changes
         check_journal(stored, config.journal_lost)
         if stored.finished:
-            reason = stored.tags[tracking.TAG_STOP_REASON]
-            log.info("event=resume_finished run_id=%s reason=%r", config.resume, reason)
-            client = MlflowClient()
-            if client.get_run(config.resume).info.status != "FINISHED":  # stopped by its rules
-                client.set_terminated(config.resume, "FINISHED")
-            if echo is not None:
-                echo(f"campaign {config.resume} is already finished ({reason}); left as it is")
-            return config.resume
+            return leave_finished(stored, echo)
         config, stored_splits = resumed_settings(config, stored, given)
+    parts = build_parts(config, stored_splits)
+    config = parts.config  # as resolved (e.g. the surrogate's default dropout)
+    if not config.resume:  # budgets that pay for no start: one line, before any run exists
+        check_round0(parts)
+    check_journal_dir()  # where paid labels go first: writable, before any run exists
+    # takes the lease; SIGTERM now unwinds like Ctrl-C until run.end restores its handler
+    run = start_run(config)
+    return execute(parts, run, echo)
+
+
+def leave_finished(stored: StoredCampaign, echo: Callable[[str], None] | None) -> str:
+    """A finished campaign is left as it is (a run its rules stopped is marked FINISHED);
+    returns its run id."""
+    reason = stored.tags[tracking.TAG_STOP_REASON]
+    log.info("event=resume_finished run_id=%s reason=%r", stored.run_id, reason)
+    client = MlflowClient()
+    if client.get_run(stored.run_id).info.status != "FINISHED":  # stopped by its rules
+        client.set_terminated(stored.run_id, "FINISHED")
+    if echo is not None:
+        echo(f"campaign {stored.run_id} is already finished ({reason}); left as it is")
+    return stored.run_id
+
+
+@dataclass
+class CampaignParts:
+    """A campaign's collaborators, built from its config before any run exists.
+
+    ``splits`` is the split the campaign records (its digest names it); ``labellable`` the
+    one it runs on: the pool without the molecules an oracle or the baseline cannot compute.
+    """
+
+    config: CampaignConfig
+    strategy: Strategy
+    acquisition: str
+    device: torch.device
+    data: MolecularData
+    splits: Splits
+    labellable: Splits
+    surrogate: Surrogate
+    baseline: Baseline | None
+    oracles: list[Oracle]
+    priors: list[PriorLabels]
+    rules: list[StoppingRule]
+    scheme: DataScheme
+    selection: Selection
+
+    @property
+    def prior_labels(self) -> float:
+        """The DFT labels that built the oracles and the baseline (NaN when unknown)."""
+        return float(sum(p.n for p in self.priors))
+
+    def campaign(self, run: MlflowTracker) -> Campaign:
+        """The campaign on these parts, recorded by ``run``."""
+        prior = self.prior_labels
+        return Campaign(
+            self.config, self.data, self.labellable, self.surrogate, self.oracles, self.rules,
+            scheme=self.scheme, selection=self.selection, tracker=run,
+            prior_labels=prior, prior_cost=prior * DFTOracle.default_cost,
+        )  # fmt: skip
+
+
+def resolve_plan(config: CampaignConfig) -> tuple[CampaignConfig, Strategy, DataScheme]:
+    """The strategy of ``config`` (its preset with the overrides) and its data scheme; the
+    config with the surrogate's own default dropout when it sets none (MC dropout needs
+    some). ValueError, one line, for an unknown acquisition, or several oracles on a
+    scheme that cannot take them."""
     strategy = resolve_strategy(config.strategy, config.uncertainty, config.acquisition)
-    acquirer = ACQUISITIONS.get(strategy.acquisition)  # an unknown name: one line
-    if strategy.uncertainty == "mc_dropout" and config.dropout == 0:
-        config = replace(config, dropout=0.1)
-        log.info("event=mc_dropout_default dropout=0.1")
-    fidelities = config.fidelities()
-    if len(fidelities) > 1 and strategy.scheme != "pool":
+    ACQUISITIONS.get(strategy.acquisition)  # an unknown name: one line
+    dropout = UNCERTAINTIES.get(strategy.uncertainty).default_dropout
+    if config.dropout == 0 and dropout > 0:
+        config = replace(config, dropout=dropout)
+        log.info("event=dropout_default uncertainty=%s dropout=%g", strategy.uncertainty, dropout)
+    scheme = build_scheme(strategy.scheme, config)
+    if len(config.fidelities()) > 1 and not scheme.multi_fidelity:
         raise ValueError(
             f"strategy {config.strategy!r} ({strategy.scheme} scheme) does not support several "
             "oracles; use a pool strategy (e.g. ensemble or mc_dropout)"
         )
+    return config, strategy, scheme
+
+
+def build_parts(config: CampaignConfig, stored_splits: Splits | None = None) -> CampaignParts:
+    """Every collaborator of the campaign ``config`` describes, checked before any run
+    exists; ``stored_splits``: the split a resumed campaign was run on."""
+    config, strategy, scheme = resolve_plan(config)
+    fidelities = config.fidelities()
     configure_threads(config.threads)
     seed_everything(config.seed)
     device = resolve_device(config.device)
@@ -108,95 +178,98 @@ def run_campaign(
     if baseline is not None:  # Δ-learning: learns target - baseline, predicts baseline + it
         baseline.free(splits.test)  # evaluation only: the test set's baseline is not paid
         surrogate = ResidualSurrogate(surrogate, baseline)
+    acquirer = ACQUISITIONS.get(strategy.acquisition)
     needs = acquirer.needs - {"labelled_embedding"}
     if not needs <= surrogate.provides:
         raise ValueError(
             f"acquisition {strategy.acquisition!r} needs {sorted(needs)}, but uncertainty "
             f"{strategy.uncertainty!r} provides {sorted(surrogate.provides)}"
         )
+    oracles = prepared_oracles(fidelities, data, splits, baseline)
+    labellable = labellable_pool(data, splits, oracles, baseline)  # the recorded split stays
+    check_sizes(config, len(labellable.pool))
+    acquisition = config.mf_acquisition if len(oracles) > 1 else strategy.acquisition
+    return CampaignParts(
+        config, strategy, acquisition, device, data, splits, labellable, surrogate, baseline,
+        oracles, prior_labels(oracles, baseline, data), build_rules(config.stopping_settings()),
+        scheme,
+        build_selection(
+            data, oracles, config, acquirer if len(oracles) == 1 else acquisition, surrogate
+        ),
+    )  # fmt: skip
+
+
+def prepared_oracles(
+    fidelities: list[tuple[str, float | None]], data: MolecularData, splits: Splits,
+    baseline: Baseline | None,
+) -> list[Oracle]:  # fmt: skip
+    """The oracles of ``fidelities`` (``(spec, cost)``, cheapest first), each loaded: one
+    that cannot be is refused before any run exists. A pretrained oracle warns if it may
+    have seen test or pool molecules of ``splits``. The ``baseline`` is loaded too."""
     oracles = [build_oracle(spec, data=data, cost=cost) for spec, cost in fidelities]
-    for oracle in oracles:  # a pretrained oracle warns if it may have seen test/pool molecules
+    for oracle in oracles:
         check = getattr(oracle, "check_split", None)
         if check is not None:
             check(splits.digest())
-    for oracle in oracles:  # a model that cannot be loaded is refused before any run exists
+    for oracle in oracles:
         oracle.prepare()
     if baseline is not None:
         baseline.prepare(data)
-    labellable = labellable_pool(data, splits, oracles, baseline)  # the recorded split stays
-    check_sizes(config, len(labellable.pool))
-    priors = prior_labels(oracles, baseline, data)
-    prior_n = float(sum(p.n for p in priors))
-    acquisition = config.mf_acquisition if len(oracles) > 1 else strategy.acquisition
-    oracle_tag = ",".join(o.name for o in oracles)
-    rules = build_rules(config.stopping_settings())
-    scheme = build_scheme(strategy.scheme, config)
-    selection = build_selection(
-        data, oracles, config, acquirer if len(oracles) == 1 else acquisition, surrogate
-    )
-    if not config.resume:  # budgets that pay for no start: one line, before any run exists
-        pool = data.rows_of(labellable.pool)
-        n_val = min(config.val_size, pool.numel() - 1)
-        start = CampaignProgress(0, 0, 0, 0.0, pool_left=pool.numel())
-        round0_requests(
-            config, selection, remaining(rules, start), pool[:n_val],
-            pool[n_val : n_val + config.initial_size],
-        )  # fmt: skip
-    check_journal_dir()  # where paid labels go first: writable, before any run exists
-    # takes the lease; SIGTERM now unwinds like Ctrl-C until run.end restores its handler
+    return oracles
+
+
+def check_round0(parts: CampaignParts) -> None:
+    """ConfigError, one line, when the budgets do not pay for the validation set and one
+    initial label (:func:`~al.loop.sets.round0_requests` on the labellable pool)."""
+    pool = parts.data.rows_of(parts.labellable.pool)
+    start = CampaignProgress(0, 0, 0, 0.0, pool_left=pool.numel())
+    left = remaining(parts.rules, start)
+    round0_requests(LoopSettings.of(parts.config), parts.selection, left, pool)
+
+
+def start_run(config: CampaignConfig) -> MlflowTracker:
+    """The campaign's MLflow run, new or resumed (it takes the lease). A tracking server
+    that is not there, refuses the credentials or lacks what the campaign starts in is
+    said in one line (RuntimeError): nothing was paid yet."""
     try:
         name = tracking.run_name(config.strategy, f"s{config.seed}")
-        run = MlflowTracker.start(config.experiment_name, config.resume, run_name=name)
+        return MlflowTracker.start(config.experiment_name, config.resume, run_name=name)
     except (MlflowException, RequestException) as err:  # nothing paid yet: say so, one line
+        uri = mask_secrets(mlflow.get_tracking_uri())
         if re.search("RESOURCE_DOES_NOT_EXIST|does not exist", str(err)):  # it answered: not there
             raise RuntimeError(
-                f"the tracking server {mask_secrets(mlflow.get_tracking_uri())} does not have "
-                f"what the campaign starts in ({error_summary(err)}); no label was paid; check "
-                "MLFLOW_EXPERIMENT_ID, the experiment name or the run id to resume"
+                f"the tracking server {uri} does not have what the campaign starts in "
+                f"({error_summary(err)}); no label was paid; check MLFLOW_EXPERIMENT_ID, the "
+                "experiment name or the run id to resume"
             ) from None
         if re.search(r"error code 40[13]\b", str(err)):
             raise RuntimeError(
-                f"the tracking server {mask_secrets(mlflow.get_tracking_uri())} refused the "
-                f"credentials ({error_summary(err)}); no label was paid; set "
-                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, then run again"
+                f"the tracking server {uri} refused the credentials ({error_summary(err)}); "
+                "no label was paid; set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, "
+                "then run again"
             ) from None
         raise RuntimeError(
-            f"cannot reach the tracking server {mask_secrets(mlflow.get_tracking_uri())} "
-            f"({error_summary(err)}); no label was paid; start the server or "
-            "point MLFLOW_TRACKING_URI at one, then run again"
+            f"cannot reach the tracking server {uri} ({error_summary(err)}); no label was "
+            "paid; start the server or point MLFLOW_TRACKING_URI at one, then run again"
         ) from None
+
+
+def execute(parts: CampaignParts, run: MlflowTracker, echo: Callable[[str], None] | None) -> str:
+    """Record the campaign's settings on ``run``, run the campaign, log its final model;
+    returns the run id. The run ends FINISHED only when the campaign's rules stopped it,
+    KILLED on Ctrl-C or SIGTERM, FAILED otherwise (an outage: its labels are in the
+    journal, :class:`LabelsNotRecordedError` says how to resume)."""
     status, outage = "FAILED", False  # an exception leaves the run (and its children) FAILED
     try:
-        register_oracles(oracles)  # the shipped oracle, once per checkpoint (never raises)
-        resolved = {
-            **to_dict(config), "resolved_uncertainty": strategy.uncertainty,
-            "resolved_acquisition": acquisition, "split_digest": splits.digest(),
-            "resolved_oracles": oracle_tag,
-            "resolved_costs": ",".join(f"{o.cost_per_label:g}" for o in oracles),
-            "device_resolved": str(device),
-            "resolved_baseline_cost": baseline.cost_per_molecule if baseline else 0.0,
-            "prior_labels": prior_n,
-            "prior_labels_sources": "; ".join(f"{p.source}: {p.n:g}" for p in priors),
-        }  # fmt: skip
-        tags = {
-            tracking.TAG_KIND: tracking.KIND_CAMPAIGN, tracking.TAG_STRATEGY: config.strategy,
-            tracking.TAG_ORACLE: oracle_tag, tracking.TAG_SEED: str(config.seed),
-            tracking.TAG_UNCERTAINTY: strategy.uncertainty, tracking.TAG_ACQUISITION: acquisition,
-            tracking.TAG_FIDELITIES: str(len(oracles)), tracking.TAG_SPLIT_DIGEST: splits.digest(),
-            tracking.TAG_JOURNAL: str(run.journal_path),
-        }  # fmt: skip
-        write_metadata(run.run_id, tags, resolved, splits)
-        log_campaign_datasets(run, config, data, splits)
+        register_oracles(parts.oracles)  # the shipped oracle, once per checkpoint (never raises)
+        write_metadata(run.run_id, *run_metadata(parts, run), parts.splits)
+        log_campaign_datasets(run, parts.config, parts.data, parts.splits)
         run.journal_path.parent.mkdir(parents=True, exist_ok=True)
         run.journal_path.touch()  # exists from now on: a missing journal means a moved one
-        campaign = Campaign(
-            config, data, labellable, surrogate, oracles, rules,
-            scheme=scheme, selection=selection, tracker=run,
-            prior_labels=prior_n, prior_cost=prior_n * DFTOracle.default_cost,
-        )  # fmt: skip
+        campaign = parts.campaign(run)
         reason = campaign.execute()
         mlflow.set_tag(tracking.TAG_STOP_REASON, reason)
-        log_final_model(campaign, run)
+        log_final_model(campaign, run, parts.config.register_as)
         log.info("event=campaign_done run_id=%s reason=%r", run.run_id, reason)
         if echo is not None:
             echo(
@@ -213,6 +286,33 @@ def run_campaign(
     finally:
         run.end(status, outage=outage)
     return run.run_id
+
+
+def run_metadata(parts: CampaignParts, run: MlflowTracker) -> tuple[dict[str, str], dict[str, Any]]:
+    """The campaign run's tags and its resolved config (the config with what it resolved
+    to: uncertainty, acquisition, oracles and costs, device, split, prior labels)."""
+    config, strategy, oracles = parts.config, parts.strategy, parts.oracles
+    baseline = parts.baseline
+    oracle_tag, digest = ",".join(o.name for o in oracles), parts.splits.digest()
+    resolved = {
+        **to_dict(config), "resolved_uncertainty": strategy.uncertainty,
+        "resolved_acquisition": parts.acquisition, "split_digest": digest,
+        "resolved_oracles": oracle_tag,
+        "resolved_costs": ",".join(f"{o.cost_per_label:g}" for o in oracles),
+        "device_resolved": str(parts.device),
+        "resolved_baseline_cost": baseline.cost_per_molecule if baseline else 0.0,
+        "prior_labels": parts.prior_labels,
+        "prior_labels_sources": "; ".join(f"{p.source}: {p.n:g}" for p in parts.priors),
+    }  # fmt: skip
+    tags = {
+        tracking.TAG_KIND: tracking.KIND_CAMPAIGN, tracking.TAG_STRATEGY: config.strategy,
+        tracking.TAG_ORACLE: oracle_tag, tracking.TAG_SEED: str(config.seed),
+        tracking.TAG_UNCERTAINTY: strategy.uncertainty,
+        tracking.TAG_ACQUISITION: parts.acquisition,
+        tracking.TAG_FIDELITIES: str(len(oracles)), tracking.TAG_SPLIT_DIGEST: digest,
+        tracking.TAG_JOURNAL: str(run.journal_path),
+    }  # fmt: skip
+    return tags, resolved
 
 
 def log_campaign_datasets(
@@ -263,12 +363,10 @@ def prior_labels(
     return list(unique.values())
 
 
-def log_final_model(campaign: Campaign, tracker: MlflowTracker) -> str:
+def log_final_model(campaign: Campaign, tracker: MlflowTracker, register_as: str = "") -> str:
     """The final surrogate as the campaign's MLflow model, plus final plots and the labelled
-    set, registered when ``register_as`` says so; returns the model URI."""
-    return tracker.log_final_model(
-        campaign.final_artifacts(), campaign.labelled.table, campaign.config.register_as
-    )
+    set, registered as ``register_as`` when given; returns the model URI."""
+    return tracker.log_final_model(campaign.final_artifacts(), campaign.labelled.table, register_as)
 
 
 #: Settings a resume may change: how far the campaign goes and where it runs. Any other

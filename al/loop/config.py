@@ -295,6 +295,51 @@ class CampaignConfig(ModelConfig, FitConfig, DataConfig):
             values["val_min"] = 0
         return FitConfig(**values)
 
+    def stopping_settings(self) -> dict[str, float]:
+        """The values of the stopping-rule keys (:data:`al.loop.stopping.STOPPING_RULES`)."""
+        return {key: getattr(self, key) for key in STOPPING_RULES}
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """The settings the loop (:class:`al.loop.campaign.Campaign`) reads, and only those:
+    :meth:`of` takes them from a :class:`CampaignConfig`, whose keys they share.
+
+    Attributes:
+        seed: the campaign seed (the validation set, the initial rows, per-round splits).
+        rounds: acquisition rounds after round 0 (0: no limit), for the progress bar.
+        progress: show the progress bar on a terminal.
+        initial_size, val_size, val_fraction: round 0's sizes, and the per-round
+            validation share when there is no validation set (``val_size=0``).
+        warm_start, warm_fraction: a round's fit continues from the last weights, on that
+            share of a fit from scratch's schedule.
+        final_refit, final_refit_steps: refit the last round from scratch at the end.
+        checkpoints, converged_steps: the converged refits (``checkpoints`` as in the config).
+        budget_labels, budget_cost: the budgets, named in round 0's error lines.
+    """
+
+    seed: int
+    rounds: int
+    progress: bool
+    initial_size: int
+    val_size: int
+    val_fraction: float
+    warm_start: bool
+    warm_fraction: float
+    final_refit: bool
+    final_refit_steps: int
+    checkpoints: str
+    converged_steps: int
+    budget_labels: int
+    budget_cost: float
+
+    @classmethod
+    def of(cls, config: CampaignConfig | LoopSettings) -> LoopSettings:
+        """The loop's settings of ``config`` (settings are returned as they are)."""
+        if isinstance(config, LoopSettings):
+            return config
+        return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
+
     def checkpoint_counts(self) -> list[int]:
         """The converged checkpoints' label counts, sorted (none when not set, or ``all``)."""
         return parse_checkpoints(self.checkpoints)
@@ -305,6 +350,8 @@ class CampaignConfig(ModelConfig, FitConfig, DataConfig):
         read at equal cost rather than at label counts)."""
         return self.checkpoints.strip().lower() == "all"
 
-    def stopping_settings(self) -> dict[str, float]:
-        """The values of the stopping-rule keys (:data:`al.loop.stopping.STOPPING_RULES`)."""
-        return {key: getattr(self, key) for key in STOPPING_RULES}
+    @property
+    def warm_share(self) -> float:
+        """The share of a full schedule a round's fit gets when it continues from the last
+        round's weights (``warm_fraction``), or 0: from scratch."""
+        return self.warm_fraction if self.warm_start else 0.0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +18,7 @@ import pandas as pd
 from torch import Tensor
 
 from al.data.molecules import MolecularData
+from al.loop.config import LoopSettings
 from al.tracking.names import CampaignMetrics as CM  # noqa: N817 - used in every metric key
 from al.training.fit import FitResult
 from al.training.metrics import regression_report
@@ -99,3 +101,23 @@ def converged_fit(
         metrics, prediction_table(data, test_rows, pred),
         prediction_table(train_data, val_rows, val_pred),
     )  # fmt: skip
+
+
+def due_round(
+    settings: LoopSettings, steps: Mapping[int, int], done: Collection[int], round_: int,
+    n_labelled: int,
+) -> int | None:  # fmt: skip
+    """The round whose labelled set is due a converged refit after ``round_``, or None.
+
+    ``steps`` maps each round to its training-label count (its metric step), ``done`` holds
+    the steps that have a converged refit, ``n_labelled`` counts the training labels so
+    far. With ``checkpoints=all`` that is ``round_`` unless its step is done; else the
+    first round that reached the last checkpoint passed (a count at most ``n_labelled``),
+    unless a refit at or beyond that count is done: a kill may have put that round behind.
+    """
+    if settings.checkpoint_every_round:
+        return None if steps.get(round_, -1) in done else round_
+    due = [c for c in settings.checkpoint_counts() if c <= n_labelled]
+    if not due or any(step >= due[-1] for step in done):
+        return None
+    return min(r for r, n in steps.items() if n >= due[-1])

@@ -14,7 +14,7 @@ A scheme is chosen once, from the strategy preset's ``scheme`` field (:data:`SCH
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import torch
 from torch import Tensor
@@ -28,6 +28,8 @@ class DataScheme(Protocol):
     """What the campaign asks of a data scheme."""
 
     name: str
+    #: whether a multi-fidelity campaign (several oracles) can run on it
+    multi_fidelity: ClassVar[bool]
 
     def candidates(
         self, round_: int, pool: Tensor, qm9_index: Tensor, closed: Tensor
@@ -54,6 +56,7 @@ class PoolScheme:
     pool_subsample: int = 0
 
     name = "pool"
+    multi_fidelity: ClassVar[bool] = True
 
     @classmethod
     def from_config(cls, config: CampaignConfig) -> PoolScheme:
@@ -104,6 +107,7 @@ class StreamScheme(PoolScheme):
     retrain_fraction: float = 0.2
 
     name = "stream"
+    multi_fidelity: ClassVar[bool] = False
 
     @classmethod
     def from_config(cls, config: CampaignConfig) -> StreamScheme:

@@ -42,6 +42,8 @@ class Surrogate:
 
     name: str = ""
     provides: frozenset[str] = frozenset()
+    #: the dropout rate a campaign gives the model when its config sets none (0: none)
+    default_dropout: ClassVar[float] = 0.0
 
     def __init__(
         self, model_config: ModelConfig, fit_config: FitConfig, device: torch.device
@@ -282,6 +284,7 @@ class MCDropoutSurrogate(Surrogate):
 
     name = "mc_dropout"
     provides = frozenset({"mean", "std", "embedding", "members"})
+    default_dropout = 0.1  # MC dropout needs some
 
     def __init__(
         self,

@@ -1,0 +1,107 @@
+"""A campaign's sets of molecules: round 0's validation set and random initial labels,
+and each fit's training and validation rows.
+
+Round 0's sets are drawn from the pool with the campaign's seed, each from its own stream
+(:func:`~al.loop.seeds.round_generator`), so every arm of a seed validates on the same
+molecules and the draws change nothing else. The entry point checks with
+:func:`round0_requests` that the budgets pay for them before a campaign's run exists;
+the campaign asks for them when it starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pandas as pd
+import torch
+from torch import Tensor
+
+from al.config import ConfigError
+from al.data.molecules import MolecularData
+from al.loop.config import LoopSettings
+from al.loop.ledger import Labelled
+from al.loop.seeds import round_generator
+from al.loop.selection import Selection
+from al.loop.stopping import Allowance
+
+__all__ = [
+    "initial_rows", "round0_requests", "training_set", "validation_rows", "validation_set_size",
+]  # fmt: skip
+
+
+def validation_set_size(val_size: int, n_pool: int) -> int:
+    """Molecules in the validation set: ``min(val_size, n_pool - 1)``, none when
+    ``val_size`` is 0 (at least one pool molecule is left to train on)."""
+    return min(val_size, n_pool - 1) if val_size > 0 else 0
+
+
+def validation_rows(pool: Tensor, settings: LoopSettings) -> Tensor:
+    """The validation set: :func:`validation_set_size` random rows of ``pool`` (``[n_pool]``
+    rows), ``[v]``."""
+    k = validation_set_size(settings.val_size, pool.numel())
+    if k <= 0:
+        return pool[:0]
+    gen = round_generator(settings.seed, 0, "validation set")
+    return pool[torch.randperm(pool.numel(), generator=gen)[:k]]
+
+
+def initial_rows(pool: Tensor, settings: LoopSettings) -> Tensor:
+    """``min(initial_size, n_pool - n_validation)`` random rows of ``pool`` outside the
+    validation set, ``[n]``."""
+    free = pool[~torch.isin(pool, validation_rows(pool, settings))]
+    gen = round_generator(settings.seed, 0, "initial")
+    k = min(settings.initial_size, free.numel())
+    return free[torch.randperm(free.numel(), generator=gen)[:k]]
+
+
+def round0_requests(
+    settings: LoopSettings, selection: Selection, left: Allowance, pool: Tensor
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Round 0's requests: the validation set (:func:`validation_rows` of ``pool``) and as
+    many of the :func:`initial_rows` as the budgets ``left`` pay for beyond it. One error
+    line (:class:`ConfigError`) when they pay for the validation set and not one initial
+    label: checked before a campaign's run exists, and again when it starts."""
+    validation = selection.validation_request(validation_rows(pool, settings))
+    n, cost = len(validation), float(selection.costs[-1]) + selection.baseline_each
+    if n and left.count(cost) < n:
+        raise ConfigError(
+            f"budget_labels={settings.budget_labels} and budget_cost={settings.budget_cost:g} "
+            f"do not pay for the validation set (val_size={settings.val_size}: {n} labels at "
+            f"{cost:g}); expected budgets above it, or a smaller val_size"
+        )
+    if n:
+        left = Allowance(left.labels - n, left.cost - n * cost)
+    request = selection.initial_request(initial_rows(pool, settings), left)
+    if request.empty:
+        raise ConfigError(
+            f"budget_labels={settings.budget_labels} and budget_cost={settings.budget_cost:g} "
+            f"pay for no initial molecule; expected at least {selection.n_fidelities} label(s) "
+            f"and a cost of {float(selection.costs.sum()):g} beyond the validation set's {n} "
+            "label(s)"
+        )
+    return validation, request
+
+
+def training_set(
+    data: MolecularData, selection: Selection, labelled: Labelled, settings: LoopSettings,
+    round_: int,
+) -> tuple[MolecularData, Tensor, Tensor]:  # fmt: skip
+    """``data`` with the oracle labels of ``labelled`` in ``y`` (layout from ``selection``:
+    ``[n_mol]``, or ``[n_mol, D]`` with NaN), the training rows ``[m]`` and the validation
+    rows ``[v]`` of a fit in ``round_``.
+
+    With a validation set (``val_size``) these are every training label and the
+    validation set, the same every round; without one (``val_size=0``), a seeded
+    split of the labelled rows redrawn each round (``val_fraction`` of them).
+    """
+    y, rows = selection.training_targets(labelled)
+    if settings.val_size > 0:
+        y = y.clone()
+        val_rows = selection.validation_targets(labelled, y)
+        return replace(data, y=y), rows, val_rows
+    gen = round_generator(settings.seed, round_, "validation")
+    rows = rows[torch.randperm(rows.numel(), generator=gen)]
+    n_val = round(settings.val_fraction * rows.numel())
+    if settings.val_fraction > 0:
+        n_val = max(1, n_val)
+    return replace(data, y=y), rows[n_val:], rows[:n_val]
