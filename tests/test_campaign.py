@@ -184,15 +184,15 @@ def tiny_campaign(qm9, tracker: MemoryTracker, scheme: str = "pool", **kw) -> Ca
 
 def test_a_stream_whose_chunks_run_out_gets_its_final_refit(qm9, no_mlflow, tmp_path) -> None:
     """A stream campaign without a round limit stops when its chunks run out (two chunks:
-    round 3 is offered nothing), and that way out refits its last round from scratch like
-    any other: ``final_refit.*`` at the last step, with the refit's own steps."""
+    round 3 is offered nothing), and that way out refits its last round like any other (here
+    a re-anneal of the warm weights): ``final_refit.*`` at the last step, with its own steps."""
     cfg = CampaignConfig(**TINY)
     splits = make_splits(qm9.qm9_index.numpy(), SplitConfig(cfg.split_seed, cfg.n_test))
     chunk = -(-len(splits.pool) // 2)  # the pool in two chunks
     tracker = MemoryTracker(tmp_path)
     campaign = tiny_campaign(
         qm9, tracker, scheme="stream", rounds=0, stream_chunk=chunk, retrain_fraction=0.2,
-        final_refit=True, final_refit_steps=5,
+        final_refit=True, final_refit_steps=5, final_refit_warm=True,
     )  # fmt: skip
     assert campaign.execute() == "no candidates left"
     steps = tracker.metrics_frame()
@@ -200,6 +200,7 @@ def test_a_stream_whose_chunks_run_out_gets_its_final_refit(qm9, no_mlflow, tmp_
     assert steps[CM.WARM_START].tolist() == [0, 1, 1]  # the last round's fit was warm
     assert steps[CM.final_refit(CM.TEST_MAE)].notna().tolist() == [False, False, True]
     assert steps.loc[50, CM.final_refit(CM.FIT_STEPS)] == 5  # final_refit_steps, all run
+    assert steps.loc[50, CM.final_refit(CM.WARM_START)] == 1  # a re-anneal of the warm chain
     assert len(tracker.fits) == 3  # the final refit is no round's fit
 
 
@@ -234,6 +235,7 @@ def test_tiny_campaign_in_memory_and_resumed(qm9, no_mlflow, tmp_path) -> None:
     assert steps[CM.final_refit(CM.TEST_MAE)].isna().tolist() == [True, False]
     assert steps[CM.FIT_STEPS].tolist() == [2, 2]  # 2 epochs x 1 step; warm: ceil(0.3 x 2 x 2)
     assert steps[CM.final_refit(CM.FIT_STEPS)].iloc[1] == 5  # final_refit_steps, all run
+    assert steps[CM.final_refit(CM.WARM_START)].iloc[1] == 0  # from scratch
     assert campaign.mae_history == steps[CM.TEST_MAE].tolist()
 
     # a new campaign with the same tracker continues after the last completed round

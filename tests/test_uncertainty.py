@@ -168,8 +168,12 @@ def test_a_fit_of_given_steps_runs_them_all(qm9, rows) -> None:
     assert s.fit(qm9, rows[0], rows[1]).steps == 4  # stopped early
     result = s.fit(qm9, rows[0], rows[1], steps=9)
     assert not result.stopped_early and result.steps == result.step_budget == 9
-    with pytest.raises(ValueError, match="from scratch"):
-        s.fit(qm9, rows[0], rows[1], warm=0.5, steps=9)
+    model = s.model
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    anneal = s.fit(qm9, rows[0], rows[1], warm=0.5, steps=7)  # a warm re-anneal: all 7 steps
+    assert anneal.warm and s.model is model and anneal.steps == anneal.step_budget == 7
+    assert not anneal.stopped_early
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # lr 0
 
 
 @pytest.mark.parametrize("name", ["ensemble", "mc_dropout", "shallow"])

@@ -225,16 +225,16 @@ class Campaign:
         self.converge(round_)
 
     def refit_final(self, round_: int) -> None:
-        """After warm starts, refit the last round from scratch (``final_refit``), so the
-        final model is not handicapped by them; both evaluations are kept: the round's
-        metrics are the warm fit's, ``final_refit_*`` the cold fit's, at the same step."""
+        """After warm starts, refit the last round (``final_refit``: from scratch, or a
+        re-anneal of the warm weights), so the final model is not handicapped by them; the
+        round's metrics are the warm fit's, ``final_refit_*`` the refit's, at one step."""
         if not (self.settings.final_refit and self.history.fit_info.get(CM.WARM_START)):
             return
         train_data, train_rows, val_rows = self.training_set(round_)
         log.info("event=phase phase=final_refit round=%d n_train=%d", round_, train_rows.numel())
         result = self.timed(
             "final_refit", self.surrogate.fit, train_data, train_rows, val_rows,
-            steps=self.settings.final_refit_steps,
+            steps=self.settings.final_refit_steps, warm=float(self.settings.final_refit_warm),
         )  # fmt: skip
         pred = self.history.test_pred = self.surrogate.predict(self.data, self.test)
         self.records.record_final_refit(

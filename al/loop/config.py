@@ -212,6 +212,11 @@ class CampaignConfig(ModelConfig, FitConfig, DataConfig):
         "the best validation weights are kept); 0 = a fit from scratch's budget", min=0,
         group="training",
     )  # fmt: skip
+    final_refit_warm: bool = option(
+        False, "final_refit: continue from the warm chain's weights with a fresh schedule of "
+        "final_refit_steps (a warm re-anneal) instead of starting from scratch",
+        group="training",
+    )  # fmt: skip
     ensemble_size: int = option(
         5, "deep-ensemble members (shallow: heads)", min=2, group="surrogate"
     )
@@ -313,7 +318,8 @@ class LoopSettings:
             validation share when there is no validation set (``val_size=0``).
         warm_start, warm_fraction: a round's fit continues from the last weights, on that
             share of a fit from scratch's schedule.
-        final_refit, final_refit_steps: refit the last round from scratch at the end.
+        final_refit, final_refit_steps, final_refit_warm: refit the last round at the end,
+            from scratch or from the warm chain's weights.
         checkpoints, converged_steps: the converged refits (``checkpoints`` as in the config).
         budget_labels, budget_cost: the budgets, named in round 0's error lines.
     """
@@ -328,6 +334,7 @@ class LoopSettings:
     warm_fraction: float
     final_refit: bool
     final_refit_steps: int
+    final_refit_warm: bool
     checkpoints: str
     converged_steps: int
     budget_labels: int

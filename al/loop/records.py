@@ -169,6 +169,7 @@ class RoundRecords:
         metrics = {CM.final_refit(key): value for key, value in _report_metrics(report).items()}
         metrics.update({CM.final_refit(CM.STD_SCALE): result.std_scale,
                         CM.final_refit(CM.FIT_STEPS): result.steps,
+                        CM.final_refit(CM.WARM_START): int(result.warm),
                         CM.final_refit(CM.TIME_FIT): seconds})  # fmt: skip
         self.tracker.log_round_metrics(len(labelled.ok), metrics)
         log.info(

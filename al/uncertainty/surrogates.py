@@ -75,22 +75,21 @@ class Surrogate:
         ``warm`` > 0 continues from the current weights (when there are any) with a schedule
         of that share of a fit from scratch's steps (:func:`~al.training.config.step_budget`
         on ``n_train``, ``min_steps`` scaled alike); 0 trains from scratch. ``steps`` > 0
-        (from scratch only) runs exactly that many steps, to the end of the schedule: early
-        stopping would end a long schedule while its learning rate is still high.
+        runs exactly that many steps, to the end of the schedule (early stopping would end a
+        long schedule while its learning rate is still high), from scratch, or with ``warm``
+        > 0 from the current weights (a fresh schedule: a warm re-anneal).
         """
         config, warm_fit = self.fit_config, warm > 0 and self.model is not None
-        if steps > 0 and warm_fit:
-            raise ValueError("steps sizes a fit from scratch; a warm fit gets warm x its steps")
         if steps > 0:
             config = replace(config, max_steps=steps, min_steps=steps)
-        if warm_fit:
+        elif warm_fit:
             cold = step_budget(config, train_rows.numel())
             config = replace(
                 config,
                 max_steps=max(1, math.ceil(warm * cold)),
                 min_steps=math.ceil(warm * config.min_steps),
             )
-        else:
+        if not warm_fit:
             self.model = self._build().to(self.device)
         weight = self._sample_weight(train_rows.numel())  # [K, n_train] or None
         train_rows, val_rows, weight = _validation_floor(train_rows, val_rows, weight, config)
