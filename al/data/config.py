@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from al.config import option
+from al.data import qm9pack  # noqa: F401 - registers the default source, listed first
 
-#: Where QM9 can be read from (:func:`al.data.load.load_qm9`).
-SOURCES = ("qm9pack", "pyg")
+# isort: split
+from al.data import pyg_source  # noqa: F401 - registers its source
+from al.data.sources import SOURCES
 
 
 @dataclass
@@ -17,7 +19,7 @@ class DataConfig:
     #: The help section of these keys on the command line.
     GROUP = "data"
 
-    source: str = option("qm9pack", "data source", choices=SOURCES)
+    source: str = option("qm9pack", "data source", choices=tuple(SOURCES))
     data_root: str = option("", "folder of the source (pyg: the QM9 root)")
     split_seed: int = option(0, "seed of the test/oracle/pool split")
     n_test: int = option(10_000, "size of the test split", min=1)

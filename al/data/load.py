@@ -12,8 +12,6 @@ import torch
 
 from al.data.config import SOURCES, DataConfig
 from al.data.molecules import MolecularData, _from_record, _save_atomic, _to_record
-from al.data.pyg_source import load_pyg_qm9
-from al.data.qm9pack import parse_qm9pack, qm9pack_data_dir
 from al.data.splits import SplitConfig, Splits, make_splits
 
 log = logging.getLogger(__name__)
@@ -42,13 +40,10 @@ def load_qm9(
         root: folder of the source (qm9pack: its CSV folder; pyg: the dataset root).
         cache: cache folder; default :func:`cache_dir`.
     """
-    if source not in SOURCES:
-        raise ValueError(f"unknown data source {source!r}; expected one of {', '.join(SOURCES)}")
-    if source == "pyg" and root is None:
-        raise ValueError("source 'pyg' needs the root folder of a PyTorch Geometric QM9 dataset")
+    reader = SOURCES.get(source)  # an unknown name: one line
+    folder = reader.root(source, root)
     # Keyed by the source files themselves (path, size, mtime), so a changed source or
     # another root gets its own cache entry.
-    folder = Path(root).resolve() if root is not None else qm9pack_data_dir()
     # (a missing folder finds no cache entry; its source loader then says what is wrong)
     stats = sorted(
         f"{p.relative_to(folder)}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
@@ -64,10 +59,7 @@ def load_qm9(
         log.debug("event=cache_hit path=%s seconds=%.3f", path, time.perf_counter() - t0)
         return data
     t0 = time.perf_counter()
-    if source == "qm9pack":
-        data = parse_qm9pack(Path(root) if root else None)
-    else:
-        data = load_pyg_qm9(root)
+    data = reader.load(Path(root) if root is not None else None)
     log.info(
         "event=parsed source=%s molecules=%d seconds=%.1f",
         source,

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from al.data.elements import ELEMENTS
 from al.data.molecules import MolecularData
+from al.data.sources import SOURCES, DataSource
 from al.extras import require
 
 #: Column of PyG's ``QM9.y`` holding H_ATOM, the atomization enthalpy at 298.15 K (eV).
@@ -223,3 +224,10 @@ def load_pyg_qm9(root: str | Path) -> MolecularData:
             f"{path} is not a PyTorch Geometric InMemoryDataset file ({exc!r})"
         ) from exc
     return from_pyg_collated(dataset._data, dataset.slices)
+
+
+SOURCES.register(
+    "pyg",
+    DataSource(load_pyg_qm9),
+    description="a processed PyTorch Geometric QM9 root (data_root; the pyg extra)",
+)

@@ -14,6 +14,7 @@ import torch
 
 from al.data.elements import ELEMENTS, atomization_enthalpy_ev
 from al.data.molecules import MolecularData
+from al.data.sources import SOURCES, DataSource
 
 N_MOLECULES = 130831
 
@@ -76,3 +77,10 @@ def parse_qm9pack(data_dir: Path | None = None) -> MolecularData:
         smiles=df["SMILES"].astype(str).tolist(),
         source="qm9pack",
     )
+
+
+SOURCES.register(
+    "qm9pack",
+    DataSource(parse_qm9pack, default_root=qm9pack_data_dir),
+    description="the CSV files of the qm9pack package (offline; the default)",
+)
