@@ -23,6 +23,8 @@ from al.loop.ledger import Labelled
 from al.loop.seeds import round_generator
 from al.loop.selection import Selection
 from al.loop.stopping import Allowance
+from al.training.config import FitConfig
+from al.training.split import split_validation
 
 __all__ = [
     "initial_rows", "round0_requests", "training_set", "validation_rows", "validation_set_size",
@@ -101,7 +103,8 @@ def training_set(
         return replace(data, y=y), rows, val_rows
     gen = round_generator(settings.seed, round_, "validation")
     rows = rows[torch.randperm(rows.numel(), generator=gen)]
-    n_val = round(settings.val_fraction * rows.numel())
-    if settings.val_fraction > 0:
-        n_val = max(1, n_val)
-    return replace(data, y=y), rows[n_val:], rows[:n_val]
+    # the val_fraction share (the one split of al.training); the surrogate's fit raises it
+    # to the val_min floor
+    share = FitConfig(val_fraction=settings.val_fraction, val_min=0)
+    train_rows, val_rows = split_validation(rows, share)
+    return replace(data, y=y), train_rows, val_rows
