@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from al.config import ConfigError
 from al.entrypoints.experiment import TAG_CELL, TAG_GRID, load_grid
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 GRIDS = sorted((REPO / "experiments").glob("*.yaml"))
 
 

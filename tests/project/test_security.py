@@ -21,7 +21,7 @@ from al.config import SecretMaskingFilter, mask_secrets
 from al.oracles import OracleError, PyGSchNetOracle
 from al.oracles.pyg_schnet import PYG_SCHNET_SHA256_ENV, PYG_SCHNET_URL
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # --- masking ------------------------------------------------------------------------------------

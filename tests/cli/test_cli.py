@@ -20,7 +20,7 @@ from al.config import build_config
 from al.loop.config import CampaignConfig
 from hpo.config import HPOConfig
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "mlflow", "optuna", "pandas", "matplotlib", "al.entrypoints", "hpo.study")
 
 
