@@ -213,6 +213,7 @@ def test_labelled_set_digest_changes_with_labels() -> None:
     assert lab.digest() != d1
 
 
+@pytest.mark.slow
 def test_bad_strategy_is_one_clear_error(tracking) -> None:
     from click.testing import CliRunner
 
