@@ -373,8 +373,8 @@ class EnergyBaseline(Baseline):
         surrogate fits per-element reference energies on its own targets
         (:meth:`al.models.base.AtomisticModel.fit_reference`), so a per-element offset in
         the baseline, this reference or none, leaves its predictions unchanged
-        (``tests/test_baseline.py`` checks it). The ``xtb`` and ANI oracles, whose labels a
-        surrogate learns as they are, do carry them."""
+        (``tests/baselines/test_baseline.py`` checks it). The ``xtb`` and ANI oracles, whose
+        labels a surrogate learns as they are, do carry them."""
         return None
 
 

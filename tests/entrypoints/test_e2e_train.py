@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from al.data.molecules import molecules_frame
 from al.tracking import TAG_KIND, TAG_MODEL_URI, Artifacts, Metrics
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow
 

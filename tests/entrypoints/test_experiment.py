@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from al.config import ConfigError
 from al.entrypoints.experiment import TAG_CELL, TAG_GRID, load_grid
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 GRIDS = sorted((REPO / "experiments").glob("*.yaml"))
 
 
@@ -184,6 +184,7 @@ def _dask_backend_reaches_the_same_labels(
     assert len(client.search_runs([exp.experiment_id], "tags.`al.kind` = 'campaign'")) == 4
 
 
+@pytest.mark.slow
 def test_the_backend_is_checked_in_one_line(tracking, tmp_path: Path) -> None:
     """An unknown backend, a scheduler without dask and an unreachable scheduler."""
     from click.testing import CliRunner
@@ -204,6 +205,7 @@ def test_the_backend_is_checked_in_one_line(tracking, tmp_path: Path) -> None:
         DaskBackend(scheduler="tcp://127.0.0.1:1", connect_timeout=1).start()
 
 
+@pytest.mark.slow
 def test_an_explicitly_chosen_experiment_holds_the_grid(
     tracking, tmp_path: Path, monkeypatch
 ) -> None:
@@ -237,6 +239,7 @@ def test_an_explicitly_chosen_experiment_holds_the_grid(
     assert "experiment 'grid-named'" in run.output, run.output
 
 
+@pytest.mark.slow
 def test_the_grid_bar_counts_every_campaigns_rounds(tracking) -> None:
     """Rounds are read from each campaign's ``n_labelled`` steps on the server; a campaign
     that ends counts its planned rounds; campaigns of another grid are not counted."""

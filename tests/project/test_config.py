@@ -10,7 +10,7 @@ from al.entrypoints.train import TrainRunConfig
 from al.models import MODELS
 from al.models.config import ModelConfig
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_defaults_and_overrides(tmp_path: Path) -> None:

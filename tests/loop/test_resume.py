@@ -210,6 +210,7 @@ def test_kill_and_resume_on_postgresql(postgres_tracking: str) -> None:
     pd.testing.assert_frame_equal(resumed, straight)
 
 
+@pytest.mark.slow
 def test_history_by_step_and_stale_children(tracking: str) -> None:
     """A step logged twice keeps its latest value; a killed round run is closed, and the
     logged models an upload left PENDING (a round's, the campaign's final) are marked FAILED."""
@@ -293,6 +294,7 @@ def test_outage_keeps_paid_labels_and_resume_uses_the_campaign_settings(
     assert len(MlflowClient().search_logged_models([run.info.experiment_id])) == len(models)
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_run_that_is_not_a_campaign(tracking: str) -> None:
     mlflow.set_experiment("resume-not-campaign")
     with mlflow.start_run(tags={TAG_KIND: "train"}) as run:

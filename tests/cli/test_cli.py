@@ -10,6 +10,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import click
+import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -20,7 +21,7 @@ from al.config import build_config
 from al.loop.config import CampaignConfig
 from hpo.config import HPOConfig
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "mlflow", "optuna", "pandas", "matplotlib", "al.entrypoints", "hpo.study")
 
 
@@ -65,6 +66,7 @@ def test_grouped_help_lists_every_option_once() -> None:
     assert "(default:" not in text  # one way of showing defaults: [default: x]
 
 
+@pytest.mark.slow
 def test_help_imports_nothing_heavy() -> None:
     """Building the command tree and printing every command's help stays clear of the heavy
     imports (the config options come from the saved ones)."""

@@ -57,6 +57,7 @@ def test_the_pyg_schnet_oracle_without_pyg_is_one_line(without_pyg: None, qm9) -
         build_oracle("pyg_schnet", data=qm9)
 
 
+@pytest.mark.slow
 def test_no_module_imports_pyg_when_imported() -> None:
     """Every module of ``al`` and ``hpo`` imports without PyTorch Geometric (its imports
     are inside the functions that need it)."""

@@ -121,7 +121,7 @@ def test_surrogate_config_priority_and_unknown_keys(tmp_path: Path) -> None:
 
 
 def test_mlproject_hpo_entry_point() -> None:
-    spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "MLproject").read_text())
+    spec = yaml.safe_load((Path(__file__).resolve().parents[2] / "MLproject").read_text())
     hpo = spec["entry_points"]["hpo"]
     assert set(hpo["parameters"]) == {"config"}
     assert "al.cli hpo --config {config}" in hpo["command"]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-FIXTURE = Path(__file__).parent / "fixtures" / "legacy_model"
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "legacy_model"
 
 
 def test_the_logged_entry_still_names_the_shim() -> None:

@@ -344,6 +344,7 @@ def test_multi_fidelity_campaign(mf_acquisition: str, tracking, qm9) -> None:
     assert np.allclose(high["label"], [data_y[i] for i in high["qm9_index"]])
 
 
+@pytest.mark.slow
 def test_stream_with_two_oracles_is_refused(tracking) -> None:
     cfg = CampaignConfig(strategy="stream", oracles="xtb,dft", experiment_name="mf-bad")
     with pytest.raises(ValueError, match="does not support several oracles"):

@@ -21,7 +21,7 @@ from al.config import SecretMaskingFilter, mask_secrets
 from al.oracles import OracleError, PyGSchNetOracle
 from al.oracles.pyg_schnet import PYG_SCHNET_SHA256_ENV, PYG_SCHNET_URL
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # --- masking ------------------------------------------------------------------------------------
@@ -62,6 +62,7 @@ def test_logging_filter_masks_formatted_messages(caplog: pytest.LogCaptureFixtur
 
 
 @pytest.mark.usefixtures("tracking")
+@pytest.mark.slow
 def test_params_and_artifacts_are_masked() -> None:
     secret = secrets.token_hex(8)
     with mlflow.start_run() as run:
@@ -109,6 +110,7 @@ def test_hpo_with_a_literal_password_keeps_it_out_of_runs_and_output(
 
 
 @pytest.mark.usefixtures("tracking")
+@pytest.mark.slow
 def test_hpo_warns_when_mlflow_run_logged_a_literal_password(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

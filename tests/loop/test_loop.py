@@ -213,6 +213,7 @@ def test_labelled_set_digest_changes_with_labels() -> None:
     assert lab.digest() != d1
 
 
+@pytest.mark.slow
 def test_bad_strategy_is_one_clear_error(tracking) -> None:
     from click.testing import CliRunner
 
@@ -226,7 +227,7 @@ def test_bad_strategy_is_one_clear_error(tracking) -> None:
 
 
 def test_config_keys_in_mlproject_comment() -> None:
-    text = (Path(__file__).resolve().parents[1] / "MLproject").read_text()
+    text = (Path(__file__).resolve().parents[2] / "MLproject").read_text()
     assert "al_loop:" in text and "al.cli al-loop --config {config}" in text
 
 

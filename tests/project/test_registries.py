@@ -19,7 +19,7 @@ from al.models import MODELS
 from al.oracles import ORACLES, oracle_choices
 from al.uncertainty import UNCERTAINTIES
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _choices(key: str) -> tuple[str, ...]:

@@ -42,7 +42,7 @@ from al.tracking.pyfunc import MoleculeEnergyModel
 from al.training.metrics import baseline_mae
 from al.uncertainty import Prediction, Surrogate, build_surrogate
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 F = list(ELEMENTS).index("F")
 
 

@@ -64,6 +64,7 @@ def _child(code: str, **env: str) -> str:
     return out.stdout.strip()
 
 
+@pytest.mark.slow
 def test_importing_al_sets_a_passive_wait_policy_before_torch() -> None:
     code = "import os, al, torch; print(os.environ.get('OMP_WAIT_POLICY', '-'))"
     assert _child(code) == "PASSIVE"
@@ -71,6 +72,7 @@ def test_importing_al_sets_a_passive_wait_policy_before_torch() -> None:
     assert _child(code, AL_THREAD_POLICY="off") == "-"
 
 
+@pytest.mark.slow
 def test_configure_threads_sets_torch() -> None:
     code = (
         "from al import runtime; import torch; n = runtime.configure_threads(1); "

@@ -18,7 +18,9 @@ from al.acquisition import ACQUISITIONS, STRATEGIES, select
 from al.acquisition.batch import BAIT_SIGMA
 from al.uncertainty import Prediction
 
-FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "bmdal" / "selections.json").read_text())
+FIXTURE = json.loads(
+    (Path(__file__).parents[1] / "fixtures" / "bmdal" / "selections.json").read_text()
+)
 CASES = {case["name"]: case for case in FIXTURE["cases"]}
 
 

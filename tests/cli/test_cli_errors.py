@@ -14,6 +14,7 @@ from al.loop.config import CampaignConfig
 
 
 @pytest.mark.parametrize("uri", ["models:/m-doesnotexist", "runs:/0123456789abcdef/model"])
+@pytest.mark.slow
 def test_predict_with_a_missing_model_is_one_line(tracking: str, tmp_path: Path, uri: str) -> None:
     xyz = tmp_path / "h2.xyz"
     xyz.write_text("2\nH2\nH 0 0 0\nH 0 0 0.74\n")
@@ -61,6 +62,7 @@ def test_batch_larger_than_the_pool_is_one_line(monkeypatch: pytest.MonkeyPatch)
     assert "batch_size 200000 is larger than the pool" in line and f"{pool:,}" in line
 
 
+@pytest.mark.slow
 def test_tracking_server_unreachable_at_start_is_one_line(tmp_path: Path) -> None:
     """No server behind the URI: bounded retries (a warning line each), then one error line
     that says nothing was paid; no traceback, no hang of minutes."""

@@ -526,3 +526,24 @@ def test_ensemble_members_on_their_own_batches_loop_and_vmap_agree(name: str) ->
     grads = [p.grad for p in ens.stacked if p.grad is not None]
     assert all(g[[0, 2]].abs().sum() == 0 for g in grads)
     assert any(g[1].abs().sum() > 0 for g in grads)
+
+
+# ---------------------------------------------------------------------------- CUDA
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_gives_the_cpus_energies_embeddings_and_forces(name: str) -> None:
+    """The same float64 weights on a CUDA device: the CPU's outputs to float tolerance."""
+    model = make_model(name)
+    z, pos, batch, B = random_batch(seed=2, n_mol=4)
+    on_cpu = pos.clone().requires_grad_(True)
+    energy, emb = model.energy_and_embedding(z, on_cpu, batch, B)
+    (forces,) = torch.autograd.grad(energy.sum(), on_cpu)
+    gpu = copy.deepcopy(model).cuda()
+    on_gpu = pos.cuda().requires_grad_(True)
+    energy_gpu, emb_gpu = gpu.energy_and_embedding(z.cuda(), on_gpu, batch.cuda(), B)
+    (forces_gpu,) = torch.autograd.grad(energy_gpu.sum(), on_gpu)
+    assert energy_gpu.device.type == "cuda" and forces_gpu.device.type == "cuda"
+    for cpu, cuda in ((energy, energy_gpu), (emb, emb_gpu), (forces, forces_gpu)):
+        torch.testing.assert_close(cuda.detach().cpu(), cpu.detach(), rtol=1e-7, atol=ATOL)

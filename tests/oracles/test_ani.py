@@ -129,6 +129,7 @@ def test_missing_weights_that_cannot_be_fetched_are_one_line(qm9, no_weights, tm
     assert "fetching them is off" in line and "al weights ani" in line
 
 
+@pytest.mark.slow  # re-fetches the changed folder: a `pip download` subprocess
 def test_a_wrong_wheel_or_changed_file_is_refused_in_one_line(
     weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -196,6 +196,7 @@ def put(run_id: str, owner: str, age: float) -> None:
     MlflowClient().set_tag(run_id, TAG_LEASE, tag)
 
 
+@pytest.mark.slow
 def test_a_live_lease_refuses_a_second_owner(bare_run: str) -> None:
     put(bare_run, "elsewhere:12:abc", age=1)
     with pytest.raises(LeaseHeldError) as err:
@@ -208,6 +209,7 @@ def test_a_live_lease_refuses_a_second_owner(bare_run: str) -> None:
     assert LeaseRecord.parse(tag).owner == "elsewhere:12:abc"  # untouched
 
 
+@pytest.mark.slow
 def test_a_lease_insert_refused_by_a_concurrent_one_is_a_refusal(bare_run: str) -> None:
     """Two processes set the lease tag of a run without one at the same moment: the store
     inserts one and refuses the other with an IntegrityError (seen with two resumes at
@@ -238,6 +240,7 @@ def test_a_lease_insert_refused_by_a_concurrent_one_is_a_refusal(bare_run: str) 
             w.release()
 
 
+@pytest.mark.slow
 def test_a_stale_lease_is_taken_over_heartbeats_and_released(
     bare_run: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -265,6 +268,7 @@ def test_a_stale_lease_is_taken_over_heartbeats_and_released(
     assert TAG_LEASE not in client.get_run(bare_run).data.tags
 
 
+@pytest.mark.slow
 def test_a_lease_of_a_dead_process_on_this_host_is_taken_over(bare_run: str) -> None:
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
