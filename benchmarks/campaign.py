@@ -267,8 +267,9 @@ def main() -> None:
     total = time.perf_counter() - t_total
     m = tracker._metrics
     if CM.final_refit(CM.TEST_MAE) in m:
+        how = "a warm re-anneal" if args.final_refit_warm else "from scratch"
         print(
-            f"final refit from scratch at {len(campaign.labelled.ok)} labels: test MAE "
+            f"final refit ({how}) at {len(campaign.labelled.ok)} labels: test MAE "
             f"{m[CM.final_refit(CM.TEST_MAE)]:.4f} eV (warm: {campaign.mae_history[-1]:.4f}), "
             f"NLL {m[CM.final_refit(CM.TEST_NLL)]:.3f}, Spearman "
             f"{m[CM.final_refit(CM.TEST_SPEARMAN)]:.3f}, miscalibration "

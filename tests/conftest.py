@@ -135,6 +135,34 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     stop_mlflow_server(proc)
 
 
+#: MLflow's variables that a test (or MLflow on its behalf) may set
+MLFLOW_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME",
+                    "MLFLOW_RUN_ID")  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _fresh_mlflow_state() -> Iterator[None]:
+    """Each test starts with the MLflow state the session had: ``mlflow.set_tracking_uri``
+    and ``mlflow.set_experiment`` keep their values in module globals, which outrank the
+    environment, and copy them into the environment for subprocesses, so one test's server
+    or experiment would otherwise become the next test's on the same worker."""
+    before = {var: os.environ.get(var) for var in MLFLOW_VARIABLES}
+    yield
+    if "mlflow" in sys.modules:
+        import mlflow
+        import mlflow.tracking.fluent as fluent
+
+        while mlflow.active_run():
+            mlflow.end_run()
+        mlflow.set_tracking_uri(None)
+        fluent._active_experiment_id = None  # no public reset; set_experiment's global
+    for var, value in before.items():
+        if value is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = value
+
+
 def _point_tracking_at(uri: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     import mlflow
 
