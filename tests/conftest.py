@@ -142,7 +142,7 @@ MLFLOW_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPER
 
 @pytest.fixture(autouse=True)
 def _fresh_mlflow_state() -> Iterator[None]:
-    """Each test starts with the MLflow state the session had: ``mlflow.set_tracking_uri``
+    """Each test starts with the MLflow state the test run had: ``mlflow.set_tracking_uri``
     and ``mlflow.set_experiment`` keep their values in module globals, which outrank the
     environment, and copy them into the environment for subprocesses, so one test's server
     or experiment would otherwise become the next test's on the same worker."""
