@@ -61,16 +61,11 @@ import pandas as pd
 import torch
 
 from al.data.conformers.pipeline import (
-    BROKEN_FACTOR,
-    FORMED_FACTOR,
-    STATUS_BONDS_CHANGED,
-    STATUS_NOT_CONVERGED,
     STATUS_OK,
     STATUS_SCF,
     GeometryRecord,
     GeometrySettings,
-    changed_bonds,
-    covalent_bonds,
+    settle,
     xtb_optimise,
 )
 from al.data.conformers.store import GeometryStore, default_folder
@@ -168,18 +163,7 @@ def reoptimise_geometry(
     except Exception as exc:  # one molecule's failure must not end the pool
         record.status, record.message = f"error:{type(exc).__name__}", str(exc)[:500]
     else:
-        record.pos, record.energy_ha, record.n_steps = new.astype(np.float32), energy, n_steps
-        broken, formed = changed_bonds(
-            bonds, covalent_bonds(z, new, BROKEN_FACTOR), covalent_bonds(z, new, FORMED_FACTOR)
-        )
-        if broken or formed:
-            record.status = STATUS_BONDS_CHANGED
-            record.message = f"broken {sorted(broken)}, formed {sorted(formed)} (atom indices)"
-        elif not converged:
-            record.status = STATUS_NOT_CONVERGED
-            record.message = f"fmax {settings.fmax} not reached in {settings.max_steps} steps"
-        else:
-            record.status = STATUS_OK
+        settle(record, z, bonds, new, energy, n_steps, converged, settings)
     record.seconds = time.perf_counter() - t0
     return record
 
@@ -286,12 +270,9 @@ def pool_digest(ids: list[str], z: torch.Tensor, pos: torch.Tensor, ptr: torch.T
     return h.hexdigest()[:16]
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
+def _sha256(path: Path) -> str:
     with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 @dataclass
@@ -406,7 +387,7 @@ def create_pool(
                 e.status = e.message = ""
     screen(entries)
     _geometries(entries, settings, reoptimise, workers, cache, show_progress, echo)
-    source = {"file": str(src.resolve()), "sha256": _file_sha256(src), "kind": kind}
+    source = {"file": str(src.resolve()), "sha256": _sha256(src), "kind": kind}
     chosen = {"smiles_column": smiles_column, "id_column": id_column, "reoptimise": reoptimise,
               "geometry": settings.record()}  # fmt: skip
     table, data, meta = _build(name, entries, source, chosen)

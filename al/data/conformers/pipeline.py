@@ -322,8 +322,27 @@ def _run(smiles: str, settings: GeometrySettings, record: GeometryRecord) -> Non
     except (CalculatorError, RuntimeError) as exc:  # tblite raising: SCF or setup
         record.status, record.message = STATUS_SCF, str(exc).strip()[:500]
         return
+    settle(record, z, graph_bonds(mol), pos.astype(np.float32), energy, n_steps, converged,
+           settings)  # fmt: skip
+
+
+def settle(
+    record: GeometryRecord,
+    z: np.ndarray,
+    expected: set[tuple[int, int]],
+    pos: np.ndarray,
+    energy: float,
+    n_steps: int,
+    converged: bool,
+    settings: GeometrySettings,
+) -> None:
+    """An xTB optimisation's result into ``record``: the geometry ``pos`` (``[n, 3]``,
+    Angstrom, atoms ``z [n]``), its energy and steps, and the status: ``bonds_changed``
+    against the ``expected`` bonds (checked at ``pos``), else ``not_converged`` or ``ok``."""
     record.pos, record.energy_ha, record.n_steps = pos.astype(np.float32), energy, n_steps
-    broken, formed = bonds_changed(mol, record.pos)
+    broken, formed = changed_bonds(
+        expected, covalent_bonds(z, pos, BROKEN_FACTOR), covalent_bonds(z, pos, FORMED_FACTOR)
+    )
     if broken or formed:
         record.status = STATUS_BONDS_CHANGED
         record.message = f"broken {sorted(broken)}, formed {sorted(formed)} (atom indices)"
