@@ -37,7 +37,7 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -148,27 +148,22 @@ class LabelJournal:
         ]
         self._append({"kind": "request", "round": int(round_), "rows": rows})
 
-    def log_labels(self, round_: int, positions: Iterable[int], frame: pd.DataFrame) -> None:
-        """Oracle answers ``frame`` (:data:`LABEL_FIELDS`; ``label_std`` may be absent) for
-        request rows ``positions``."""
-        cols = [c for c in LABEL_FIELDS if c in frame.columns]
-        values = frame[cols].itertuples(index=False, name=None)
+    def log_labels(
+        self,
+        round_: int,
+        positions: Iterable[int],
+        answers: pd.DataFrame | Mapping[str, Sequence[Any]],
+    ) -> None:
+        """Oracle answers for request rows ``positions``: a table or a mapping of columns
+        (:data:`LABEL_FIELDS`; ``label_std`` may be absent), e.g.
+        :meth:`~al.oracles.LabelResult.columns` (no table in between: one call a label must
+        be cheap)."""
+        cols = [c for c in LABEL_FIELDS if c in answers]
+        values = zip(*(list(answers[c]) for c in cols), strict=True)
         rows = [
             {"position": int(p), **{c: _plain(v) for c, v in zip(cols, row, strict=True)}}
             for p, row in zip(positions, values, strict=True)
         ]
-        self._append({"kind": "labels", "round": int(round_), "rows": rows})
-
-    def log_result(self, round_: int, positions: Sequence[int], result: LabelResult) -> None:
-        """An oracle's answer ``result`` for request rows ``positions`` (as
-        :meth:`log_labels`, without a table in between: one call per label must be cheap)."""
-        std = result.std if result.std is not None else np.full(len(result), np.nan)
-        rows = [
-            {"position": int(p), "qm9_index": int(q), "oracle": result.oracle,
-             "label": float(v), "status": str(st), "cost": float(c), "label_std": float(e)}
-            for p, q, v, st, c, e in zip(positions, result.qm9_index, result.value,
-                                         result.status, result.cost, std, strict=True)
-        ]  # fmt: skip
         self._append({"kind": "labels", "round": int(round_), "rows": rows})
 
     def log_asked(self, round_: int, positions: Iterable[int], cost: float) -> None:
@@ -303,7 +298,7 @@ def _ask(
             with deferred_signals():  # the answer is journalled before a kill unwinds
                 journal.log_asked(round_, chunk, oracle.cost_per_label)
                 result = oracle.label(index[chunk], log_level=level)
-                journal.log_result(round_, chunk, result)
+                journal.log_labels(round_, chunk, result.columns())
             results.append(result)
             progress.update(len(chunk))
     merged = LabelResult.concat(results)

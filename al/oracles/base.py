@@ -149,19 +149,20 @@ class LabelResult:
     def total_cost(self) -> float:
         return float(self.cost.sum())
 
+    def columns(self) -> dict[str, Any]:
+        """The :data:`FRAME_COLUMNS` as arrays (``[n]`` each), one entry per request."""
+        return {
+            "qm9_index": self.qm9_index,
+            "oracle": [self.oracle] * len(self),
+            "label": self.value,
+            "status": self.status.astype(str),
+            "cost": self.cost,
+            "label_std": self.std,
+        }
+
     def to_frame(self) -> pd.DataFrame:
         """One row per request: ``qm9_index, oracle, label, status, cost, label_std``."""
-        return pd.DataFrame(
-            {
-                "qm9_index": self.qm9_index,
-                "oracle": [self.oracle] * len(self),
-                "label": self.value,
-                "status": self.status.astype(str),
-                "cost": self.cost,
-                "label_std": self.std,
-            },
-            columns=list(FRAME_COLUMNS),
-        )
+        return pd.DataFrame(self.columns(), columns=list(FRAME_COLUMNS))
 
 
 #: Molecules a network labeller evaluates (and a campaign journals) per call.
