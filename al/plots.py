@@ -54,6 +54,7 @@ def campaign_figures(
     target: np.ndarray,
     round_: int,
     coverage: tuple[np.ndarray, np.ndarray] | None = None,
+    evaluated_on: str = "test set",
 ) -> list[Any]:
     """Learning curve, parity, std-vs-error and calibration figures.
 
@@ -63,13 +64,16 @@ def campaign_figures(
         target: the reference energies, ``[n]``.
         coverage: expected and observed coverage of central intervals, ``[n_levels]``
             each (:func:`al.training.metrics.calibration_curve`); None without a std.
+        evaluated_on: what the figures are measured on (``test set``, or a pool
+            campaign's ``held-out labelled molecules``), as the axes and titles say.
     """
+    short = "test" if evaluated_on == "test set" else "held-out"
     fig1, ax = plt.subplots(figsize=(5, 3.6), dpi=100, layout="tight")
     if curve:
         n, mae = zip(*curve, strict=True)
         ax.plot(n, mae, "o-")
     ax.set_xlabel("labelled molecules")
-    ax.set_ylabel("test MAE (eV)")
+    ax.set_ylabel(f"{short} MAE (eV)")
     ax.set_yscale("log")
     ax.set_title(f"learning curve (round {round_})")
     fig2 = parity(mean, target, f"round {round_}")
@@ -80,7 +84,7 @@ def campaign_figures(
     ax.set_xlabel("predicted std (eV)")
     ax.set_ylabel("|error| (eV)")
     panels = [] if std is None or coverage is None else [(f"round {round_}", *coverage, std, err)]
-    fig4 = calibration_figure(panels, {}, f"calibration on the test set (round {round_})")
+    fig4 = calibration_figure(panels, {}, f"calibration on the {evaluated_on} (round {round_})")
     return [fig1, fig2, fig3, fig4]
 
 

@@ -145,20 +145,49 @@ def pretrain(config: Any, given: set[str]) -> None:
 @main.command()
 @click.option("--oracle", "oracle_spec", default="dft", show_default=True, cls=LazyHelpOption,
               help_text=_oracle_help)  # fmt: skip
-@click.option("--input", "input_csv", required=True, help="CSV with a qm9_index column")
+@click.option("--input", "input_csv", required=True,
+              help="CSV with a qm9_index column (with --pool: an id column)")  # fmt: skip
 @click.option("--output", default="", help="CSV to write (default: only logged to MLflow)")
 @click.option("--cost", default=None, type=float, help="cost per label (default: the oracle's)")
 @click.option("--experiment-name", default="al", show_default=True)
+@click.option(
+    "--pool",
+    default="",
+    help="the ids of --input are molecules of this pool; "
+    "the output is the input with its labels (a labels file for al ingest)",
+)
 def label(
-    oracle_spec: str, input_csv: str, output: str, cost: float | None, experiment_name: str
-) -> None:
+    oracle_spec: str, input_csv: str, output: str, cost: float | None, experiment_name: str,
+    pool: str,
+) -> None:  # fmt: skip
     """Label the molecules of a CSV with an oracle and log the result as a run."""
+    from al.data.pools import PoolError
     from al.entrypoints.label import run_label
 
     try:
-        run_label(oracle_spec, input_csv, output or None, cost, experiment_name, echo=click.echo)
-    except (ValueError, KeyError, RuntimeError, FileNotFoundError) as err:
+        run_label(oracle_spec, input_csv, output or None, cost, experiment_name, echo=click.echo,
+                  pool=pool)  # fmt: skip
+    except (ValueError, KeyError, RuntimeError, FileNotFoundError, PoolError) as err:
         raise _masked(err) from None
+
+
+@main.command()
+@click.argument("run_id")
+@click.argument("labels", type=click.Path())
+def ingest(run_id: str, labels: str) -> None:
+    """Record an external labeller's answers (LABELS: the batch's CSV with its label column
+    filled in) for the round campaign RUN_ID waits for; then: al al-loop --resume RUN_ID.
+    Rows that cannot be recorded are refused one line each, the rest recorded; the exit
+    status is 1 when any row was refused."""
+    from al.data.pools import PoolError
+    from al.entrypoints.ingest import ingest as run_ingest
+
+    try:
+        done = run_ingest(run_id, labels, echo=click.echo)
+    except (ValueError, KeyError, RuntimeError, FileNotFoundError, PoolError) as err:
+        raise _masked(err) from None
+    if done.refused:
+        raise SystemExit(1)
 
 
 @main.command()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,8 @@ class MolecularData:
         y: target in eV, ``[n_mol]`` (float64); NaN where unknown.
         qm9_index: QM9 index of every molecule, ``[n_mol]`` (int64).
         smiles: SMILES of every molecule (empty strings where unknown).
+        source: where the molecules come from (``qm9pack``, ``pool:<name>``).
+        ids: a pool's molecule ids, one per molecule (empty for QM9, whose id is the index).
     """
 
     z: Tensor
@@ -43,6 +45,7 @@ class MolecularData:
     qm9_index: Tensor
     smiles: list[str]
     source: str = "qm9pack"
+    ids: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.ptr.numel() - 1)
@@ -66,6 +69,11 @@ class MolecularData:
         if missing.numel():
             shown = ", ".join(str(int(i)) for i in missing[:10])
             more = f" (and {missing.numel() - 10} more)" if missing.numel() > 10 else ""
+            if self.source.startswith("pool:"):
+                raise KeyError(
+                    f"molecule number not in {self.source}: {shown}{more}; its molecules are "
+                    f"numbered 1..{len(self)}"
+                )
             raise KeyError(
                 f"QM9 index not in the data set: {shown}{more}; valid indices lie in "
                 f"1..{MAX_QM9_INDEX} ({len(self)} molecules, 3,054 were removed by the "
@@ -111,6 +119,7 @@ class MolecularData:
             qm9_index=self.qm9_index[rows],
             smiles=[self.smiles[r] for r in rows_cpu] if self.smiles else [],
             source=self.source,
+            ids=[self.ids[r] for r in rows_cpu] if self.ids else [],
         )
 
     def to(self, device: torch.device | str) -> MolecularData:
@@ -123,6 +132,7 @@ class MolecularData:
             qm9_index=self.qm9_index.to(device),
             smiles=self.smiles,
             source=self.source,
+            ids=self.ids,
         )
 
     def composition(self, rows: Tensor | None = None) -> Tensor:
@@ -176,6 +186,7 @@ def _to_record(data: MolecularData) -> dict:
         "qm9_index": data.qm9_index,
         "smiles": "\n".join(data.smiles),
         "source": data.source,
+        "ids": "\n".join(data.ids),
     }
 
 
@@ -188,6 +199,7 @@ def _from_record(rec: dict) -> MolecularData:
         qm9_index=rec["qm9_index"],
         smiles=rec["smiles"].split("\n") if rec["smiles"] else [],
         source=rec["source"],
+        ids=rec["ids"].split("\n") if rec.get("ids") else [],
     )
 
 

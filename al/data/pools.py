@@ -328,6 +328,7 @@ def _build(name: str, entries: list[Entry], source: dict, settings: dict) -> tup
         qm9_index=torch.arange(1, len(usable) + 1, dtype=torch.long),
         smiles=[e.smiles for e in usable],
         source=f"pool:{name}",
+        ids=[e.id for e in usable],
     )
     meta = {
         "name": name,
@@ -449,6 +450,7 @@ def load_pool(name: str, root: str | Path | None = None) -> Pool:
     ids = table.loc[table["number"] > 0].sort_values("number")["id"].tolist()
     if pool_digest(ids, data.z, data.pos, data.ptr) != meta["digest"]:
         raise PoolError(f"pool {name!r} in {folder} changed since it was made (digest mismatch)")
+    data.ids = ids  # a pool made before the ids were stored with its geometries
     return Pool(name, folder, meta, table, data)
 
 

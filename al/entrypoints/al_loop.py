@@ -26,11 +26,20 @@ from al.data.config import DataConfig
 from al.data.elements import ELEMENTS, SYMBOLS
 from al.data.load import load_data
 from al.data.molecules import MolecularData
+from al.data.pools import Pool
 from al.data.splits import Splits
+from al.entrypoints.external import clear_awaiting, write_batch
+from al.entrypoints.pool_campaign import (
+    campaign_pool,
+    check_pool_digest,
+    check_pool_oracles,
+    check_units,
+)
 from al.loop.campaign import Campaign
 from al.loop.config import CampaignConfig, LoopSettings
 from al.loop.journal import (
     JOURNAL_DIR_ENV,
+    AwaitingLabels,
     LabelsNotRecordedError,
     check_journal_dir,
     error_summary,
@@ -76,6 +85,8 @@ def run_campaign(
         config, stored_splits = resumed_settings(config, stored, given)
     parts = build_parts(config, stored_splits)
     config = parts.config  # as resolved (e.g. the surrogate's default dropout)
+    if config.resume and parts.pool is not None:
+        check_pool_digest(parts.pool, stored.tags.get(tracking.TAG_POOL_DIGEST), stored.run_id)
     if not config.resume:  # budgets that pay for no start: one line, before any run exists
         check_round0(parts)
     check_journal_dir()  # where paid labels go first: writable, before any run exists
@@ -119,6 +130,7 @@ class CampaignParts:
     rules: list[StoppingRule]
     scheme: DataScheme
     selection: Selection
+    pool: Pool | None = None
 
     @property
     def prior_labels(self) -> float:
@@ -163,7 +175,11 @@ def build_parts(config: CampaignConfig, stored_splits: Splits | None = None) -> 
     configure_threads(config.threads)
     seed_everything(config.seed)
     device = resolve_device(config.device)
-    data, splits = load_data(subset(DataConfig, config))
+    pool = None
+    if config.pool:  # one's own molecules: no ground truth, a held-out set bought instead
+        pool, data, splits = campaign_pool(config.pool, config.heldout_size, config.split_seed)
+    else:
+        data, splits = load_data(subset(DataConfig, config))
     if stored_splits is not None:  # a resumed campaign keeps the split it was run on
         splits = stored_splits
     check_sizes(config, len(splits.pool))
@@ -185,7 +201,7 @@ def build_parts(config: CampaignConfig, stored_splits: Splits | None = None) -> 
             f"acquisition {strategy.acquisition!r} needs {sorted(needs)}, but uncertainty "
             f"{strategy.uncertainty!r} provides {sorted(surrogate.provides)}"
         )
-    oracles = prepared_oracles(fidelities, data, splits, baseline)
+    oracles = prepared_oracles(fidelities, data, splits, baseline, config.pool, config.unit)
     labellable = labellable_pool(data, splits, oracles, baseline)  # the recorded split stays
     check_sizes(config, len(labellable.pool))
     acquisition = config.mf_acquisition if len(oracles) > 1 else strategy.acquisition
@@ -196,20 +212,26 @@ def build_parts(config: CampaignConfig, stored_splits: Splits | None = None) -> 
         build_selection(
             data, oracles, config, acquirer if len(oracles) == 1 else acquisition, surrogate
         ),
+        pool,
     )  # fmt: skip
 
 
 def prepared_oracles(
     fidelities: list[tuple[str, float | None]], data: MolecularData, splits: Splits,
-    baseline: Baseline | None,
+    baseline: Baseline | None, pool: str = "", unit: str = "eV",
 ) -> list[Oracle]:  # fmt: skip
     """The oracles of ``fidelities`` (``(spec, cost)``, cheapest first), each loaded: one
     that cannot be is refused before any run exists. A pretrained oracle warns if it may
-    have seen test or pool molecules of ``splits``. The ``baseline`` is loaded too."""
+    have seen test or pool molecules of ``splits`` (of QM9; on a ``pool``, an oracle that
+    reads QM9's table is refused; a ``unit`` other than eV needs every oracle external).
+    The ``baseline`` is loaded too."""
     oracles = [build_oracle(spec, data=data, cost=cost) for spec, cost in fidelities]
+    if pool:
+        check_pool_oracles(oracles, pool)
+    check_units(oracles, unit)
     for oracle in oracles:
         check = getattr(oracle, "check_split", None)
-        if check is not None:
+        if check is not None and not pool:
             check(splits.digest())
     for oracle in oracles:
         oracle.prepare()
@@ -224,7 +246,8 @@ def check_round0(parts: CampaignParts) -> None:
     pool = parts.data.rows_of(parts.labellable.pool)
     start = CampaignProgress(0, 0, 0, 0.0, pool_left=pool.numel())
     left = remaining(parts.rules, start)
-    round0_requests(LoopSettings.of(parts.config), parts.selection, left, pool)
+    heldout = parts.data.rows_of(parts.splits.test) if parts.pool is not None else None
+    round0_requests(LoopSettings.of(parts.config), parts.selection, left, pool, heldout)
 
 
 def start_run(config: CampaignConfig) -> MlflowTracker:
@@ -258,25 +281,40 @@ def execute(parts: CampaignParts, run: MlflowTracker, echo: Callable[[str], None
     """Record the campaign's settings on ``run``, run the campaign, log its final model;
     returns the run id. The run ends FINISHED only when the campaign's rules stopped it,
     KILLED on Ctrl-C or SIGTERM, FAILED otherwise (an outage: its labels are in the
-    journal, :class:`LabelsNotRecordedError` says how to resume)."""
+    journal, :class:`LabelsNotRecordedError` says how to resume); SCHEDULED when it waits
+    for an external labeller (its batch written, :mod:`al.entrypoints.external`)."""
     status, outage = "FAILED", False  # an exception leaves the run (and its children) FAILED
     try:
         register_oracles(parts.oracles)  # the shipped oracle, once per checkpoint (never raises)
         write_metadata(run.run_id, *run_metadata(parts, run), parts.splits)
-        log_campaign_datasets(run, parts.config, parts.data, parts.splits)
+        log_campaign_datasets(run, parts.config, parts.data, parts.splits, parts.pool)
         run.journal_path.parent.mkdir(parents=True, exist_ok=True)
         run.journal_path.touch()  # exists from now on: a missing journal means a moved one
         campaign = parts.campaign(run)
+        clear_awaiting(run.run_id)  # labels came in (al ingest): the campaign goes on
         reason = campaign.execute()
         mlflow.set_tag(tracking.TAG_STOP_REASON, reason)
         log_final_model(campaign, run, parts.config.register_as)
         log.info("event=campaign_done run_id=%s reason=%r", run.run_id, reason)
         if echo is not None:
+            measured = "held-out MAE" if parts.pool is not None else "test MAE"
             echo(
                 f"campaign {run.run_id} stopped: {reason}; "
-                f"test MAE {campaign.mae_history[-1]:.4f} eV"
+                f"{measured} {campaign.mae_history[-1]:.4f} eV"
             )
         status = "FINISHED"  # only a campaign stopped by its rules
+    except AwaitingLabels as wait:  # an external labeller: the batch goes out, the run waits
+        status = "SCHEDULED"
+        config = parts.config
+        table = write_batch(wait, parts.data, run.run_id, config.batch_dir, config.unit,
+                            config.target)  # fmt: skip
+        if echo is not None:
+            echo(
+                f"campaign {run.run_id} waits for labels: round {wait.round}, "
+                f"{len(wait.positions)} molecules in {table} (geometries: "
+                f"{table.with_suffix('.xyz').name}); fill in its label column, then: "
+                f"al ingest {run.run_id} {table} && al al-loop --resume {run.run_id}"
+            )
     except (MlflowException, RequestException) as err:  # the tracking server is gone
         outage = True
         raise LabelsNotRecordedError(run.run_id, run.journal_path, err) from None
@@ -311,16 +349,29 @@ def run_metadata(parts: CampaignParts, run: MlflowTracker) -> tuple[dict[str, st
         tracking.TAG_ACQUISITION: parts.acquisition,
         tracking.TAG_FIDELITIES: str(len(oracles)), tracking.TAG_SPLIT_DIGEST: digest,
         tracking.TAG_JOURNAL: str(run.journal_path),
+        tracking.TAG_EVALUATED_ON: tracking.EVALUATED_ON_TEST,
     }  # fmt: skip
+    if parts.pool is not None:
+        tags[tracking.TAG_POOL] = parts.pool.name
+        tags[tracking.TAG_POOL_DIGEST] = parts.pool.digest
+        tags[tracking.TAG_EVALUATED_ON] = tracking.EVALUATED_ON_HELDOUT
     return tags, resolved
 
 
 def log_campaign_datasets(
-    run: MlflowTracker, config: CampaignConfig, data: MolecularData, splits: Splits
-) -> None:
+    run: MlflowTracker, config: CampaignConfig, data: MolecularData, splits: Splits,
+    pool: Pool | None = None,
+) -> None:  # fmt: skip
     """The pool and the test set as dataset inputs of the campaign run (and of its round
-    runs): digests, schemas and sizes; the molecules stay in the QM9 files."""
+    runs): digests, schemas and sizes; the molecules stay in the QM9 files (or the pool's
+    folder; a pool's held-out set has no reference values until it is labelled)."""
     test = data.rows_of(splits.test)  # [n_test] rows
+    if pool is not None:
+        run.log_campaign_datasets(
+            pool.digest, splits.digest(), str(pool.path), np.asarray(splits.pool, np.int64),
+            np.asarray(splits.test, np.int64), None, corpus=f"pool.{pool.name}",
+        )  # fmt: skip
+        return
     run.log_campaign_datasets(
         data.digest(), splits.digest(), str(config.data_root or qm9pack_data_dir()),
         np.asarray(splits.pool, dtype=np.int64), data.qm9_index[test].numpy(),

@@ -1,4 +1,5 @@
-"""The ``label`` entry point: label a CSV of QM9 indices with an oracle, logged as a run."""
+"""The ``label`` entry point: label a CSV of QM9 indices (or of a pool's ids) with an oracle,
+logged as a run."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import pandas as pd
 
 from al import tracking
 from al.data.load import load_qm9
-from al.oracles import build_oracle
+from al.data.pools import load_pool
+from al.oracles import Oracle, build_oracle
 from al.tracking.registry import register_oracles
 
 log = logging.getLogger(__name__)
@@ -25,8 +27,13 @@ def run_label(
     cost: float | None = None,
     experiment_name: str = "al",
     echo: Callable[[str], None] | None = None,
+    pool: str = "",
 ) -> str:
     """Label the ``qm9_index`` column of ``input_csv`` with an oracle; log it as a run.
+
+    With ``pool``, the ``id`` column names molecules of that pool (e.g. a campaign's batch
+    for its external labeller), and the output is the input table with its ``label``,
+    ``status`` and ``cost`` columns filled in: a labels file for ``al ingest``.
 
     Every input row gets an output row (failures with their status). Each distinct molecule
     is labelled, and paid for, once: a repeated ``qm9_index`` shares the first row's label
@@ -36,6 +43,8 @@ def run_label(
     path = Path(input_csv)
     if not path.is_file():
         raise FileNotFoundError(f"input file {str(path)!r} does not exist")
+    if pool:
+        return _label_pool(pool, oracle_spec, path, output, cost, experiment_name, echo)
     table = pd.read_csv(path)
     if "qm9_index" not in table.columns:
         raise ValueError(
@@ -48,8 +57,41 @@ def run_label(
         raise ValueError(f"{path}:{line}: qm9_index must be an integer")
     data = load_qm9()
     oracle = build_oracle(oracle_spec, data=data, cost=cost)
-    register_oracles([oracle])  # the shipped pretrained oracle, once per tracking server
     requested = index.to_numpy().astype("int64")  # [n_rows]
+    return _label_and_log(oracle, requested, None, path, output, experiment_name, echo)
+
+
+def _label_pool(
+    pool: str, oracle_spec: str, path: Path, output: str | Path | None, cost: float | None,
+    experiment_name: str, echo: Callable[[str], None] | None,
+) -> str:  # fmt: skip
+    """:func:`run_label` on the ``id`` column of ``path``, molecules of ``pool``."""
+    table = pd.read_csv(path, dtype={"id": str}, keep_default_na=False)
+    if "id" not in table.columns:
+        raise ValueError(
+            f"{path}: no 'id' column; expected a CSV with the pool's molecule ids in an id "
+            f"column, e.g. a campaign's batch (found: {', '.join(map(str, table.columns))})"
+        )
+    data = load_pool(pool).data
+    number = {ident: n for n, ident in enumerate(data.ids, start=1)}
+    unknown = [i for i in table["id"] if i not in number]
+    if unknown:
+        raise ValueError(
+            f"{path}: {len(unknown)} id(s) not in pool {pool!r}, e.g. {unknown[0]!r}; "
+            "expected ids of that pool (al pool info NAME)"
+        )
+    oracle = build_oracle(oracle_spec, data=data, cost=cost)
+    requested = np.array([number[i] for i in table["id"]], dtype=np.int64)
+    return _label_and_log(oracle, requested, table, path, output, experiment_name, echo)
+
+
+def _label_and_log(
+    oracle: Oracle, requested: np.ndarray, given: pd.DataFrame | None, path: Path,
+    output: str | Path | None, experiment_name: str, echo: Callable[[str], None] | None,
+) -> str:  # fmt: skip
+    """Label ``requested`` (``[n_rows]`` indices), each distinct molecule once, log the run;
+    the output is ``given`` (a pool's table) with its label columns filled in, if given."""
+    register_oracles([oracle])  # the shipped pretrained oracle, once per tracking server
     first_row, distinct = pd.factorize(requested)  # [n_rows] -> [n_distinct], first-seen order
     result = oracle.label(np.asarray(distinct, dtype=np.int64))
     paid = result.to_frame()
@@ -74,6 +116,8 @@ def run_label(
              "n_failed": int((~result.ok).sum()), "n_duplicates": n_duplicates}, step=0,
         )  # fmt: skip
         tracking.log_text_artifact(frame.to_csv(index=False), "labels.csv")
+    if given is not None:  # a pool's batch: its own table, labelled
+        frame = given.assign(**{c: frame[c].to_numpy() for c in ("label", "status", "cost")})
     if output:
         frame.to_csv(output, index=False)
     if echo is not None:

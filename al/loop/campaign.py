@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
@@ -47,6 +48,7 @@ from al.loop.stopping import (
 )
 from al.loop.tracker import CampaignTracker, ModelArtifacts
 from al.oracles import Oracle
+from al.tracking.names import EVALUATED_ON_HELDOUT, EVALUATED_ON_TEST
 from al.tracking.names import CampaignMetrics as CM  # noqa: N817 - used in every metric key
 from al.uncertainty import Surrogate
 
@@ -99,8 +101,9 @@ class Campaign:
         self.labelled = Labelled.empty()
         self.timings: dict[str, float] = {}
         self.history = RoundHistory()
-        self.desk = LabelDesk(self.oracles, tracker, self.labelled, self.timings)
-        self.records = RoundRecords(tracker, data, self.test, prior_labels, prior_cost)
+        self.desk = LabelDesk(self.oracles, tracker, self.labelled, self.timings, data)
+        measured = EVALUATED_ON_HELDOUT if self.settings.pool else EVALUATED_ON_TEST
+        self.records = RoundRecords(tracker, data, self.test, prior_labels, prior_cost, measured)
         self.bar = progress.bar(total=0, enabled=False)  # replaced by execute
 
     @property
@@ -150,16 +153,42 @@ class Campaign:
         resumed = restore(self.tracker, self.desk, self.surrogate, self.settings.warm_start)
         if resumed.round >= 0:
             self.history = resumed.history
+            self.adopt_heldout()
         if resumed.fitted:
             self.converge(resumed.round)
         self.bar.update(len(self.mae_history))
         return resumed.round, resumed.fitted
 
     def start(self) -> None:
-        """Round 0: label the validation set and the random initial molecules."""
+        """Round 0: label the validation set, a pool campaign's held-out set and the random
+        initial molecules."""
         left = remaining(self.rules, self.progress(0))
-        validation, request = round0_requests(self.settings, self.selection, left, self.pool)
+        heldout = self.test if self.settings.pool else None
+        validation, request = round0_requests(
+            self.settings, self.selection, left, self.pool, heldout
+        )
         self.desk.label(0, pd.concat([request, validation], ignore_index=True))
+        self.adopt_heldout()
+
+    def adopt_heldout(self) -> None:
+        """A pool campaign (no ground truth) is evaluated on its held-out set: the molecules'
+        labels become the truth its figures are measured against (``data.y``), and those
+        whose label failed leave the test rows. Nothing for a QM9 campaign."""
+        if not self.settings.pool:
+            return
+        held = self.labelled.heldout_ok
+        rows = self.data.rows_of(held["qm9_index"].to_numpy(np.int64))
+        if rows.numel() == 0:
+            n = len(self.labelled.heldout)
+            raise RuntimeError(
+                f"none of the {n} held-out molecules of pool {self.settings.pool!r} got a label "
+                "(see the queried table's status column): the campaign has nothing to measure "
+                "its models on; label them (al ingest) or start again with another seed"
+            )
+        label = torch.tensor(held["label"].to_numpy(np.float64), dtype=self.data.y.dtype)
+        self.data.y[rows] = label
+        order = torch.argsort(self.data.qm9_index[rows])
+        self.test = self.records.test = rows[order]
 
     def acquire(self, round_: int, left: Allowance) -> str | None:
         """Acquisition round ``round_``: score the candidates the scheme offers, choose
@@ -214,7 +243,8 @@ class Campaign:
             )
         history.add_fit(n_labelled, pred, report, result)
         self.bar.update(1)
-        self.bar.set_postfix(labels=n_labelled, test_mae=f"{report['mae']:.4f}")
+        measured = "heldout_mae" if self.settings.pool else "test_mae"
+        self.bar.set_postfix({"labels": n_labelled, measured: f"{report['mae']:.4f}"})
         self.record_round(round_, report, len(result.history))
         # this round's own recording time (artifacts, model, metrics), sent on its own
         self.tracker.log_round_metrics(n_labelled, {CM.TIME_LOG: time.perf_counter() - t0})

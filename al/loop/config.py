@@ -99,6 +99,18 @@ class CampaignConfig(ModelConfig, FitConfig, DataConfig):
     oracle: str = option(
         "dft", f"labeller: {', '.join(oracle_choices())}", check=oracle_spec_problem, group="oracle"
     )
+    batch_dir: str = option(
+        "batches", "oracle=external: the folder a round's batch to label is written to (a "
+        "subfolder per campaign run), as well as onto the run", group="oracle",
+    )  # fmt: skip
+    target: str = option(
+        "H298 atomization enthalpy", "what the labels are (a pool campaign's own scalar, "
+        "from an external labeller), as its batches, runs and figures say", group="pool",
+    )  # fmt: skip
+    unit: str = option(
+        "eV", "the labels' unit; the labellers computed here (xtb, ani1x, pyscf, models) "
+        "give eV, another unit needs oracle=external", group="pool",
+    )  # fmt: skip
     oracle_cost: float = option(
         -1.0,
         "cost per label, > 0 (-1: the oracle's default)",
@@ -235,6 +247,16 @@ class CampaignConfig(ModelConfig, FitConfig, DataConfig):
         min=0.0,
         group="acquisition",
     )
+    pool: str = option(
+        "", "a pool of one's own molecules (al pool create NAME FILE) instead of QM9; with no "
+        "ground truth, the figures are measured on held-out labelled molecules (heldout_size)",
+        group="pool",
+    )  # fmt: skip
+    heldout_size: int = option(
+        100, "pool campaigns: random pool molecules labelled in round 0 at the target "
+        "fidelity, paid like any label and never trained on, on which every figure is "
+        "measured (the test set of a campaign without ground truth)", min=1, group="pool",
+    )  # fmt: skip
     resume: str = option("", "run id of a campaign to continue", group="tracking and run")
     journal_lost: bool = option(
         False, "resume without the campaign's label journal (lost with its machine): labels "
@@ -322,6 +344,8 @@ class LoopSettings:
             from scratch or from the warm chain's weights.
         checkpoints, converged_steps: the converged refits (``checkpoints`` as in the config).
         budget_labels, budget_cost: the budgets, named in round 0's error lines.
+        pool: a pool campaign's pool ('' for QM9): its test set is bought in round 0 (the
+            held-out labelled molecules) instead of read from a ground-truth table.
     """
 
     seed: int
@@ -339,6 +363,7 @@ class LoopSettings:
     converged_steps: int
     budget_labels: int
     budget_cost: float
+    pool: str = ""
 
     @classmethod
     def of(cls, config: CampaignConfig | LoopSettings) -> LoopSettings:

@@ -12,13 +12,21 @@ import logging
 import time
 from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
 
-from al.loop.journal import LabelJournal, LabelsNotRecordedError, journal_path, pay
+from al.data.molecules import MolecularData
+from al.loop.journal import (
+    AwaitingLabels,
+    LabelJournal,
+    LabelsNotRecordedError,
+    journal_path,
+    pay,
+)
 from al.loop.ledger import Labelled
 from al.loop.tracker import CampaignTracker
 from al.oracles import Oracle
-from al.tracking.names import QUERIED_COLUMNS, ROLE_VALIDATION
+from al.tracking.names import ROLE_VALIDATION, queried_layout
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +41,8 @@ class LabelDesk:
         tracker: where the rounds' tables go; its ``journal_path`` is the journal's place.
         labelled: the ledger every recorded label is added to.
         timings: where the last labelling's wall time goes (``timings["label"]``).
+        molecules: the campaign's molecules; a pool's (with ids) gives every recorded row
+            its molecule's ``id`` and ``smiles``.
     """
 
     def __init__(
@@ -41,9 +51,11 @@ class LabelDesk:
         tracker: CampaignTracker,
         labelled: Labelled,
         timings: dict[str, float] | None = None,
+        molecules: MolecularData | None = None,
     ) -> None:
         self.oracles, self.tracker, self.labelled = oracles, tracker, labelled
         self.timings = {} if timings is None else timings
+        self.molecules = molecules
 
     def journal(self) -> LabelJournal:
         """The campaign's label journal (its location is the tracker's ``journal_path``)."""
@@ -61,12 +73,18 @@ class LabelDesk:
         t0 = time.perf_counter()
         request = request.reset_index(drop=True)
         journal = self.journal()
-        frame, reused = pay(journal, round_, request, self.oracles, self.tracker.check_owner)
+        try:
+            frame, reused = pay(journal, round_, request, self.oracles, self.tracker.check_owner)
+        except AwaitingLabels as wait:  # an external labeller: the batch goes out, we stop
+            wait.batch = request.loc[wait.positions].copy()
+            self.name_molecules(wait.batch)
+            raise
         self.timings["label"] = time.perf_counter() - t0
         self.labelled.cost_lost = journal.lost_cost()
         frame["round"] = round_
         for col in ("score", "pred_mean", "pred_std", "role"):
             frame[col] = request[col].to_numpy()
+        self.name_molecules(frame)
         if reused:
             log.info("event=labels_reused round=%d n=%d journal=%s", round_, reused, journal.path)
         try:
@@ -74,12 +92,22 @@ class LabelDesk:
         except Exception as err:  # any failure to record: say where the labels are
             raise LabelsNotRecordedError(self.tracker.run_id, journal.path, err, round_) from None
         log.info("event=labels_paid round=%d n=%d cost=%g", round_, len(frame), frame["cost"].sum())
-        self.labelled.add(frame[list(QUERIED_COLUMNS)])
+        self.labelled.add(frame[queried_layout(frame.columns)])
         if (frame["role"] == ROLE_VALIDATION).any():  # anyone can check it was never trained on
             self.tracker.log_validation(self.labelled.validation)
         n_failed = int((frame["status"] != "ok").sum())
         if n_failed:
             log.warning("event=labels_failed round=%d n_failed=%d", round_, n_failed)
+
+    def name_molecules(self, frame: pd.DataFrame) -> None:
+        """Give the rows of ``frame`` their molecule's ``id`` and ``smiles`` (a pool's
+        campaign; nothing for QM9's, whose molecules are named by their index)."""
+        data = self.molecules
+        if data is None or not data.ids:
+            return
+        rows = data.rows_of(frame["qm9_index"].to_numpy(np.int64)).tolist()
+        frame["id"] = [data.ids[r] for r in rows]
+        frame["smiles"] = [data.smiles[r] if data.smiles else "" for r in rows]
 
     def read_back(self) -> list[int]:
         """Fill the ledger with what the tracker holds, then with what the journal holds

@@ -266,11 +266,33 @@ def pay(
         journal.log_request(round_, request)
     index = request["qm9_index"].to_numpy(np.int64)
     parts = [paid[list(FRAME_COLUMNS)]] if len(paid) else []
+    waiting: list[int] = []
     for d, rows in request.groupby("fidelity", sort=True).groups.items():
         todo = [int(p) for p in rows if int(p) not in paid.index]
-        if todo:
+        if todo and oracles[int(d)].answers_later:
+            waiting.extend(todo)  # asked outside the process: al ingest journals them
+        elif todo:
             parts.append(_ask(journal, round_, todo, index, oracles[int(d)], check_owner))
+    if waiting:
+        raise AwaitingLabels(round_, sorted(waiting))
     return pd.concat(parts).sort_index(), len(paid)
+
+
+class AwaitingLabels(Exception):  # noqa: N818 - a state the campaign stops in, not an error
+    """A round's request has rows that an external labeller answers later: the campaign
+    stops and waits for them (``al ingest``), its other answers journalled.
+
+    Attributes:
+        round: the round waiting.
+        positions: the request rows waiting for a label, ``[k]``.
+        batch: those rows of the request (set by the label desk), with the molecules'
+            ids and SMILES for a pool.
+    """
+
+    def __init__(self, round_: int, positions: list[int]) -> None:
+        super().__init__(f"round {round_}: {len(positions)} label(s) to come from outside")
+        self.round, self.positions = round_, positions
+        self.batch: pd.DataFrame | None = None
 
 
 def _ask(

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from al.tracking.names import QUERIED_COLUMNS, ROLE_TRAIN, ROLE_VALIDATION
+from al.tracking.names import QUERIED_COLUMNS, ROLE_HELDOUT, ROLE_TRAIN, ROLE_VALIDATION
 
 
 @dataclass
@@ -16,9 +16,10 @@ class Labelled:
     """Every label asked for so far: one row per request, failures included.
 
     A row's ``role`` says what the label is for: training (``train``; also a table written
-    before roles existed), or the campaign's validation set (``validation``), which no fit
-    ever trains on. :attr:`ok` and the per-round steps count training labels only; the
-    cost and the requests count every row.
+    before roles existed), the campaign's validation set (``validation``), or a pool
+    campaign's held-out set (``heldout``, its test set); no fit ever trains on the last two.
+    :attr:`ok` and the per-round steps count training labels only; the cost and the
+    requests count every row.
     """
 
     table: pd.DataFrame
@@ -42,10 +43,24 @@ class Labelled:
     def _validation_mask(self) -> pd.Series:
         return self.table["role"] == ROLE_VALIDATION
 
+    def _train_ok(self) -> pd.Series:
+        t = self.table
+        return (t["status"] == "ok") & ~t["role"].isin((ROLE_VALIDATION, ROLE_HELDOUT))
+
     @property
     def ok(self) -> pd.DataFrame:
         """Successful training labels."""
-        return self.table[(self.table["status"] == "ok") & ~self._validation_mask()]
+        return self.table[self._train_ok()]
+
+    @property
+    def heldout(self) -> pd.DataFrame:
+        """Every request of a pool campaign's held-out set, failures included."""
+        return self.table[self.table["role"] == ROLE_HELDOUT]
+
+    @property
+    def heldout_ok(self) -> pd.DataFrame:
+        """Successful held-out labels."""
+        return self.table[(self.table["status"] == "ok") & (self.table["role"] == ROLE_HELDOUT)]
 
     @property
     def validation(self) -> pd.DataFrame:
@@ -72,8 +87,7 @@ class Labelled:
         t = self.table
         if not len(t):
             return {}
-        train_ok = (t["status"] == "ok") & ~self._validation_mask()
-        ok = train_ok.groupby(t["round"].astype(int)).sum().sort_index().cumsum()
+        ok = self._train_ok().groupby(t["round"].astype(int)).sum().sort_index().cumsum()
         return {int(r): int(n) for r, n in ok.items()}
 
     def counts_per_round(self) -> list[int]:

@@ -16,8 +16,8 @@ from al.data.molecules import MolecularData
 from al.loop.converged import REPORT_METRICS, ConvergedFit, prediction_table, validation_mae
 from al.loop.ledger import Labelled
 from al.loop.tracker import CampaignTracker, ModelArtifacts
+from al.tracking.names import EVALUATED_ON_TEST, converged_predictions_path
 from al.tracking.names import CampaignMetrics as CM  # noqa: N817 - used in every metric key
-from al.tracking.names import converged_predictions_path
 from al.training.fit import EpochStats, FitResult
 from al.training.metrics import regression_report
 from al.uncertainty import Prediction, Surrogate
@@ -89,6 +89,8 @@ class RoundRecords:
         data, test: all molecules and the test rows (``[n_test]``).
         prior_labels, prior_cost: the DFT labels that built an oracle or a baseline (NaN
             when their lineage is unknown) and their cost, logged beside ``cost_spent``.
+        evaluated_on: what ``test`` is (QM9's test set, or a pool's held-out set), as the
+            figures say.
     """
 
     def __init__(
@@ -98,9 +100,11 @@ class RoundRecords:
         test: Tensor,
         prior_labels: float = 0.0,
         prior_cost: float = 0.0,
+        evaluated_on: str = EVALUATED_ON_TEST,
     ) -> None:
         self.tracker, self.data, self.test = tracker, data, test
         self.prior_labels, self.prior_cost = prior_labels, prior_cost
+        self.evaluated_on = evaluated_on
 
     def round_metrics(
         self, round_: int, labelled: Labelled, history: RoundHistory, report: Mapping[str, float],
@@ -133,10 +137,13 @@ class RoundRecords:
             metrics[CM.COST_TOTAL] = metrics[CM.COST_SPENT] + self.prior_cost
         if labelled.cost_lost:
             metrics[CM.COST_LOST] = labelled.cost_lost
-        validation = labelled.validation
+        validation, heldout = labelled.validation, labelled.heldout
         if len(validation):
             metrics[CM.N_VALIDATION] = int((validation["status"] == "ok").sum())
             metrics[CM.COST_VALIDATION] = float(validation["cost"].sum())
+        if len(heldout):
+            metrics[CM.N_HELDOUT] = int((heldout["status"] == "ok").sum())
+            metrics[CM.COST_HELDOUT] = float(heldout["cost"].sum())
         if baseline is not None:  # the cheap labels of a Δ-learning baseline
             metrics[CM.COST_BASELINE] = baseline
         return metrics
@@ -239,4 +246,5 @@ class RoundRecords:
             test_target=self.data.y[self.test].numpy(),
             history=list(history),
             predictions=prediction_table(self.data, self.test, pred),
+            evaluated_on=self.evaluated_on,
         )

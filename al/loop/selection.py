@@ -164,11 +164,12 @@ class Selection:
             )  # fmt: skip
         return candidates[keep]
 
-    def validation_request(self, rows: Tensor) -> pd.DataFrame:
+    def validation_request(self, rows: Tensor, role: str = ROLE_VALIDATION) -> pd.DataFrame:
         """Round 0's requests for the validation rows ``rows`` (``[v]``): the target (last)
-        fidelity, role ``validation``."""
+        fidelity, role ``validation`` (or ``role``: ``heldout``, a pool campaign's held-out
+        set, bought the same way)."""
         frame = self.request_frame(rows)
-        frame["role"] = ROLE_VALIDATION
+        frame["role"] = role
         return frame
 
     def validation_targets(self, labelled: Labelled, y: Tensor) -> Tensor:

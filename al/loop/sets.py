@@ -23,6 +23,7 @@ from al.loop.ledger import Labelled
 from al.loop.seeds import round_generator
 from al.loop.selection import Selection
 from al.loop.stopping import Allowance
+from al.tracking.names import ROLE_HELDOUT
 from al.training.config import FitConfig
 from al.training.split import split_validation
 
@@ -57,19 +58,25 @@ def initial_rows(pool: Tensor, settings: LoopSettings) -> Tensor:
 
 
 def round0_requests(
-    settings: LoopSettings, selection: Selection, left: Allowance, pool: Tensor
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Round 0's requests: the validation set (:func:`validation_rows` of ``pool``) and as
-    many of the :func:`initial_rows` as the budgets ``left`` pay for beyond it. One error
-    line (:class:`ConfigError`) when they pay for the validation set and not one initial
-    label: checked before a campaign's run exists, and again when it starts."""
-    validation = selection.validation_request(validation_rows(pool, settings))
+    settings: LoopSettings, selection: Selection, left: Allowance, pool: Tensor,
+    heldout: Tensor | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:  # fmt: skip
+    """Round 0's requests: the validation set (:func:`validation_rows` of ``pool``), a pool
+    campaign's ``heldout`` rows (``[h]``, its test set, role ``heldout``), and as many of
+    the :func:`initial_rows` as the budgets ``left`` pay for beyond them. One error line
+    (:class:`ConfigError`) when they pay for the validation and held-out sets and not one
+    initial label: checked before a campaign's run exists, and again when it starts."""
+    frames = [selection.validation_request(validation_rows(pool, settings))]
+    if heldout is not None and heldout.numel():
+        frames.append(selection.validation_request(heldout, role=ROLE_HELDOUT))
+    validation = pd.concat(frames, ignore_index=True)
     n, cost = len(validation), float(selection.costs[-1]) + selection.baseline_each
     if n and left.count(cost) < n:
+        held = f" and the held-out set ({n - len(frames[0])})" if len(frames) > 1 else ""
         raise ConfigError(
             f"budget_labels={settings.budget_labels} and budget_cost={settings.budget_cost:g} "
-            f"do not pay for the validation set (val_size={settings.val_size}: {n} labels at "
-            f"{cost:g}); expected budgets above it, or a smaller val_size"
+            f"do not pay for the validation set (val_size={settings.val_size}){held}: {n} "
+            f"labels at {cost:g}; expected budgets above it, or a smaller val_size"
         )
     if n:
         left = Allowance(left.labels - n, left.cost - n * cost)

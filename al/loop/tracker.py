@@ -44,6 +44,7 @@ from al.tracking import (
     CONTEXT_EVALUATION,
     CONTEXT_POOL,
     CONTEXT_TRAINING,
+    EVALUATED_ON_TEST,
     FINAL_MODEL_METRICS,
     KIND_ROUND,
     QUERIED_COLUMNS,
@@ -60,6 +61,7 @@ from al.tracking import (
     dataset_name,
     log_figure,
     log_metrics,
+    queried_layout,
 )
 from al.tracking.datasets import DatasetUse, MoleculeSet, linked_metric, log_datasets, molecule_set
 from al.tracking.names import CampaignMetrics as CM  # noqa: N817 - used in every metric key
@@ -101,6 +103,8 @@ class ModelArtifacts:
     history: list[EpochStats] = field(default_factory=list)
     #: the test prediction as a table (:data:`~al.tracking.names.PREDICTION_COLUMNS`)
     predictions: pd.DataFrame | None = None
+    #: what the test figures are measured on (a pool campaign's held-out set)
+    evaluated_on: str = EVALUATED_ON_TEST
 
     def test_metrics(self) -> dict[str, float]:
         """The test-set metrics of the model (``test_mae``, ``test_rmse``, ...)."""
@@ -121,7 +125,13 @@ class ModelArtifacts:
             )
             coverage = (expected.numpy(), observed.numpy())
         figs = plots.campaign_figures(
-            self.curve, self.test_mean, self.test_std, self.test_target, self.round, coverage
+            self.curve,
+            self.test_mean,
+            self.test_std,
+            self.test_target,
+            self.round,
+            coverage,
+            self.evaluated_on,
         )
         out = list(zip(CAMPAIGN_PLOTS, figs, strict=True))
         if self.history:
@@ -207,7 +217,7 @@ class MlflowTracker(CampaignRun):
         #: the pool and the test set (:meth:`log_campaign_datasets`), inputs of every fit
         self.datasets: list[DatasetUse] = []
         self.test_set: MoleculeSet | None = None
-        self._data: tuple[str, str] = ("", "")  # data digest, source of the molecules
+        self._data: tuple[str, str, str] = ("", "", "")  # data digest, source, corpus
 
     @property
     def journal_path(self) -> Path:
@@ -224,15 +234,19 @@ class MlflowTracker(CampaignRun):
 
     def log_campaign_datasets(
         self, data_digest: str, split_digest: str, source: str, pool: np.ndarray,
-        test: np.ndarray, test_target: np.ndarray,
+        test: np.ndarray, test_target: np.ndarray | None, corpus: str = "qm9",
     ) -> None:  # fmt: skip
         """The pool (QM9 indices ``[n_pool]``) and the test set (``[n_test]``, with its
-        reference energies) as inputs of the campaign run, then of every round run."""
-        self._data = (data_digest, source)
+        reference energies; None: a pool's held-out set, not labelled yet) as inputs of the
+        campaign run, then of every round run. ``corpus``: ``qm9``, or ``pool.<name>``."""
+        self._data = (data_digest, source, corpus)
+        role = "test" if test_target is not None else "heldout"
         self.test_set = molecule_set(
-            dataset_name(data_digest, "test", split_digest), source, test, test_target
+            dataset_name(data_digest, role, split_digest, corpus), source, test, test_target
         )
-        pool_set = molecule_set(dataset_name(data_digest, "pool", split_digest), source, pool)
+        pool_set = molecule_set(
+            dataset_name(data_digest, "pool", split_digest, corpus), source, pool
+        )
         self.datasets = [
             DatasetUse(pool_set, CONTEXT_POOL), DatasetUse(self.test_set, CONTEXT_EVALUATION)
         ]  # fmt: skip
@@ -245,7 +259,8 @@ class MlflowTracker(CampaignRun):
             return None
         ok = labelled.ok
         return molecule_set(
-            dataset_name(self._data[0], "labelled", f"round_{round_:03d}"), self._data[1],
+            dataset_name(self._data[0], "labelled", f"round_{round_:03d}", self._data[2]),
+            self._data[1],
             ok["qm9_index"].to_numpy(np.int64), ok["label"].to_numpy(float),
             digest=labelled.digest(),
         )  # fmt: skip
@@ -307,8 +322,9 @@ class MlflowTracker(CampaignRun):
 
     def log_validation(self, frame: pd.DataFrame) -> None:
         self.client.log_text(
-            self.run_id, frame[list(QUERIED_COLUMNS)].to_csv(index=False), VALIDATION_TABLE
-        )
+            self.run_id, frame[queried_layout(frame.columns)].to_csv(index=False),
+            VALIDATION_TABLE,
+        )  # fmt: skip
 
     def log_predictions(self, path: str, frame: pd.DataFrame) -> None:
         self.client.log_text(self.run_id, frame.to_csv(index=False), path)
@@ -436,13 +452,13 @@ class MemoryTracker:
         missing = [c for c in QUERIED_COLUMNS if c not in frame.columns]
         if missing:
             raise ValueError(f"queried table lacks columns {missing}")
-        self.queried[round_] = frame[list(QUERIED_COLUMNS)].reset_index(drop=True).copy()
+        self.queried[round_] = frame[queried_layout(frame.columns)].reset_index(drop=True).copy()
 
     def complete_round(self, round_: int) -> None:
         self.completed = round_
 
     def log_validation(self, frame: pd.DataFrame) -> None:
-        self.validation = frame[list(QUERIED_COLUMNS)].reset_index(drop=True).copy()
+        self.validation = frame[queried_layout(frame.columns)].reset_index(drop=True).copy()
 
     def check_owner(self) -> None:
         """Nothing to check: one process holds a memory tracker."""

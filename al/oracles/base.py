@@ -190,6 +190,12 @@ class Oracle(ABC):
     #: The atomic numbers it can label (None: every element of the data); a campaign leaves
     #: the other molecules out of its pool.
     supported_elements: ClassVar[frozenset[int] | None] = None
+    #: It reads its labels from the data set's own table (QM9's DFT values): it cannot
+    #: label a pool of one's own molecules, which has none.
+    reads_table: ClassVar[bool] = False
+    #: It answers outside the process, later (``external``: one's own DFT code): a campaign
+    #: writes the batch out and waits; the answers come in through ``al ingest``.
+    answers_later: ClassVar[bool] = False
 
     def __init__(self, data: MolecularData, *, cost: float | None = None) -> None:
         cost = self.default_cost if cost is None else float(cost)

@@ -13,6 +13,7 @@ class DFTOracle(Oracle):
     """The QM9 ground truth (``data.y``, eV). NaN targets give ``"missing_target"``."""
 
     default_cost = 1.0
+    reads_table = True
     # journal_chunk stays 1: the table stands for a DFT code, which computes one molecule at
     # a time, so each label is journalled (and a kill re-buys) as one would be.
 

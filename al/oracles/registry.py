@@ -12,6 +12,7 @@ from __future__ import annotations
 from al.oracles import dft, xtb  # noqa: F401 - the ground truth first, then by cost
 from al.oracles import model, pretrained, pyg_schnet  # noqa: F401
 from al.oracles import ani  # noqa: F401
+from al.oracles import external  # noqa: F401 - one's own labeller, answering later
 
 # isort: on
 from al.data.molecules import MolecularData

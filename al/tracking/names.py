@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Iterable
 
 # --- tags -------------------------------------------------------------------------------
 TAG_KIND = "al.kind"
@@ -88,6 +89,14 @@ TAG_RESUMED_INTO = "al.resumed_into"
 TAG_JOURNAL = "al.journal"
 #: the process that owns a campaign run now (al.tracking.lease): JSON owner/since/heartbeat
 TAG_LEASE = "al.lease"
+#: a pool campaign's pool (its name) and the pool's content digest when it started
+TAG_POOL = "al.pool"
+TAG_POOL_DIGEST = "al.pool_digest"
+#: a campaign waiting for an external labeller's answers: the round and batch size it waits for
+TAG_AWAITING_LABELS = "al.awaiting_labels"
+#: what a campaign's figures are measured on: QM9's test set, or a pool's held-out set
+TAG_EVALUATED_ON = "al.evaluated_on"
+EVALUATED_ON_TEST, EVALUATED_ON_HELDOUT = "test set", "held-out labelled molecules"
 KIND_ROUND = "round"
 
 
@@ -143,6 +152,9 @@ class CampaignMetrics:
     #: and what they cost (included in ``cost_spent``)
     N_VALIDATION = "n_validation"
     COST_VALIDATION = "cost_validation"
+    #: a pool campaign's held-out set (its test set, bought in round 0, never trained on)
+    N_HELDOUT = "n_heldout"
+    COST_HELDOUT = "cost_heldout"
     #: what the labels that trained an oracle or baseline model cost (its training run's
     #: lineage), counted once; ``cost_spent`` does not include it, ``cost_total`` does
     COST_PRIOR = "cost_prior"
@@ -181,10 +193,22 @@ QUERIED_COLUMNS = (
     "qm9_index", "round", "oracle", "label", "status", "cost", "score", "pred_mean", "pred_std",
     "role", "label_std",
 )  # fmt: skip
+#: a pool campaign's queried rows also carry each molecule's id and SMILES, after these
+MOLECULE_COLUMNS = ("id", "smiles")
+
+
+def queried_layout(columns: Iterable[str]) -> list[str]:
+    """The columns a queried table is written with: :data:`QUERIED_COLUMNS`, then the
+    :data:`MOLECULE_COLUMNS` among ``columns``."""
+    have = set(columns)
+    return [*QUERIED_COLUMNS, *(c for c in MOLECULE_COLUMNS if c in have)]
+
+
 #: ``label_std``: the oracle's own std of a label (an ensemble oracle's, e.g. ANI's 8
 #: networks), NaN for an oracle without one and in tables written before it existed
-#: ``role`` of a queried row: a training label, or one of the campaign's validation set
-ROLE_TRAIN, ROLE_VALIDATION = "train", "validation"
+#: ``role`` of a queried row: a training label, one of the campaign's validation set, or
+#: one of a pool campaign's held-out set (its test set: no ground truth)
+ROLE_TRAIN, ROLE_VALIDATION, ROLE_HELDOUT = "train", "validation", "heldout"
 #: the campaign's validation set (its rows of the queried tables), on the campaign run
 VALIDATION_TABLE = "validation.csv"
 #: columns of every test-set prediction table (a round's, a converged checkpoint's)
@@ -197,8 +221,13 @@ def converged_predictions_path(n_labelled: int, table: str = "test") -> str:
     return f"converged/labels_{n_labelled:05d}/{table}.csv"
 
 
+def round_folder(round_: int) -> str:
+    """The artifact folder of round ``round_`` on a campaign run: ``rounds/round_NNN``."""
+    return f"rounds/round_{round_:03d}"
+
+
 def queried_path(round_: int) -> str:
-    return f"rounds/round_{round_:03d}/queried.csv"
+    return f"{round_folder(round_)}/queried.csv"
 
 
 ROUND_CHECKPOINT = "checkpoint/model.pt"
@@ -223,10 +252,12 @@ BEST_ALIAS = "best"
 TAG_BEST_ARM = "al.best_arm"
 
 
-def dataset_name(data_digest: str, role: str, version: str) -> str:
-    """``qm9-<data digest>-<role>-<version>``: ``role`` is ``train``, ``test``, ``pool``
-    or ``labelled``; ``version`` the split digest, or for a labelled set its round."""
-    return f"qm9-{data_digest}-{role}-{version}"
+def dataset_name(data_digest: str, role: str, version: str, corpus: str = "qm9") -> str:
+    """``<corpus>-<data digest>-<role>-<version>``: ``corpus`` is ``qm9`` or
+    ``pool.<name>``; ``role`` is ``train``, ``test``, ``heldout`` (a pool's test set),
+    ``pool`` or ``labelled``; ``version`` the split digest, or for a labelled set its
+    round."""
+    return f"{corpus}-{data_digest}-{role}-{version}"
 
 
 def short_id() -> str:

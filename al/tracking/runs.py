@@ -32,6 +32,7 @@ from al.tracking.names import (
     TAG_TRIAL_STATE,
     TRIAL_FAILED,
     Artifacts,
+    queried_layout,
     queried_path,
 )
 
@@ -282,8 +283,9 @@ class CampaignRun:
         if missing:
             raise ValueError(f"queried table lacks columns {missing}")
         self.client.log_text(
-            self.run_id, frame[list(QUERIED_COLUMNS)].to_csv(index=False), queried_path(round_)
-        )
+            self.run_id, frame[queried_layout(frame.columns)].to_csv(index=False),
+            queried_path(round_),
+        )  # fmt: skip
 
     def complete_round(self, round_: int) -> None:
         self.client.set_tag(self.run_id, TAG_COMPLETED_ROUND, str(round_))
