@@ -46,6 +46,29 @@ def qm9():
     return load_qm9()
 
 
+@pytest.fixture
+def qm9_pool(qm9, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A pool ``qm9x`` of 150 QM9 molecules (every 20th of the first 3,000) made from an
+    extended XYZ file of their own coordinates (kept, not re-optimised: quick), in the
+    test's own pool folder (``AL_POOL_DIR``, inherited by subprocesses). Its ids are
+    ``m<QM9 index>``."""
+    from ase import Atoms
+    from ase.io import write
+
+    from al.data.pools import create_pool
+
+    monkeypatch.setenv("AL_POOL_DIR", str(tmp_path / "pools"))
+    frames = []
+    for row in range(0, 3000, 20):
+        a, b = int(qm9.ptr[row]), int(qm9.ptr[row + 1])
+        mol = Atoms(numbers=qm9.z[a:b].numpy(), positions=qm9.pos[a:b].numpy())
+        mol.info["id"] = f"m{int(qm9.qm9_index[row])}"
+        frames.append(mol)
+    write(tmp_path / "mols.extxyz", frames, format="extxyz")
+    create_pool("qm9x", tmp_path / "mols.extxyz", workers=1, show_progress=False)
+    return "qm9x"
+
+
 #: MLflow's server-side job runner (a pool of huey workers for its GenAI jobs, which `al`
 #: does not use) takes ~29 s of CPU to start and then about one core while idle on these
 #: two-core machines; the tests' servers run without it.
