@@ -98,11 +98,15 @@ class AtomisticModel(nn.Module):
         self.rbf = GaussianRBF(n_rbf, cutoff)
 
     @torch.no_grad()
-    def fit_reference(self, composition: Tensor, y: Tensor) -> dict[str, float]:
+    def fit_reference(
+        self, composition: Tensor, y: Tensor, per_element: bool = True
+    ) -> dict[str, float]:
         """Fit per-element reference energies by least squares and set the target scale.
 
         An element no molecule contains gets a fallback from the packaged prior instead of
-        0 (:func:`al.data.reference.fit_composition`, which logs it).
+        0 (:func:`al.data.reference.fit_composition`, which logs it). ``per_element=False``
+        (``composition_reference=false``: a scalar that does not grow with the molecule's
+        atoms) leaves the references at 0 and only sets the scale.
 
         Args:
             composition: element counts, ``[n_mol, 5]`` (H, C, N, O, F).
@@ -122,7 +126,10 @@ class AtomisticModel(nn.Module):
             keep = torch.isfinite(Y[:, d])
             A, b = A_all[keep], Y[keep, d]
             # an element absent from the data gets the scaled prior (al.data.reference)
-            coef = fit_composition(A, b, context="model.fit_reference")
+            coef = (
+                fit_composition(A, b, context="model.fit_reference")
+                if per_element else torch.zeros(A.shape[1], dtype=torch.float64)
+            )  # fmt: skip
             resid = b - A @ coef
             n_atoms = A.sum(1).clamp(min=1)
             scale = float((resid / n_atoms.sqrt()).std()) if resid.numel() > 1 else 1.0

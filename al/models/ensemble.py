@@ -185,10 +185,12 @@ class EnsembleModel(nn.Module):
         return norms
 
     @torch.no_grad()
-    def fit_reference(self, composition: Tensor, y: Tensor) -> dict[str, float]:
+    def fit_reference(
+        self, composition: Tensor, y: Tensor, per_element: bool = True
+    ) -> dict[str, float]:
         """Fit the reference energies once and give every member the same ones."""
         template = copy.deepcopy(self.members()[0])
-        info = template.fit_reference(composition, y)
+        info = template.fit_reference(composition, y, per_element)
         bufs = self._buffers_dict()
         bufs["atomref"].copy_(template.atomref)
         bufs["scale"].copy_(template.scale)

@@ -65,14 +65,16 @@ class ShallowEnsembleModel(nn.Module):
         return scale[0] if self.n_outputs == 1 else scale
 
     @torch.no_grad()
-    def fit_reference(self, composition: Tensor, y: Tensor) -> dict[str, float]:
+    def fit_reference(
+        self, composition: Tensor, y: Tensor, per_element: bool = True
+    ) -> dict[str, float]:
         """Fit the trunk's reference energies with the same targets for every head.
 
         Args:
             composition: ``[n_mol, 5]``; y: ``[n_mol]`` or ``[n_mol, D]`` (NaN = no label).
         """
         tiled = y.reshape(y.shape[0], -1).repeat(1, self.heads)  # [n, K * D], head-major
-        return self.trunk.fit_reference(composition, tiled)
+        return self.trunk.fit_reference(composition, tiled, per_element)
 
     def energy_and_embedding(
         self, z: Tensor, pos: Tensor, batch: Tensor, num_graphs: int | None = None

@@ -50,6 +50,11 @@ class FitConfig:
         0.25, "shallow ensemble: share of the steps in which each head fits the targets "
         "(MSE) before the Gaussian NLL of the heads' mean and variance", min=0.0, max=1.0,
     )  # fmt: skip
+    composition_reference: bool = option(
+        True, "per-element reference energies fitted on each fit's training labels (the "
+        "composition term of an extensive energy); false for a scalar that does not grow "
+        "with the molecule's atoms",
+    )  # fmt: skip
     seed: int = option(0, "seed for weights, batches and subsets")
     device: str = option("auto", "auto picks CUDA when present", choices=DEVICES)
     amp: bool = option(True, "bf16 autocast (CUDA only)")

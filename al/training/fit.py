@@ -223,7 +223,9 @@ def fit(
     if sample_weight is not None:
         sample_weight = sample_weight.to(device, torch.float32)
     n_train = train_rows.numel()
-    model.fit_reference(data.composition(train_rows), data.y[train_rows])
+    model.fit_reference(
+        data.composition(train_rows), data.y[train_rows], config.composition_reference
+    )
     total = step_budget(config, n_train)
     trainer = train_step(model, data, train_rows, config, sample_weight, total)
     start = time.perf_counter()

@@ -294,6 +294,18 @@ def test_fit_reference_recovers_known_atomrefs(name: str) -> None:
     assert float(model.scale) == out["scale"]
 
 
+def test_without_the_composition_reference_only_the_scale_is_set(name: str) -> None:
+    """``composition_reference=false`` (a scalar that does not grow with the atoms): the
+    references stay 0, the scale is the labels' own."""
+    model = make_model(name)
+    comp = torch.randint(1, 8, (100, 5), generator=torch.Generator().manual_seed(3)).double()
+    y = torch.linspace(5.0, 9.0, 100, dtype=torch.float64)  # e.g. a gap in eV
+    out = model.fit_reference(comp, y, per_element=False)
+    assert torch.equal(model.atomref, torch.zeros_like(model.atomref))
+    assert out["baseline_mae"] == pytest.approx(float(y.abs().mean()))
+    assert out["scale"] > 0 and float(model.scale) == pytest.approx(out["scale"])
+
+
 def test_fit_reference_enters_the_energy(name: str) -> None:
     """After the fit, each atom contributes ``atomref[z]`` on top of the network's output."""
     model = make_model(name)
