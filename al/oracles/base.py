@@ -33,6 +33,10 @@ them all and holds the factory (:func:`~al.oracles.registry.build_oracle`):
     package registry, :mod:`al.oracles.ani_weights`) with a per-element reference fitted on
     the oracle split, each label with the ensemble's std. H, C, N, O only: a molecule with F
     gets ``"unsupported_element"``. Cost 0.001 per label.
+``pyscf``, ``pyscf:<functional>/<basis>`` (:mod:`al.oracles.pyscf`)
+    DFT computed live with PySCF (default B3LYP/6-31G(2df,p), QM9's level) at the pool's
+    geometry, one molecule per subprocess: the electronic atomization energy, not H298.
+    Cost: the CPU-hours each molecule took (measured), or a fixed cost per label if given.
 
 Cost accounting: every requested row that reaches the oracle is charged the oracle's
 ``cost_per_label``, whether it succeeds or fails, because the oracle spent the work either
@@ -40,7 +44,7 @@ way (a failed DFT run costs its CPU hours too). Rows whose index is not in the d
 (status ``"unknown_molecule"``) never reach the oracle and are charged 0. A duplicate index
 in one request is labelled, and charged, once per occurrence.
 
-An oracle that measures what each label took (e.g. a DFT code's CPU time) sets ``cost_measured``
+An oracle that measures what each label took (``pyscf``: CPU time) sets ``cost_measured``
 and returns each row's own cost in a :class:`RowLabels` from ``_label_rows``; its rows are
 charged that instead, and ``cost_per_label`` is then the estimate that plans with costs
 before the labels exist (the cost budget's clip of a round, a multi-fidelity acquisition's
@@ -209,7 +213,7 @@ class Oracle(ABC):
     default_cost: ClassVar[float] = 1.0
     #: Placeholder of the spec's argument (``"<MLflow model URI>"``), None if it takes none.
     argument: ClassVar[str | None] = None
-    #: Whether the spec's argument may be left out (``name`` and ``name:<argument>``).
+    #: Whether the spec's argument may be left out (``pyscf`` and ``pyscf:<level>``).
     argument_optional: ClassVar[bool] = False
     #: Whether each row is charged what labelling it took (returned by :meth:`_label_rows`
     #: in a :class:`RowLabels`) rather than ``cost_per_label``, which is then an estimate
