@@ -14,6 +14,8 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "pyg": ("torch_geometric", "PyTorch Geometric"),
     # grids on a dask cluster (`al experiment --backend dask`)
     "cluster": ("distributed", "dask.distributed"),
+    # the `pyscf` oracle (DFT computed live)
+    "dft": ("pyscf", "PySCF"),
 }
 
 

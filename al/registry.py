@@ -8,7 +8,9 @@ choices, the command line, the factories and the tests. An unknown name is the o
     unknown oracle 'dtf'; expected one of: dft, xtb, model:<MLflow model URI>
 
 Names are listed in the order they were registered. A name may take an argument after a
-colon (``model:<MLflow model URI>``): :meth:`Registry.parse` splits and checks such a spec.
+colon (``model:<MLflow model URI>``), required or optional (``pyscf`` or
+``pyscf:<functional>/<basis>``), and a check of its own for the argument: :meth:`Registry.parse`
+splits and checks such a spec.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ O = TypeVar("O")  # noqa: E741 - the decorated object, returned as it is
 
 #: ``register`` without an object: a decorator (None itself may be registered).
 _DECORATE = object()
+#: What is wrong with a spec's argument (one line), None when it is fine.
+ArgumentCheck = Callable[[str], "str | None"]
 
 
 class UnknownNameError(ValueError, LookupError):
@@ -43,6 +47,15 @@ class Spec(Generic[T]):
     argument: str = ""
 
 
+@dataclass(frozen=True)
+class _Argument:
+    """The argument a name takes: its placeholder, whether it may be left out, its check."""
+
+    placeholder: str
+    optional: bool = False
+    check: ArgumentCheck | None = None
+
+
 class Registry(Generic[T]):
     """The names of one plug-in family and their objects, in registration order.
 
@@ -54,17 +67,30 @@ class Registry(Generic[T]):
         self.family = family
         self._objects: dict[str, T] = {}
         self._descriptions: dict[str, str] = {}
-        self._arguments: dict[str, str] = {}
+        self._arguments: dict[str, _Argument] = {}
 
     # --- filling ------------------------------------------------------------------------
     @overload
     def register(
-        self, name: str, *, description: str = "", argument: str | None = None
+        self,
+        name: str,
+        *,
+        description: str = "",
+        argument: str | None = None,
+        optional: bool = False,
+        check: ArgumentCheck | None = None,
     ) -> Callable[[O], O]: ...
 
     @overload
     def register(
-        self, name: str, obj: T, *, description: str = "", argument: str | None = None
+        self,
+        name: str,
+        obj: T,
+        *,
+        description: str = "",
+        argument: str | None = None,
+        optional: bool = False,
+        check: ArgumentCheck | None = None,
     ) -> T: ...
 
     def register(
@@ -74,6 +100,8 @@ class Registry(Generic[T]):
         *,
         description: str = "",
         argument: str | None = None,
+        optional: bool = False,
+        check: ArgumentCheck | None = None,
     ) -> object:
         """Add ``obj`` under ``name``; without ``obj``, a decorator that adds what it decorates
         (and returns it unchanged).
@@ -85,18 +113,23 @@ class Registry(Generic[T]):
                 first sentence).
             argument: placeholder of the argument the name takes after a colon
                 (``"<MLflow model URI>"``), None when it takes none.
+            optional: the argument may be left out (``pyscf`` as well as
+                ``pyscf:<functional>/<basis>``).
+            check: what is wrong with a given argument (one line), or None when it is
+                fine; :meth:`parse` runs it on every argument given.
         """
+        extra = _Argument(argument, optional, check) if argument is not None else None
         if obj is _DECORATE:
 
             def deco(target: O) -> O:
-                self._add(name, target, description, argument)  # type: ignore[arg-type]
+                self._add(name, target, description, extra)  # type: ignore[arg-type]
                 return target
 
             return deco
-        self._add(name, obj, description, argument)  # type: ignore[arg-type]
+        self._add(name, obj, description, extra)  # type: ignore[arg-type]
         return obj
 
-    def _add(self, name: str, obj: T, description: str, argument: str | None) -> None:
+    def _add(self, name: str, obj: T, description: str, argument: _Argument | None) -> None:
         if not name or name != name.strip() or ":" in name:
             raise ValueError(f"{self.family} name {name!r} must be non-empty, without ':'")
         if name in self._objects:
@@ -112,7 +145,7 @@ class Registry(Generic[T]):
     ) -> Iterator[T]:
         """``obj`` registered as ``name`` inside the ``with`` block only (e.g. a test's
         plug-in); the name is free again afterwards."""
-        self._add(name, obj, description, argument)
+        self._add(name, obj, description, None if argument is None else _Argument(argument))
         try:
             yield obj
         finally:
@@ -133,10 +166,16 @@ class Registry(Generic[T]):
         return tuple(self._objects)
 
     def choices(self) -> tuple[str, ...]:
-        """The names as users write them: ``name:<argument>`` for a name that takes one."""
-        return tuple(
-            f"{n}:{self._arguments[n]}" if n in self._arguments else n for n in self._objects
-        )
+        """The names as users write them: ``name:<argument>`` for a name that takes one, and
+        both ``name`` and ``name:<argument>`` where the argument may be left out."""
+        out: list[str] = []
+        for n in self._objects:
+            arg = self._arguments.get(n)
+            if arg is None or arg.optional:
+                out.append(n)
+            if arg is not None:
+                out.append(f"{n}:{arg.placeholder}")
+        return tuple(out)
 
     def describe(self) -> dict[str, str]:
         """Name -> one line saying what it is (its description, else its docstring's first
@@ -146,7 +185,8 @@ class Registry(Generic[T]):
     def argument(self, name: str) -> str | None:
         """The placeholder of the argument ``name`` takes, None if it takes none."""
         self.get(name)
-        return self._arguments.get(name)
+        arg = self._arguments.get(name)
+        return None if arg is None else arg.placeholder
 
     def name_of(self, obj: object) -> str | None:
         """The (first) name ``obj`` is registered under, None if it is not."""
@@ -159,17 +199,23 @@ class Registry(Generic[T]):
     def parse(self, spec: str) -> Spec[T]:
         """A ``name[:argument]`` spec (case and spaces around the name ignored) as its
         :class:`Spec`; ``ValueError`` (one line) for an unknown name, an argument given to a
-        name that takes none, or one missing."""
+        name that takes none, one missing, or one its check refuses."""
         name, sep, arg = str(spec).strip().partition(":")
         key = name.strip().lower()
         if key not in self._objects:
             raise UnknownNameError(self.unknown(spec))
         arg = arg.strip()
-        placeholder = self._arguments.get(key)
-        if placeholder is None and sep:
+        expected = self._arguments.get(key)
+        if expected is None and sep:
             raise ValueError(f"{self.family} {key!r} takes no argument, got {spec!r}")
-        if placeholder is not None and not arg:
-            raise ValueError(f"{self.family} {key!r} needs an argument: {key}:{placeholder}")
+        if expected is not None and not arg and (sep or not expected.optional):
+            raise ValueError(
+                f"{self.family} {key!r} needs an argument: {key}:{expected.placeholder}"
+            )
+        if arg and expected is not None and expected.check is not None:
+            problem = expected.check(arg)
+            if problem:
+                raise ValueError(f"{self.family} {key!r}: {problem}")
         return Spec(key, self._objects[key], arg)
 
     def problem(self, spec: str) -> str | None:

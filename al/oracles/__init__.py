@@ -1,7 +1,9 @@
 """Oracles: the labellers a campaign buys labels from, and their registry.
 
-:mod:`al.oracles.base` is the contract, one module per oracle kind, :mod:`al.oracles.registry`
-the registry and factory. Registering the shipped oracle in MLflow is
+:mod:`al.oracles.base` is the contract and lists the oracles (``dft``, ``xtb``,
+``model:<uri>``, ``pretrained``, ``pyg_schnet``, ``ani1x``, ``ani1ccx``, and ``pyscf``: DFT
+computed live with PySCF, the electronic atomization energy), one module per oracle kind,
+:mod:`al.oracles.registry` the registry and factory. Registering the shipped oracle in MLflow is
 :func:`al.tracking.registry.register_oracles` (tracking sits above the oracles).
 """
 
@@ -41,6 +43,7 @@ from al.oracles.base import (
     Oracle,
     OracleError,
     PriorLabels,
+    RowLabels,
 )
 from al.oracles.dft import DFTOracle
 from al.oracles.model import ModelOracle
@@ -58,6 +61,15 @@ from al.oracles.pyg_schnet import (
     PYG_SCHNET_URL,
     PyGSchNetOracle,
     network_problem,
+)
+from al.oracles.pyscf import (
+    DEFAULT_LEVEL,
+    EnergyCache,
+    JobOutcome,
+    Level,
+    PySCFOracle,
+    level_problem,
+    parse_level,
 )
 from al.oracles.xtb import (
     BOHR_PER_ANGSTROM,
@@ -78,6 +90,7 @@ __all__ = [
     "ANI_ELEMENTS",
     "ANI_MODELS",
     "BOHR_PER_ANGSTROM",
+    "DEFAULT_LEVEL",
     "FRAME_COLUMNS",
     "NETWORK_CHUNK",
     "ORACLES",
@@ -98,13 +111,18 @@ __all__ = [
     "ANI1xOracle",
     "ANIOracle",
     "DFTOracle",
+    "EnergyCache",
+    "JobOutcome",
     "LabelResult",
+    "Level",
     "ModelOracle",
     "Oracle",
     "OracleError",
     "PretrainedOracle",
     "PriorLabels",
     "PyGSchNetOracle",
+    "PySCFOracle",
+    "RowLabels",
     "XTBOracle",
     "XTBReference",
     "ani_dir",
@@ -114,12 +132,14 @@ __all__ = [
     "failure_status",
     "fetch_ani_weights",
     "fit_xtb_reference",
+    "level_problem",
     "load_ani",
     "load_xtb_reference",
     "network_problem",
     "oracle_choices",
     "oracle_spec_problem",
     "packaged_checkpoint",
+    "parse_level",
     "read_provenance",
     "supported",
     "torchani_problem",

@@ -33,12 +33,23 @@ them all and holds the factory (:func:`~al.oracles.registry.build_oracle`):
     package registry, :mod:`al.oracles.ani_weights`) with a per-element reference fitted on
     the oracle split, each label with the ensemble's std. H, C, N, O only: a molecule with F
     gets ``"unsupported_element"``. Cost 0.001 per label.
+``pyscf``, ``pyscf:<functional>/<basis>`` (:mod:`al.oracles.pyscf`)
+    DFT computed live with PySCF (default B3LYP/6-31G(2df,p), QM9's level) at the pool's
+    geometry, one molecule per subprocess: the electronic atomization energy, not H298.
+    Cost: the CPU-hours each molecule took (measured), or a fixed cost per label if given.
 
 Cost accounting: every requested row that reaches the oracle is charged the oracle's
 ``cost_per_label``, whether it succeeds or fails, because the oracle spent the work either
 way (a failed DFT run costs its CPU hours too). Rows whose index is not in the data set
 (status ``"unknown_molecule"``) never reach the oracle and are charged 0. A duplicate index
 in one request is labelled, and charged, once per occurrence.
+
+An oracle that measures what each label took (``pyscf``: CPU time) sets ``cost_measured``
+and returns each row's own cost in a :class:`RowLabels` from ``_label_rows``; its rows are
+charged that instead, and ``cost_per_label`` is then the estimate that plans with costs
+before the labels exist (the cost budget's clip of a round, a multi-fidelity acquisition's
+cost ratio, the journal's record of a request), so that what a campaign spends may differ
+from what it planned by the difference between the two.
 """
 
 from __future__ import annotations
@@ -87,6 +98,25 @@ class PriorLabels:
 
     n: float
     source: str
+
+
+@dataclass(frozen=True)
+class RowLabels:
+    """What :meth:`Oracle._label_rows` returns when it has more than values and statuses
+    (the other form is the tuple ``(value, status[, std])``).
+
+    Attributes:
+        value: labels in eV, ``[m]`` (float64).
+        status: ``"ok"`` or a short failure reason, ``[m]`` (str).
+        std: each label's own spread in eV, ``[m]``; None: the oracle gives none.
+        cost: each row's own cost, ``[m]`` (float64, >= 0), for an oracle that measures it
+            (``cost_measured``); None: every row costs ``cost_per_label``.
+    """
+
+    value: np.ndarray
+    status: np.ndarray
+    std: np.ndarray | None = None
+    cost: np.ndarray | None = None
 
 
 class OracleError(RuntimeError):
@@ -175,12 +205,20 @@ class Oracle(ABC):
     Subclasses set ``default_cost`` and implement :meth:`_label_rows`; index validation,
     failure bookkeeping, cost accounting and logging live here. A subclass whose spec takes
     an argument (``model:<uri>``) names it in ``argument`` and accepts it as the second
-    positional parameter of its constructor.
+    positional parameter of its constructor; one whose argument may be left out
+    (``argument_optional``) is built without it then, and may check a given one early
+    (:meth:`argument_problem`).
     """
 
     default_cost: ClassVar[float] = 1.0
     #: Placeholder of the spec's argument (``"<MLflow model URI>"``), None if it takes none.
     argument: ClassVar[str | None] = None
+    #: Whether the spec's argument may be left out (``pyscf`` and ``pyscf:<level>``).
+    argument_optional: ClassVar[bool] = False
+    #: Whether each row is charged what labelling it took (returned by :meth:`_label_rows`
+    #: in a :class:`RowLabels`) rather than ``cost_per_label``, which is then an estimate
+    #: for planning (see the module docstring).
+    cost_measured: bool = False
     #: Labels a campaign asks for (and journals) per call. 1 (the default): one molecule a
     #: call, each answer journalled as it arrives, so that a kill re-buys at most the one
     #: label in flight (:mod:`al.loop.journal`). A network labeller that evaluates a batch
@@ -210,6 +248,12 @@ class Oracle(ABC):
         self._ptr = data.ptr.detach().cpu().numpy()
         self._z = data.z.detach().cpu().numpy()
         self._pos = data.pos.detach().cpu().numpy()
+
+    @classmethod
+    def argument_problem(cls, argument: str) -> str | None:
+        """What is wrong with the spec's argument (one line), None when it is fine; run
+        when a spec is checked, before anything is built. Nothing is checked by default."""
+        return None
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -254,13 +298,15 @@ class Oracle(ABC):
         status = np.full(idx.size, STATUS_UNKNOWN, dtype=object)
         cost = np.zeros(idx.size)
         if known.any():
-            v, s, *spread = self._label_rows(rows[known])
-            ok = np.asarray(s) == STATUS_OK
-            value[known] = np.where(ok, v, np.nan)
-            if spread:
-                std[known] = np.where(ok, spread[0], np.nan)
-            status[known] = s
-            cost[known] = self.cost_per_label
+            out = self._label_rows(rows[known])
+            if not isinstance(out, RowLabels):
+                out = RowLabels(*out)
+            ok = np.asarray(out.status) == STATUS_OK
+            value[known] = np.where(ok, out.value, np.nan)
+            if out.std is not None:
+                std[known] = np.where(ok, out.std, np.nan)
+            status[known] = out.status
+            cost[known] = self.cost_per_label if out.cost is None else out.cost
         if not known.all():
             log.warning(
                 "event=unknown_molecules oracle=%s count=%d first=%s",
@@ -282,9 +328,10 @@ class Oracle(ABC):
         return result
 
     @abstractmethod
-    def _label_rows(self, rows: np.ndarray) -> tuple[np.ndarray, ...]:
+    def _label_rows(self, rows: np.ndarray) -> tuple[np.ndarray, ...] | RowLabels:
         """Values ``[m]`` (float64, eV) and statuses ``[m]`` (str) of the data rows ``[m]``,
-        optionally followed by each label's std ``[m]`` (eV) for an oracle that has one.
+        optionally followed by each label's std ``[m]`` (eV) for an oracle that has one; or
+        a :class:`RowLabels` (which also carries each row's cost, for ``cost_measured``).
 
         Must not raise for a failure of one molecule: record it as a status instead.
         """
@@ -354,9 +401,16 @@ OracleClass = TypeVar("OracleClass", bound=type[Oracle])
 
 def register_oracle(name: str) -> Callable[[OracleClass], OracleClass]:
     """Class decorator: register an oracle class in :data:`ORACLES` under ``name``, with the
-    placeholder of its spec's argument (its ``argument``)."""
+    placeholder of its spec's argument (its ``argument``), whether it may be left out
+    (``argument_optional``) and its check (:meth:`Oracle.argument_problem`)."""
 
     def deco(cls: OracleClass) -> OracleClass:
-        return ORACLES.register(name, cls, argument=cls.argument)
+        return ORACLES.register(
+            name,
+            cls,
+            argument=cls.argument,
+            optional=cls.argument_optional,
+            check=cls.argument_problem,
+        )
 
     return deco

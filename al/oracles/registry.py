@@ -12,6 +12,7 @@ from __future__ import annotations
 from al.oracles import dft, xtb  # noqa: F401 - the ground truth first, then by cost
 from al.oracles import model, pretrained, pyg_schnet  # noqa: F401
 from al.oracles import ani  # noqa: F401
+from al.oracles import pyscf  # noqa: F401 - DFT computed live, the dearest
 from al.oracles import external  # noqa: F401 - one's own labeller, answering later
 
 # isort: on
@@ -32,7 +33,8 @@ def oracle_spec_problem(spec: str) -> str | None:
 
 
 def build_oracle(spec: str | Oracle, *, data: MolecularData, cost: float | None = None) -> Oracle:
-    """An oracle from a spec (``dft``, ``xtb``, ``model:<uri>``) or an instance as it is.
+    """An oracle from a spec (``dft``, ``xtb``, ``model:<uri>``, ``pyscf:b3lyp/sto-3g``) or
+    an instance as it is.
 
     Args:
         spec: a registry name, optionally ``name:argument``; or an :class:`Oracle`.
@@ -41,8 +43,8 @@ def build_oracle(spec: str | Oracle, *, data: MolecularData, cost: float | None 
             instance (set its ``cost_per_label`` instead).
 
     Raises:
-        ValueError: an unknown name (the message lists the valid choices), a missing or
-            unexpected argument, or a cost given with an instance.
+        ValueError: an unknown name (the message lists the valid choices), a missing,
+            unexpected or malformed argument, or a cost given with an instance.
     """
     if isinstance(spec, Oracle):
         if cost is not None:
@@ -51,6 +53,6 @@ def build_oracle(spec: str | Oracle, *, data: MolecularData, cost: float | None 
             )
         return spec
     parsed = ORACLES.parse(spec)
-    if parsed.obj.argument is None:
+    if parsed.obj.argument is None or not parsed.argument:  # none, or an optional one left out
         return parsed.obj(data, cost=cost)
     return parsed.obj(data, parsed.argument, cost=cost)

@@ -280,5 +280,5 @@ def test_oracles_are_journalled_one_label_a_call_but_network_labellers() -> None
     from al.oracles import ORACLES
 
     chunks = {name: cls.journal_chunk for name, cls in ORACLES.items()}
-    assert chunks["dft"] == chunks["xtb"] == 1
+    assert chunks["dft"] == chunks["xtb"] == chunks["pyscf"] == 1
     assert {chunks[n] for n in ("ani1x", "ani1ccx", "pretrained", "model")} == {NETWORK_CHUNK}

@@ -118,6 +118,22 @@ def test_parse_splits_and_checks_a_spec() -> None:
     )
 
 
+def test_an_optional_argument_and_its_check() -> None:
+    shapes = _shapes()
+
+    def sides(arg: str) -> str | None:
+        return None if arg.isdigit() else f"{arg!r} is not a number of sides"
+
+    shapes.register("star", int, argument="<points>", optional=True, check=sides)
+    assert shapes.choices()[-2:] == ("star", "star:<points>")
+    assert shapes.parse("star") == Spec("star", int, "")
+    assert shapes.parse("star:5") == Spec("star", int, "5")
+    assert shapes.argument("star") == "<points>"
+    assert shapes.problem("star:five") == "shape 'star': 'five' is not a number of sides"
+    assert shapes.problem("star:") == "shape 'star' needs an argument: star:<points>"
+    assert "star, star:<points>" in shapes.unknown("sun")
+
+
 def _families() -> dict[str, Registry]:
     from al.acquisition import ACQUISITIONS, MF_ACQUISITIONS, STRATEGIES
     from al.baselines import BASELINES
