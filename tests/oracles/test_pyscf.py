@@ -188,3 +188,46 @@ def test_without_pyscf_the_reason_is_one_line(
     assert PySCFOracle.unavailable_reason() == reason
     with pytest.raises(OracleError, match=r"^the pyscf oracle needs PySCF.*al\[dft\]$"):
         build_oracle("pyscf", data=tiny)
+
+
+@pytest.mark.slow
+def test_a_live_pyscf_campaign_on_a_pool_of_small_molecules(
+    qm9, tracking: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """End to end: a pool of QM9's 20 smallest-numbered molecules (1 to 5 heavy atoms),
+    labelled live by B3LYP/STO-3G, one round of acquisition, against a real server."""
+    from ase import Atoms
+    from ase.io import write
+    from mlflow.tracking import MlflowClient
+
+    from al.data.pools import create_pool
+    from al.entrypoints.al_loop import run_campaign
+    from al.loop.config import CampaignConfig
+    from al.tracking import CampaignRun
+
+    monkeypatch.setenv("AL_POOL_DIR", str(tmp_path / "pools"))
+    monkeypatch.setenv("AL_JOURNAL_DIR", str(tmp_path / "journal"))
+    monkeypatch.setenv("AL_CACHE_DIR", str(tmp_path / "cache"))
+    frames = []
+    for row in range(20):
+        a, b = int(qm9.ptr[row]), int(qm9.ptr[row + 1])
+        frames.append(Atoms(numbers=qm9.z[a:b].numpy(), positions=qm9.pos[a:b].numpy()))
+    write(tmp_path / "small.xyz", frames, format="extxyz")
+    create_pool("small", tmp_path / "small.xyz", workers=1, show_progress=False)
+    config = CampaignConfig(
+        pool="small", oracle="pyscf:b3lyp/sto-3g", heldout_size=2, val_size=2, initial_size=4,
+        batch_size=2, rounds=1, hidden=8, n_interactions=1, filter_groups=4, epochs=1,
+        min_steps=0, val_min=0, ensemble_size=2, pool_subsample=100, progress=False,
+        train_batch_size=8, threads=1, experiment_name="pyscf-pool",
+    )  # fmt: skip
+    run_id = run_campaign(config)
+    run = MlflowClient().get_run(run_id)
+    assert run.info.status == "FINISHED"
+    tracker = CampaignRun(run_id)
+    q = [tracker.read_queried(r) for r in tracker.queried_rounds()]
+    assert [len(t) for t in q] == [8, 2]
+    table = q[0]
+    assert (table["oracle"] == "pyscf:b3lyp/sto-3g").all() and (table["status"] == "ok").all()
+    assert (table["label"] < 0).all()  # atomization energies: below the free atoms
+    assert (table["cost"] > 0).all()  # each charged the CPU-hours its process used
+    assert run.data.metrics["n_heldout"] == 2 and math.isfinite(run.data.metrics["test_mae"])
