@@ -15,8 +15,11 @@ import numpy as np
 import pandas as pd
 
 
-def parity(pred: np.ndarray, target: np.ndarray, title: str = "") -> Any:
-    """Predicted vs reference energy (eV), with MAE in the title."""
+def parity(
+    pred: np.ndarray, target: np.ndarray, title: str = "", unit: str = "eV",
+    quantity: str = "H_atomization",
+) -> Any:  # fmt: skip
+    """Predicted vs reference ``quantity`` (in ``unit``), with MAE in the title."""
     pred, target = np.asarray(pred), np.asarray(target)
     mae = float(np.abs(pred - target).mean()) if pred.size else float("nan")
     fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=110, layout="tight")
@@ -24,9 +27,9 @@ def parity(pred: np.ndarray, target: np.ndarray, title: str = "") -> Any:
     if target.size:
         lo, hi = float(min(target.min(), pred.min())), float(max(target.max(), pred.max()))
         ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-    ax.set_xlabel("reference H_atomization (eV)")
-    ax.set_ylabel("predicted (eV)")
-    ax.set_title(f"{title} MAE = {mae:.4f} eV (n = {pred.size})".strip())
+    ax.set_xlabel(f"reference {quantity} ({unit})")
+    ax.set_ylabel(f"predicted ({unit})")
+    ax.set_title(f"{title} MAE = {mae:.4f} {unit} (n = {pred.size})".strip())
     return fig
 
 
@@ -55,6 +58,8 @@ def campaign_figures(
     round_: int,
     coverage: tuple[np.ndarray, np.ndarray] | None = None,
     evaluated_on: str = "test set",
+    unit: str = "eV",
+    quantity: str = "H_atomization",
 ) -> list[Any]:
     """Learning curve, parity, std-vs-error and calibration figures.
 
@@ -66,6 +71,8 @@ def campaign_figures(
             each (:func:`al.training.metrics.calibration_curve`); None without a std.
         evaluated_on: what the figures are measured on (``test set``, or a pool
             campaign's ``held-out labelled molecules``), as the axes and titles say.
+        unit, quantity: the labels' unit and name (a pool campaign's ``unit`` and
+            ``target``), as the axes say.
     """
     short = "test" if evaluated_on == "test set" else "held-out"
     fig1, ax = plt.subplots(figsize=(5, 3.6), dpi=100, layout="tight")
@@ -73,18 +80,19 @@ def campaign_figures(
         n, mae = zip(*curve, strict=True)
         ax.plot(n, mae, "o-")
     ax.set_xlabel("labelled molecules")
-    ax.set_ylabel(f"{short} MAE (eV)")
+    ax.set_ylabel(f"{short} MAE ({unit})")
     ax.set_yscale("log")
     ax.set_title(f"learning curve (round {round_})")
-    fig2 = parity(mean, target, f"round {round_}")
+    fig2 = parity(mean, target, f"round {round_}", unit, quantity)
     fig3, ax = plt.subplots(figsize=(4.5, 4), dpi=100, layout="tight")
     err = np.abs(np.asarray(mean) - np.asarray(target))
     if std is not None:
         _std_vs_error(ax, np.asarray(std), err, None, "")
-    ax.set_xlabel("predicted std (eV)")
-    ax.set_ylabel("|error| (eV)")
+    ax.set_xlabel(f"predicted std ({unit})")
+    ax.set_ylabel(f"|error| ({unit})")
     panels = [] if std is None or coverage is None else [(f"round {round_}", *coverage, std, err)]
-    fig4 = calibration_figure(panels, {}, f"calibration on the {evaluated_on} (round {round_})")
+    title = f"calibration on the {evaluated_on} (round {round_})"
+    fig4 = calibration_figure(panels, {}, title, unit, short)
     return [fig1, fig2, fig3, fig4]
 
 
@@ -106,6 +114,8 @@ def calibration_figure(
     panels: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
     colours: Mapping[str, str],
     title: str,
+    unit: str = "eV",
+    measured_on: str = "test",
 ) -> Any:
     """Two panels: observed against expected coverage of central Gaussian intervals (a
     calibrated model lies on the diagonal, below it the std is too small), and |error|
@@ -137,9 +147,9 @@ def calibration_figure(
     cov.set_xlim(0, 1)
     cov.set_ylim(0, 1)
     cov.set_xlabel("expected coverage of the central interval")
-    cov.set_ylabel("observed coverage (test set)")
-    scatter.set_xlabel("predicted std (eV)")
-    scatter.set_ylabel("|error| (eV)")
+    cov.set_ylabel(f"observed coverage ({measured_on} set)")
+    scatter.set_xlabel(f"predicted std ({unit})")
+    scatter.set_ylabel(f"|error| ({unit})")
     for ax in (cov, scatter):
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(fontsize=7, markerscale=3)

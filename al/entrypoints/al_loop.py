@@ -202,6 +202,8 @@ def build_parts(config: CampaignConfig, stored_splits: Splits | None = None) -> 
             f"{strategy.uncertainty!r} provides {sorted(surrogate.provides)}"
         )
     oracles = prepared_oracles(fidelities, data, splits, baseline, config.pool, config.unit)
+    if oracles[-1].target and not config.resume and config.target == CampaignConfig.target:
+        config = replace(config, target=oracles[-1].target)  # e.g. pyscf's: not H298
     labellable = labellable_pool(data, splits, oracles, baseline)  # the recorded split stays
     check_sizes(config, len(labellable.pool))
     acquisition = config.mf_acquisition if len(oracles) > 1 else strategy.acquisition
@@ -350,6 +352,7 @@ def run_metadata(parts: CampaignParts, run: MlflowTracker) -> tuple[dict[str, st
         tracking.TAG_FIDELITIES: str(len(oracles)), tracking.TAG_SPLIT_DIGEST: digest,
         tracking.TAG_JOURNAL: str(run.journal_path),
         tracking.TAG_EVALUATED_ON: tracking.EVALUATED_ON_TEST,
+        tracking.TAG_TARGET: f"{config.target} ({config.unit})",
     }  # fmt: skip
     if parts.pool is not None:
         tags[tracking.TAG_POOL] = parts.pool.name

@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
@@ -38,7 +37,7 @@ from al.loop.resume import restore
 from al.loop.schemes import DataScheme
 from al.loop.seeds import round_generator
 from al.loop.selection import Selection
-from al.loop.sets import round0_requests, training_set
+from al.loop.sets import heldout_truth, round0_requests, training_set
 from al.loop.stopping import (
     Allowance,
     CampaignProgress,
@@ -48,7 +47,6 @@ from al.loop.stopping import (
 )
 from al.loop.tracker import CampaignTracker, ModelArtifacts
 from al.oracles import Oracle
-from al.tracking.names import EVALUATED_ON_HELDOUT, EVALUATED_ON_TEST
 from al.tracking.names import CampaignMetrics as CM  # noqa: N817 - used in every metric key
 from al.uncertainty import Surrogate
 
@@ -102,8 +100,8 @@ class Campaign:
         self.timings: dict[str, float] = {}
         self.history = RoundHistory()
         self.desk = LabelDesk(self.oracles, tracker, self.labelled, self.timings, data)
-        measured = EVALUATED_ON_HELDOUT if self.settings.pool else EVALUATED_ON_TEST
-        self.records = RoundRecords(tracker, data, self.test, prior_labels, prior_cost, measured)
+        self.records = RoundRecords(tracker, data, self.test, prior_labels, prior_cost)
+        self.records.describe(self.settings.pool, self.settings.unit, self.settings.target)
         self.bar = progress.bar(total=0, enabled=False)  # replaced by execute
 
     @property
@@ -160,35 +158,17 @@ class Campaign:
         return resumed.round, resumed.fitted
 
     def start(self) -> None:
-        """Round 0: label the validation set, a pool campaign's held-out set and the random
-        initial molecules."""
+        """Round 0: label the validation set (a pool's held-out set) and the initial molecules."""
         left = remaining(self.rules, self.progress(0))
         heldout = self.test if self.settings.pool else None
-        validation, request = round0_requests(
-            self.settings, self.selection, left, self.pool, heldout
-        )
+        validation, request = round0_requests(self.settings, self.selection, left, self.pool,
+                                              heldout)  # fmt: skip
         self.desk.label(0, pd.concat([request, validation], ignore_index=True))
         self.adopt_heldout()
 
-    def adopt_heldout(self) -> None:
-        """A pool campaign (no ground truth) is evaluated on its held-out set: the molecules'
-        labels become the truth its figures are measured against (``data.y``), and those
-        whose label failed leave the test rows. Nothing for a QM9 campaign."""
-        if not self.settings.pool:
-            return
-        held = self.labelled.heldout_ok
-        rows = self.data.rows_of(held["qm9_index"].to_numpy(np.int64))
-        if rows.numel() == 0:
-            n = len(self.labelled.heldout)
-            raise RuntimeError(
-                f"none of the {n} held-out molecules of pool {self.settings.pool!r} got a label "
-                "(see the queried table's status column): the campaign has nothing to measure "
-                "its models on; label them (al ingest) or start again with another seed"
-            )
-        label = torch.tensor(held["label"].to_numpy(np.float64), dtype=self.data.y.dtype)
-        self.data.y[rows] = label
-        order = torch.argsort(self.data.qm9_index[rows])
-        self.test = self.records.test = rows[order]
+    def adopt_heldout(self) -> None:  # a pool campaign is measured on its held-out labels
+        if self.settings.pool:
+            self.test = self.records.test = heldout_truth(self.data, self.labelled)
 
     def acquire(self, round_: int, left: Allowance) -> str | None:
         """Acquisition round ``round_``: score the candidates the scheme offers, choose
@@ -291,8 +271,7 @@ class Campaign:
         )  # fmt: skip
         self.records.record_converged(n_labelled, out, warm_mae=self.mae_history[target])
 
-    def closed(self) -> Tensor:
-        """``[c]`` QM9 indices never offered again (see :meth:`Selection.closed`)."""
+    def closed(self) -> Tensor:  # [c] QM9 indices never offered again (Selection.closed)
         return torch.as_tensor(self.selection.closed(self.labelled))
 
     def training_set(
@@ -306,14 +285,9 @@ class Campaign:
     def progress(self, round_: int) -> CampaignProgress:
         """Where the campaign stands after ``round_``: what the stopping rules read."""
         left = int((~torch.isin(self.data.qm9_index[self.pool], self.closed())).sum())
-        return CampaignProgress(
-            round=round_,
-            n_labelled=len(self.labelled.ok),
-            n_requested=len(self.labelled.table),
-            cost_spent=self.labelled.cost_spent + (baseline_cost(self.surrogate) or 0.0),
-            val_mae_history=list(self.history.val_mae),
-            pool_left=left,
-        )
+        spent = self.labelled.cost_spent + (baseline_cost(self.surrogate) or 0.0)
+        return CampaignProgress(round_, len(self.labelled.ok), len(self.labelled.table), spent,
+                                list(self.history.val_mae), pool_left=left)  # fmt: skip
 
     def timed(self, phase: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)``, its wall time kept in ``timings[phase]``."""
@@ -323,14 +297,11 @@ class Campaign:
         self.timings[phase] = time.perf_counter() - t0
         return out
 
-    def record_round(
-        self, round_: int, report: dict[str, float], epochs: int, retrained: bool = True
-    ) -> None:
+    def record_round(self, round_: int, report: dict[str, float], epochs: int,
+                     retrained: bool = True) -> None:  # fmt: skip
         """The round's metrics at ``step = n_labelled``, then mark the round completed."""
-        self.records.record_round(
-            round_, self.labelled, self.history, report, epochs, retrained, self.timings,
-            baseline_cost(self.surrogate),
-        )  # fmt: skip
+        self.records.record_round(round_, self.labelled, self.history, report, epochs, retrained,
+                                  self.timings, baseline_cost(self.surrogate))  # fmt: skip
 
     def final_artifacts(self) -> ModelArtifacts:
         """The final surrogate, its test prediction and the whole learning curve."""

@@ -69,7 +69,32 @@ def oracle_cost_problem(value: float) -> str | None:
 
 
 @dataclass
-class CampaignConfig(ModelConfig, FitConfig, DataConfig):
+class PoolKeys:
+    """A campaign on a pool of one's own molecules (``al pool create``): which pool, its
+    held-out set, and what its labels are."""
+
+    pool: str = option(
+        "", "a pool of one's own molecules (al pool create NAME FILE) instead of QM9; with no "
+        "ground truth, the figures are measured on held-out labelled molecules (heldout_size)",
+        group="pool",
+    )  # fmt: skip
+    heldout_size: int = option(
+        100, "pool campaigns: random pool molecules labelled in round 0 at the target "
+        "fidelity, paid like any label and never trained on, on which every figure is "
+        "measured (the test set of a campaign without ground truth)", min=1, group="pool",
+    )  # fmt: skip
+    target: str = option(
+        "H298 atomization enthalpy", "what the labels are (a pool campaign's own scalar, "
+        "from an external labeller), as its batches, runs and figures say", group="pool",
+    )  # fmt: skip
+    unit: str = option(
+        "eV", "the labels' unit; the labellers computed here (xtb, ani1x, pyscf, models) "
+        "give eV, another unit needs oracle=external", group="pool",
+    )  # fmt: skip
+
+
+@dataclass
+class CampaignConfig(ModelConfig, FitConfig, DataConfig, PoolKeys):
     """The ``al_loop`` entry point: one active-learning campaign.
 
     ``strategy`` names a preset (uncertainty method + acquisition function, see
@@ -102,14 +127,6 @@ class CampaignConfig(ModelConfig, FitConfig, DataConfig):
     batch_dir: str = option(
         "batches", "oracle=external: the folder a round's batch to label is written to (a "
         "subfolder per campaign run), as well as onto the run", group="oracle",
-    )  # fmt: skip
-    target: str = option(
-        "H298 atomization enthalpy", "what the labels are (a pool campaign's own scalar, "
-        "from an external labeller), as its batches, runs and figures say", group="pool",
-    )  # fmt: skip
-    unit: str = option(
-        "eV", "the labels' unit; the labellers computed here (xtb, ani1x, pyscf, models) "
-        "give eV, another unit needs oracle=external", group="pool",
     )  # fmt: skip
     oracle_cost: float = option(
         -1.0,
@@ -247,16 +264,6 @@ class CampaignConfig(ModelConfig, FitConfig, DataConfig):
         min=0.0,
         group="acquisition",
     )
-    pool: str = option(
-        "", "a pool of one's own molecules (al pool create NAME FILE) instead of QM9; with no "
-        "ground truth, the figures are measured on held-out labelled molecules (heldout_size)",
-        group="pool",
-    )  # fmt: skip
-    heldout_size: int = option(
-        100, "pool campaigns: random pool molecules labelled in round 0 at the target "
-        "fidelity, paid like any label and never trained on, on which every figure is "
-        "measured (the test set of a campaign without ground truth)", min=1, group="pool",
-    )  # fmt: skip
     resume: str = option("", "run id of a campaign to continue", group="tracking and run")
     journal_lost: bool = option(
         False, "resume without the campaign's label journal (lost with its machine): labels "
@@ -346,6 +353,7 @@ class LoopSettings:
         budget_labels, budget_cost: the budgets, named in round 0's error lines.
         pool: a pool campaign's pool ('' for QM9): its test set is bought in round 0 (the
             held-out labelled molecules) instead of read from a ground-truth table.
+        unit, target: a pool campaign's labels' unit and name, as its figures say them.
     """
 
     seed: int
@@ -364,6 +372,8 @@ class LoopSettings:
     budget_labels: int
     budget_cost: float
     pool: str = ""
+    unit: str = "eV"
+    target: str = "H298 atomization enthalpy"
 
     @classmethod
     def of(cls, config: CampaignConfig | LoopSettings) -> LoopSettings:

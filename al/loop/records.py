@@ -16,7 +16,11 @@ from al.data.molecules import MolecularData
 from al.loop.converged import REPORT_METRICS, ConvergedFit, prediction_table, validation_mae
 from al.loop.ledger import Labelled
 from al.loop.tracker import CampaignTracker, ModelArtifacts
-from al.tracking.names import EVALUATED_ON_TEST, converged_predictions_path
+from al.tracking.names import (
+    EVALUATED_ON_HELDOUT,
+    EVALUATED_ON_TEST,
+    converged_predictions_path,
+)
 from al.tracking.names import CampaignMetrics as CM  # noqa: N817 - used in every metric key
 from al.training.fit import EpochStats, FitResult
 from al.training.metrics import regression_report
@@ -90,7 +94,8 @@ class RoundRecords:
         prior_labels, prior_cost: the DFT labels that built an oracle or a baseline (NaN
             when their lineage is unknown) and their cost, logged beside ``cost_spent``.
         evaluated_on: what ``test`` is (QM9's test set, or a pool's held-out set), as the
-            figures say.
+            figures say; ``unit``, ``quantity``: the labels' unit and name
+            (:meth:`describe`).
     """
 
     def __init__(
@@ -105,6 +110,13 @@ class RoundRecords:
         self.tracker, self.data, self.test = tracker, data, test
         self.prior_labels, self.prior_cost = prior_labels, prior_cost
         self.evaluated_on = evaluated_on
+        self.unit, self.quantity = "eV", "H_atomization"
+
+    def describe(self, pool: str, unit: str, target: str) -> None:
+        """A ``pool`` campaign's figures are measured on its held-out set, in its labels'
+        ``unit`` and ``target`` name; a QM9 campaign's (``pool=''``) as they are."""
+        if pool:
+            self.evaluated_on, self.unit, self.quantity = EVALUATED_ON_HELDOUT, unit, target
 
     def round_metrics(
         self, round_: int, labelled: Labelled, history: RoundHistory, report: Mapping[str, float],
@@ -247,4 +259,6 @@ class RoundRecords:
             history=list(history),
             predictions=prediction_table(self.data, self.test, pred),
             evaluated_on=self.evaluated_on,
+            unit=self.unit,
+            quantity=self.quantity,
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
@@ -28,7 +29,8 @@ from al.training.config import FitConfig
 from al.training.split import split_validation
 
 __all__ = [
-    "initial_rows", "round0_requests", "training_set", "validation_rows", "validation_set_size",
+    "heldout_truth", "initial_rows", "round0_requests", "training_set", "validation_rows",
+    "validation_set_size",
 ]  # fmt: skip
 
 
@@ -89,6 +91,23 @@ def round0_requests(
             "label(s)"
         )
     return validation, request
+
+
+def heldout_truth(data: MolecularData, labelled: Labelled) -> Tensor:
+    """A pool campaign (no ground truth) is measured on its held-out set: the successful
+    held-out labels of ``labelled`` become the truth in ``data.y`` (in place); returns
+    their rows ``[h]``, by molecule number (a failed one is left out). RuntimeError, one
+    line, when none got a label."""
+    held = labelled.heldout_ok
+    rows = data.rows_of(held["qm9_index"].to_numpy(np.int64))
+    if rows.numel() == 0:
+        raise RuntimeError(
+            f"none of the {len(labelled.heldout)} held-out molecules of {data.source} got a "
+            "label (see the queried table's status column): the campaign has nothing to "
+            "measure its models on; label them (al ingest) or start again with another seed"
+        )
+    data.y[rows] = torch.tensor(held["label"].to_numpy(np.float64), dtype=data.y.dtype)
+    return rows[torch.argsort(data.qm9_index[rows])]
 
 
 def training_set(

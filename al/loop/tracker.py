@@ -103,8 +103,11 @@ class ModelArtifacts:
     history: list[EpochStats] = field(default_factory=list)
     #: the test prediction as a table (:data:`~al.tracking.names.PREDICTION_COLUMNS`)
     predictions: pd.DataFrame | None = None
-    #: what the test figures are measured on (a pool campaign's held-out set)
+    #: what the test figures are measured on (a pool campaign's held-out set), and the
+    #: labels' unit and name as the figures' axes say them
     evaluated_on: str = EVALUATED_ON_TEST
+    unit: str = "eV"
+    quantity: str = "H_atomization"
 
     def test_metrics(self) -> dict[str, float]:
         """The test-set metrics of the model (``test_mae``, ``test_rmse``, ...)."""
@@ -132,6 +135,8 @@ class ModelArtifacts:
             self.round,
             coverage,
             self.evaluated_on,
+            self.unit,
+            self.quantity,
         )
         out = list(zip(CAMPAIGN_PLOTS, figs, strict=True))
         if self.history:

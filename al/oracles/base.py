@@ -231,6 +231,9 @@ class Oracle(ABC):
     #: It reads its labels from the data set's own table (QM9's DFT values): it cannot
     #: label a pool of one's own molecules, which has none.
     reads_table: ClassVar[bool] = False
+    #: What its labels are when not the data set's target (QM9's H298 atomization enthalpy);
+    #: a campaign whose target labeller has one names it so wherever its labels are shown.
+    target: ClassVar[str | None] = None
     #: It answers outside the process, later (``external``: one's own DFT code): a campaign
     #: writes the batch out and waits; the answers come in through ``al ingest``.
     answers_later: ClassVar[bool] = False

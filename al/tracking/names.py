@@ -94,6 +94,8 @@ TAG_POOL = "al.pool"
 TAG_POOL_DIGEST = "al.pool_digest"
 #: a campaign waiting for an external labeller's answers: the round and batch size it waits for
 TAG_AWAITING_LABELS = "al.awaiting_labels"
+#: what a campaign's labels are and their unit, e.g. ``H298 atomization enthalpy (eV)``
+TAG_TARGET = "al.target"
 #: what a campaign's figures are measured on: QM9's test set, or a pool's held-out set
 TAG_EVALUATED_ON = "al.evaluated_on"
 EVALUATED_ON_TEST, EVALUATED_ON_HELDOUT = "test set", "held-out labelled molecules"

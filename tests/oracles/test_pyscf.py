@@ -230,4 +230,6 @@ def test_a_live_pyscf_campaign_on_a_pool_of_small_molecules(
     assert (table["oracle"] == "pyscf:b3lyp/sto-3g").all() and (table["status"] == "ok").all()
     assert (table["label"] < 0).all()  # atomization energies: below the free atoms
     assert (table["cost"] > 0).all()  # each charged the CPU-hours its process used
+    # its labels are not QM9's H298: the run says what they are
+    assert run.data.tags["al.target"].startswith("electronic atomization energy")
     assert run.data.metrics["n_heldout"] == 2 and math.isfinite(run.data.metrics["test_mae"])
