@@ -127,9 +127,14 @@ def _campaign(run_id: str) -> tuple[StoredCampaign, LabelJournal]:
         raise ConfigError(f"run {run_id} is not a campaign; al ingest takes a campaign's run id")
     status = MlflowClient().get_run(run_id).info.status
     if tracking.TAG_AWAITING_LABELS not in stored.tags or status != "SCHEDULED":
+        hint = (
+            "; if its process was killed, resume it first (al al-loop --resume "
+            f"{run_id}): it writes its batch again and waits"
+            if status == "RUNNING" else ""
+        )  # fmt: skip
         raise ConfigError(
             f"campaign {run_id} is not waiting for labels (status {status}); al ingest "
-            "takes the labels of a campaign that stopped for its external labeller"
+            f"takes the labels of a campaign that stopped for its external labeller{hint}"
         )
     tagged = stored.tags.get(tracking.TAG_JOURNAL)
     path = Path(tagged) if tagged and Path(tagged).exists() else journal_path(run_id)
