@@ -25,7 +25,7 @@ from al.uncertainty import build_surrogate
 
 def test_a_pool_campaign_is_measured_on_its_held_out_labels(
     qm9_pool,
-    no_mlflow,
+    no_mlflow,  # noqa: F811 - the fixture
     tmp_path,
 ) -> None:
     pool = load_pool(qm9_pool)
