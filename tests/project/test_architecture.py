@@ -30,7 +30,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("al.report",),
     ("al.entrypoints",),
     ("hpo",),
-    ("al.cli", "al.pyfunc", "al.mlflow_model"),
+    ("al.cli", "al.pyfunc", "al.mlflow_model", "al.api"),
 )
 #: The root package only holds the version: the ground floor.
 ROOT = "al"
