@@ -305,11 +305,22 @@ class EnergyBaseline(Baseline):
             [coeffs.get(z, math.nan) for z in ELEMENTS.values()], dtype=torch.float64
         )  # [5] eV per atom, NaN for an element not fitted
         folder = Path(cache) if cache is not None else cache_dir() / "baselines"
-        self.path = folder / file_name
+        self.path = self._qm9_path = folder / file_name
         self._store: dict[int, float] | None = None
+
+    def use_store_of(self, data: MolecularData) -> None:
+        """Keep the energies of ``data`` in its own store: QM9 at its own geometries in the
+        file of :attr:`path`, any other molecules (a pool, whose numbers are not QM9
+        indices; QM9 at GFN2-xTB geometries) in one named by their structure digest."""
+        path = self._qm9_path
+        if data.source.startswith("pool:") or data.geometry != "dft":
+            path = path.with_name(f"{path.stem}-{data.structure_digest()}{path.suffix}")
+        if path != self.path:
+            self.path, self._store = path, None
 
     def _compute(self, data: MolecularData, rows: np.ndarray, cached: bool = True) -> np.ndarray:
         idx = data.qm9_index[rows].numpy()
+        self.use_store_of(data)
         store = self._load() if cached else {}
         energy = np.array([store.get(int(q), math.nan) for q in idx], dtype=np.float64)
         todo = np.flatnonzero([int(q) not in store for q in idx])

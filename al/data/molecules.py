@@ -36,6 +36,8 @@ class MolecularData:
         smiles: SMILES of every molecule (empty strings where unknown).
         source: where the molecules come from (``qm9pack``, ``pool:<name>``).
         ids: a pool's molecule ids, one per molecule (empty for QM9, whose id is the index).
+        geometry: where the positions come from: ``dft`` (the data set's own), or
+            ``xtb:<settings digest>`` (GFN2-xTB geometries from the SMILES).
     """
 
     z: Tensor
@@ -46,6 +48,7 @@ class MolecularData:
     smiles: list[str]
     source: str = "qm9pack"
     ids: list[str] = field(default_factory=list)
+    geometry: str = "dft"
 
     def __len__(self) -> int:
         return int(self.ptr.numel() - 1)
@@ -120,6 +123,7 @@ class MolecularData:
             smiles=[self.smiles[r] for r in rows_cpu] if self.smiles else [],
             source=self.source,
             ids=[self.ids[r] for r in rows_cpu] if self.ids else [],
+            geometry=self.geometry,
         )
 
     def to(self, device: torch.device | str) -> MolecularData:
@@ -133,6 +137,7 @@ class MolecularData:
             smiles=self.smiles,
             source=self.source,
             ids=self.ids,
+            geometry=self.geometry,
         )
 
     def composition(self, rows: Tensor | None = None) -> Tensor:
@@ -154,6 +159,16 @@ class MolecularData:
     def load(path: str | Path) -> MolecularData:
         """Read a file written by :meth:`save` (or a cache file)."""
         return _from_record(torch.load(path, weights_only=True))
+
+    def structure_digest(self) -> str:
+        """A short hash of the molecules themselves (indices, atoms, positions), not their
+        targets: what a store of computed energies is keyed by. Computed once."""
+        if getattr(self, "_structure_digest", None) is None:
+            h = hashlib.sha256(self.geometry.encode())
+            for t in (self.qm9_index, self.ptr, self.z, self.pos):
+                h.update(t.detach().cpu().contiguous().numpy().tobytes())
+            self._structure_digest = h.hexdigest()[:16]
+        return self._structure_digest
 
     def digest(self) -> str:
         """A short content hash of indices, atoms and target (dataset lineage)."""
@@ -187,6 +202,7 @@ def _to_record(data: MolecularData) -> dict:
         "smiles": "\n".join(data.smiles),
         "source": data.source,
         "ids": "\n".join(data.ids),
+        "geometry": data.geometry,
     }
 
 
@@ -200,6 +216,7 @@ def _from_record(rec: dict) -> MolecularData:
         smiles=rec["smiles"].split("\n") if rec["smiles"] else [],
         source=rec["source"],
         ids=rec["ids"].split("\n") if rec.get("ids") else [],
+        geometry=rec.get("geometry", "dft"),
     )
 
 

@@ -135,6 +135,27 @@ def test_xtb_baseline_is_the_xtb_label_cached_on_disk_and_paid_once(
     torch.testing.assert_close(again, value)
 
 
+def test_a_pool_numbered_like_qm9_gets_its_own_energy_store(qm9, tmp_path) -> None:
+    """A pool's molecules are numbered 1..n, as QM9's first ones are indexed: its energies
+    must never be read from QM9's store (nor written into it)."""
+    from dataclasses import replace
+
+    rows = torch.arange(6)
+    base = XTBBaseline(cache=tmp_path)
+    qm9_values = base.values(qm9, rows)  # QM9 indices 1..6 (and a few more) in the store
+    other = qm9.subset(torch.arange(100, 106))
+    pool = replace(other, qm9_index=torch.arange(1, 7), source="pool:mine")
+    assert set(pool.qm9_index.tolist()) <= set(qm9.qm9_index[rows].tolist())
+    pooled = XTBBaseline(cache=tmp_path)  # a campaign on the pool: another process
+    value = pooled.values(pool, torch.arange(6))
+    label = XTBOracle(pool).label(np.arange(1, 7)).value
+    np.testing.assert_allclose(value.numpy(), label, atol=1e-9)
+    assert not np.allclose(value.numpy(), qm9_values.numpy())
+    assert pooled.path.exists() and pooled.path != base.path  # a store of its own
+    again = XTBBaseline(cache=tmp_path).values(qm9, rows)  # QM9's store is untouched
+    torch.testing.assert_close(again, qm9_values)
+
+
 def test_a_failed_xtb_molecule_falls_back_to_composition_and_is_recorded(
     qm9, tmp_path, monkeypatch
 ) -> None:
