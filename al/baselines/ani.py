@@ -44,7 +44,7 @@ class ANIBaseline(EnergyBaseline):
 
     Args:
         cost: cost per molecule (default :data:`ANI_BASELINE_COST`).
-        cache: folder of the store (default ``al.data.load.cache_dir() / "baselines"``).
+        cache: folder of the store (default ``al.data.cache.cache_dir() / "baselines"``).
         root: the weights folder (default :func:`al.oracles.ani_dir`).
 
     Raises:

@@ -30,8 +30,8 @@ import torch
 from torch import Tensor
 
 from al import progress
+from al.data.cache import cache_dir
 from al.data.elements import ELEMENTS, HARTREE_TO_EV
-from al.data.load import cache_dir
 from al.data.molecules import MAX_QM9_INDEX, MolecularData
 from al.data.reference import composition_prior, fit_composition
 from al.oracles import (
@@ -286,7 +286,7 @@ class EnergyBaseline(Baseline):
 
     Args:
         cost: cost per molecule.
-        cache: folder of the store (default ``al.data.load.cache_dir() / "baselines"``).
+        cache: folder of the store (default ``al.data.cache.cache_dir() / "baselines"``).
         reference: the per-element reference.
         file_name: the store's file name.
     """
@@ -403,7 +403,7 @@ class XTBBaseline(EnergyBaseline):
     Args:
         cost: cost per molecule (default :data:`XTB_BASELINE_COST`: the measured GFN2-xTB /
             DFT time ratio, far below the ``xtb`` oracle's multi-fidelity default).
-        cache: folder of the store (default ``al.data.load.cache_dir() / "baselines"``).
+        cache: folder of the store (default ``al.data.cache.cache_dir() / "baselines"``).
     """
 
     name = "xtb"

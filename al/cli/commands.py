@@ -258,23 +258,32 @@ def data() -> None:
 @click.option("--split-seed", default=0, show_default=True)
 @click.option("--n-test", default=10_000, show_default=True)
 @click.option("--n-oracle", default=50_000, show_default=True)
-def data_info(source: str, root: str | None, split_seed: int, n_test: int, n_oracle: int) -> None:
-    """Summary of the data set, its target and the split."""
+@click.option("--geometry", type=click.Choice(["dft", "xtb"]), default="dft", show_default=True,
+              help="QM9's own positions, or GFN2-xTB's from the SMILES")  # fmt: skip
+def data_info(
+    source: str, root: str | None, split_seed: int, n_test: int, n_oracle: int, geometry: str
+) -> None:
+    """Summary of the data set, its target, its geometries and the split."""
     import torch
 
+    from al.data.cache import cache_dir
+    from al.data.config import DataConfig
     from al.data.elements import PROPERTY, SYMBOLS
-    from al.data.load import cache_dir, load_qm9
-    from al.data.splits import SplitConfig, make_splits
+    from al.data.load import load_data
 
     try:
-        d = load_qm9(source, root)
-        splits = make_splits(d.qm9_index.numpy(), SplitConfig(split_seed, n_test, n_oracle))
+        d, splits = load_data(DataConfig(source, root or "", split_seed, n_test, n_oracle,
+                                         geometry))  # fmt: skip
     except (ValueError, RuntimeError, FileNotFoundError) as err:
         raise _masked(err) from None
     n = d.n_atoms.float()
     counts = torch.bincount(d.z, minlength=10)
     click.echo(f"source           {d.source} (digest {d.digest()})")
     click.echo(f"cache            {cache_dir()}")
+    where = (
+        "QM9's own (B3LYP)" if d.geometry == "dft" else f"GFN2-xTB from the SMILES ({d.geometry})"
+    )
+    click.echo(f"geometries       {where}")
     lo, hi = int(d.qm9_index.min()), int(d.qm9_index.max())
     click.echo(f"molecules        {len(d):,}  (QM9 index {lo}..{hi})")
     click.echo(
@@ -438,6 +447,9 @@ def experiment(
 @click.option("--column", default="smiles", show_default=True, help="SMILES column of a CSV")
 @click.option("--qm9", "qm9_n", type=_Optional(click.IntRange(min=1)), default=None,
               help="the first N QM9 molecules' SMILES instead of a file")  # fmt: skip
+@click.option("--qm9-split", "qm9_split", type=_Optional(click.IntRange(min=0)), default=None,
+              help="what geometry=xtb needs: QM9's test split and N molecules of its pool "
+              "split (seeded) of the default split")  # fmt: skip
 @click.option("--workers", type=_Optional(click.IntRange(min=1)), default=None,
               help="processes, one thread each (default: the cores)")  # fmt: skip
 @click.option("--fmax", type=_Optional(click.FloatRange(min=0, min_open=True)), default=None,
@@ -454,6 +466,7 @@ def geometry(
     smiles_file: str | None,
     column: str,
     qm9_n: int | None,
+    qm9_split: int | None,
     workers: int | None,
     fmax: float | None,
     max_steps: int | None,
@@ -469,18 +482,22 @@ def geometry(
         check_output,
         compute_geometries,
         qm9_smiles,
+        qm9_split_smiles,
         read_smiles,
         write_geometries,
     )
 
-    if (smiles_file is None) == (qm9_n is None):
-        raise click.ClickException("give either --smiles FILE or --qm9 N")
+    if sum(x is not None for x in (smiles_file, qm9_n, qm9_split)) != 1:
+        raise click.ClickException("give one of --smiles FILE, --qm9 N or --qm9-split N")
     given = {"fmax": fmax, "max_steps": max_steps, "seed": seed}
     try:
         settings = GeometrySettings(**{k: v for k, v in given.items() if v is not None})
         if out:
             check_output(out)
-        rows = read_smiles(smiles_file, column) if smiles_file else qm9_smiles(qm9_n or 0)
+        if qm9_split is not None:
+            rows = qm9_split_smiles(qm9_split)
+        else:
+            rows = read_smiles(smiles_file, column) if smiles_file else qm9_smiles(qm9_n or 0)
     except (SmilesInputError, ValueError, FileNotFoundError) as err:
         raise _one_line(err) from None
     names, inputs = [n for n, _ in rows], [s for _, s in rows]

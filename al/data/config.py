@@ -24,3 +24,9 @@ class DataConfig:
     split_seed: int = option(0, "seed of the test/oracle/pool split")
     n_test: int = option(10_000, "size of the test split", min=1)
     n_oracle: int = option(50_000, "size of the oracle split", min=0)
+    geometry: str = option(
+        "dft", "positions every model, baseline and model oracle sees: dft (QM9's own, the "
+        "B3LYP optimum) or xtb (GFN2-xTB geometries from the SMILES, al geometry "
+        "--qm9-split; molecules without one are left out); labels stay QM9's",
+        choices=("dft", "xtb"),
+    )  # fmt: skip

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 from pathlib import Path
 
 import torch
 
+from al.data.cache import cache_dir
 from al.data.config import SOURCES, DataConfig
 from al.data.molecules import MolecularData, _from_record, _save_atomic, _to_record
 from al.data.splits import SplitConfig, Splits, make_splits
@@ -18,15 +18,6 @@ log = logging.getLogger(__name__)
 
 #: Bump when the cached layout or the target definition changes.
 CACHE_FORMAT = 1
-CACHE_ENV = "AL_CACHE_DIR"
-
-
-def cache_dir() -> Path:
-    """``$AL_CACHE_DIR``, else ``$XDG_CACHE_HOME/al``, else ``~/.cache/al``."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "al"
 
 
 def load_qm9(
@@ -76,4 +67,14 @@ def load_data(config: DataConfig) -> tuple[MolecularData, Splits]:
     splits = make_splits(
         data.qm9_index.numpy(), SplitConfig(config.split_seed, config.n_test, config.n_oracle)
     )
+    if getattr(config, "geometry", "dft") == "xtb":  # the same split, on what has a geometry
+        from al.data.xtb_geometry import restrict_splits, xtb_geometry_data
+
+        data, counts = xtb_geometry_data(data)
+        full, splits = splits, restrict_splits(splits, data.qm9_index.numpy())
+        log.info(
+            "event=geometry_xtb molecules=%d of %d test=%d of %d pool=%d of %d statuses=%s",
+            len(data), sum(counts.values()), len(splits.test), len(full.test),
+            len(splits.pool), len(full.pool), dict(counts),
+        )  # fmt: skip
     return data, splits

@@ -60,6 +60,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from al.data.cache import cache_dir
 from al.data.conformers.pipeline import (
     STATUS_OK,
     STATUS_SCF,
@@ -69,7 +70,6 @@ from al.data.conformers.pipeline import (
     xtb_optimise,
 )
 from al.data.conformers.store import GeometryStore, default_folder
-from al.data.load import cache_dir
 from al.data.molecules import MolecularData
 from al.data.pool_input import (
     POOL_STATUSES,
@@ -124,7 +124,7 @@ TABLE_COLUMNS = (
 
 
 def pool_dir() -> Path:
-    """``$AL_POOL_DIR``, else ``al.data.load.cache_dir() / "pools"``."""
+    """``$AL_POOL_DIR``, else ``al.data.cache.cache_dir() / "pools"``."""
     return Path(os.environ[POOL_ENV]) if os.environ.get(POOL_ENV) else cache_dir() / "pools"
 
 

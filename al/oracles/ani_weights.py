@@ -50,8 +50,8 @@ _WHEEL_PREFIX = "torchani/resources/"
 
 
 def ani_dir() -> Path:
-    """``$AL_ANI_DIR``, else ``<al cache>/ani`` (:func:`al.data.load.cache_dir`)."""
-    from al.data.load import cache_dir
+    """``$AL_ANI_DIR``, else ``<al cache>/ani`` (:func:`al.data.cache.cache_dir`)."""
+    from al.data.cache import cache_dir
 
     env = os.environ.get(ANI_DIR_ENV)
     return Path(env).expanduser() if env else cache_dir() / "ani"

@@ -289,7 +289,7 @@ class PyGSchNetOracle(Oracle):
 
     @staticmethod
     def default_root() -> Path:
-        from al.data.load import cache_dir
+        from al.data.cache import cache_dir
 
         return cache_dir() / "pyg_schnet"
 

@@ -28,7 +28,7 @@ charged to no row. ``cost_per_label`` (:attr:`PySCFOracle.default_cost`) is then
 estimate that plans a campaign's spending; given a ``cost``, every row costs that instead.
 
 Cache: every converged energy (molecule or atom) is appended to a JSON-lines file (default
-``<cache dir>/pyscf_energies.jsonl``, see :func:`al.data.load.cache_dir`) as soon as it is
+``<cache dir>/pyscf_energies.jsonl``, see :func:`al.data.cache.cache_dir`) as soon as it is
 computed, flushed and fsynced, so that a killed campaign loses at most the molecule in
 flight. The key is the level (functional, basis, grid level, SCF tolerance, PySCF's minor
 version), charge, spin, and the elements and coordinates rounded to 1e-6 Angstrom. A molecule
@@ -356,7 +356,7 @@ class PySCFOracle(Oracle):
         self.timeout_s = timeout_s
         self.max_cycle, self.conv_tol, self.grids_level = int(max_cycle), conv_tol, grids_level
         if cache is None:
-            from al.data.load import cache_dir
+            from al.data.cache import cache_dir
 
             cache = cache_dir() / CACHE_FILE
         self.cache = EnergyCache(cache)

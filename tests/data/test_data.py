@@ -21,7 +21,7 @@ from al.data import (
     make_splits,
     radius_graph,
 )
-from al.data.load import CACHE_ENV
+from al.data.cache import CACHE_ENV
 from al.data.molecules import MAX_QM9_INDEX
 from al.data.pyg_source import H_ATOM, PROCESSED_FILE, from_pyg_data, load_pyg_qm9
 from al.data.qm9pack import N_MOLECULES, qm9pack_data_dir

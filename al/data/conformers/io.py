@@ -114,6 +114,23 @@ def qm9_smiles(n: int) -> list[tuple[str, str]]:
     return [(f"qm9_{int(i)}", s) for i, s in zip(index, data.smiles[:n], strict=True)]
 
 
+def qm9_split_smiles(n_pool: int, seed: int = 0) -> list[tuple[str, str]]:
+    """``(name, smiles)`` of the molecules a ``geometry=xtb`` benchmark needs: the test split
+    of the default split (10,000) and ``n_pool`` molecules of its pool split drawn with
+    ``seed``, by QM9 index."""
+    import numpy as np
+
+    from al.data.config import DataConfig
+    from al.data.load import load_data
+
+    data, splits = load_data(DataConfig())
+    n = min(max(n_pool, 0), len(splits.pool))
+    pool = np.random.default_rng(seed).choice(splits.pool, size=n, replace=False)
+    index = np.concatenate([splits.test, np.sort(pool)])
+    rows = data.rows_of(index).tolist()
+    return [(f"qm9_{int(data.qm9_index[r])}", data.smiles[r]) for r in rows]
+
+
 def check_output(path: str | Path) -> Path:
     """``path`` if :func:`write_geometries` can write its kind; else a one-line error."""
     path = Path(path)

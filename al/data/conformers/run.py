@@ -104,7 +104,7 @@ def compute_geometries(
         settings: pipeline settings (default :class:`GeometrySettings`).
         workers: processes, one thread each (default: the cores this process may use);
             1 computes in this process.
-        cache: the store's folder (default ``al.data.load.cache_dir() / "geometries"``).
+        cache: the store's folder (default ``al.data.cache.cache_dir() / "geometries"``).
         show_progress: draw a progress bar (on a terminal).
         echo: where the line about the work ahead goes (default: the log).
     """

@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from al.data.cache import cache_dir
 from al.data.conformers.pipeline import GeometryRecord, GeometrySettings
-from al.data.load import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ STORE_FORMAT = 1
 
 
 def default_folder() -> Path:
-    """``al.data.load.cache_dir() / "geometries"``."""
+    """``al.data.cache.cache_dir() / "geometries"``."""
     return cache_dir() / "geometries"
 
 
