@@ -242,8 +242,8 @@ def test_cli_bad_input_is_one_line(tmp_path: Path) -> None:
         ("--smiles", str(empty)): "no SMILES in the file",
         ("--smiles", str(csv)): "no column 'smiles' (columns: id, name)",
         ("--smiles", str(csv), "--out", "x.pdb"): "cannot write this kind of file",
-        (): "give either --smiles FILE or --qm9 N",
-        ("--smiles", str(csv), "--qm9", "3"): "give either --smiles FILE or --qm9 N",
+        (): "give one of --smiles FILE, --qm9 N or --qm9-split N",
+        ("--smiles", str(csv), "--qm9", "3"): "give one of --smiles FILE, --qm9 N or --qm9-split N",
         ("--qm9", "3", "--workers", "0"): "workers",
         ("--qm9", "3", "--fmax", "-1"): "fmax",
     }
