@@ -37,6 +37,7 @@ from al.report.stats import (
     verdict_p,
 )
 from al.report.uncertainty import uncertainty_tables
+from al.tracking import EVALUATED_ON_HELDOUT
 from al.tracking import CampaignMetrics as CM  # noqa: N817 - used in every metric key
 
 #: ``--baseline arm:NAME``: the arm ``NAME`` is every other arm's reference, whatever the
@@ -313,6 +314,11 @@ def _grid_report(
     """The tables and curves of one grid's runs ``g_runs`` and histories ``hist``
     (``named_as``: the grid's name in notes, None when the report has one grid)."""
     refs, notes = reference_arms(g_runs, baseline, named_as)
+    held = sorted(set(g_runs.loc[g_runs["evaluated_on"] == EVALUATED_ON_HELDOUT, "arm"]))
+    if held:  # campaigns on a pool: no ground truth
+        notes.insert(0, f"{', '.join(held)}: campaigns on a pool of one's own molecules, "
+                        "measured on the held-out labelled molecules each bought in round 0 "
+                        "(never trained on): 'test' in this section means those")  # fmt: skip
     used = sorted({r for r in refs.values() if r is not None})
     curves = learning_curves(hist, "step", level=level)
     tg = list(targets) if targets else default_targets(curves, used)

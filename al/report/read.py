@@ -45,11 +45,13 @@ from al.report.stats import (
     seed_key,
 )
 from al.tracking import (
+    EVALUATED_ON_TEST,
     KIND_CAMPAIGN,
     KIND_ROUND,
     PREDICTION_COLUMNS,
     TAG_ACQUISITION,
     TAG_CELL,
+    TAG_EVALUATED_ON,
     TAG_GRID,
     TAG_KIND,
     TAG_ORACLE,
@@ -96,6 +98,7 @@ RUN_COLUMNS: tuple[str, ...] = (
     "acquisition",
     "batch_size",
     "baseline",
+    "evaluated_on",
 )
 #: Settings (columns of the *runs* frame) an arm shares with the reference arm it is
 #: compared with: the surrogate (uncertainty method), the labeller, the batch size and
@@ -247,6 +250,7 @@ def runs_frame(runs: Sequence[Any]) -> pd.DataFrame:
                 acquisition=t.get(TAG_ACQUISITION, r.data.params.get("resolved_acquisition", "")),
                 batch_size=r.data.params.get("batch_size", ""),
                 baseline=r.data.params.get("baseline") or "none",
+                evaluated_on=t.get(TAG_EVALUATED_ON, EVALUATED_ON_TEST),
             )
         )
     frame = pd.DataFrame(rows, columns=list(RUN_COLUMNS))

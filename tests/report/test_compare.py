@@ -61,6 +61,7 @@ def runs_of(
     r["oracle"], r["cell"], r["start_time"], r["run_name"] = "dft", r["arm"], 0, ""
     r["uncertainty"], r["acquisition"], r["batch_size"] = "ensemble", r["strategy"], "50"
     r["baseline"] = r["arm"].map(lambda a: (baseline or {}).get(a, "none"))
+    r["evaluated_on"] = "test set"
     return r[list(read.RUN_COLUMNS)]
 
 
@@ -707,3 +708,16 @@ def test_delta_arm_is_read_against_direct_learning_and_shorter_arms_at_their_end
     assert shown.loc["xtb_random", "labels to baseline's final MAE, per seed (± CI)"].startswith(
         "≤ 1000"
     )
+
+
+def test_campaigns_on_a_pool_are_said_to_be_measured_on_held_out_molecules() -> None:
+    """A pool campaign has no ground truth: its section says what its 'test' figures are."""
+    hist = histories(
+        {"random": lambda n, s: 1.0 / np.sqrt(n), "lcmd": lambda n, s: 0.9 / np.sqrt(n)}
+    )
+    runs = runs_of(hist)
+    plain = build.build_report(runs, hist).grids[0].notes
+    assert not any("held-out" in n for n in plain)
+    runs.loc[runs["arm"] == "lcmd", "evaluated_on"] = "held-out labelled molecules"
+    notes = build.build_report(runs, hist).grids[0].notes
+    assert notes[0].startswith("lcmd: campaigns on a pool") and "held-out" in notes[0]

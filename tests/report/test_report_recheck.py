@@ -406,7 +406,8 @@ def test_missing_prediction_tables_skip_the_bootstrap_with_a_note() -> None:
     runs = hist.drop_duplicates("run_id")[list(read.KEY_COLUMNS)].reset_index(drop=True)
     runs = runs.assign(strategy=runs["arm"], oracle="dft", cell=runs["arm"], start_time=0,
                        run_name="", uncertainty="ensemble", acquisition=runs["arm"],
-                       batch_size="50", baseline="none")[list(read.RUN_COLUMNS)]  # fmt: skip
+                       batch_size="50", baseline="none",
+                       evaluated_on="test set")[list(read.RUN_COLUMNS)]  # fmt: skip
     report = build.build_report(runs, hist)
     g = report.grids[0]
     primary = g.converged_paired[g.converged_paired["metric"] == CM.converged(CM.TEST_MAE)]
