@@ -287,6 +287,34 @@ def subprocess_env(tracking: str) -> dict[str, str]:
     return env
 
 
+def al_loop_until(env: dict, args: list[str], marker: str | None, timeout: float = 300) -> str:
+    """Run ``al al-loop ARGS`` in a process; SIGKILL it as soon as ``marker`` appears in its
+    log. Returns the output seen. With ``marker=None`` the run must finish by itself, with
+    exit status 0."""
+    cmd = [sys.executable, "-m", "al.cli", "al-loop", *args]
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    seen: list[str] = []
+    deadline = time.time() + timeout
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        seen.append(line)
+        if marker is not None and marker in line:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+            return "".join(seen)
+        if time.time() > deadline:
+            proc.kill()
+            pytest.fail("campaign did not reach " + str(marker) + "\n" + "".join(seen[-40:]))
+    proc.wait(30)
+    out = "".join(seen)
+    if marker is not None:
+        pytest.fail(f"campaign ended before {marker!r}:\n{out[-3000:]}")
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
 def one_line_error(result: Result) -> str:
     """The single ``Error: ...`` line of a failed command (asserts there is nothing else)."""
     assert result.exit_code != 0

@@ -107,6 +107,7 @@ __all__ = [
     "list_line",
     "list_pools",
     "load_pool",
+    "numbers_by_id",
     "pool_digest",
     "pool_dir",
     "reoptimise_geometry",
@@ -121,6 +122,11 @@ NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
 TABLE_COLUMNS = (
     "number", "id", "smiles", "inchikey", "status", "n_atoms", "source", "row", "message",
 )  # fmt: skip
+
+
+def numbers_by_id(data: MolecularData) -> dict[str, int]:
+    """A pool's molecule ids -> their numbers (``qm9_index`` of the pool's data, 1..n)."""
+    return dict(zip(data.ids, data.qm9_index.tolist(), strict=True))
 
 
 def pool_dir() -> Path:

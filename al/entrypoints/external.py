@@ -95,8 +95,8 @@ def write_batch(
     unit: str, target: str,
 ) -> Path:  # fmt: skip
     """Write the batch of ``wait`` to ``batch_dir`` and onto the run ``run_id`` (artifacts
-    ``rounds/round_NNN/batch.csv`` and ``batch.xyz``), tag the run as waiting; returns the
-    batch table's path."""
+    ``rounds/round_NNN/round_NNN.csv`` and ``round_NNN.xyz``), tag the run as waiting;
+    returns the batch table's path."""
     table, xyz = batch_paths(batch_dir, run_id, wait.round)
     table.parent.mkdir(parents=True, exist_ok=True)
     frame = batch_table(wait, data, unit, target)

@@ -28,7 +28,7 @@ from mlflow.tracking import MlflowClient
 
 from al import tracking
 from al.config import ConfigError
-from al.data.pools import load_pool
+from al.data.pools import load_pool, numbers_by_id
 from al.loop.journal import LabelJournal, journal_path
 from al.oracles import ORACLES
 from al.tracking.runs import StoredCampaign, read_stored_campaign
@@ -114,7 +114,7 @@ def _numbers_of(stored: StoredCampaign, ids: pd.Series) -> pd.Series:
     """Each id's molecule number (``qm9_index`` of the campaign's tables), -1 if unknown."""
     pool = (stored.config or {}).get("pool") or ""
     if pool:
-        known = {ident: n for n, ident in enumerate(load_pool(pool).data.ids, start=1)}
+        known = numbers_by_id(load_pool(pool).data)
         return ids.map(lambda i: known.get(i, -1))
     numeric = pd.to_numeric(ids, errors="coerce")  # QM9: the id is the index
     return numeric.where(numeric.notna() & (numeric % 1 == 0), -1).astype(np.int64)

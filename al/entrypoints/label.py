@@ -13,7 +13,7 @@ import pandas as pd
 
 from al import tracking
 from al.data.load import load_qm9
-from al.data.pools import load_pool
+from al.data.pools import load_pool, numbers_by_id
 from al.oracles import Oracle, build_oracle
 from al.tracking.registry import register_oracles
 
@@ -73,7 +73,7 @@ def _label_pool(
             f"column, e.g. a campaign's batch (found: {', '.join(map(str, table.columns))})"
         )
     data = load_pool(pool).data
-    number = {ident: n for n, ident in enumerate(data.ids, start=1)}
+    number = numbers_by_id(data)
     unknown = [i for i in table["id"] if i not in number]
     if unknown:
         raise ValueError(

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from al.data.cache import append_durably
 from al.oracles import FRAME_COLUMNS, LabelResult, Oracle
 from al.progress import bar
 from al.tracking.names import ROLE_TRAIN
@@ -127,16 +128,7 @@ class LabelJournal:
 
     # --- writing -----------------------------------------------------------------------
     def _append(self, record: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps(record) + "\n"
-        with open(self.path, "a+b") as fh:
-            if fh.tell() > 0:  # a line cut short by a kill must not swallow this one
-                fh.seek(-1, os.SEEK_END)
-                if fh.read(1) != b"\n":
-                    line = "\n" + line
-            fh.write(line.encode("utf-8"))
-            fh.flush()
-            os.fsync(fh.fileno())
+        append_durably(self.path, (json.dumps(record) + "\n").encode("utf-8"))
 
     def log_request(self, round_: int, request: pd.DataFrame) -> None:
         """Round ``round_``'s request (rows in order; columns of :data:`REQUEST_FIELDS`

@@ -93,9 +93,9 @@ class RoundRecords:
         data, test: all molecules and the test rows (``[n_test]``).
         prior_labels, prior_cost: the DFT labels that built an oracle or a baseline (NaN
             when their lineage is unknown) and their cost, logged beside ``cost_spent``.
-        evaluated_on: what ``test`` is (QM9's test set, or a pool's held-out set), as the
-            figures say; ``unit``, ``quantity``: the labels' unit and name
-            (:meth:`describe`).
+
+    What ``test`` is (QM9's test set, or a pool's held-out set) and the labels' unit and
+    name, as the figures say them, are set by :meth:`describe`.
     """
 
     def __init__(
@@ -105,12 +105,10 @@ class RoundRecords:
         test: Tensor,
         prior_labels: float = 0.0,
         prior_cost: float = 0.0,
-        evaluated_on: str = EVALUATED_ON_TEST,
     ) -> None:
         self.tracker, self.data, self.test = tracker, data, test
         self.prior_labels, self.prior_cost = prior_labels, prior_cost
-        self.evaluated_on = evaluated_on
-        self.unit, self.quantity = "eV", "H_atomization"
+        self.evaluated_on, self.unit, self.quantity = EVALUATED_ON_TEST, "eV", "H_atomization"
 
     def describe(self, pool: str, unit: str, target: str) -> None:
         """A ``pool`` campaign's figures are measured on its held-out set, in its labels'

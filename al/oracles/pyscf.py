@@ -60,6 +60,7 @@ from typing import Any
 import numpy as np
 
 from al import progress
+from al.data.cache import append_durably
 from al.data.elements import HARTREE_TO_EV, SYMBOLS
 from al.data.molecules import MolecularData
 from al.extras import MissingExtraError, require
@@ -206,17 +207,7 @@ class EnergyCache:
     def put(self, record: dict[str, Any]) -> None:
         """Append ``record`` (it holds its ``key``) and make it durable."""
         self._load()[str(record["key"])] = record
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps(record, sort_keys=True) + "\n"
-        with open(self.path, "a+b") as fh:
-            fh.seek(0, os.SEEK_END)
-            if fh.tell() > 0:  # a line cut short by a kill gets its own line ending
-                fh.seek(-1, os.SEEK_END)
-                if fh.read(1) != b"\n":
-                    line = "\n" + line
-            fh.write(line.encode("utf-8"))
-            fh.flush()
-            os.fsync(fh.fileno())
+        append_durably(self.path, (json.dumps(record, sort_keys=True) + "\n").encode("utf-8"))
 
     def __len__(self) -> int:
         return len(self._load())

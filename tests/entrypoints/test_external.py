@@ -5,9 +5,6 @@ nothing recorded twice. Against a real ``mlflow server``."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +12,7 @@ import pandas as pd
 import pytest
 from ase.io import read
 from click.testing import CliRunner
-from conftest import one_line_error
+from conftest import al_loop_until, one_line_error
 from mlflow.tracking import MlflowClient
 
 from al import api
@@ -178,28 +175,6 @@ def test_what_a_pool_campaign_cannot_do_is_one_line(
     assert "is not a campaign" in error
 
 
-def run_until(env: dict, args: list[str], marker: str | None) -> str:
-    """``al al-loop ARGS`` in a process, SIGKILLed as soon as ``marker`` is in its log (None:
-    it must end by itself, exit status 0). Returns its output."""
-    cmd = [sys.executable, "-m", "al.cli", "al-loop", *args]
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    seen: list[str] = []
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        seen.append(line)
-        if marker is not None and marker in line:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(30)
-            return "".join(seen)
-    proc.wait(30)
-    out = "".join(seen)
-    assert marker is None, f"ended before {marker!r}:\n{out[-3000:]}"
-    assert proc.returncode == 0, out[-3000:]
-    return out
-
-
 @pytest.mark.slow
 def test_killed_with_sigkill_the_cycle_resumes_and_loses_nothing(
     qm9_pool: str, subprocess_env: dict, tmp_path: Path
@@ -212,21 +187,21 @@ def test_killed_with_sigkill_the_cycle_resumes_and_loses_nothing(
             "--ensemble-size", "2", "--progress", "false", "--threads", "1", "--batch-dir",
             str(tmp_path / "batches"), "--experiment-name", "external-kill"]  # fmt: skip
     # killed once its batch is written, before its run says it waits: ingest says to resume
-    run_until(env, args, "event=awaiting_labels")
+    al_loop_until(env, args, "event=awaiting_labels")
     run_id = next((tmp_path / "batches").iterdir()).name
     path = tmp_path / "batches" / run_id / "round_000.csv"
     labels = tmp_path / "labels.csv"
     truth(qm9_pool, pd.read_csv(path, dtype={"id": str})).to_csv(labels, index=False)
     error = one_line_error(CliRunner().invoke(main, ["ingest", run_id, str(labels)]))
     assert "is not waiting for labels (status RUNNING)" in error and "--resume" in error
-    out = run_until(env, ["--resume", run_id], None)
+    out = al_loop_until(env, ["--resume", run_id], None)
     assert f"campaign {run_id} waits for labels: round 0, 40 molecules" in out
     assert CliRunner().invoke(main, ["ingest", run_id, str(labels)]).exit_code == 0
 
     # killed in round 0's fit, after the round's labels were recorded: resumed, it fits and
     # proposes round 1 with nothing asked again
-    run_until(env, ["--resume", run_id], "phase=fit round=0")
-    out = run_until(env, ["--resume", run_id], None)
+    al_loop_until(env, ["--resume", run_id], "phase=fit round=0")
+    out = al_loop_until(env, ["--resume", run_id], None)
     assert "waits for labels: round 1, 8 molecules" in out
     q = queried(run_id)
     given = pd.read_csv(labels, dtype={"id": str}).set_index("id")["label"]

@@ -12,7 +12,7 @@ import mlflow
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from conftest import one_line_error
+from conftest import al_loop_until, one_line_error
 from mlflow.entities import LoggedModelStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -88,32 +88,9 @@ ARGS = [
 
 
 def run_until(env: dict, extra: list[str], marker: str | None, timeout: float = 300) -> str:
-    """Run `al al-loop`; SIGKILL it as soon as ``marker`` appears in its log.
-
-    Returns the output seen. With ``marker=None`` the run must finish by itself.
-    """
-    cmd = [sys.executable, "-m", "al.cli", "al-loop", *ARGS, *extra]
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    seen: list[str] = []
-    deadline = time.time() + timeout
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        seen.append(line)
-        if marker is not None and marker in line:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(30)
-            return "".join(seen)
-        if time.time() > deadline:
-            proc.kill()
-            pytest.fail("campaign did not reach " + str(marker) + "\n" + "".join(seen[-40:]))
-    proc.wait(30)
-    out = "".join(seen)
-    if marker is not None:
-        pytest.fail(f"campaign ended before {marker!r}:\n{out[-3000:]}")
-    assert proc.returncode == 0, out[-3000:]
-    return out
+    """`al al-loop` with :data:`ARGS` and ``extra``, SIGKILLed at ``marker``
+    (:func:`conftest.al_loop_until`)."""
+    return al_loop_until(env, [*ARGS, *extra], marker, timeout)
 
 
 @pytest.mark.slow

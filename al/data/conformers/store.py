@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from al.data.cache import cache_dir
+from al.data.cache import append_durably, cache_dir
 from al.data.conformers.pipeline import GeometryRecord, GeometrySettings
 
 log = logging.getLogger(__name__)
@@ -152,17 +152,7 @@ class GeometryStore:
             return
         with self._locked():
             self._write_settings()
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
-            try:
-                size = os.fstat(fd).st_size
-                if size and os.pread(fd, 1, size - 1) != b"\n":
-                    payload = b"\n" + payload  # close off a partial line
-                view = memoryview(payload)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            append_durably(self.path, payload)
 
     def compact(self) -> int:
         """Rewrite the file with one line per molecule, atomically; returns the lines
