@@ -19,6 +19,7 @@ import mlflow
 import numpy as np
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
 from mlflow.types import ColSpec, DataType, Schema
 
 #: columns of a set of QM9 molecules: the molecule, and its label in eV when it has one
@@ -83,14 +84,32 @@ class DatasetUse:
     context: str
 
 
-def log_datasets(uses: Sequence[DatasetUse]) -> None:
-    """Record ``uses`` as inputs of the active run, all in one request."""
-    if uses:
-        mlflow.log_inputs(
-            datasets=[u.dataset for u in uses],
-            contexts=[u.context for u in uses],
-            tags_list=[None] * len(uses),
-        )
+#: what a SQL tracking store says when two runs create the same dataset at once (SQLite,
+#: PostgreSQL, MySQL)
+_DATASET_RACE = ("UNIQUE constraint failed: datasets.", "duplicate key value", "Duplicate entry")
+
+
+def log_datasets(uses: Sequence[DatasetUse], attempts: int = 3) -> None:
+    """Record ``uses`` as inputs of the active run, all in one request.
+
+    MLflow's SQL store looks a dataset up, then inserts it if missing, with no lock between
+    the two: two campaigns of one experiment that log the same set (a grid's shared initial
+    labels or test set) at the same moment make one insert fail with a unique-constraint
+    error, and its whole request is rolled back. The set then exists, so the request is sent
+    again (up to ``attempts`` times) and links it."""
+    if not uses:
+        return
+    for attempt in range(attempts):
+        try:
+            mlflow.log_inputs(
+                datasets=[u.dataset for u in uses],
+                contexts=[u.context for u in uses],
+                tags_list=[None] * len(uses),
+            )
+            return
+        except MlflowException as e:
+            if attempt + 1 == attempts or not any(m in str(e) for m in _DATASET_RACE):
+                raise
 
 
 def linked_metric(metric: Metric, model_id: str, dataset: MoleculeSet | None = None) -> Metric:
