@@ -149,6 +149,10 @@ def pretrain(config: Any, given: set[str]) -> None:
               help="CSV with a qm9_index column (with --pool: an id column)")  # fmt: skip
 @click.option("--output", default="", help="CSV to write (default: only logged to MLflow)")
 @click.option("--cost", default=None, type=float, help="cost per label (default: the oracle's)")
+@click.option("--timeout-s", "--timeout_s", "timeout_s", default=None,
+              type=click.FloatRange(min=0, min_open=True),
+              help="wall-clock limit of one label computed live (pyscf), seconds "
+              "(default: the oracle's, one hour)")  # fmt: skip
 @click.option("--experiment-name", default="al", show_default=True)
 @click.option(
     "--pool",
@@ -157,8 +161,8 @@ def pretrain(config: Any, given: set[str]) -> None:
     "the output is the input with its labels (a labels file for al ingest)",
 )
 def label(
-    oracle_spec: str, input_csv: str, output: str, cost: float | None, experiment_name: str,
-    pool: str,
+    oracle_spec: str, input_csv: str, output: str, cost: float | None, timeout_s: float | None,
+    experiment_name: str, pool: str,
 ) -> None:  # fmt: skip
     """Label the molecules of a CSV with an oracle and log the result as a run."""
     from al.data.pools import PoolError
@@ -166,7 +170,7 @@ def label(
 
     try:
         run_label(oracle_spec, input_csv, output or None, cost, experiment_name, echo=click.echo,
-                  pool=pool)  # fmt: skip
+                  pool=pool, timeout_s=timeout_s)  # fmt: skip
     except (ValueError, KeyError, RuntimeError, FileNotFoundError, PoolError) as err:
         raise _masked(err) from None
 

@@ -201,7 +201,9 @@ def build_parts(config: CampaignConfig, stored_splits: Splits | None = None) -> 
             f"acquisition {strategy.acquisition!r} needs {sorted(needs)}, but uncertainty "
             f"{strategy.uncertainty!r} provides {sorted(surrogate.provides)}"
         )
-    oracles = prepared_oracles(fidelities, data, splits, baseline, config.pool, config.unit)
+    oracles = prepared_oracles(
+        fidelities, data, splits, baseline, config.pool, config.unit, config.label_timeout()
+    )
     if oracles[-1].target and not config.resume and config.target == CampaignConfig.target:
         config = replace(config, target=oracles[-1].target)  # e.g. pyscf's: not H298
     labellable = labellable_pool(data, splits, oracles, baseline)  # the recorded split stays
@@ -221,13 +223,16 @@ def build_parts(config: CampaignConfig, stored_splits: Splits | None = None) -> 
 def prepared_oracles(
     fidelities: list[tuple[str, float | None]], data: MolecularData, splits: Splits,
     baseline: Baseline | None, pool: str = "", unit: str = "eV",
+    timeout_s: float | None = None,
 ) -> list[Oracle]:  # fmt: skip
     """The oracles of ``fidelities`` (``(spec, cost)``, cheapest first), each loaded: one
     that cannot be is refused before any run exists. A pretrained oracle warns if it may
     have seen test or pool molecules of ``splits`` (of QM9; on a ``pool``, an oracle that
     reads QM9's table is refused; a ``unit`` other than eV needs every oracle external).
-    The ``baseline`` is loaded too."""
-    oracles = [build_oracle(spec, data=data, cost=cost) for spec, cost in fidelities]
+    The ``baseline`` is loaded too. ``timeout_s`` limits each label of a live oracle."""
+    oracles = [
+        build_oracle(spec, data=data, cost=cost, timeout_s=timeout_s) for spec, cost in fidelities
+    ]
     if pool:
         check_pool_oracles(oracles, pool)
     check_units(oracles, unit)

@@ -28,8 +28,10 @@ def run_label(
     experiment_name: str = "al",
     echo: Callable[[str], None] | None = None,
     pool: str = "",
+    timeout_s: float | None = None,
 ) -> str:
     """Label the ``qm9_index`` column of ``input_csv`` with an oracle; log it as a run.
+    ``timeout_s`` limits each label of an oracle that computes them live (``pyscf``).
 
     With ``pool``, the ``id`` column names molecules of that pool (e.g. a campaign's batch
     for its external labeller), and the output is the input table with its ``label``,
@@ -44,7 +46,7 @@ def run_label(
     if not path.is_file():
         raise FileNotFoundError(f"input file {str(path)!r} does not exist")
     if pool:
-        return _label_pool(pool, oracle_spec, path, output, cost, experiment_name, echo)
+        return _label_pool(pool, oracle_spec, path, output, cost, experiment_name, echo, timeout_s)
     table = pd.read_csv(path)
     if "qm9_index" not in table.columns:
         raise ValueError(
@@ -56,14 +58,14 @@ def run_label(
         line = int(index.isna().idxmax() if index.isna().any() else (index % 1 != 0).idxmax()) + 2
         raise ValueError(f"{path}:{line}: qm9_index must be an integer")
     data = load_qm9()
-    oracle = build_oracle(oracle_spec, data=data, cost=cost)
+    oracle = build_oracle(oracle_spec, data=data, cost=cost, timeout_s=timeout_s)
     requested = index.to_numpy().astype("int64")  # [n_rows]
     return _label_and_log(oracle, requested, None, path, output, experiment_name, echo)
 
 
 def _label_pool(
     pool: str, oracle_spec: str, path: Path, output: str | Path | None, cost: float | None,
-    experiment_name: str, echo: Callable[[str], None] | None,
+    experiment_name: str, echo: Callable[[str], None] | None, timeout_s: float | None = None,
 ) -> str:  # fmt: skip
     """:func:`run_label` on the ``id`` column of ``path``, molecules of ``pool``."""
     table = pd.read_csv(path, dtype={"id": str}, keep_default_na=False)
@@ -80,7 +82,7 @@ def _label_pool(
             f"{path}: {len(unknown)} id(s) not in pool {pool!r}, e.g. {unknown[0]!r}; "
             "expected ids of that pool (al pool info NAME)"
         )
-    oracle = build_oracle(oracle_spec, data=data, cost=cost)
+    oracle = build_oracle(oracle_spec, data=data, cost=cost, timeout_s=timeout_s)
     requested = np.array([number[i] for i in table["id"]], dtype=np.int64)
     return _label_and_log(oracle, requested, table, path, output, experiment_name, echo)
 

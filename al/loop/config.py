@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
@@ -57,6 +58,13 @@ def checkpoints_problem(value: str) -> str | None:
     except ValueError as err:
         return str(err)
     return None
+
+
+def label_timeout_problem(value: float) -> str | None:
+    """None for a limit in seconds > 0 or the sentinel -1 (the oracle's default), else why."""
+    if value == -1 or (math.isfinite(value) and value > 0):
+        return None
+    return f"{value!r} is not a time limit; expected seconds > 0, or -1 for the oracle's default"
 
 
 def oracle_cost_problem(value: float) -> str | None:
@@ -134,6 +142,11 @@ class CampaignConfig(ModelConfig, FitConfig, DataConfig, PoolKeys):
         check=oracle_cost_problem,
         group="oracle",
     )
+    label_timeout_s: float = option(
+        -1.0, "wall-clock limit in seconds of one label computed live (pyscf); a molecule "
+        "over it is recorded as 'timeout' (-1: the oracle's default, one hour)",
+        check=label_timeout_problem, group="oracle",
+    )  # fmt: skip
     oracles: str = option(
         "", "several labellers, cheapest first, comma-separated (e.g. xtb,dft): multi-fidelity",
         check=oracle_list_problem, group="oracle",
@@ -285,6 +298,10 @@ class CampaignConfig(ModelConfig, FitConfig, DataConfig, PoolKeys):
 
     #: Surrogate-config keys that have another name here (``batch_size`` counts labels).
     SURROGATE_RENAMES: ClassVar[dict[str, str]] = {"batch_size": "train_batch_size"}
+
+    def label_timeout(self) -> float | None:
+        """The wall-clock limit of one live label in seconds; None: the oracle's default."""
+        return None if self.label_timeout_s == -1 else self.label_timeout_s
 
     def fidelities(self) -> list[tuple[str, float | None]]:
         """The labellers as ``(spec, cost or None for the default)``, cheapest first.

@@ -32,7 +32,10 @@ def oracle_spec_problem(spec: str) -> str | None:
     return ORACLES.problem(spec)
 
 
-def build_oracle(spec: str | Oracle, *, data: MolecularData, cost: float | None = None) -> Oracle:
+def build_oracle(
+    spec: str | Oracle, *, data: MolecularData, cost: float | None = None,
+    timeout_s: float | None = None,
+) -> Oracle:  # fmt: skip
     """An oracle from a spec (``dft``, ``xtb``, ``model:<uri>``, ``pyscf:b3lyp/sto-3g``) or
     an instance as it is.
 
@@ -41,6 +44,8 @@ def build_oracle(spec: str | Oracle, *, data: MolecularData, cost: float | None 
         data: the molecules the oracle labels by QM9 index.
         cost: cost per label; None keeps the oracle's default. Not accepted with an
             instance (set its ``cost_per_label`` instead).
+        timeout_s: wall-clock limit in seconds of one label, for an oracle that computes
+            labels live under one (``pyscf``); ignored by the others. None keeps its default.
 
     Raises:
         ValueError: an unknown name (the message lists the valid choices), a missing,
@@ -53,6 +58,12 @@ def build_oracle(spec: str | Oracle, *, data: MolecularData, cost: float | None 
             )
         return spec
     parsed = ORACLES.parse(spec)
+    limit = {"timeout_s": timeout_s} if timeout_s is not None and _has_timeout(parsed.obj) else {}
     if parsed.obj.argument is None or not parsed.argument:  # none, or an optional one left out
-        return parsed.obj(data, cost=cost)
-    return parsed.obj(data, parsed.argument, cost=cost)
+        return parsed.obj(data, cost=cost, **limit)
+    return parsed.obj(data, parsed.argument, cost=cost, **limit)
+
+
+def _has_timeout(cls: type) -> bool:
+    """Whether oracles of ``cls`` run each label under a wall-clock limit (``timeout_s``)."""
+    return hasattr(cls, "default_timeout_s")

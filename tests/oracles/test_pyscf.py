@@ -233,3 +233,33 @@ def test_a_live_pyscf_campaign_on_a_pool_of_small_molecules(
     # its labels are not QM9's H298: the run says what they are
     assert run.data.tags["al.target"].startswith("electronic atomization energy")
     assert run.data.metrics["n_heldout"] == 2 and math.isfinite(run.data.metrics["test_mae"])
+
+
+def test_al_label_sets_the_time_limit_of_a_live_label(tracking, tmp_path: Path, qm9) -> None:
+    """``al label --timeout-s`` reaches the PySCF oracle: QM9's methane at a basis that
+    needs more than 0.5 s is killed and recorded as ``timeout``, its CPU time charged."""
+    import pandas as pd
+    from click.testing import CliRunner
+
+    from al.cli import main
+
+    src, out = tmp_path / "in.csv", tmp_path / "out.csv"
+    src.write_text("qm9_index\n1\n")
+    args = ["label", "--oracle", "pyscf:b3lyp/6-31g**", "--input", str(src), "--output",
+            str(out), "--timeout-s", "0.5", "--experiment-name", "limit"]  # fmt: skip
+    result = CliRunner().invoke(main, args, env={"AL_CACHE_DIR": str(tmp_path / "cache")})
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out)
+    assert table["status"].tolist() == ["timeout"] and 0 < table["cost"][0] < 5 / 3600
+
+
+def test_a_time_limit_is_checked_and_left_to_oracles_that_compute_live(tiny) -> None:
+    from al.config import ConfigError, build_config
+    from al.loop.config import CampaignConfig
+    from al.oracles.registry import build_oracle
+
+    assert build_oracle("xtb", data=tiny, timeout_s=1.0).name == "xtb"  # nothing to limit
+    assert build_oracle("pyscf", data=tiny, timeout_s=7.0).timeout_s == 7.0
+    assert CampaignConfig(label_timeout_s=-1).label_timeout() is None
+    with pytest.raises(ConfigError, match=r"'label_timeout_s': 0\.0 is not a time limit; expected"):
+        build_config(CampaignConfig, {"label_timeout_s": "0"})
