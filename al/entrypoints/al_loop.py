@@ -31,6 +31,7 @@ from al.data.splits import Splits
 from al.entrypoints.external import clear_awaiting, write_batch
 from al.entrypoints.pool_campaign import (
     campaign_pool,
+    check_cost_units,
     check_pool_digest,
     check_pool_oracles,
     check_units,
@@ -202,8 +203,9 @@ def build_parts(config: CampaignConfig, stored_splits: Splits | None = None) -> 
             f"{strategy.uncertainty!r} provides {sorted(surrogate.provides)}"
         )
     oracles = prepared_oracles(
-        fidelities, data, splits, baseline, config.pool, config.unit, config.label_timeout()
-    )
+        fidelities, data, splits, baseline, config.pool, config.unit, config.label_timeout(),
+        baseline_cost_given=config.baseline_cost >= 0,
+    )  # fmt: skip
     if oracles[-1].target and not config.resume and config.target == CampaignConfig.target:
         config = replace(config, target=oracles[-1].target)  # e.g. pyscf's: not H298
     labellable = labellable_pool(data, splits, oracles, baseline)  # the recorded split stays
@@ -223,19 +225,21 @@ def build_parts(config: CampaignConfig, stored_splits: Splits | None = None) -> 
 def prepared_oracles(
     fidelities: list[tuple[str, float | None]], data: MolecularData, splits: Splits,
     baseline: Baseline | None, pool: str = "", unit: str = "eV",
-    timeout_s: float | None = None,
+    timeout_s: float | None = None, baseline_cost_given: bool = False,
 ) -> list[Oracle]:  # fmt: skip
     """The oracles of ``fidelities`` (``(spec, cost)``, cheapest first), each loaded: one
     that cannot be is refused before any run exists. A pretrained oracle warns if it may
     have seen test or pool molecules of ``splits`` (of QM9; on a ``pool``, an oracle that
     reads QM9's table is refused; a ``unit`` other than eV needs every oracle external).
-    The ``baseline`` is loaded too. ``timeout_s`` limits each label of a live oracle."""
+    The ``baseline`` is loaded too. ``timeout_s`` limits each label of a live oracle; costs
+    in two currencies (CPU-hours and DFT labels) are refused (:func:`check_cost_units`)."""
     oracles = [
         build_oracle(spec, data=data, cost=cost, timeout_s=timeout_s) for spec, cost in fidelities
     ]
     if pool:
         check_pool_oracles(oracles, pool)
     check_units(oracles, unit)
+    check_cost_units(oracles, [c for _, c in fidelities], baseline_cost_given, baseline)
     for oracle in oracles:
         check = getattr(oracle, "check_split", None)
         if check is not None and not pool:

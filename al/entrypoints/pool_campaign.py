@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from al.baselines import Baseline
 from al.config import ConfigError
 from al.data.molecules import MolecularData
 from al.data.pools import Pool, load_pool
@@ -69,6 +70,28 @@ def check_units(oracles: list[Oracle], unit: str) -> None:
         raise ConfigError(
             f"unit {unit!r}: the labeller(s) {', '.join(computed)} give eV; expected unit=eV, "
             "or oracle=external for labels in another unit"
+        )
+
+
+def check_cost_units(
+    oracles: list[Oracle], costs: list[float | None], baseline_cost_given: bool,
+    baseline: Baseline | None = None,
+) -> None:  # fmt: skip
+    """ConfigError, one line, when a labeller that charges the CPU-hours each label took
+    (``pyscf`` without a fixed cost) shares a campaign with a labeller or a baseline charged
+    its default cost, which is in DFT labels (a DFT label = 1): the two would be added as
+    one currency. ``costs``: each oracle's given cost, None for its default."""
+    measured = [o.name for o in oracles if getattr(o, "cost_measured", False)]
+    defaulted = [o.name for o, c in zip(oracles, costs, strict=True)
+                 if c is None and not getattr(o, "cost_measured", False)]  # fmt: skip
+    if baseline is not None and not baseline_cost_given and baseline.cost_per_molecule > 0:
+        defaulted.append(f"baseline {baseline.spec}")
+    if measured and defaulted:
+        raise ConfigError(
+            f"{', '.join(measured)} charges the CPU-hours each label took, but "
+            f"{', '.join(defaulted)} would be charged a default cost in DFT labels; expected "
+            "every cost in CPU-hours (costs=..., baseline_cost=...), or a fixed oracle cost "
+            f"for {measured[0]}"
         )
 
 

@@ -263,3 +263,29 @@ def test_a_time_limit_is_checked_and_left_to_oracles_that_compute_live(tiny) -> 
     assert CampaignConfig(label_timeout_s=-1).label_timeout() is None
     with pytest.raises(ConfigError, match=r"'label_timeout_s': 0\.0 is not a time limit; expected"):
         build_config(CampaignConfig, {"label_timeout_s": "0"})
+
+
+def test_costs_in_two_currencies_are_refused(qm9, tiny, tmp_path: Path) -> None:
+    """pyscf charges CPU-hours; a default cost (DFT labels) beside it is refused in one
+    line before any run exists, and accepted once every cost is given."""
+    from al.baselines import build_baseline
+    from al.config import ConfigError
+    from al.entrypoints.al_loop import run_campaign
+    from al.entrypoints.pool_campaign import check_cost_units
+    from al.loop.config import CampaignConfig
+    from al.oracles.registry import build_oracle
+
+    config = CampaignConfig(oracles="xtb,pyscf:b3lyp/sto-3g", experiment_name="currencies")
+    with pytest.raises(
+        ConfigError,
+        match=r"^pyscf:b3lyp/sto-3g charges the CPU-hours each "
+        r"label took, but xtb would be charged a default cost in DFT labels",
+    ):
+        run_campaign(config)
+    xtb, live = (build_oracle(s, data=tiny) for s in ("xtb", "pyscf:b3lyp/sto-3g"))
+    check_cost_units([xtb, live], [2e-6, None], False)  # every cost in CPU-hours
+    fixed = build_oracle("pyscf:b3lyp/sto-3g", data=tiny, cost=1.0)
+    check_cost_units([xtb, fixed], [None, 1.0], False)  # one currency: DFT labels
+    with pytest.raises(ConfigError, match="baseline xtb would be charged"):
+        check_cost_units([live], [None], False, build_baseline("xtb"))
+    check_cost_units([live], [None], True, build_baseline("xtb", 2e-6))
