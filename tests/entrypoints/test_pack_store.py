@@ -77,3 +77,8 @@ def test_packed_finished_campaigns_report_alike_and_the_rest_rerun(tmp_path: Pat
     dry = _run([*al, "experiment", "--grid", str(grid), "--dry-run", "true"], env_there, there)
     states = dict(re.findall(r"^(random|max_std)\s+0\s+(\w+)", dry.stdout, re.MULTILINE))
     assert states == {"random": "done", "max_std": "new"}, dry.stdout
+    _run([*al, "experiment", "--grid", str(grid), "--threads", "1"], env_there, there)
+    client = MlflowClient(f"sqlite:///{there / 'store.db'}")
+    runs = client.search_runs([exp.experiment_id], "tags.`al.kind` = 'campaign'")
+    assert sorted((r.data.tags["al.cell"], r.info.status) for r in runs) == [
+        ("max_std", "FINISHED"), ("random", "FINISHED")]  # fmt: skip
