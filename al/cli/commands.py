@@ -262,8 +262,9 @@ def data() -> None:
 @click.option("--split-seed", default=0, show_default=True)
 @click.option("--n-test", default=10_000, show_default=True)
 @click.option("--n-oracle", default=50_000, show_default=True)
-@click.option("--geometry", type=click.Choice(["dft", "xtb"]), default="dft", show_default=True,
-              help="QM9's own positions, or GFN2-xTB's from the SMILES")  # fmt: skip
+@click.option("--geometry", type=click.Choice(["dft", "xtb", "dft_on_xtb_set"]), default="dft",
+              show_default=True, help="QM9's own positions, GFN2-xTB's from the SMILES, or "
+              "QM9's own on the molecules that have a GFN2-xTB one")  # fmt: skip
 def data_info(
     source: str, root: str | None, split_seed: int, n_test: int, n_oracle: int, geometry: str
 ) -> None:

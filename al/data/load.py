@@ -67,14 +67,17 @@ def load_data(config: DataConfig) -> tuple[MolecularData, Splits]:
     splits = make_splits(
         data.qm9_index.numpy(), SplitConfig(config.split_seed, config.n_test, config.n_oracle)
     )
-    if getattr(config, "geometry", "dft") == "xtb":  # the same split, on what has a geometry
+    geometry = getattr(config, "geometry", "dft")
+    if geometry in ("xtb", "dft_on_xtb_set"):  # the same split, on what has a geometry
         from al.data.xtb_geometry import restrict_splits, xtb_geometry_data
 
-        data, counts = xtb_geometry_data(data)
-        full, splits = splits, restrict_splits(splits, data.qm9_index.numpy())
+        at_xtb, counts = xtb_geometry_data(data)
+        full, splits = splits, restrict_splits(splits, at_xtb.qm9_index.numpy())
+        if geometry == "xtb":  # else QM9's own positions, on the same molecules
+            data = at_xtb
         log.info(
-            "event=geometry_xtb molecules=%d of %d test=%d of %d pool=%d of %d statuses=%s",
-            len(data), sum(counts.values()), len(splits.test), len(full.test),
+            "event=geometry_%s molecules=%d of %d test=%d of %d pool=%d of %d statuses=%s",
+            geometry, len(at_xtb), sum(counts.values()), len(splits.test), len(full.test),
             len(splits.pool), len(full.pool), dict(counts),
         )  # fmt: skip
     return data, splits

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from al.data.cache import cache_dir
+from al.data.config import GEOMETRIES
 from al.data.conformers.pipeline import GeometrySettings, canonical_smiles
 from al.data.conformers.store import GeometryStore
 from al.data.molecules import MolecularData, _from_record, _save_atomic, _to_record
@@ -37,8 +38,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["GEOMETRIES", "restrict_splits", "xtb_geometry_data"]
 
-#: The ``geometry`` choices: QM9's own positions, or GFN2-xTB's from the SMILES.
-GEOMETRIES = ("dft", "xtb")
+
 #: Status of a molecule the store has no line for.
 NOT_COMPUTED = "not_computed"
 

@@ -54,6 +54,9 @@ def test_qm9_at_xtb_geometries_keeps_its_labels_and_split(qm9, geometries, monke
     assert set(split.test) == set(full.test) & set(data.qm9_index.tolist())
     assert set(split.pool) == set(full.pool) & set(data.qm9_index.tolist())
     assert restrict_splits(full, data.qm9_index.numpy()).digest() == split.digest()
+    # its counterpart: QM9's own positions on the same molecules and split
+    dft_data, dft_split = load_data(DataConfig(geometry="dft_on_xtb_set"))
+    assert dft_split.digest() == split.digest() and torch.equal(dft_data.pos, qm9.pos)
 
     # a baseline's energies at these geometries are kept apart from QM9's own
     base = XTBBaseline(cache=geometries.parent)
