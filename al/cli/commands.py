@@ -262,6 +262,8 @@ def data() -> None:
 @click.option("--split-seed", default=0, show_default=True)
 @click.option("--n-test", default=10_000, show_default=True)
 @click.option("--n-oracle", default=50_000, show_default=True)
+# the choices of al.data.config.GEOMETRIES, written out so that the command tree imports no
+# PyTorch (a test checks they agree)
 @click.option("--geometry", type=click.Choice(["dft", "xtb", "dft_on_xtb_set"]), default="dft",
               show_default=True, help="QM9's own positions, GFN2-xTB's from the SMILES, or "
               "QM9's own on the molecules that have a GFN2-xTB one")  # fmt: skip

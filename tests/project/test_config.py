@@ -114,6 +114,13 @@ def test_cli_data_info(qm9) -> None:
     assert result.exit_code == 0, result.output
     assert "130,831" in result.output
     assert "test 10,000, oracle 50,000, pool 70,831" in result.output
+    # its --geometry choices are written out (building the command tree imports no PyTorch):
+    # they must be the config's
+    from al.data.config import GEOMETRIES
+
+    info = main.commands["data"].commands["info"]
+    (option,) = [p for p in info.params if p.name == "geometry"]
+    assert tuple(option.type.choices) == GEOMETRIES
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "benchmarks" / "configs").glob("*.yaml")))
