@@ -16,8 +16,8 @@ import os
 import time
 
 import torch
-import torch.nn.functional as F
-from throughput import batch_rows  # the benchmark beside this one
+from profile_step import train_step_of  # the benchmarks beside this one
+from throughput import batch_rows
 
 from al.data.load import load_qm9
 from al.models import build_model
@@ -46,12 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     forward = model if args.mode == "eager" else torch.compile(model, dynamic=True, mode=args.mode)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     B = args.batch_size
-
-    def step(b: tuple) -> None:
-        z, pos, batch, y = b
-        opt.zero_grad(set_to_none=True)
-        F.mse_loss(forward(z, pos, batch, B), y.float()).backward()
-        opt.step()
+    step = train_step_of(model, opt, B, forward)
 
     t0 = time.process_time()
     for b in batches[: args.warmup]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -76,6 +77,23 @@ GROUPS = {
 }
 
 
+def train_step_of(
+    model: torch.nn.Module, opt: torch.optim.Optimizer, batch_size: int,
+    forward: Callable[..., torch.Tensor] | None = None,
+) -> Callable[[tuple], None]:  # fmt: skip
+    """One optimizer step on a batch ``(z, pos, batch, y)`` as ``data.batch`` gives it: the
+    MSE of the energies (``[batch_size]``) that ``forward`` (default ``model``) predicts."""
+    forward = forward or model
+
+    def step(b: tuple) -> None:
+        z, pos, batch, y = b
+        opt.zero_grad(set_to_none=True)
+        F.mse_loss(forward(z, pos, batch, batch_size), y.float()).backward()
+        opt.step()
+
+    return step
+
+
 def group_of(name: str) -> str:
     for group, prefixes in GROUPS.items():
         if any(name.startswith(p) for p in prefixes):
@@ -110,12 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     model = build_model(args.model, hidden=args.hidden, n_interactions=args.interactions)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     B = args.batch_size
-
-    def train_step(b: tuple) -> None:
-        z, pos, batch, y = b
-        opt.zero_grad(set_to_none=True)
-        F.mse_loss(model(z, pos, batch, B), y.float()).backward()
-        opt.step()
+    train_step = train_step_of(model, opt, B)
 
     def infer_step(b: tuple) -> None:
         z, pos, batch, _ = b
