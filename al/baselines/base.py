@@ -74,6 +74,8 @@ class Baseline:
     memo: ClassVar[bool] = True
 
     def __init__(self, cost: float | None = None) -> None:
+        #: whether the cost was given (else the baseline's default, in DFT labels)
+        self.cost_given = cost is not None
         cost = self.default_cost if cost is None else float(cost)
         if not math.isfinite(cost) or cost < 0:
             raise ValueError(f"baseline cost per molecule must be a finite number >= 0, got {cost}")
@@ -479,6 +481,7 @@ class OracleBaseline(Baseline):
     def __init__(self, spec: str, cost: float | None = None) -> None:
         oracle = ORACLES.parse(spec)
         super().__init__(oracle.obj.default_cost if cost is None else cost)
+        self.cost_given = cost is not None
         self.spec = f"{oracle.name}:{oracle.argument}" if oracle.argument else oracle.name
         self._oracle: Oracle | None = None
 

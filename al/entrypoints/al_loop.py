@@ -203,9 +203,8 @@ def build_parts(config: CampaignConfig, stored_splits: Splits | None = None) -> 
             f"{strategy.uncertainty!r} provides {sorted(surrogate.provides)}"
         )
     oracles = prepared_oracles(
-        fidelities, data, splits, baseline, config.pool, config.unit, config.label_timeout(),
-        baseline_cost_given=config.baseline_cost >= 0,
-    )  # fmt: skip
+        fidelities, data, splits, baseline, config.pool, config.unit, config.label_timeout()
+    )
     if oracles[-1].target and not config.resume and config.target == CampaignConfig.target:
         config = replace(config, target=oracles[-1].target)  # e.g. pyscf's: not H298
     labellable = labellable_pool(data, splits, oracles, baseline)  # the recorded split stays
@@ -225,7 +224,7 @@ def build_parts(config: CampaignConfig, stored_splits: Splits | None = None) -> 
 def prepared_oracles(
     fidelities: list[tuple[str, float | None]], data: MolecularData, splits: Splits,
     baseline: Baseline | None, pool: str = "", unit: str = "eV",
-    timeout_s: float | None = None, baseline_cost_given: bool = False,
+    timeout_s: float | None = None,
 ) -> list[Oracle]:  # fmt: skip
     """The oracles of ``fidelities`` (``(spec, cost)``, cheapest first), each loaded: one
     that cannot be is refused before any run exists. A pretrained oracle warns if it may
@@ -239,7 +238,7 @@ def prepared_oracles(
     if pool:
         check_pool_oracles(oracles, pool)
     check_units(oracles, unit)
-    check_cost_units(oracles, [c for _, c in fidelities], baseline_cost_given, baseline)
+    check_cost_units(oracles, baseline)
     for oracle in oracles:
         check = getattr(oracle, "check_split", None)
         if check is not None and not pool:

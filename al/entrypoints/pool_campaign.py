@@ -73,18 +73,15 @@ def check_units(oracles: list[Oracle], unit: str) -> None:
         )
 
 
-def check_cost_units(
-    oracles: list[Oracle], costs: list[float | None], baseline_cost_given: bool,
-    baseline: Baseline | None = None,
-) -> None:  # fmt: skip
+def check_cost_units(oracles: list[Oracle], baseline: Baseline | None = None) -> None:
     """ConfigError, one line, when a labeller that charges the CPU-hours each label took
     (``pyscf`` without a fixed cost) shares a campaign with a labeller or a baseline charged
     its default cost, which is in DFT labels (a DFT label = 1): the two would be added as
-    one currency. ``costs``: each oracle's given cost, None for its default."""
+    one currency."""
     measured = [o.name for o in oracles if getattr(o, "cost_measured", False)]
-    defaulted = [o.name for o, c in zip(oracles, costs, strict=True)
-                 if c is None and not getattr(o, "cost_measured", False)]  # fmt: skip
-    if baseline is not None and not baseline_cost_given and baseline.cost_per_molecule > 0:
+    defaulted = [o.name for o in oracles
+                 if not o.cost_given and not getattr(o, "cost_measured", False)]  # fmt: skip
+    if baseline is not None and not baseline.cost_given and baseline.cost_per_molecule > 0:
         defaulted.append(f"baseline {baseline.spec}")
     if measured and defaulted:
         raise ConfigError(

@@ -239,6 +239,8 @@ class Oracle(ABC):
     answers_later: ClassVar[bool] = False
 
     def __init__(self, data: MolecularData, *, cost: float | None = None) -> None:
+        #: whether the cost was given (else the oracle's default, in DFT labels)
+        self.cost_given = cost is not None
         cost = self.default_cost if cost is None else float(cost)
         if not math.isfinite(cost) or cost < 0:
             raise ValueError(f"oracle cost per label must be a finite number >= 0, got {cost}")
